@@ -1,0 +1,22 @@
+//! Agora's wire types, shared by every other crate.
+//!
+//! - [`resources`]: the resource model and its arithmetic and text syntax.
+//! - [`mesos`]: Mesos v1 common types (ids, `TaskInfo`, `TaskStatus`, ...) in
+//!   Mesos's JSON shape, also archived with rkyv on the master↔agent wire.
+//! - [`scheduler`]: the v1 scheduler API's `Call` and `Event`.
+//! - [`wire`]: master↔agent rkyv frames, handshake and bounded decoder.
+//! - [`http`]: a sans-IO HTTP/1.1 codec and RecordIO framing.
+//!
+//! Nothing here performs I/O.
+
+pub mod http;
+pub mod mesos;
+pub mod resources;
+pub mod scheduler;
+pub mod wire;
+
+/// The Mesos API version Agora implements, reported at `/version` so that Mesos
+/// clients that parse it as dotted integers (e.g. pymesos) accept it.
+pub const MESOS_API_VERSION: &str = "1.11.0";
+/// Agora's own version.
+pub const AGORA_VERSION: &str = env!("CARGO_PKG_VERSION");

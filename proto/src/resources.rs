@@ -1,0 +1,1051 @@
+//! The resource model: scalars, ranges and sets, each carrying a role, a
+//! reservation and a revocable marker, with the arithmetic the allocator and the
+//! master's validation need, and Mesos's text syntax
+//! (`cpus:4;mem:8192;ports:[31000-32000];cpus(eng):2`).
+//!
+//! Scalars are fixed point with three decimal digits (as Mesos does), so adding and
+//! subtracting many `0.1` cpus never drifts.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// The role of resources that are not reserved.
+pub const DEFAULT_ROLE: &str = "*";
+
+/// A scalar in thousandths: `Fixed(1500)` is 1.5.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct Fixed(pub i64);
+
+impl Fixed {
+    pub const ZERO: Fixed = Fixed(0);
+
+    /// Rounds to the nearest thousandth, as Mesos does for scalar values.
+    pub fn from_f64(v: f64) -> Fixed {
+        Fixed((v * 1000.0).round() as i64)
+    }
+
+    pub fn as_f64(self) -> f64 {
+        self.0 as f64 / 1000.0
+    }
+}
+
+impl fmt::Display for Fixed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 % 1000 == 0 {
+            write!(f, "{}", self.0 / 1000)
+        } else {
+            write!(f, "{}", self.as_f64())
+        }
+    }
+}
+
+/// Inclusive, sorted, disjoint and non-adjacent ranges of integers, e.g. ports.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct Ranges(Vec<(u64, u64)>);
+
+impl Ranges {
+    /// Builds normalized ranges from any list of inclusive `(begin, end)` pairs.
+    /// Pairs with `begin > end` are rejected by the parsers before they get here;
+    /// this constructor swaps them rather than lose them.
+    pub fn new(mut pairs: Vec<(u64, u64)>) -> Ranges {
+        for p in pairs.iter_mut() {
+            if p.0 > p.1 {
+                *p = (p.1, p.0);
+            }
+        }
+        pairs.sort_unstable();
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(pairs.len());
+        for (b, e) in pairs {
+            match out.last_mut() {
+                Some(last) if b <= last.1.saturating_add(1) => last.1 = last.1.max(e),
+                _ => out.push((b, e)),
+            }
+        }
+        Ranges(out)
+    }
+
+    pub fn single(begin: u64, end: u64) -> Ranges {
+        Ranges::new(vec![(begin, end)])
+    }
+
+    pub fn as_slice(&self) -> &[(u64, u64)] {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Number of integers covered.
+    pub fn count(&self) -> u64 {
+        self.0.iter().map(|(b, e)| e - b + 1).sum()
+    }
+
+    pub fn contains(&self, other: &Ranges) -> bool {
+        // Both are sorted: walk them together.
+        let mut i = 0;
+        for &(b, e) in &other.0 {
+            while i < self.0.len() && self.0[i].1 < b {
+                i += 1;
+            }
+            match self.0.get(i) {
+                Some(&(sb, se)) if sb <= b && e <= se => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    pub fn contains_value(&self, v: u64) -> bool {
+        self.0.iter().any(|&(b, e)| b <= v && v <= e)
+    }
+
+    pub fn union(&self, other: &Ranges) -> Ranges {
+        let mut all = self.0.clone();
+        all.extend_from_slice(&other.0);
+        Ranges::new(all)
+    }
+
+    pub fn difference(&self, other: &Ranges) -> Ranges {
+        let mut out = Vec::with_capacity(self.0.len());
+        for &(b, e) in &self.0 {
+            let mut cur = b;
+            let mut done = false;
+            for &(ob, oe) in &other.0 {
+                if oe < cur || ob > e {
+                    continue;
+                }
+                if ob > cur {
+                    out.push((cur, ob - 1));
+                }
+                if oe >= e {
+                    done = true;
+                    break;
+                }
+                cur = oe + 1;
+            }
+            if !done {
+                out.push((cur, e));
+            }
+        }
+        Ranges::new(out)
+    }
+}
+
+impl fmt::Display for Ranges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[")?;
+        for (i, (b, e)) in self.0.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{b}-{e}")?;
+        }
+        write!(f, "]")
+    }
+}
+
+/// The value of one resource.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum Value {
+    Scalar(Fixed),
+    Ranges(Ranges),
+    Set(BTreeSet<String>),
+}
+
+impl Value {
+    fn kind(&self) -> u8 {
+        match self {
+            Value::Scalar(_) => 0,
+            Value::Ranges(_) => 1,
+            Value::Set(_) => 2,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Value::Scalar(s) => s.0 <= 0,
+            Value::Ranges(r) => r.is_empty(),
+            Value::Set(s) => s.is_empty(),
+        }
+    }
+
+    fn add(&mut self, other: &Value) {
+        match (self, other) {
+            (Value::Scalar(a), Value::Scalar(b)) => a.0 += b.0,
+            (Value::Ranges(a), Value::Ranges(b)) => *a = a.union(b),
+            (Value::Set(a), Value::Set(b)) => a.extend(b.iter().cloned()),
+            _ => unreachable!("values of different kinds are never merged"),
+        }
+    }
+
+    fn contains(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Scalar(a), Value::Scalar(b)) => a.0 >= b.0,
+            (Value::Ranges(a), Value::Ranges(b)) => a.contains(b),
+            (Value::Set(a), Value::Set(b)) => b.is_subset(a),
+            _ => false,
+        }
+    }
+
+    fn subtract(&mut self, other: &Value) {
+        match (self, other) {
+            (Value::Scalar(a), Value::Scalar(b)) => a.0 -= b.0,
+            (Value::Ranges(a), Value::Ranges(b)) => *a = a.difference(b),
+            (Value::Set(a), Value::Set(b)) => a.retain(|x| !b.contains(x)),
+            _ => unreachable!("values of different kinds are never merged"),
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Scalar(s) => write!(f, "{s}"),
+            Value::Ranges(r) => write!(f, "{r}"),
+            Value::Set(s) => {
+                write!(f, "{{")?;
+                for (i, x) in s.iter().enumerate() {
+                    if i > 0 {
+                        write!(f, ",")?;
+                    }
+                    write!(f, "{x}")?;
+                }
+                write!(f, "}}")
+            }
+        }
+    }
+}
+
+/// Whether a reservation came from the agent's flags or from an operation.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub enum ReservationKind {
+    Static,
+    Dynamic,
+}
+
+/// How resources are reserved for a role.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct Reservation {
+    pub kind: ReservationKind,
+    pub role: String,
+    pub principal: Option<String>,
+    pub labels: Vec<(String, String)>,
+}
+
+/// One resource: a name, a value, and what may use it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct Resource {
+    pub name: String,
+    pub value: Value,
+    /// `None` means unreserved (role `*`).
+    pub reservation: Option<Reservation>,
+    /// Revocable resources may be taken back (oversubscription).
+    pub revocable: bool,
+    /// The role these resources are allocated to, once offered.
+    pub allocation_role: Option<String>,
+}
+
+impl Resource {
+    pub fn scalar(name: &str, v: f64) -> Resource {
+        Resource {
+            name: name.to_string(),
+            value: Value::Scalar(Fixed::from_f64(v)),
+            reservation: None,
+            revocable: false,
+            allocation_role: None,
+        }
+    }
+
+    pub fn ranges(name: &str, r: Ranges) -> Resource {
+        Resource {
+            name: name.to_string(),
+            value: Value::Ranges(r),
+            reservation: None,
+            revocable: false,
+            allocation_role: None,
+        }
+    }
+
+    /// The role this resource is reserved for, or `*`.
+    pub fn role(&self) -> &str {
+        self.reservation
+            .as_ref()
+            .map(|r| r.role.as_str())
+            .unwrap_or(DEFAULT_ROLE)
+    }
+
+    pub fn reserved_to(mut self, role: &str, kind: ReservationKind) -> Resource {
+        self.reservation = Some(Reservation {
+            kind,
+            role: role.to_string(),
+            principal: None,
+            labels: Vec::new(),
+        });
+        self
+    }
+
+    /// Two resources merge when everything but the value matches.
+    fn same_kind(&self, other: &Resource) -> bool {
+        self.name == other.name
+            && self.value.kind() == other.value.kind()
+            && self.reservation == other.reservation
+            && self.revocable == other.revocable
+            && self.allocation_role == other.allocation_role
+    }
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.name)?;
+        if let Some(r) = &self.reservation {
+            match &r.principal {
+                Some(p) => write!(f, "({}, {})", r.role, p)?,
+                None => write!(f, "({})", r.role)?,
+            }
+        }
+        if self.revocable {
+            write!(f, "{{REV}}")?;
+        }
+        write!(f, ":{}", self.value)
+    }
+}
+
+/// A normalized bag of resources: like resources are merged, empty ones dropped.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct Resources(Vec<Resource>);
+
+/// Why a subtraction was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} is not contained in {1}")]
+pub struct NotContained(pub String, pub String);
+
+impl Resources {
+    pub fn new() -> Resources {
+        Resources(Vec::new())
+    }
+
+    pub fn from_vec(v: Vec<Resource>) -> Resources {
+        let mut r = Resources::new();
+        for x in v {
+            r.add_one(x);
+        }
+        r
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Resource> {
+        self.0.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn into_vec(self) -> Vec<Resource> {
+        self.0
+    }
+
+    pub fn add_one(&mut self, r: Resource) {
+        if r.value.is_empty() {
+            return;
+        }
+        match self.0.iter_mut().find(|x| x.same_kind(&r)) {
+            Some(x) => x.value.add(&r.value),
+            None => self.0.push(r),
+        }
+    }
+
+    pub fn add(&mut self, other: &Resources) {
+        for r in &other.0 {
+            self.add_one(r.clone());
+        }
+    }
+
+    pub fn plus(&self, other: &Resources) -> Resources {
+        let mut out = self.clone();
+        out.add(other);
+        out
+    }
+
+    pub fn contains_one(&self, r: &Resource) -> bool {
+        if r.value.is_empty() {
+            return true;
+        }
+        self.0
+            .iter()
+            .any(|x| x.same_kind(r) && x.value.contains(&r.value))
+    }
+
+    /// Whether every resource of `other` is in `self`, role and reservation included.
+    pub fn contains(&self, other: &Resources) -> bool {
+        other.0.iter().all(|r| self.contains_one(r))
+    }
+
+    /// Removes `other`, or refuses (and changes nothing) when it is not contained.
+    pub fn subtract(&mut self, other: &Resources) -> Result<(), NotContained> {
+        if !self.contains(other) {
+            return Err(NotContained(other.to_string(), self.to_string()));
+        }
+        for r in &other.0 {
+            if let Some(x) = self.0.iter_mut().find(|x| x.same_kind(r)) {
+                x.value.subtract(&r.value);
+            }
+        }
+        self.0.retain(|x| !x.value.is_empty());
+        Ok(())
+    }
+
+    /// Removes as much of `other` as is present, ignoring what is not.
+    pub fn subtract_saturating(&mut self, other: &Resources) {
+        for r in &other.0 {
+            if let Some(x) = self.0.iter_mut().find(|x| x.same_kind(r)) {
+                match (&mut x.value, &r.value) {
+                    (Value::Scalar(a), Value::Scalar(b)) => a.0 = (a.0 - b.0).max(0),
+                    (v, o) => v.subtract(o),
+                }
+            }
+        }
+        self.0.retain(|x| !x.value.is_empty());
+    }
+
+    pub fn minus(&self, other: &Resources) -> Result<Resources, NotContained> {
+        let mut out = self.clone();
+        out.subtract(other)?;
+        Ok(out)
+    }
+
+    /// The same resources, all marked as reserved to `role` (or unreserved when
+    /// `role` is `*`), with allocation and revocable markers kept.
+    pub fn flatten(&self, role: &str) -> Resources {
+        let mut out = Resources::new();
+        for r in &self.0 {
+            let mut r = r.clone();
+            r.reservation = if role == DEFAULT_ROLE {
+                None
+            } else {
+                Some(Reservation {
+                    kind: ReservationKind::Static,
+                    role: role.to_string(),
+                    principal: None,
+                    labels: Vec::new(),
+                })
+            };
+            out.add_one(r);
+        }
+        out
+    }
+
+    /// The same resources with no reservation, allocation or revocable marker:
+    /// what they amount to, whoever may use them.
+    pub fn to_unreserved_quantities(&self) -> Resources {
+        let mut out = Resources::new();
+        for r in &self.0 {
+            let mut r = r.clone();
+            r.reservation = None;
+            r.allocation_role = None;
+            r.revocable = false;
+            out.add_one(r);
+        }
+        out
+    }
+
+    /// Marks every resource as allocated to `role`.
+    pub fn allocate_to(&self, role: &str) -> Resources {
+        let mut out = Resources::new();
+        for r in &self.0 {
+            let mut r = r.clone();
+            r.allocation_role = Some(role.to_string());
+            out.add_one(r);
+        }
+        out
+    }
+
+    /// Drops the allocation markers.
+    pub fn unallocated(&self) -> Resources {
+        let mut out = Resources::new();
+        for r in &self.0 {
+            let mut r = r.clone();
+            r.allocation_role = None;
+            out.add_one(r);
+        }
+        out
+    }
+
+    /// The resources usable by `role`: unreserved ones and those reserved to it.
+    pub fn usable_by(&self, role: &str) -> Resources {
+        Resources(
+            self.0
+                .iter()
+                .filter(|r| r.reservation.is_none() || r.role() == role)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    pub fn filter(&self, f: impl Fn(&Resource) -> bool) -> Resources {
+        Resources(self.0.iter().filter(|r| f(r)).cloned().collect())
+    }
+
+    /// Sum of the scalar named `name` across roles and markers.
+    pub fn scalar(&self, name: &str) -> Fixed {
+        Fixed(
+            self.0
+                .iter()
+                .filter(|r| r.name == name)
+                .map(|r| match r.value {
+                    Value::Scalar(s) => s.0,
+                    _ => 0,
+                })
+                .sum(),
+        )
+    }
+
+    pub fn cpus(&self) -> f64 {
+        self.scalar("cpus").as_f64()
+    }
+
+    pub fn mem_mb(&self) -> f64 {
+        self.scalar("mem").as_f64()
+    }
+
+    pub fn disk_mb(&self) -> f64 {
+        self.scalar("disk").as_f64()
+    }
+
+    pub fn gpus(&self) -> f64 {
+        self.scalar("gpus").as_f64()
+    }
+
+    /// Union of the ranges named `name` across roles and markers.
+    pub fn ranges(&self, name: &str) -> Ranges {
+        let mut out = Ranges::default();
+        for r in &self.0 {
+            if let (true, Value::Ranges(x)) = (r.name == name, &r.value) {
+                out = out.union(x);
+            }
+        }
+        out
+    }
+
+    pub fn ports(&self) -> Ranges {
+        self.ranges("ports")
+    }
+
+    /// Parses Mesos's text syntax: `name(role[,principal]):value` items separated
+    /// by `;`, where a value is a number, `[b-e,...]` ranges or `{a,b}` a set.
+    /// Resources given with a role in the text are statically reserved to it.
+    pub fn parse(text: &str) -> Result<Resources, ParseError> {
+        let mut out = Resources::new();
+        for item in split_top_level(text, ';') {
+            let item = item.trim();
+            if item.is_empty() {
+                continue;
+            }
+            out.add_one(parse_item(item)?);
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Display for Resources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return write!(f, "{{}}");
+        }
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                write!(f, "; ")?;
+            }
+            write!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
+impl<'a> IntoIterator for &'a Resources {
+    type Item = &'a Resource;
+    type IntoIter = std::slice::Iter<'a, Resource>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+/// A malformed resource or attribute string.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid resource text {text:?}: {why}")]
+pub struct ParseError {
+    pub text: String,
+    pub why: String,
+}
+
+fn perr(text: &str, why: impl Into<String>) -> ParseError {
+    ParseError {
+        text: text.to_string(),
+        why: why.into(),
+    }
+}
+
+/// Splits on `sep` outside of `[]`, `{}` and `()`.
+pub(crate) fn split_top_level(text: &str, sep: char) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut depth = 0i32;
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        match c {
+            '[' | '{' | '(' => depth += 1,
+            ']' | '}' | ')' => depth -= 1,
+            c if c == sep && depth == 0 => {
+                out.push(&text[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    out.push(&text[start..]);
+    out
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
+}
+
+fn parse_item(item: &str) -> Result<Resource, ParseError> {
+    let colon = find_top_level(item, ':').ok_or_else(|| perr(item, "expected name:value"))?;
+    let (head, value) = (item[..colon].trim(), item[colon + 1..].trim());
+    let (name, reservation) = match head.find('(') {
+        Some(open) => {
+            if !head.ends_with(')') {
+                return Err(perr(item, "unclosed '(' in role"));
+            }
+            let inner = &head[open + 1..head.len() - 1];
+            let mut parts = inner.splitn(2, ',');
+            let role = parts.next().unwrap_or("").trim();
+            let principal = parts.next().map(|p| p.trim().to_string());
+            if !valid_role(role) {
+                return Err(perr(item, format!("invalid role {role:?}")));
+            }
+            let reservation = if role == DEFAULT_ROLE {
+                None
+            } else {
+                Some(Reservation {
+                    kind: ReservationKind::Static,
+                    role: role.to_string(),
+                    principal,
+                    labels: Vec::new(),
+                })
+            };
+            (head[..open].trim(), reservation)
+        }
+        None => (head, None),
+    };
+    if !valid_name(name) {
+        return Err(perr(item, format!("invalid resource name {name:?}")));
+    }
+    let value = parse_value(value).map_err(|why| perr(item, why))?;
+    if let Value::Scalar(s) = &value {
+        if s.0 < 0 {
+            return Err(perr(item, "negative scalar"));
+        }
+    }
+    Ok(Resource {
+        name: name.to_string(),
+        value,
+        reservation,
+        revocable: false,
+        allocation_role: None,
+    })
+}
+
+fn find_top_level(text: &str, sep: char) -> Option<usize> {
+    let mut depth = 0i32;
+    for (i, c) in text.char_indices() {
+        match c {
+            '[' | '{' | '(' => depth += 1,
+            ']' | '}' | ')' => depth -= 1,
+            c if c == sep && depth == 0 => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A role name: `*`, or `/`-separated path components without `.`/`..`, spaces
+/// or leading `-`, as Mesos requires.
+pub fn valid_role(role: &str) -> bool {
+    if role == DEFAULT_ROLE {
+        return true;
+    }
+    !role.is_empty()
+        && !role.starts_with('/')
+        && !role.ends_with('/')
+        && role.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && !c.starts_with('-')
+                && c.chars()
+                    .all(|ch| ch.is_ascii_graphic() && ch != '*' && ch != '(' && ch != ')')
+        })
+}
+
+pub(crate) fn parse_value(value: &str) -> Result<Value, String> {
+    if let Some(inner) = value.strip_prefix('[') {
+        let inner = inner.strip_suffix(']').ok_or("unclosed '['")?;
+        let mut pairs = Vec::new();
+        for part in inner.split(',') {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            let (b, e) = match part.split_once('-') {
+                Some((b, e)) => (b.trim(), e.trim()),
+                None => (part, part),
+            };
+            let b: u64 = b
+                .parse()
+                .map_err(|_| format!("invalid range bound {b:?}"))?;
+            let e: u64 = e
+                .parse()
+                .map_err(|_| format!("invalid range bound {e:?}"))?;
+            if b > e {
+                return Err(format!("range {b}-{e} is reversed"));
+            }
+            pairs.push((b, e));
+        }
+        Ok(Value::Ranges(Ranges::new(pairs)))
+    } else if let Some(inner) = value.strip_prefix('{') {
+        let inner = inner.strip_suffix('}').ok_or("unclosed '{'")?;
+        Ok(Value::Set(
+            inner
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+        ))
+    } else {
+        let v: f64 = value
+            .parse()
+            .map_err(|_| format!("invalid scalar {value:?}"))?;
+        if !v.is_finite() {
+            return Err(format!("invalid scalar {value:?}"));
+        }
+        Ok(Value::Scalar(Fixed::from_f64(v)))
+    }
+}
+
+/// An agent attribute, e.g. `rack:r1`, `zone:z1`, `level:3`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct Attribute {
+    pub name: String,
+    pub value: AttributeValue,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum AttributeValue {
+    Text(String),
+    Scalar(Fixed),
+    Ranges(Ranges),
+    Set(BTreeSet<String>),
+}
+
+impl fmt::Display for AttributeValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttributeValue::Text(t) => write!(f, "{t}"),
+            AttributeValue::Scalar(s) => write!(f, "{s}"),
+            AttributeValue::Ranges(r) => write!(f, "{r}"),
+            AttributeValue::Set(s) => write!(f, "{}", Value::Set(s.clone())),
+        }
+    }
+}
+
+/// Parses `name:value;...` attributes: numbers are scalars, `[..]` ranges,
+/// `{..}` sets, anything else text.
+pub fn parse_attributes(text: &str) -> Result<Vec<Attribute>, ParseError> {
+    let mut out: Vec<Attribute> = Vec::new();
+    for item in split_top_level(text, ';') {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        let (name, value) = item
+            .split_once(':')
+            .ok_or_else(|| perr(item, "expected name:value"))?;
+        let (name, value) = (name.trim(), value.trim());
+        if !valid_name(name) {
+            return Err(perr(item, format!("invalid attribute name {name:?}")));
+        }
+        if out.iter().any(|a| a.name == name) {
+            return Err(perr(item, format!("duplicate attribute {name:?}")));
+        }
+        let value = if value.starts_with('[') || value.starts_with('{') {
+            match parse_value(value).map_err(|why| perr(item, why))? {
+                Value::Ranges(r) => AttributeValue::Ranges(r),
+                Value::Set(s) => AttributeValue::Set(s),
+                Value::Scalar(s) => AttributeValue::Scalar(s),
+            }
+        } else if let Ok(v) = value.parse::<f64>() {
+            if !v.is_finite() {
+                return Err(perr(item, "invalid scalar"));
+            }
+            AttributeValue::Scalar(Fixed::from_f64(v))
+        } else if value.is_empty() {
+            return Err(perr(item, "empty attribute value"));
+        } else {
+            AttributeValue::Text(value.to_string())
+        };
+        out.push(Attribute {
+            name: name.to_string(),
+            value,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_mesos_text() {
+        let r = Resources::parse("cpus:4;mem:8192;ports:[31000-32000];cpus(eng):2").unwrap();
+        assert_eq!(r.len(), 4);
+        assert_eq!(r.cpus(), 6.0);
+        assert_eq!(r.mem_mb(), 8192.0);
+        assert_eq!(r.ports(), Ranges::single(31000, 32000));
+        assert_eq!(r.usable_by("eng").cpus(), 6.0);
+        assert_eq!(r.usable_by("other").cpus(), 4.0);
+        let eng = r.filter(|x| x.role() == "eng");
+        assert_eq!(eng.to_string(), "cpus(eng):2");
+    }
+
+    #[test]
+    fn parses_principal_sets_and_whitespace() {
+        let r =
+            Resources::parse(" cpus(eng, alice):1.5 ; gpus_models:{a100, h100};ports:[1-2,5-6]")
+                .unwrap();
+        let cpu = r.iter().find(|x| x.name == "cpus").unwrap();
+        assert_eq!(
+            cpu.reservation.as_ref().unwrap().principal.as_deref(),
+            Some("alice")
+        );
+        assert_eq!(r.ports().count(), 4);
+        assert!(
+            matches!(&r.iter().find(|x| x.name == "gpus_models").unwrap().value, Value::Set(s) if s.len() == 2)
+        );
+    }
+
+    #[test]
+    fn rejects_bad_text() {
+        for bad in [
+            "cpus",
+            "cpus:abc",
+            "cpus:-1",
+            "ports:[5-1]",
+            "ports:[1-",
+            "cpus(:1",
+            "(eng):1",
+            "cpus(a b):1",
+            "cpus:inf",
+        ] {
+            assert!(Resources::parse(bad).is_err(), "{bad} should not parse");
+        }
+    }
+
+    #[test]
+    fn fixed_point_does_not_drift() {
+        let mut total = Resources::parse("cpus:1").unwrap();
+        let tenth = Resources::parse("cpus:0.1").unwrap();
+        for _ in 0..10 {
+            total.subtract(&tenth).unwrap();
+        }
+        assert!(total.is_empty(), "{total}");
+    }
+
+    #[test]
+    fn subtract_refuses_what_is_not_there() {
+        let mut r = Resources::parse("cpus:1;ports:[10-20]").unwrap();
+        let before = r.clone();
+        assert!(r.subtract(&Resources::parse("cpus:2").unwrap()).is_err());
+        assert!(r
+            .subtract(&Resources::parse("ports:[19-21]").unwrap())
+            .is_err());
+        assert!(r
+            .subtract(&Resources::parse("cpus(eng):1").unwrap())
+            .is_err());
+        assert_eq!(r, before);
+        r.subtract(&Resources::parse("ports:[12-13]").unwrap())
+            .unwrap();
+        assert_eq!(r.ports().to_string(), "[10-11, 14-20]");
+    }
+
+    #[test]
+    fn attributes() {
+        let a = parse_attributes("rack:r1;zone:z1;level:3;ids:[1-3];tags:{a,b}").unwrap();
+        assert_eq!(a.len(), 5);
+        assert_eq!(a[0].value, AttributeValue::Text("r1".into()));
+        assert_eq!(a[2].value, AttributeValue::Scalar(Fixed(3000)));
+        assert!(parse_attributes("rack:r1;rack:r2").is_err());
+        assert!(parse_attributes("rack").is_err());
+    }
+
+    #[test]
+    fn roles() {
+        for ok in ["*", "eng", "eng/dev", "a.b", "x-y"] {
+            assert!(valid_role(ok), "{ok}");
+        }
+        for bad in [
+            "", "/eng", "eng/", "eng//dev", "..", "eng/.", "-x", "a b", "a*",
+        ] {
+            assert!(!valid_role(bad), "{bad}");
+        }
+    }
+
+    fn arb_ranges() -> impl Strategy<Value = Ranges> {
+        prop::collection::vec((0u64..200, 0u64..20), 0..6)
+            .prop_map(|v| Ranges::new(v.into_iter().map(|(b, l)| (b, b + l)).collect()))
+    }
+
+    fn arb_resources() -> impl Strategy<Value = Resources> {
+        let role = prop::sample::select(vec!["*", "eng", "ops"]);
+        let scalar = (
+            prop::sample::select(vec!["cpus", "mem", "disk", "gpus"]),
+            0i64..10_000,
+            role.clone(),
+            any::<bool>(),
+        )
+            .prop_map(|(n, v, role, rev)| {
+                let mut r = Resource::scalar(n, 0.0);
+                r.value = Value::Scalar(Fixed(v));
+                r.revocable = rev;
+                if role != "*" {
+                    r = r.reserved_to(role, ReservationKind::Static);
+                }
+                r
+            });
+        let ports = (arb_ranges(), role).prop_map(|(rg, role)| {
+            let r = Resource::ranges("ports", rg);
+            if role != "*" {
+                r.reserved_to(role, ReservationKind::Dynamic)
+            } else {
+                r
+            }
+        });
+        prop::collection::vec(prop_oneof![scalar, ports], 0..8).prop_map(Resources::from_vec)
+    }
+
+    proptest! {
+        #[test]
+        fn add_then_subtract_is_identity(a in arb_resources(), b in arb_resources()) {
+            let sum = a.plus(&b);
+            prop_assert!(sum.contains(&a));
+            prop_assert!(sum.contains(&b));
+            let back = sum.minus(&b).unwrap();
+            // Ranges may overlap between a and b, so compare what is contained.
+            prop_assert!(a.contains(&back));
+        }
+
+        #[test]
+        fn add_is_commutative(a in arb_resources(), b in arb_resources()) {
+            let ab = a.plus(&b);
+            let ba = b.plus(&a);
+            prop_assert!(ab.contains(&ba) && ba.contains(&ab));
+        }
+
+        #[test]
+        fn scalars_add_exactly(a in arb_resources(), b in arb_resources()) {
+            let sum = a.plus(&b);
+            for n in ["cpus", "mem", "disk", "gpus"] {
+                prop_assert_eq!(sum.scalar(n).0, a.scalar(n).0 + b.scalar(n).0);
+            }
+        }
+
+        #[test]
+        fn subtract_never_goes_negative_and_refusal_changes_nothing(a in arb_resources(), b in arb_resources()) {
+            let mut x = a.clone();
+            match x.subtract(&b) {
+                Ok(()) => {
+                    for r in x.iter() {
+                        if let Value::Scalar(s) = r.value { prop_assert!(s.0 > 0); }
+                    }
+                    prop_assert!(a.contains(&x));
+                }
+                Err(_) => prop_assert_eq!(x, a),
+            }
+        }
+
+        #[test]
+        fn flatten_preserves_quantities(a in arb_resources()) {
+            let f = a.flatten("eng");
+            for n in ["cpus", "mem", "disk", "gpus"] {
+                prop_assert_eq!(f.scalar(n), a.scalar(n));
+            }
+            prop_assert_eq!(f.ports(), a.ports());
+            prop_assert!(f.iter().all(|r| r.role() == "eng"));
+            prop_assert!(a.flatten("*").iter().all(|r| r.reservation.is_none()));
+        }
+
+        #[test]
+        fn text_round_trips(a in arb_resources()) {
+            // Revocable markers have no text form; the rest round-trips.
+            let plain = a.filter(|r| !r.revocable);
+            let text = plain.to_string().replace("; ", ";");
+            if !plain.is_empty() {
+                let back = Resources::parse(&text).unwrap();
+                // Dynamic reservations print like static ones.
+                let as_static = |r: &Resources| Resources::from_vec(r.iter().cloned().map(|mut x| {
+                    if let Some(res) = x.reservation.as_mut() { res.kind = ReservationKind::Static; }
+                    x
+                }).collect());
+                prop_assert_eq!(back, as_static(&plain));
+            }
+        }
+
+        #[test]
+        fn ranges_difference_and_union(a in arb_ranges(), b in arb_ranges()) {
+            let d = a.difference(&b);
+            prop_assert!(a.contains(&d));
+            for &(x, y) in d.as_slice() {
+                for v in x..=y { prop_assert!(!b.contains_value(v)); }
+            }
+            prop_assert_eq!(d.union(&b), a.union(&b));
+        }
+    }
+}

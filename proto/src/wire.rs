@@ -1,0 +1,406 @@
+//! The master↔agent protocol: rkyv 0.8 frames over TCP.
+//!
+//! A connection starts with a fixed 16-byte [`Hello`] from each side (agent
+//! first), which carries a magic, the protocol version and the largest frame the
+//! sender accepts. After that every message is one frame: a little-endian `u32`
+//! payload length followed by the rkyv archive of an [`AgentToMaster`] or
+//! [`MasterToAgent`]. Bytes from the network are untrusted: the length is bounded
+//! before anything is allocated, the payload is copied once into an aligned
+//! buffer, validated once with bytecheck, and only then used.
+//!
+//! The [`FrameDecoder`] is sans-IO: feed it bytes, take frames out. Both the
+//! master (glommio) and the agent (tokio-uring) drive it from their own loops.
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+
+use crate::mesos::{
+    AgentId, FrameworkId, FrameworkInfo, KillPolicy, TaskId, TaskInfo, TaskState, TaskStatus,
+};
+use crate::resources::{Attribute, Resources};
+
+/// Bumped on every incompatible change of the messages below.
+pub const PROTOCOL_VERSION: u16 = 1;
+pub const MAGIC: [u8; 4] = *b"AGRA";
+pub const HELLO_LEN: usize = 16;
+/// Default bound on one frame's payload.
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = 16 << 20;
+
+/// The first 16 bytes each side sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u16,
+    /// 0 for a normal hello; non-zero when the sender refuses the connection
+    /// (see [`Hello::REFUSED_VERSION`]).
+    pub status: u16,
+    pub max_frame_bytes: u32,
+}
+
+impl Hello {
+    pub const OK: u16 = 0;
+    pub const REFUSED_VERSION: u16 = 1;
+
+    pub fn new(max_frame_bytes: u32) -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            status: Hello::OK,
+            max_frame_bytes,
+        }
+    }
+
+    pub fn encode(&self) -> [u8; HELLO_LEN] {
+        let mut b = [0u8; HELLO_LEN];
+        b[0..4].copy_from_slice(&MAGIC);
+        b[4..6].copy_from_slice(&self.version.to_le_bytes());
+        b[6..8].copy_from_slice(&self.status.to_le_bytes());
+        b[8..12].copy_from_slice(&self.max_frame_bytes.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8; HELLO_LEN]) -> Result<Hello, FrameError> {
+        if b[0..4] != MAGIC {
+            return Err(FrameError::BadMagic);
+        }
+        Ok(Hello {
+            version: u16::from_le_bytes([b[4], b[5]]),
+            status: u16::from_le_bytes([b[6], b[7]]),
+            max_frame_bytes: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
+        })
+    }
+}
+
+/// Whether the first bytes of a connection start an agent hello (the master
+/// serves agents and HTTP on one port and tells them apart by this).
+pub fn is_agent_hello(prefix: &[u8]) -> bool {
+    prefix.len() >= 4 && prefix[0..4] == MAGIC
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection does not start with the agora protocol magic")]
+    BadMagic,
+    #[error("protocol version {theirs} is not supported (this side speaks {ours})")]
+    Version { theirs: u16, ours: u16 },
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: u32, max: u32 },
+    #[error("empty frame")]
+    Empty,
+    #[error("frame failed validation: {0}")]
+    Invalid(String),
+    #[error("connection closed in the middle of a frame ({0} bytes pending)")]
+    Truncated(usize),
+}
+
+/// What an agent says about itself when it registers.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct AgentInfo {
+    pub hostname: String,
+    /// The agent's own HTTP port (sandbox and statistics endpoints).
+    pub port: u32,
+    pub resources: Resources,
+    pub attributes: Vec<Attribute>,
+    pub version: String,
+}
+
+/// A task the agent is running (or has finished but not yet had acknowledged),
+/// reported when it re-registers.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct TaskReport {
+    pub framework_id: FrameworkId,
+    pub task: TaskInfo,
+    /// The task's latest state on the agent.
+    pub state: TaskState,
+}
+
+/// A status update travelling agent → master → framework; `status.uuid` is set
+/// and the agent retries it until the framework acknowledges that uuid.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct StatusUpdate {
+    pub framework_id: FrameworkId,
+    pub status: TaskStatus,
+    /// The task's newest state on the agent, which may be ahead of `status`
+    /// when older updates are still waiting for their acknowledgement.
+    pub latest_state: TaskState,
+}
+
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum AgentToMaster {
+    Register {
+        info: AgentInfo,
+    },
+    Reregister {
+        agent_id: AgentId,
+        info: AgentInfo,
+        tasks: Vec<TaskReport>,
+        frameworks: Vec<FrameworkInfo>,
+    },
+    StatusUpdate(StatusUpdate),
+    Pong {
+        seq: u64,
+    },
+    /// The agent is shutting down and has killed its tasks.
+    Unregister {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum MasterToAgent {
+    Registered {
+        agent_id: AgentId,
+        master_id: String,
+    },
+    /// Registration refused; the agent logs the message and exits.
+    Refused {
+        message: String,
+    },
+    Ping {
+        seq: u64,
+    },
+    RunTask {
+        framework: FrameworkInfo,
+        task: TaskInfo,
+    },
+    KillTask {
+        framework_id: FrameworkId,
+        task_id: TaskId,
+        kill_policy: Option<KillPolicy>,
+    },
+    AcknowledgeUpdate {
+        framework_id: FrameworkId,
+        task_id: TaskId,
+        uuid: Vec<u8>,
+    },
+    /// Kill every task of a framework that has been removed.
+    ShutdownFramework {
+        framework_id: FrameworkId,
+    },
+}
+
+/// Encodes one message as a complete frame (length prefix included).
+pub fn encode<T>(msg: &T) -> Vec<u8>
+where
+    T: for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<
+            AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rancor::Error,
+        >,
+    >,
+{
+    let body = rkyv::to_bytes::<rancor::Error>(msg).expect("serializing into memory cannot fail");
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Validates one frame's payload and returns the owned message.
+pub fn decode<T>(payload: &AlignedVec) -> Result<T, FrameError>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+{
+    rkyv::from_bytes::<T, rancor::Error>(payload).map_err(|e| FrameError::Invalid(e.to_string()))
+}
+
+/// Validates one frame's payload and gives access to the archived message in
+/// place, without deserializing.
+pub fn access<T>(payload: &AlignedVec) -> Result<&T::Archived, FrameError>
+where
+    T: rkyv::Archive,
+    T::Archived:
+        for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>,
+{
+    rkyv::access::<T::Archived, rancor::Error>(payload)
+        .map_err(|e| FrameError::Invalid(e.to_string()))
+}
+
+/// Splits a byte stream into frame payloads, bounded by `max_frame_bytes`.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    max_frame_bytes: u32,
+}
+
+impl FrameDecoder {
+    pub fn new(max_frame_bytes: u32) -> FrameDecoder {
+        FrameDecoder {
+            buf: Vec::new(),
+            max_frame_bytes,
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// How many bytes are buffered; never more than one maximal frame plus
+    /// what one read returned, because the length is checked first.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete frame's payload, copied into an aligned buffer, or
+    /// `None` when more bytes are needed. An oversized or empty frame is an
+    /// error; the connection should then be closed.
+    pub fn next_frame(&mut self) -> Result<Option<AlignedVec>, FrameError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+        if len == 0 {
+            return Err(FrameError::Empty);
+        }
+        if len > self.max_frame_bytes {
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame_bytes,
+            });
+        }
+        let total = 4 + len as usize;
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        let mut payload = AlignedVec::with_capacity(len as usize);
+        payload.extend_from_slice(&self.buf[4..total]);
+        self.buf.drain(..total);
+        Ok(Some(payload))
+    }
+
+    /// Call at end of stream: an error if a frame was cut short.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(FrameError::Truncated(self.buf.len()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesos::CommandInfo;
+
+    fn sample_task() -> TaskInfo {
+        TaskInfo {
+            name: "t".into(),
+            task_id: TaskId::new("t1"),
+            agent_id: AgentId::new("a1"),
+            resources: Resources::parse("cpus:0.5;mem:64;ports:[31000-31001]").unwrap(),
+            command: Some(CommandInfo::shell("echo hi")),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn round_trip_through_decoder_in_pieces() {
+        let msg = MasterToAgent::RunTask {
+            framework: FrameworkInfo::default(),
+            task: sample_task(),
+        };
+        let mut bytes = encode(&msg);
+        bytes.extend(encode(&MasterToAgent::Ping { seq: 7 }));
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+        let mut out = Vec::new();
+        for chunk in bytes.chunks(3) {
+            d.push(chunk);
+            while let Some(f) = d.next_frame().unwrap() {
+                out.push(decode::<MasterToAgent>(&f).unwrap());
+            }
+        }
+        d.finish().unwrap();
+        assert_eq!(out, vec![msg, MasterToAgent::Ping { seq: 7 }]);
+    }
+
+    #[test]
+    fn oversized_empty_truncated_and_garbage() {
+        let mut d = FrameDecoder::new(1024);
+        d.push(&(4096u32).to_le_bytes());
+        assert_eq!(
+            d.next_frame().unwrap_err(),
+            FrameError::TooLarge {
+                len: 4096,
+                max: 1024
+            }
+        );
+
+        let mut d = FrameDecoder::new(1024);
+        d.push(&0u32.to_le_bytes());
+        assert_eq!(d.next_frame().unwrap_err(), FrameError::Empty);
+
+        let mut d = FrameDecoder::new(1024);
+        let f = encode(&MasterToAgent::Ping { seq: 1 });
+        d.push(&f[..f.len() - 1]);
+        assert!(d.next_frame().unwrap().is_none());
+        assert!(matches!(d.finish(), Err(FrameError::Truncated(_))));
+
+        // Random payloads never panic; they either fail validation or decode.
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        for n in 1..300usize {
+            let mut payload = AlignedVec::new();
+            for _ in 0..n {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                payload.push(seed as u8);
+            }
+            let _ = decode::<AgentToMaster>(&payload);
+        }
+    }
+
+    #[test]
+    fn corrupted_frame_is_rejected() {
+        let f = encode(&AgentToMaster::Register {
+            info: AgentInfo {
+                hostname: "h".into(),
+                port: 1,
+                resources: Resources::parse("cpus:1").unwrap(),
+                attributes: vec![],
+                version: "x".into(),
+            },
+        });
+        // Setting any one byte to 0xff must never panic; where it breaks a
+        // pointer, a length or a discriminant, validation must reject it.
+        let mut rejected = 0;
+        for i in 4..f.len() {
+            let mut payload = AlignedVec::new();
+            payload.extend_from_slice(&f[4..]);
+            payload[i - 4] = 0xff;
+            if matches!(
+                decode::<AgentToMaster>(&payload),
+                Err(FrameError::Invalid(_))
+            ) {
+                rejected += 1;
+            }
+        }
+        assert!(rejected > 0, "no corruption was detected");
+        // A payload cut short is rejected too.
+        let mut short = AlignedVec::new();
+        short.extend_from_slice(&f[4..f.len() - 8]);
+        assert!(matches!(
+            decode::<AgentToMaster>(&short),
+            Err(FrameError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn hello() {
+        let h = Hello::new(1 << 20);
+        assert_eq!(Hello::decode(&h.encode()).unwrap(), h);
+        assert!(is_agent_hello(&h.encode()));
+        assert!(!is_agent_hello(b"GET / HTTP/1.1"));
+        assert_eq!(
+            Hello::decode(b"GET / HTTP/1.1\r\n\r\n"[..16].try_into().unwrap()),
+            Err(FrameError::BadMagic)
+        );
+    }
+}
