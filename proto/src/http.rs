@@ -18,11 +18,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits {
-            max_header_bytes: 16 << 10,
-            max_headers: 64,
-            max_body_bytes: 8 << 20,
-        }
+        Limits { max_header_bytes: 16 << 10, max_headers: 64, max_body_bytes: 8 << 20 }
     }
 }
 
@@ -78,10 +74,7 @@ impl Request {
 }
 
 fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+    headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
 
 /// Incremental request parser for one connection.
@@ -98,10 +91,7 @@ enum BodyKind {
 
 impl RequestParser {
     pub fn new(limits: Limits) -> RequestParser {
-        RequestParser {
-            buf: Vec::new(),
-            limits,
-        }
+        RequestParser { buf: Vec::new(), limits }
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
@@ -126,10 +116,7 @@ impl RequestParser {
                 return Ok(None);
             }
             Err(httparse::Error::TooManyHeaders) => {
-                return Err(HttpError::Malformed(format!(
-                    "more than {} headers",
-                    self.limits.max_headers
-                )))
+                return Err(HttpError::Malformed(format!("more than {} headers", self.limits.max_headers)))
             }
             Err(e) => return Err(HttpError::Malformed(e.to_string())),
         };
@@ -139,16 +126,8 @@ impl RequestParser {
         let method = req.method.unwrap_or("").to_string();
         let target = req.path.unwrap_or("/");
         let version = req.version.unwrap_or(1);
-        let headers: Vec<(String, String)> = req
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_string(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect();
+        let headers: Vec<(String, String)> =
+            req.headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned())).collect();
         let (path, query) = match target.split_once('?') {
             Some((p, q)) => (p.to_string(), q.to_string()),
             None => (target.to_string(), String::new()),
@@ -164,10 +143,8 @@ impl RequestParser {
             (Some(te), _) if te.trim() == "chunked" => BodyKind::Chunked,
             (Some(te), _) => return Err(HttpError::Unsupported(format!("transfer-encoding {te}"))),
             (None, Some(cl)) => {
-                let n: usize = cl
-                    .trim()
-                    .parse()
-                    .map_err(|_| HttpError::Malformed(format!("bad content-length {cl:?}")))?;
+                let n: usize =
+                    cl.trim().parse().map_err(|_| HttpError::Malformed(format!("bad content-length {cl:?}")))?;
                 if n > self.limits.max_body_bytes {
                     return Err(HttpError::BodyTooLarge(self.limits.max_body_bytes));
                 }
@@ -182,22 +159,13 @@ impl RequestParser {
                 }
                 (self.buf[head_len..head_len + n].to_vec(), head_len + n)
             }
-            BodyKind::Chunked => {
-                match decode_chunked(&self.buf[head_len..], self.limits.max_body_bytes)? {
-                    None => return Ok(None),
-                    Some((body, used)) => (body, head_len + used),
-                }
-            }
+            BodyKind::Chunked => match decode_chunked(&self.buf[head_len..], self.limits.max_body_bytes)? {
+                None => return Ok(None),
+                Some((body, used)) => (body, head_len + used),
+            },
         };
         self.buf.drain(..consumed);
-        Ok(Some(Request {
-            method,
-            path,
-            query,
-            headers,
-            body,
-            keep_alive,
-        }))
+        Ok(Some(Request { method, path, query, headers, body, keep_alive }))
     }
 }
 
@@ -210,8 +178,8 @@ fn decode_chunked(buf: &[u8], max: usize) -> Result<Option<(Vec<u8>, usize)>, Ht
         let Some(line_end) = find_crlf(&buf[pos..]) else {
             return Ok(None);
         };
-        let line = std::str::from_utf8(&buf[pos..pos + line_end])
-            .map_err(|_| HttpError::Malformed("chunk size".into()))?;
+        let line =
+            std::str::from_utf8(&buf[pos..pos + line_end]).map_err(|_| HttpError::Malformed("chunk size".into()))?;
         let size_str = line.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(size_str, 16)
             .map_err(|_| HttpError::Malformed(format!("chunk size {size_str:?}")))?;
@@ -279,23 +247,15 @@ pub struct Response {
 
 impl Response {
     pub fn new(status: u16) -> Response {
-        Response {
-            status,
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
+        Response { status, headers: Vec::new(), body: Vec::new() }
     }
 
     pub fn text(status: u16, body: impl Into<String>) -> Response {
-        Response::new(status)
-            .header("Content-Type", "text/plain; charset=utf-8")
-            .body(body.into().into_bytes())
+        Response::new(status).header("Content-Type", "text/plain; charset=utf-8").body(body.into().into_bytes())
     }
 
     pub fn json(status: u16, body: Vec<u8>) -> Response {
-        Response::new(status)
-            .header("Content-Type", "application/json")
-            .body(body)
+        Response::new(status).header("Content-Type", "application/json").body(body)
     }
 
     pub fn header(mut self, k: &str, v: impl Into<String>) -> Response {
@@ -312,12 +272,7 @@ impl Response {
     /// to end of stream), and `Connection: close` when the connection will close.
     pub fn encode(&self, keep_alive: bool) -> Vec<u8> {
         let mut head = String::with_capacity(128);
-        let _ = write!(
-            head,
-            "HTTP/1.1 {} {}\r\n",
-            self.status,
-            reason_phrase(self.status)
-        );
+        let _ = write!(head, "HTTP/1.1 {} {}\r\n", self.status, reason_phrase(self.status));
         for (k, v) in &self.headers {
             let _ = write!(head, "{k}: {v}\r\n");
         }
@@ -378,10 +333,7 @@ pub struct RecordIoDecoder {
 
 impl RecordIoDecoder {
     pub fn new(max_record_bytes: usize) -> RecordIoDecoder {
-        RecordIoDecoder {
-            buf: Vec::new(),
-            max_record_bytes,
-        }
+        RecordIoDecoder { buf: Vec::new(), max_record_bytes }
     }
 
     pub fn push(&mut self, b: &[u8]) {
@@ -456,12 +408,7 @@ pub enum ResponseItem {
 
 impl ResponseParser {
     pub fn new(limits: Limits) -> ResponseParser {
-        ResponseParser {
-            buf: Vec::new(),
-            head: None,
-            body: BodyState::Unknown,
-            limits,
-        }
+        ResponseParser { buf: Vec::new(), head: None, body: BodyState::Unknown, limits }
     }
 
     pub fn push(&mut self, b: &[u8]) {
@@ -482,16 +429,10 @@ impl ResponseParser {
             BodyState::UntilClose => {
                 self.body = BodyState::Done;
                 let rest = std::mem::take(&mut self.buf);
-                Ok(Some(if rest.is_empty() {
-                    ResponseItem::End
-                } else {
-                    ResponseItem::Body(rest)
-                }))
+                Ok(Some(if rest.is_empty() { ResponseItem::End } else { ResponseItem::Body(rest) }))
             }
             BodyState::Done => Ok(None),
-            _ => Err(HttpError::Malformed(
-                "connection closed before the response ended".into(),
-            )),
+            _ => Err(HttpError::Malformed("connection closed before the response ended".into())),
         }
     }
 
@@ -514,24 +455,14 @@ impl ResponseParser {
                 headers: resp
                     .headers
                     .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_string(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
+                    .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
                     .collect(),
             };
-            let chunked = head
-                .header("transfer-encoding")
-                .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+            let chunked = head.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
             self.body = if chunked {
                 BodyState::ChunkSize
             } else if let Some(cl) = head.header("content-length") {
-                let n: usize = cl
-                    .trim()
-                    .parse()
-                    .map_err(|_| HttpError::Malformed("bad content-length".into()))?;
+                let n: usize = cl.trim().parse().map_err(|_| HttpError::Malformed("bad content-length".into()))?;
                 if n > self.limits.max_body_bytes {
                     return Err(HttpError::BodyTooLarge(self.limits.max_body_bytes));
                 }
@@ -565,11 +496,7 @@ impl ResponseParser {
                     }
                     let n = left.min(self.buf.len());
                     let part: Vec<u8> = self.buf.drain(..n).collect();
-                    self.body = if left == n {
-                        BodyState::Done
-                    } else {
-                        BodyState::Length(left - n)
-                    };
+                    self.body = if left == n { BodyState::Done } else { BodyState::Length(left - n) };
                     return Ok(Some(ResponseItem::Body(part)));
                 }
                 BodyState::ChunkSize => {
@@ -611,9 +538,7 @@ impl ResponseParser {
                             return Ok(None);
                         }
                         if &self.buf[..2] != b"\r\n" {
-                            return Err(HttpError::Malformed(
-                                "chunk not terminated by CRLF".into(),
-                            ));
+                            return Err(HttpError::Malformed("chunk not terminated by CRLF".into()));
                         }
                         self.buf.drain(..2);
                         self.body = BodyState::ChunkSize;
@@ -633,13 +558,7 @@ impl ResponseParser {
 }
 
 /// Builds a client request with a body.
-pub fn request(
-    method: &str,
-    host: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Vec<u8> {
+pub fn request(method: &str, host: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
     let mut head = String::with_capacity(128);
     let _ = write!(head, "{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
     for (k, v) in headers {
@@ -685,11 +604,7 @@ mod tests {
 
     #[test]
     fn limits_and_garbage() {
-        let lim = Limits {
-            max_header_bytes: 64,
-            max_headers: 4,
-            max_body_bytes: 10,
-        };
+        let lim = Limits { max_header_bytes: 64, max_headers: 4, max_body_bytes: 10 };
         let mut p = RequestParser::new(lim);
         p.push(b"\x00\x01garbage\r\n\r\n");
         assert_eq!(p.next_request().unwrap_err().status(), 400);
@@ -706,13 +621,7 @@ mod tests {
 
     #[test]
     fn streaming_response_round_trip() {
-        let mut wire = stream_head(
-            200,
-            &[
-                ("Mesos-Stream-Id", "s1"),
-                ("Content-Type", "application/json"),
-            ],
-        );
+        let mut wire = stream_head(200, &[("Mesos-Stream-Id", "s1"), ("Content-Type", "application/json")]);
         wire.extend(recordio_chunk(br#"{"type":"SUBSCRIBED"}"#));
         wire.extend(recordio_chunk(br#"{"type":"HEARTBEAT"}"#));
         wire.extend_from_slice(LAST_CHUNK);
@@ -738,10 +647,7 @@ mod tests {
             }
         }
         assert!(ended);
-        assert_eq!(
-            records,
-            vec![r#"{"type":"SUBSCRIBED"}"#, r#"{"type":"HEARTBEAT"}"#]
-        );
+        assert_eq!(records, vec![r#"{"type":"SUBSCRIBED"}"#, r#"{"type":"HEARTBEAT"}"#]);
     }
 
     #[test]

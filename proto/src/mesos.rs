@@ -14,8 +14,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::resources::{
-    Attribute, AttributeValue, Fixed, Ranges, Reservation, ReservationKind, Resource, Resources,
-    Value, DEFAULT_ROLE,
+    Attribute, AttributeValue, Fixed, Ranges, Reservation, ReservationKind, Resource, Resources, Value, DEFAULT_ROLE,
 };
 
 macro_rules! id_type {
@@ -118,31 +117,19 @@ pub mod json {
             Any::N(n) => Ok(n),
             Any::F(f) if f.fract() == 0.0 && f.abs() < 9.0e18 => Ok(f as i64),
             Any::F(f) => Err(D::Error::custom(format!("expected an integer, got {f}"))),
-            Any::S(s) => s
-                .parse()
-                .map_err(|_| D::Error::custom(format!("expected an integer, got {s:?}"))),
+            Any::S(s) => s.parse().map_err(|_| D::Error::custom(format!("expected an integer, got {s:?}"))),
         }
     }
 
     pub fn u64_any<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         let v = i64_any(d)?;
-        u64::try_from(v)
-            .map_err(|_| D::Error::custom(format!("expected a non-negative integer, got {v}")))
+        u64::try_from(v).map_err(|_| D::Error::custom(format!("expected a non-negative integer, got {v}")))
     }
 }
 
 /// `Labels`: free-form key/value pairs.
 #[derive(
-    Clone,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug))]
 pub struct Labels {
@@ -150,17 +137,7 @@ pub struct Labels {
     pub labels: Vec<Label>,
 }
 
-#[derive(
-    Clone,
-    Debug,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct Label {
     pub key: String,
@@ -170,17 +147,11 @@ pub struct Label {
 
 impl Labels {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|l| l.key == key)
-            .and_then(|l| l.value.as_deref())
+        self.labels.iter().find(|l| l.key == key).and_then(|l| l.value.as_deref())
     }
 
     pub fn with(mut self, key: &str, value: impl Into<String>) -> Labels {
-        self.labels.push(Label {
-            key: key.to_string(),
-            value: Some(value.into()),
-        });
+        self.labels.push(Label { key: key.to_string(), value: Some(value.into()) });
         self
     }
 }
@@ -247,17 +218,7 @@ pub struct KillPolicy {
 
 /// `FrameworkInfo.Capability.Type`.
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[rkyv(derive(Debug, PartialEq))]
@@ -278,16 +239,7 @@ pub enum CapabilityType {
 }
 
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug))]
 pub struct Capability {
@@ -297,15 +249,7 @@ pub struct Capability {
 
 /// `FrameworkInfo`: what a framework says about itself at SUBSCRIBE.
 #[derive(
-    Clone,
-    Debug,
-    Default,
-    PartialEq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug))]
 pub struct FrameworkInfo {
@@ -347,10 +291,7 @@ impl FrameworkInfo {
         if self.has_capability(CapabilityType::MultiRole) && !self.roles.is_empty() {
             self.roles.clone()
         } else {
-            vec![self
-                .role
-                .clone()
-                .unwrap_or_else(|| DEFAULT_ROLE.to_string())]
+            vec![self.role.clone().unwrap_or_else(|| DEFAULT_ROLE.to_string())]
         }
     }
 
@@ -360,16 +301,7 @@ impl FrameworkInfo {
 }
 
 /// `CommandInfo.URI`: accepted and passed to the agent, which does not fetch yet.
-#[derive(
-    Clone,
-    Debug,
-    PartialEq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct CommandUri {
     pub value: String,
@@ -379,16 +311,7 @@ pub struct CommandUri {
     pub extract: Option<bool>,
 }
 
-#[derive(
-    Clone,
-    Debug,
-    PartialEq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct EnvVariable {
     pub name: String,
@@ -397,15 +320,7 @@ pub struct EnvVariable {
 }
 
 #[derive(
-    Clone,
-    Debug,
-    Default,
-    PartialEq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug))]
 pub struct Environment {
@@ -416,15 +331,7 @@ pub struct Environment {
 /// `CommandInfo`: what to run. With `shell` (the default) `value` runs under
 /// `/bin/sh -c`; otherwise `value` is the program and `arguments` its argv.
 #[derive(
-    Clone,
-    Debug,
-    Default,
-    PartialEq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug))]
 pub struct CommandInfo {
@@ -444,25 +351,14 @@ pub struct CommandInfo {
 
 impl CommandInfo {
     pub fn shell(cmd: impl Into<String>) -> CommandInfo {
-        CommandInfo {
-            value: Some(cmd.into()),
-            ..Default::default()
-        }
+        CommandInfo { value: Some(cmd.into()), ..Default::default() }
     }
 }
 
 /// The parts of `ExecutorInfo` the master reads: only command tasks are
 /// supported, so a task that names an executor is refused with a reason.
 #[derive(
-    Clone,
-    Debug,
-    Default,
-    PartialEq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug))]
 pub struct ExecutorInfo {
@@ -473,15 +369,7 @@ pub struct ExecutorInfo {
 /// The parts of `ContainerInfo` the master reads: Agora runs tasks as plain
 /// processes in cgroups, so an image or a Docker container is refused.
 #[derive(
-    Clone,
-    Debug,
-    Default,
-    PartialEq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug))]
 pub struct ContainerInfo {
@@ -492,15 +380,7 @@ pub struct ContainerInfo {
 }
 
 #[derive(
-    Clone,
-    Debug,
-    Default,
-    PartialEq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug))]
 pub struct MesosContainerInfo {
@@ -523,15 +403,7 @@ mod present {
 
 /// `TaskInfo`: one task a framework launches.
 #[derive(
-    Clone,
-    Debug,
-    Default,
-    PartialEq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug))]
 pub struct TaskInfo {
@@ -549,11 +421,7 @@ pub struct TaskInfo {
     pub container: Option<ContainerInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_policy: Option<KillPolicy>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "json::base64_opt"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "json::base64_opt")]
     pub data: Option<Vec<u8>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Labels>,
@@ -671,16 +539,7 @@ impl fmt::Display for TaskState {
 
 /// `TaskStatus.Source`.
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug))]
 pub enum Source {
@@ -695,16 +554,7 @@ pub enum Source {
 /// `TaskStatus.Reason`, with Mesos's names. Unknown names from clients are kept
 /// as `Other` rather than rejected.
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[rkyv(derive(Debug))]
@@ -756,16 +606,7 @@ pub enum Reason {
 /// `TaskStatus`: one state change of a task. `uuid` is set on updates that
 /// must be acknowledged; updates the master makes up (reconciliation, agent
 /// loss) carry none.
-#[derive(
-    Clone,
-    Debug,
-    PartialEq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
-)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct TaskStatus {
     pub task_id: TaskId,
@@ -776,11 +617,7 @@ pub struct TaskStatus {
     pub source: Option<Source>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "json::base64_opt"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "json::base64_opt")]
     pub data: Option<Vec<u8>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<AgentId>,
@@ -789,11 +626,7 @@ pub struct TaskStatus {
     /// Seconds since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<f64>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "json::base64_opt"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "json::base64_opt")]
     pub uuid: Option<Vec<u8>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy: Option<bool>,
@@ -833,12 +666,7 @@ impl TaskStatus {
     }
 
     pub fn with_exit_code(mut self, code: i32) -> TaskStatus {
-        self.labels = Some(
-            self.labels
-                .take()
-                .unwrap_or_default()
-                .with(EXIT_CODE_LABEL, code.to_string()),
-        );
+        self.labels = Some(self.labels.take().unwrap_or_default().with(EXIT_CODE_LABEL, code.to_string()));
         self
     }
 }
@@ -985,28 +813,14 @@ struct JsonResource {
 }
 
 fn labels_to_pairs(l: Option<Labels>) -> Vec<(String, String)> {
-    l.map(|l| {
-        l.labels
-            .into_iter()
-            .map(|x| (x.key, x.value.unwrap_or_default()))
-            .collect()
-    })
-    .unwrap_or_default()
+    l.map(|l| l.labels.into_iter().map(|x| (x.key, x.value.unwrap_or_default())).collect()).unwrap_or_default()
 }
 
 fn pairs_to_labels(p: &[(String, String)]) -> Option<Labels> {
     if p.is_empty() {
         None
     } else {
-        Some(Labels {
-            labels: p
-                .iter()
-                .map(|(k, v)| Label {
-                    key: k.clone(),
-                    value: Some(v.clone()),
-                })
-                .collect(),
-        })
+        Some(Labels { labels: p.iter().map(|(k, v)| Label { key: k.clone(), value: Some(v.clone()) }).collect() })
     }
 }
 
@@ -1019,52 +833,29 @@ impl TryFrom<JsonResource> for Resource {
         }
         let value = match j.kind {
             JsonValueType::Scalar => {
-                let s = j.scalar.ok_or_else(|| {
-                    format!("resource {:?} of type SCALAR has no 'scalar'", j.name)
-                })?;
+                let s = j.scalar.ok_or_else(|| format!("resource {:?} of type SCALAR has no 'scalar'", j.name))?;
                 if !s.value.is_finite() || s.value < 0.0 {
-                    return Err(format!(
-                        "resource {:?} has invalid scalar {}",
-                        j.name, s.value
-                    ));
+                    return Err(format!("resource {:?} has invalid scalar {}", j.name, s.value));
                 }
                 Value::Scalar(Fixed::from_f64(s.value))
             }
             JsonValueType::Ranges => {
-                let r = j.ranges.ok_or_else(|| {
-                    format!("resource {:?} of type RANGES has no 'ranges'", j.name)
-                })?;
+                let r = j.ranges.ok_or_else(|| format!("resource {:?} of type RANGES has no 'ranges'", j.name))?;
                 let mut pairs = Vec::with_capacity(r.range.len());
                 for x in r.range {
                     if x.begin > x.end {
-                        return Err(format!(
-                            "resource {:?} has reversed range {}-{}",
-                            j.name, x.begin, x.end
-                        ));
+                        return Err(format!("resource {:?} has reversed range {}-{}", j.name, x.begin, x.end));
                     }
                     pairs.push((x.begin, x.end));
                 }
                 Value::Ranges(Ranges::new(pairs))
             }
-            JsonValueType::Set => Value::Set(
-                j.set
-                    .unwrap_or_default()
-                    .item
-                    .into_iter()
-                    .collect::<BTreeSet<_>>(),
-            ),
-            JsonValueType::Text => {
-                return Err(format!(
-                    "resource {:?}: TEXT resources are not supported",
-                    j.name
-                ))
-            }
+            JsonValueType::Set => Value::Set(j.set.unwrap_or_default().item.into_iter().collect::<BTreeSet<_>>()),
+            JsonValueType::Text => return Err(format!("resource {:?}: TEXT resources are not supported", j.name)),
         };
         // Refined reservations: the last one is the current role.
         let reservation = if let Some(last) = j.reservations.into_iter().last() {
-            let role = last
-                .role
-                .ok_or_else(|| format!("resource {:?} has a reservation without a role", j.name))?;
+            let role = last.role.ok_or_else(|| format!("resource {:?} has a reservation without a role", j.name))?;
             Some(Reservation {
                 kind: match last.kind {
                     Some(JsonReservationType::Dynamic) => ReservationKind::Dynamic,
@@ -1095,10 +886,7 @@ impl TryFrom<JsonResource> for Resource {
         };
         if let Some(r) = &reservation {
             if !crate::resources::valid_role(&r.role) || r.role == DEFAULT_ROLE {
-                return Err(format!(
-                    "resource {:?} is reserved to invalid role {:?}",
-                    j.name, r.role
-                ));
+                return Err(format!("resource {:?} is reserved to invalid role {:?}", j.name, r.role));
             }
         }
         Ok(Resource {
@@ -1114,32 +902,16 @@ impl TryFrom<JsonResource> for Resource {
 impl From<&Resource> for JsonResource {
     fn from(r: &Resource) -> JsonResource {
         let (kind, scalar, ranges, set) = match &r.value {
-            Value::Scalar(s) => (
-                JsonValueType::Scalar,
-                Some(JsonScalar { value: s.as_f64() }),
-                None,
-                None,
-            ),
+            Value::Scalar(s) => (JsonValueType::Scalar, Some(JsonScalar { value: s.as_f64() }), None, None),
             Value::Ranges(rg) => (
                 JsonValueType::Ranges,
                 None,
                 Some(JsonRanges {
-                    range: rg
-                        .as_slice()
-                        .iter()
-                        .map(|&(begin, end)| JsonRange { begin, end })
-                        .collect(),
+                    range: rg.as_slice().iter().map(|&(begin, end)| JsonRange { begin, end }).collect(),
                 }),
                 None,
             ),
-            Value::Set(s) => (
-                JsonValueType::Set,
-                None,
-                None,
-                Some(JsonSet {
-                    item: s.iter().cloned().collect(),
-                }),
-            ),
+            Value::Set(s) => (JsonValueType::Set, None, None, Some(JsonSet { item: s.iter().cloned().collect() })),
         };
         let reservations = r
             .reservation
@@ -1163,9 +935,7 @@ impl From<&Resource> for JsonResource {
             role: Some(r.role().to_string()),
             reservation: None,
             reservations,
-            allocation_info: r.allocation_role.as_ref().map(|role| AllocationInfo {
-                role: Some(role.clone()),
-            }),
+            allocation_info: r.allocation_role.as_ref().map(|role| AllocationInfo { role: Some(role.clone()) }),
             revocable: r.revocable.then(JsonRevocable::default),
         }
     }
@@ -1229,18 +999,12 @@ impl Serialize for Attribute {
             AttributeValue::Ranges(r) => {
                 j.kind = JsonValueType::Ranges;
                 j.ranges = Some(JsonRanges {
-                    range: r
-                        .as_slice()
-                        .iter()
-                        .map(|&(begin, end)| JsonRange { begin, end })
-                        .collect(),
+                    range: r.as_slice().iter().map(|&(begin, end)| JsonRange { begin, end }).collect(),
                 });
             }
             AttributeValue::Set(x) => {
                 j.kind = JsonValueType::Set;
-                j.set = Some(JsonSet {
-                    item: x.iter().cloned().collect(),
-                });
+                j.set = Some(JsonSet { item: x.iter().cloned().collect() });
             }
         }
         j.serialize(s)
@@ -1250,42 +1014,20 @@ impl Serialize for Attribute {
 impl<'de> Deserialize<'de> for Attribute {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Attribute, D::Error> {
         let j = JsonAttribute::deserialize(d)?;
-        let missing =
-            |what: &str| D::Error::custom(format!("attribute {:?} has no '{what}'", j.name));
+        let missing = |what: &str| D::Error::custom(format!("attribute {:?} has no '{what}'", j.name));
         let value = match j.kind {
-            JsonValueType::Text => AttributeValue::Text(
-                j.text
-                    .as_ref()
-                    .ok_or_else(|| missing("text"))?
-                    .value
-                    .clone(),
-            ),
-            JsonValueType::Scalar => AttributeValue::Scalar(Fixed::from_f64(
-                j.scalar.as_ref().ok_or_else(|| missing("scalar"))?.value,
-            )),
+            JsonValueType::Text => AttributeValue::Text(j.text.as_ref().ok_or_else(|| missing("text"))?.value.clone()),
+            JsonValueType::Scalar => {
+                AttributeValue::Scalar(Fixed::from_f64(j.scalar.as_ref().ok_or_else(|| missing("scalar"))?.value))
+            }
             JsonValueType::Ranges => AttributeValue::Ranges(Ranges::new(
-                j.ranges
-                    .as_ref()
-                    .ok_or_else(|| missing("ranges"))?
-                    .range
-                    .iter()
-                    .map(|r| (r.begin, r.end))
-                    .collect(),
+                j.ranges.as_ref().ok_or_else(|| missing("ranges"))?.range.iter().map(|r| (r.begin, r.end)).collect(),
             )),
-            JsonValueType::Set => AttributeValue::Set(
-                j.set
-                    .as_ref()
-                    .ok_or_else(|| missing("set"))?
-                    .item
-                    .iter()
-                    .cloned()
-                    .collect(),
-            ),
+            JsonValueType::Set => {
+                AttributeValue::Set(j.set.as_ref().ok_or_else(|| missing("set"))?.item.iter().cloned().collect())
+            }
         };
-        Ok(Attribute {
-            name: j.name,
-            value,
-        })
+        Ok(Attribute { name: j.name, value })
     }
 }
 
@@ -1315,10 +1057,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(legacy.role(), "eng");
-        assert_eq!(
-            legacy.reservation.as_ref().unwrap().kind,
-            ReservationKind::Dynamic
-        );
+        assert_eq!(legacy.reservation.as_ref().unwrap().kind, ReservationKind::Dynamic);
         let refined: Resource = serde_json::from_str(
             r#"{"name":"mem","type":"SCALAR","scalar":{"value":64},"reservations":[{"type":"DYNAMIC","role":"eng/dev","principal":"p"}]}"#,
         )
@@ -1347,10 +1086,7 @@ mod tests {
         .unwrap();
         assert_eq!(t.resources.cpus(), 0.1);
         assert_eq!(t.data.as_deref(), Some(&b"hello"[..]));
-        assert_eq!(
-            t.kill_policy.unwrap().grace_period.unwrap().nanoseconds,
-            1_000_000_000
-        );
+        assert_eq!(t.kill_policy.unwrap().grace_period.unwrap().nanoseconds, 1_000_000_000);
     }
 
     #[test]

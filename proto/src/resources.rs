@@ -14,18 +14,7 @@ pub const DEFAULT_ROLE: &str = "*";
 
 /// A scalar in thousandths: `Fixed(1500)` is 1.5.
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug))]
 pub struct Fixed(pub i64);
@@ -54,9 +43,7 @@ impl fmt::Display for Fixed {
 }
 
 /// Inclusive, sorted, disjoint and non-adjacent ranges of integers, e.g. ports.
-#[derive(
-    Clone, Debug, Default, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct Ranges(Vec<(u64, u64)>);
 
@@ -236,9 +223,7 @@ impl fmt::Display for Value {
 }
 
 /// Whether a reservation came from the agent's flags or from an operation.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub enum ReservationKind {
     Static,
@@ -292,19 +277,11 @@ impl Resource {
 
     /// The role this resource is reserved for, or `*`.
     pub fn role(&self) -> &str {
-        self.reservation
-            .as_ref()
-            .map(|r| r.role.as_str())
-            .unwrap_or(DEFAULT_ROLE)
+        self.reservation.as_ref().map(|r| r.role.as_str()).unwrap_or(DEFAULT_ROLE)
     }
 
     pub fn reserved_to(mut self, role: &str, kind: ReservationKind) -> Resource {
-        self.reservation = Some(Reservation {
-            kind,
-            role: role.to_string(),
-            principal: None,
-            labels: Vec::new(),
-        });
+        self.reservation = Some(Reservation { kind, role: role.to_string(), principal: None, labels: Vec::new() });
         self
     }
 
@@ -335,9 +312,7 @@ impl fmt::Display for Resource {
 }
 
 /// A normalized bag of resources: like resources are merged, empty ones dropped.
-#[derive(
-    Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct Resources(Vec<Resource>);
 
@@ -401,9 +376,7 @@ impl Resources {
         if r.value.is_empty() {
             return true;
         }
-        self.0
-            .iter()
-            .any(|x| x.same_kind(r) && x.value.contains(&r.value))
+        self.0.iter().any(|x| x.same_kind(r) && x.value.contains(&r.value))
     }
 
     /// Whether every resource of `other` is in `self`, role and reservation included.
@@ -503,13 +476,7 @@ impl Resources {
 
     /// The resources usable by `role`: unreserved ones and those reserved to it.
     pub fn usable_by(&self, role: &str) -> Resources {
-        Resources(
-            self.0
-                .iter()
-                .filter(|r| r.reservation.is_none() || r.role() == role)
-                .cloned()
-                .collect(),
-        )
+        Resources(self.0.iter().filter(|r| r.reservation.is_none() || r.role() == role).cloned().collect())
     }
 
     pub fn filter(&self, f: impl Fn(&Resource) -> bool) -> Resources {
@@ -609,10 +576,7 @@ pub struct ParseError {
 }
 
 fn perr(text: &str, why: impl Into<String>) -> ParseError {
-    ParseError {
-        text: text.to_string(),
-        why: why.into(),
-    }
+    ParseError { text: text.to_string(), why: why.into() }
 }
 
 /// Splits on `sep` outside of `[]`, `{}` and `()`.
@@ -636,10 +600,7 @@ pub(crate) fn split_top_level(text: &str, sep: char) -> Vec<&str> {
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
 }
 
 fn parse_item(item: &str) -> Result<Resource, ParseError> {
@@ -680,13 +641,7 @@ fn parse_item(item: &str) -> Result<Resource, ParseError> {
             return Err(perr(item, "negative scalar"));
         }
     }
-    Ok(Resource {
-        name: name.to_string(),
-        value,
-        reservation,
-        revocable: false,
-        allocation_role: None,
-    })
+    Ok(Resource { name: name.to_string(), value, reservation, revocable: false, allocation_role: None })
 }
 
 fn find_top_level(text: &str, sep: char) -> Option<usize> {
@@ -716,8 +671,7 @@ pub fn valid_role(role: &str) -> bool {
                 && c != "."
                 && c != ".."
                 && !c.starts_with('-')
-                && c.chars()
-                    .all(|ch| ch.is_ascii_graphic() && ch != '*' && ch != '(' && ch != ')')
+                && c.chars().all(|ch| ch.is_ascii_graphic() && ch != '*' && ch != '(' && ch != ')')
         })
 }
 
@@ -734,12 +688,8 @@ pub(crate) fn parse_value(value: &str) -> Result<Value, String> {
                 Some((b, e)) => (b.trim(), e.trim()),
                 None => (part, part),
             };
-            let b: u64 = b
-                .parse()
-                .map_err(|_| format!("invalid range bound {b:?}"))?;
-            let e: u64 = e
-                .parse()
-                .map_err(|_| format!("invalid range bound {e:?}"))?;
+            let b: u64 = b.parse().map_err(|_| format!("invalid range bound {b:?}"))?;
+            let e: u64 = e.parse().map_err(|_| format!("invalid range bound {e:?}"))?;
             if b > e {
                 return Err(format!("range {b}-{e} is reversed"));
             }
@@ -748,18 +698,9 @@ pub(crate) fn parse_value(value: &str) -> Result<Value, String> {
         Ok(Value::Ranges(Ranges::new(pairs)))
     } else if let Some(inner) = value.strip_prefix('{') {
         let inner = inner.strip_suffix('}').ok_or("unclosed '{'")?;
-        Ok(Value::Set(
-            inner
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect(),
-        ))
+        Ok(Value::Set(inner.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()))
     } else {
-        let v: f64 = value
-            .parse()
-            .map_err(|_| format!("invalid scalar {value:?}"))?;
+        let v: f64 = value.parse().map_err(|_| format!("invalid scalar {value:?}"))?;
         if !v.is_finite() {
             return Err(format!("invalid scalar {value:?}"));
         }
@@ -804,9 +745,7 @@ pub fn parse_attributes(text: &str) -> Result<Vec<Attribute>, ParseError> {
         if item.is_empty() {
             continue;
         }
-        let (name, value) = item
-            .split_once(':')
-            .ok_or_else(|| perr(item, "expected name:value"))?;
+        let (name, value) = item.split_once(':').ok_or_else(|| perr(item, "expected name:value"))?;
         let (name, value) = (name.trim(), value.trim());
         if !valid_name(name) {
             return Err(perr(item, format!("invalid attribute name {name:?}")));
@@ -830,10 +769,7 @@ pub fn parse_attributes(text: &str) -> Result<Vec<Attribute>, ParseError> {
         } else {
             AttributeValue::Text(value.to_string())
         };
-        out.push(Attribute {
-            name: name.to_string(),
-            value,
-        });
+        out.push(Attribute { name: name.to_string(), value });
     }
     Ok(out)
 }
@@ -858,33 +794,18 @@ mod tests {
 
     #[test]
     fn parses_principal_sets_and_whitespace() {
-        let r =
-            Resources::parse(" cpus(eng, alice):1.5 ; gpus_models:{a100, h100};ports:[1-2,5-6]")
-                .unwrap();
+        let r = Resources::parse(" cpus(eng, alice):1.5 ; gpus_models:{a100, h100};ports:[1-2,5-6]").unwrap();
         let cpu = r.iter().find(|x| x.name == "cpus").unwrap();
-        assert_eq!(
-            cpu.reservation.as_ref().unwrap().principal.as_deref(),
-            Some("alice")
-        );
+        assert_eq!(cpu.reservation.as_ref().unwrap().principal.as_deref(), Some("alice"));
         assert_eq!(r.ports().count(), 4);
-        assert!(
-            matches!(&r.iter().find(|x| x.name == "gpus_models").unwrap().value, Value::Set(s) if s.len() == 2)
-        );
+        assert!(matches!(&r.iter().find(|x| x.name == "gpus_models").unwrap().value, Value::Set(s) if s.len() == 2));
     }
 
     #[test]
     fn rejects_bad_text() {
-        for bad in [
-            "cpus",
-            "cpus:abc",
-            "cpus:-1",
-            "ports:[5-1]",
-            "ports:[1-",
-            "cpus(:1",
-            "(eng):1",
-            "cpus(a b):1",
-            "cpus:inf",
-        ] {
+        for bad in
+            ["cpus", "cpus:abc", "cpus:-1", "ports:[5-1]", "ports:[1-", "cpus(:1", "(eng):1", "cpus(a b):1", "cpus:inf"]
+        {
             assert!(Resources::parse(bad).is_err(), "{bad} should not parse");
         }
     }
@@ -904,15 +825,10 @@ mod tests {
         let mut r = Resources::parse("cpus:1;ports:[10-20]").unwrap();
         let before = r.clone();
         assert!(r.subtract(&Resources::parse("cpus:2").unwrap()).is_err());
-        assert!(r
-            .subtract(&Resources::parse("ports:[19-21]").unwrap())
-            .is_err());
-        assert!(r
-            .subtract(&Resources::parse("cpus(eng):1").unwrap())
-            .is_err());
+        assert!(r.subtract(&Resources::parse("ports:[19-21]").unwrap()).is_err());
+        assert!(r.subtract(&Resources::parse("cpus(eng):1").unwrap()).is_err());
         assert_eq!(r, before);
-        r.subtract(&Resources::parse("ports:[12-13]").unwrap())
-            .unwrap();
+        r.subtract(&Resources::parse("ports:[12-13]").unwrap()).unwrap();
         assert_eq!(r.ports().to_string(), "[10-11, 14-20]");
     }
 
@@ -931,9 +847,7 @@ mod tests {
         for ok in ["*", "eng", "eng/dev", "a.b", "x-y"] {
             assert!(valid_role(ok), "{ok}");
         }
-        for bad in [
-            "", "/eng", "eng/", "eng//dev", "..", "eng/.", "-x", "a b", "a*",
-        ] {
+        for bad in ["", "/eng", "eng/", "eng//dev", "..", "eng/.", "-x", "a b", "a*"] {
             assert!(!valid_role(bad), "{bad}");
         }
     }
@@ -945,21 +859,17 @@ mod tests {
 
     fn arb_resources() -> impl Strategy<Value = Resources> {
         let role = prop::sample::select(vec!["*", "eng", "ops"]);
-        let scalar = (
-            prop::sample::select(vec!["cpus", "mem", "disk", "gpus"]),
-            0i64..10_000,
-            role.clone(),
-            any::<bool>(),
-        )
-            .prop_map(|(n, v, role, rev)| {
-                let mut r = Resource::scalar(n, 0.0);
-                r.value = Value::Scalar(Fixed(v));
-                r.revocable = rev;
-                if role != "*" {
-                    r = r.reserved_to(role, ReservationKind::Static);
-                }
-                r
-            });
+        let scalar =
+            (prop::sample::select(vec!["cpus", "mem", "disk", "gpus"]), 0i64..10_000, role.clone(), any::<bool>())
+                .prop_map(|(n, v, role, rev)| {
+                    let mut r = Resource::scalar(n, 0.0);
+                    r.value = Value::Scalar(Fixed(v));
+                    r.revocable = rev;
+                    if role != "*" {
+                        r = r.reserved_to(role, ReservationKind::Static);
+                    }
+                    r
+                });
         let ports = (arb_ranges(), role).prop_map(|(rg, role)| {
             let r = Resource::ranges("ports", rg);
             if role != "*" {

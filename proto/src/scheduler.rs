@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::mesos::{
-    json, AgentId, ExecutorId, FrameworkId, FrameworkInfo, KillPolicy, MasterInfo, Offer, OfferId,
-    TaskId, TaskInfo, TaskStatus,
+    json, AgentId, ExecutorId, FrameworkId, FrameworkInfo, KillPolicy, MasterInfo, Offer, OfferId, TaskId, TaskInfo,
+    TaskStatus,
 };
 use crate::resources::Resources;
 
@@ -198,11 +198,7 @@ pub struct Reconcile {
 pub struct MessageCall {
     pub agent_id: AgentId,
     pub executor_id: ExecutorId,
-    #[serde(
-        default,
-        with = "json::base64_opt",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "json::base64_opt", skip_serializing_if = "Option::is_none")]
     pub data: Option<Vec<u8>>,
 }
 
@@ -267,9 +263,7 @@ impl Call {
     /// type is known and the matching sub-message is present.
     pub fn validate(&self) -> Result<(), String> {
         fn need<T>(o: &Option<T>, what: &str) -> Result<(), String> {
-            o.as_ref()
-                .map(|_| ())
-                .ok_or_else(|| format!("Expecting '{what}' to be present"))
+            o.as_ref().map(|_| ()).ok_or_else(|| format!("Expecting '{what}' to be present"))
         }
         if self.kind != CallType::Subscribe && self.framework_id.is_none() {
             return Err("Expecting 'framework_id' to be present".into());
@@ -278,10 +272,7 @@ impl Call {
             CallType::Unknown => Err("Call type UNKNOWN is not supported".into()),
             CallType::Subscribe => {
                 need(&self.subscribe, "subscribe")?;
-                let info_id = self
-                    .subscribe
-                    .as_ref()
-                    .and_then(|s| s.framework_info.id.as_ref());
+                let info_id = self.subscribe.as_ref().and_then(|s| s.framework_info.id.as_ref());
                 if self.framework_id.as_ref() != info_id {
                     return Err("'framework_id' differs from 'subscribe.framework_info.id'".into());
                 }
@@ -388,63 +379,34 @@ pub struct Event {
 
 impl Event {
     fn of(kind: EventType) -> Event {
-        Event {
-            kind,
-            subscribed: None,
-            offers: None,
-            rescind: None,
-            update: None,
-            failure: None,
-            error: None,
-        }
+        Event { kind, subscribed: None, offers: None, rescind: None, update: None, failure: None, error: None }
     }
 
     pub fn subscribed(s: Subscribed) -> Event {
-        Event {
-            subscribed: Some(s),
-            ..Event::of(EventType::Subscribed)
-        }
+        Event { subscribed: Some(s), ..Event::of(EventType::Subscribed) }
     }
 
     pub fn offers(offers: Vec<Offer>) -> Event {
-        Event {
-            offers: Some(Offers { offers }),
-            ..Event::of(EventType::Offers)
-        }
+        Event { offers: Some(Offers { offers }), ..Event::of(EventType::Offers) }
     }
 
     pub fn rescind(offer_id: OfferId) -> Event {
-        Event {
-            rescind: Some(Rescind { offer_id }),
-            ..Event::of(EventType::Rescind)
-        }
+        Event { rescind: Some(Rescind { offer_id }), ..Event::of(EventType::Rescind) }
     }
 
     pub fn update(status: TaskStatus) -> Event {
-        Event {
-            update: Some(Update { status }),
-            ..Event::of(EventType::Update)
-        }
+        Event { update: Some(Update { status }), ..Event::of(EventType::Update) }
     }
 
     pub fn failure(agent_id: AgentId) -> Event {
         Event {
-            failure: Some(Failure {
-                agent_id: Some(agent_id),
-                executor_id: None,
-                status: None,
-            }),
+            failure: Some(Failure { agent_id: Some(agent_id), executor_id: None, status: None }),
             ..Event::of(EventType::Failure)
         }
     }
 
     pub fn error(message: impl Into<String>) -> Event {
-        Event {
-            error: Some(ErrorEvent {
-                message: message.into(),
-            }),
-            ..Event::of(EventType::Error)
-        }
+        Event { error: Some(ErrorEvent { message: message.into() }), ..Event::of(EventType::Error) }
     }
 
     pub fn heartbeat() -> Event {
@@ -464,11 +426,7 @@ mod tests {
         )
         .unwrap();
         c.validate().unwrap();
-        assert!(c
-            .subscribe
-            .unwrap()
-            .framework_info
-            .has_capability(crate::mesos::CapabilityType::PartitionAware));
+        assert!(c.subscribe.unwrap().framework_info.has_capability(crate::mesos::CapabilityType::PartitionAware));
 
         let c: Call = serde_json::from_str(
             r#"{"type":"ACCEPT","framework_id":{"value":"f"},"accept":{"offer_ids":[{"value":"o1"}],
@@ -478,15 +436,7 @@ mod tests {
         )
         .unwrap();
         c.validate().unwrap();
-        assert_eq!(
-            c.accept.unwrap().operations[0]
-                .launch
-                .as_ref()
-                .unwrap()
-                .task_infos
-                .len(),
-            1
-        );
+        assert_eq!(c.accept.unwrap().operations[0].launch.as_ref().unwrap().task_infos.len(), 1);
 
         let c: Call = serde_json::from_str(
             r#"{"type":"ACKNOWLEDGE","framework_id":{"value":"f"},"acknowledge":{"agent_id":{"value":"a"},
@@ -499,16 +449,9 @@ mod tests {
     #[test]
     fn validation_errors() {
         let c: Call = serde_json::from_str(r#"{"type":"ACCEPT"}"#).unwrap();
-        assert_eq!(
-            c.validate().unwrap_err(),
-            "Expecting 'framework_id' to be present"
-        );
-        let c: Call =
-            serde_json::from_str(r#"{"type":"ACCEPT","framework_id":{"value":"f"}}"#).unwrap();
-        assert_eq!(
-            c.validate().unwrap_err(),
-            "Expecting 'accept' to be present"
-        );
+        assert_eq!(c.validate().unwrap_err(), "Expecting 'framework_id' to be present");
+        let c: Call = serde_json::from_str(r#"{"type":"ACCEPT","framework_id":{"value":"f"}}"#).unwrap();
+        assert_eq!(c.validate().unwrap_err(), "Expecting 'accept' to be present");
         assert!(serde_json::from_str::<Call>(r#"{"type":"NOT_A_CALL"}"#).is_err());
         assert!(serde_json::from_str::<Call>(r#"{"framework_id":{"value":"f"}}"#).is_err());
     }
@@ -524,23 +467,8 @@ mod tests {
     #[test]
     fn refuse_seconds_defaults_and_caps() {
         assert_eq!(Filters::refuse_seconds(None), 5.0);
-        assert_eq!(
-            Filters::refuse_seconds(Some(&Filters {
-                refuse_seconds: Some(-1.0)
-            })),
-            5.0
-        );
-        assert_eq!(
-            Filters::refuse_seconds(Some(&Filters {
-                refuse_seconds: Some(0.0)
-            })),
-            0.0
-        );
-        assert_eq!(
-            Filters::refuse_seconds(Some(&Filters {
-                refuse_seconds: Some(1e12)
-            })),
-            MAX_REFUSE_SECONDS
-        );
+        assert_eq!(Filters::refuse_seconds(Some(&Filters { refuse_seconds: Some(-1.0) })), 5.0);
+        assert_eq!(Filters::refuse_seconds(Some(&Filters { refuse_seconds: Some(0.0) })), 0.0);
+        assert_eq!(Filters::refuse_seconds(Some(&Filters { refuse_seconds: Some(1e12) })), MAX_REFUSE_SECONDS);
     }
 }

@@ -14,9 +14,7 @@
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
-use crate::mesos::{
-    AgentId, FrameworkId, FrameworkInfo, KillPolicy, TaskId, TaskInfo, TaskState, TaskStatus,
-};
+use crate::mesos::{AgentId, FrameworkId, FrameworkInfo, KillPolicy, TaskId, TaskInfo, TaskState, TaskStatus};
 use crate::resources::{Attribute, Resources};
 
 /// Bumped on every incompatible change of the messages below.
@@ -41,11 +39,7 @@ impl Hello {
     pub const REFUSED_VERSION: u16 = 1;
 
     pub fn new(max_frame_bytes: u32) -> Hello {
-        Hello {
-            version: PROTOCOL_VERSION,
-            status: Hello::OK,
-            max_frame_bytes,
-        }
+        Hello { version: PROTOCOL_VERSION, status: Hello::OK, max_frame_bytes }
     }
 
     pub fn encode(&self) -> [u8; HELLO_LEN] {
@@ -186,11 +180,7 @@ pub enum MasterToAgent {
 pub fn encode<T>(msg: &T) -> Vec<u8>
 where
     T: for<'a> rkyv::Serialize<
-        rkyv::api::high::HighSerializer<
-            AlignedVec,
-            rkyv::ser::allocator::ArenaHandle<'a>,
-            rancor::Error,
-        >,
+        rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
     >,
 {
     let body = rkyv::to_bytes::<rancor::Error>(msg).expect("serializing into memory cannot fail");
@@ -215,11 +205,9 @@ where
 pub fn access<T>(payload: &AlignedVec) -> Result<&T::Archived, FrameError>
 where
     T: rkyv::Archive,
-    T::Archived:
-        for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>,
 {
-    rkyv::access::<T::Archived, rancor::Error>(payload)
-        .map_err(|e| FrameError::Invalid(e.to_string()))
+    rkyv::access::<T::Archived, rancor::Error>(payload).map_err(|e| FrameError::Invalid(e.to_string()))
 }
 
 /// Splits a byte stream into frame payloads, bounded by `max_frame_bytes`.
@@ -231,10 +219,7 @@ pub struct FrameDecoder {
 
 impl FrameDecoder {
     pub fn new(max_frame_bytes: u32) -> FrameDecoder {
-        FrameDecoder {
-            buf: Vec::new(),
-            max_frame_bytes,
-        }
+        FrameDecoder { buf: Vec::new(), max_frame_bytes }
     }
 
     /// Appends received bytes.
@@ -260,10 +245,7 @@ impl FrameDecoder {
             return Err(FrameError::Empty);
         }
         if len > self.max_frame_bytes {
-            return Err(FrameError::TooLarge {
-                len,
-                max: self.max_frame_bytes,
-            });
+            return Err(FrameError::TooLarge { len, max: self.max_frame_bytes });
         }
         let total = 4 + len as usize;
         if self.buf.len() < total {
@@ -303,10 +285,7 @@ mod tests {
 
     #[test]
     fn round_trip_through_decoder_in_pieces() {
-        let msg = MasterToAgent::RunTask {
-            framework: FrameworkInfo::default(),
-            task: sample_task(),
-        };
+        let msg = MasterToAgent::RunTask { framework: FrameworkInfo::default(), task: sample_task() };
         let mut bytes = encode(&msg);
         bytes.extend(encode(&MasterToAgent::Ping { seq: 7 }));
         let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
@@ -325,13 +304,7 @@ mod tests {
     fn oversized_empty_truncated_and_garbage() {
         let mut d = FrameDecoder::new(1024);
         d.push(&(4096u32).to_le_bytes());
-        assert_eq!(
-            d.next_frame().unwrap_err(),
-            FrameError::TooLarge {
-                len: 4096,
-                max: 1024
-            }
-        );
+        assert_eq!(d.next_frame().unwrap_err(), FrameError::TooLarge { len: 4096, max: 1024 });
 
         let mut d = FrameDecoder::new(1024);
         d.push(&0u32.to_le_bytes());
@@ -375,10 +348,7 @@ mod tests {
             let mut payload = AlignedVec::new();
             payload.extend_from_slice(&f[4..]);
             payload[i - 4] = 0xff;
-            if matches!(
-                decode::<AgentToMaster>(&payload),
-                Err(FrameError::Invalid(_))
-            ) {
+            if matches!(decode::<AgentToMaster>(&payload), Err(FrameError::Invalid(_))) {
                 rejected += 1;
             }
         }
@@ -386,10 +356,7 @@ mod tests {
         // A payload cut short is rejected too.
         let mut short = AlignedVec::new();
         short.extend_from_slice(&f[4..f.len() - 8]);
-        assert!(matches!(
-            decode::<AgentToMaster>(&short),
-            Err(FrameError::Invalid(_))
-        ));
+        assert!(matches!(decode::<AgentToMaster>(&short), Err(FrameError::Invalid(_))));
     }
 
     #[test]
@@ -398,9 +365,6 @@ mod tests {
         assert_eq!(Hello::decode(&h.encode()).unwrap(), h);
         assert!(is_agent_hello(&h.encode()));
         assert!(!is_agent_hello(b"GET / HTTP/1.1"));
-        assert_eq!(
-            Hello::decode(b"GET / HTTP/1.1\r\n\r\n"[..16].try_into().unwrap()),
-            Err(FrameError::BadMagic)
-        );
+        assert_eq!(Hello::decode(b"GET / HTTP/1.1\r\n\r\n"[..16].try_into().unwrap()), Err(FrameError::BadMagic));
     }
 }

@@ -1,0 +1,678 @@
+//! The allocator: decides which framework is offered which agent's free
+//! resources, by Dominant Resource Fairness across frameworks.
+//!
+//! It is sans-IO: no sockets, no clocks, no threads. Callers tell it about
+//! agents, frameworks and resources (`add_*`, `recover`, ...) and ask it to
+//! `allocate(now_ms)`; it returns [`Allocation`]s, which the master turns into
+//! offers. Time is an argument, so filters expire deterministically, and its
+//! only randomness (the agent order of a round) comes from a seeded generator.
+//!
+//! Shares are computed over the four scalar kinds (`cpus`, `mem`, `disk`,
+//! `gpus`) of all active agents. Offered and used resources both count as
+//! allocated. Roles are modelled (each framework has one or more, resources
+//! reserved to a role only go to that role) so that hierarchical roles,
+//! weights and quota can be layered on later without changing the interface.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use agora_proto::mesos::{AgentId, FrameworkId};
+use agora_proto::resources::{Fixed, Resources};
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+/// The scalar kinds that make up a dominant share.
+pub const SHARE_KINDS: [&str; 4] = ["cpus", "mem", "disk", "gpus"];
+
+/// Sums of the share kinds, in thousandths.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scalars(pub [i64; 4]);
+
+impl Scalars {
+    pub fn of(r: &Resources) -> Scalars {
+        let mut s = [0i64; 4];
+        for res in r.iter() {
+            if let agora_proto::resources::Value::Scalar(v) = res.value {
+                if let Some(i) = SHARE_KINDS.iter().position(|k| *k == res.name) {
+                    s[i] += v.0;
+                }
+            }
+        }
+        Scalars(s)
+    }
+
+    fn add(&mut self, o: Scalars) {
+        for i in 0..4 {
+            self.0[i] += o.0[i];
+        }
+    }
+
+    fn sub(&mut self, o: Scalars) {
+        for i in 0..4 {
+            self.0[i] -= o.0[i];
+        }
+    }
+
+    /// The dominant share of `self` against `total`, in [0, 1] for sane input.
+    pub fn dominant_share(&self, total: &Scalars) -> f64 {
+        let mut share = 0.0f64;
+        for i in 0..4 {
+            if total.0[i] > 0 {
+                share = share.max(self.0[i] as f64 / total.0[i] as f64);
+            }
+        }
+        share
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Do not offer an agent's leftovers unless they hold at least this many
+    /// cpus or this much memory (Mesos's MIN_CPUS / MIN_MEM).
+    pub min_offer_cpus: Fixed,
+    pub min_offer_mem_mb: Fixed,
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config { min_offer_cpus: Fixed(10), min_offer_mem_mb: Fixed(32_000), seed: 0x5eed }
+    }
+}
+
+/// Resources of one agent allocated to one framework under one role.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Allocation {
+    pub framework_id: FrameworkId,
+    pub agent_id: AgentId,
+    pub role: String,
+    /// Marked as allocated to `role`.
+    pub resources: Resources,
+}
+
+#[derive(Debug)]
+struct Filter {
+    /// Resources (without allocation markers) the framework refused.
+    resources: Resources,
+    expires_ms: u64,
+}
+
+#[derive(Debug)]
+struct AgentSlot {
+    id: AgentId,
+    total: Resources,
+    /// Everything offered or used, with allocation markers, per framework.
+    allocated: HashMap<usize, Resources>,
+    /// The sum of `allocated`, without allocation markers.
+    allocated_sum: Resources,
+    active: bool,
+}
+
+impl AgentSlot {
+    fn available(&self) -> Resources {
+        self.total.minus(&self.allocated_sum).unwrap_or_default()
+    }
+}
+
+#[derive(Debug)]
+struct FrameworkSlot {
+    id: FrameworkId,
+    roles: Vec<String>,
+    suppressed: HashSet<String>,
+    active: bool,
+    allocated: Scalars,
+    /// Agents this framework has allocations on.
+    agents: HashSet<usize>,
+    filters: HashMap<usize, Vec<Filter>>,
+}
+
+/// Counters for metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub allocation_runs: u64,
+    pub allocations: u64,
+    pub filtered: u64,
+}
+
+#[derive(Debug)]
+pub struct Allocator {
+    config: Config,
+    agents: Vec<Option<AgentSlot>>,
+    agent_index: HashMap<AgentId, usize>,
+    free_agent_slots: Vec<usize>,
+    frameworks: Vec<Option<FrameworkSlot>>,
+    framework_index: HashMap<FrameworkId, usize>,
+    free_framework_slots: Vec<usize>,
+    /// Sum of active agents' totals.
+    total: Scalars,
+    rng: SmallRng,
+    pub stats: Stats,
+}
+
+impl Allocator {
+    pub fn new(config: Config) -> Allocator {
+        let rng = SmallRng::seed_from_u64(config.seed);
+        Allocator {
+            config,
+            agents: Vec::new(),
+            agent_index: HashMap::new(),
+            free_agent_slots: Vec::new(),
+            frameworks: Vec::new(),
+            framework_index: HashMap::new(),
+            free_framework_slots: Vec::new(),
+            total: Scalars::default(),
+            rng,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn total(&self) -> Scalars {
+        self.total
+    }
+
+    fn agent(&self, id: &AgentId) -> Option<(usize, &AgentSlot)> {
+        let idx = *self.agent_index.get(id)?;
+        self.agents[idx].as_ref().map(|a| (idx, a))
+    }
+
+    fn framework_idx(&self, id: &FrameworkId) -> Option<usize> {
+        self.framework_index.get(id).copied()
+    }
+
+    /// Adds an active agent with everything it already runs (`used`, per
+    /// framework, marked with allocation roles). Frameworks named in `used`
+    /// must have been added first; unknown ones are ignored.
+    pub fn add_agent(&mut self, id: AgentId, total: Resources, used: &[(FrameworkId, Resources)]) {
+        if self.agent_index.contains_key(&id) {
+            self.remove_agent(&id);
+        }
+        let slot = AgentSlot {
+            id: id.clone(),
+            total: total.unallocated(),
+            allocated: HashMap::new(),
+            allocated_sum: Resources::new(),
+            active: true,
+        };
+        let idx = match self.free_agent_slots.pop() {
+            Some(i) => {
+                self.agents[i] = Some(slot);
+                i
+            }
+            None => {
+                self.agents.push(Some(slot));
+                self.agents.len() - 1
+            }
+        };
+        self.agent_index.insert(id, idx);
+        self.total.add(Scalars::of(&self.agents[idx].as_ref().map(|a| a.total.clone()).unwrap_or_default()));
+        for (fw, r) in used {
+            if let Some(f) = self.framework_idx(fw) {
+                self.charge(f, idx, r);
+            }
+        }
+    }
+
+    pub fn remove_agent(&mut self, id: &AgentId) {
+        let Some(idx) = self.agent_index.remove(id) else { return };
+        let Some(slot) = self.agents[idx].take() else { return };
+        if slot.active {
+            self.total.sub(Scalars::of(&slot.total));
+        }
+        for (f, r) in slot.allocated {
+            if let Some(fw) = self.frameworks[f].as_mut() {
+                fw.allocated.sub(Scalars::of(&r));
+                fw.agents.remove(&idx);
+                fw.filters.remove(&idx);
+            }
+        }
+        self.free_agent_slots.push(idx);
+    }
+
+    /// Inactive agents are not offered, and do not count toward the total.
+    pub fn set_agent_active(&mut self, id: &AgentId, active: bool) {
+        let Some(&idx) = self.agent_index.get(id) else { return };
+        let Some(a) = self.agents[idx].as_mut() else { return };
+        if a.active != active {
+            a.active = active;
+            let s = Scalars::of(&a.total);
+            if active {
+                self.total.add(s)
+            } else {
+                self.total.sub(s)
+            }
+        }
+    }
+
+    pub fn add_framework(&mut self, id: FrameworkId, roles: Vec<String>, suppressed: &[String]) {
+        if let Some(idx) = self.framework_idx(&id) {
+            // Re-subscription: keep allocations, update roles.
+            if let Some(f) = self.frameworks[idx].as_mut() {
+                f.roles = roles;
+                f.suppressed = suppressed.iter().cloned().collect();
+                f.active = true;
+            }
+            return;
+        }
+        let slot = FrameworkSlot {
+            id: id.clone(),
+            roles,
+            suppressed: suppressed.iter().cloned().collect(),
+            active: true,
+            allocated: Scalars::default(),
+            agents: HashSet::new(),
+            filters: HashMap::new(),
+        };
+        let idx = match self.free_framework_slots.pop() {
+            Some(i) => {
+                self.frameworks[i] = Some(slot);
+                i
+            }
+            None => {
+                self.frameworks.push(Some(slot));
+                self.frameworks.len() - 1
+            }
+        };
+        self.framework_index.insert(id, idx);
+    }
+
+    /// Removes a framework and everything allocated to it.
+    pub fn remove_framework(&mut self, id: &FrameworkId) {
+        let Some(idx) = self.framework_index.remove(id) else { return };
+        let Some(slot) = self.frameworks[idx].take() else { return };
+        for a in slot.agents {
+            if let Some(agent) = self.agents[a].as_mut() {
+                if let Some(r) = agent.allocated.remove(&idx) {
+                    agent.allocated_sum.subtract_saturating(&r.unallocated());
+                }
+            }
+        }
+        self.free_framework_slots.push(idx);
+    }
+
+    /// Inactive (disconnected) frameworks keep their allocations but get no offers.
+    pub fn set_framework_active(&mut self, id: &FrameworkId, active: bool) {
+        if let Some(idx) = self.framework_idx(id) {
+            if let Some(f) = self.frameworks[idx].as_mut() {
+                f.active = active;
+            }
+        }
+    }
+
+    /// Clears the framework's filters and unsuppresses `roles` (all when empty).
+    pub fn revive(&mut self, id: &FrameworkId, roles: &[String]) {
+        let Some(idx) = self.framework_idx(id) else { return };
+        let Some(f) = self.frameworks[idx].as_mut() else { return };
+        f.filters.clear();
+        if roles.is_empty() {
+            f.suppressed.clear();
+        } else {
+            for r in roles {
+                f.suppressed.remove(r);
+            }
+        }
+    }
+
+    /// Stops offers to `roles` (all when empty) until revived.
+    pub fn suppress(&mut self, id: &FrameworkId, roles: &[String]) {
+        let Some(idx) = self.framework_idx(id) else { return };
+        let Some(f) = self.frameworks[idx].as_mut() else { return };
+        let all = if roles.is_empty() { f.roles.clone() } else { roles.to_vec() };
+        f.suppressed.extend(all);
+    }
+
+    fn charge(&mut self, f: usize, a: usize, r: &Resources) {
+        let (Some(fw), Some(agent)) = (self.frameworks[f].as_mut(), self.agents[a].as_mut()) else { return };
+        fw.allocated.add(Scalars::of(r));
+        fw.agents.insert(a);
+        agent.allocated.entry(f).or_default().add(r);
+        agent.allocated_sum.add(&r.unallocated());
+    }
+
+    /// Marks resources of an agent as used by a framework outside of an offer
+    /// (e.g. tasks reported by a re-registering agent).
+    pub fn add_used(&mut self, framework: &FrameworkId, agent: &AgentId, r: &Resources) {
+        if let (Some(f), Some((a, _))) = (self.framework_idx(framework), self.agent(agent)) {
+            self.charge(f, a, r);
+        }
+    }
+
+    /// Gives resources back: declined or unused offers, finished tasks. With
+    /// `refuse_ms`, the framework is not offered these resources of this agent
+    /// again before `now_ms + refuse_ms`.
+    pub fn recover(&mut self, framework: &FrameworkId, agent: &AgentId, r: &Resources, refuse_ms: u64, now_ms: u64) {
+        let Some(f) = self.framework_idx(framework) else { return };
+        let Some(&a) = self.agent_index.get(agent) else { return };
+        let (Some(fw), Some(slot)) = (self.frameworks[f].as_mut(), self.agents[a].as_mut()) else { return };
+        if let Some(held) = slot.allocated.get_mut(&f) {
+            // Only give back what the framework actually holds.
+            let give = if held.contains(r) { r.clone() } else { intersect(held, r) };
+            held.subtract_saturating(&give);
+            if held.is_empty() {
+                slot.allocated.remove(&f);
+                fw.agents.remove(&a);
+            }
+            slot.allocated_sum.subtract_saturating(&give.unallocated());
+            fw.allocated.sub(Scalars::of(&give));
+        }
+        if refuse_ms > 0 {
+            fw.filters
+                .entry(a)
+                .or_default()
+                .push(Filter { resources: r.unallocated(), expires_ms: now_ms.saturating_add(refuse_ms) });
+        }
+    }
+
+    fn is_filtered(fw: &mut FrameworkSlot, agent: usize, offer: &Resources, now_ms: u64) -> bool {
+        let Some(filters) = fw.filters.get_mut(&agent) else { return false };
+        filters.retain(|f| f.expires_ms > now_ms);
+        if filters.is_empty() {
+            fw.filters.remove(&agent);
+            return false;
+        }
+        let plain = offer.unallocated();
+        filters.iter().any(|f| f.resources.contains(&plain))
+    }
+
+    fn offerable(&self, r: &Resources) -> bool {
+        r.scalar("cpus") >= self.config.min_offer_cpus || r.scalar("mem") >= self.config.min_offer_mem_mb
+    }
+
+    /// Runs one allocation round over every active agent, or over `only` when
+    /// given (agents whose resources just changed).
+    pub fn allocate(&mut self, now_ms: u64, only: Option<&[AgentId]>) -> Vec<Allocation> {
+        self.stats.allocation_runs += 1;
+        let mut agents: Vec<usize> = match only {
+            Some(ids) => ids.iter().filter_map(|id| self.agent_index.get(id).copied()).collect(),
+            None => self.agent_index.values().copied().collect(),
+        };
+        agents.sort_unstable();
+        agents.dedup();
+        // Shuffle so that no agent is always offered first.
+        agents.shuffle(&mut self.rng);
+
+        let total = self.total;
+        let mut order: BTreeSet<(u64, usize)> = BTreeSet::new();
+        for (idx, f) in self.frameworks.iter().enumerate() {
+            if let Some(f) = f {
+                if f.active && f.roles.iter().any(|r| !f.suppressed.contains(r)) {
+                    order.insert((share_key(f.allocated.dominant_share(&total)), idx));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if order.is_empty() {
+            return out;
+        }
+        for a in agents {
+            let Some(slot) = self.agents[a].as_ref() else { continue };
+            if !slot.active {
+                continue;
+            }
+            let mut available = slot.available();
+            if !self.offerable(&available) {
+                continue;
+            }
+            // Walk frameworks from the lowest dominant share; each gets all of
+            // what its role may use. Leftovers reserved to other roles go on to
+            // the next framework.
+            let mut cursor = order.iter().copied().collect::<Vec<_>>();
+            let mut i = 0;
+            while i < cursor.len() && !available.is_empty() {
+                let (key, f) = cursor[i];
+                i += 1;
+                let Some(fw) = self.frameworks[f].as_mut() else { continue };
+                let mut granted = None;
+                for role in fw.roles.clone() {
+                    if fw.suppressed.contains(&role) {
+                        continue;
+                    }
+                    let usable = available.usable_by(&role);
+                    if usable.is_empty() {
+                        continue;
+                    }
+                    if Self::is_filtered(fw, a, &usable, now_ms) {
+                        self.stats.filtered += 1;
+                        continue;
+                    }
+                    granted = Some((role, usable));
+                    break;
+                }
+                let Some((role, usable)) = granted else { continue };
+                if !(usable.scalar("cpus") >= self.config.min_offer_cpus
+                    || usable.scalar("mem") >= self.config.min_offer_mem_mb)
+                {
+                    continue;
+                }
+                let _ = available.subtract(&usable);
+                let r = usable.allocate_to(&role);
+                self.charge(f, a, &r);
+                self.stats.allocations += 1;
+                let fw = self.frameworks[f].as_ref().expect("charged above");
+                out.push(Allocation {
+                    framework_id: fw.id.clone(),
+                    agent_id: self.agents[a].as_ref().expect("slot checked").id.clone(),
+                    role,
+                    resources: r,
+                });
+                // Re-rank the framework with its new share.
+                let new_key = share_key(fw.allocated.dominant_share(&total));
+                order.remove(&(key, f));
+                order.insert((new_key, f));
+                cursor = order.iter().copied().collect();
+                i = 0;
+            }
+        }
+        out
+    }
+
+    /// The dominant share of a framework (for metrics and tests).
+    pub fn share(&self, id: &FrameworkId) -> Option<f64> {
+        let f = self.frameworks[self.framework_idx(id)?].as_ref()?;
+        Some(f.allocated.dominant_share(&self.total))
+    }
+
+    /// What a framework holds on an agent (offered or used).
+    pub fn allocated(&self, framework: &FrameworkId, agent: &AgentId) -> Resources {
+        let (Some(f), Some((_, slot))) = (self.framework_idx(framework), self.agent(agent)) else {
+            return Resources::new();
+        };
+        slot.allocated.get(&f).cloned().unwrap_or_default()
+    }
+
+    /// Unallocated resources of an agent.
+    pub fn available(&self, agent: &AgentId) -> Option<Resources> {
+        self.agent(agent).map(|(_, a)| a.available())
+    }
+}
+
+/// The part of `a` also in `b`, per resource kind (for recovering what a
+/// framework can give back when a request overlaps only partly).
+fn intersect(a: &Resources, b: &Resources) -> Resources {
+    let mut out = Resources::new();
+    for x in a.iter() {
+        for y in b.iter() {
+            if x.name != y.name || x.reservation != y.reservation || x.allocation_role != y.allocation_role {
+                continue;
+            }
+            use agora_proto::resources::Value;
+            let v = match (&x.value, &y.value) {
+                (Value::Scalar(p), Value::Scalar(q)) => Value::Scalar(Fixed(p.0.min(q.0))),
+                (Value::Ranges(p), Value::Ranges(q)) => Value::Ranges(p.difference(&p.difference(q))),
+                (Value::Set(p), Value::Set(q)) => Value::Set(p.intersection(q).cloned().collect()),
+                _ => continue,
+            };
+            let mut r = x.clone();
+            r.value = v;
+            out.add_one(r);
+        }
+    }
+    out
+}
+
+/// Orders shares as integers so that ties are broken by slot index.
+fn share_key(share: f64) -> u64 {
+    (share.clamp(0.0, 1e6) * 1e12) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(s: &str) -> Resources {
+        Resources::parse(s).unwrap()
+    }
+
+    /// A small data-driven harness: agents and frameworks in, allocations out
+    /// as `framework -> agent: resources` lines, sorted.
+    struct Check {
+        a: Allocator,
+    }
+
+    impl Check {
+        fn new(agents: &[(&str, &str)], frameworks: &[(&str, &[&str])]) -> Check {
+            let mut a = Allocator::new(Config::default());
+            for (id, r) in agents {
+                a.add_agent(AgentId::new(*id), res(r), &[]);
+            }
+            for (id, roles) in frameworks {
+                a.add_framework(FrameworkId::new(*id), roles.iter().map(|s| s.to_string()).collect(), &[]);
+            }
+            Check { a }
+        }
+
+        fn run(&mut self, now: u64) -> Vec<String> {
+            let mut v: Vec<String> = self
+                .a
+                .allocate(now, None)
+                .into_iter()
+                .map(|x| format!("{} -> {}: {}", x.framework_id, x.agent_id, x.resources.unallocated()))
+                .collect();
+            v.sort();
+            v
+        }
+    }
+
+    #[test]
+    fn one_framework_gets_every_agent() {
+        let mut c = Check::new(&[("a1", "cpus:2;mem:1024"), ("a2", "cpus:4;mem:2048")], &[("f1", &["*"])]);
+        assert_eq!(c.run(0), vec!["f1 -> a1: cpus:2; mem:1024", "f1 -> a2: cpus:4; mem:2048"]);
+        // Everything is allocated now: nothing more to offer.
+        assert!(c.run(1).is_empty());
+    }
+
+    #[test]
+    fn drf_spreads_agents_across_frameworks() {
+        let agents: Vec<(String, &str)> = (0..10).map(|i| (format!("a{i}"), "cpus:1;mem:100")).collect();
+        let agents: Vec<(&str, &str)> = agents.iter().map(|(a, r)| (a.as_str(), *r)).collect();
+        let mut c = Check::new(&agents, &[("f1", &["*"]), ("f2", &["*"])]);
+        let out = c.run(0);
+        assert_eq!(out.len(), 10);
+        let f1 = out.iter().filter(|l| l.starts_with("f1")).count();
+        assert_eq!(f1, 5, "{out:?}");
+    }
+
+    #[test]
+    fn lowest_dominant_share_goes_first() {
+        let mut c =
+            Check::new(&[("a1", "cpus:10;mem:1000"), ("a2", "cpus:10;mem:1000")], &[("f1", &["*"]), ("f2", &["*"])]);
+        // f1 already uses most of a1.
+        c.a.add_used(&FrameworkId::new("f1"), &AgentId::new("a1"), &res("cpus:8;mem:100").allocate_to("*"));
+        // Whichever agent comes first goes to f2 (share 0); the other agent then
+        // goes to whichever framework has the lower share at that point, which
+        // is never f2 again (its share is at least 0.45 by then, f1's is 0.4).
+        let out = c.run(0);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out.iter().filter(|l| l.starts_with("f1")).count(), 1, "{out:?}");
+        assert_eq!(out.iter().filter(|l| l.starts_with("f2")).count(), 1, "{out:?}");
+    }
+
+    #[test]
+    fn decline_filter_holds_until_expiry_and_revive_clears() {
+        let mut c = Check::new(&[("a1", "cpus:1;mem:100")], &[("f1", &["*"])]);
+        let first = c.a.allocate(0, None);
+        assert_eq!(first.len(), 1);
+        let f1 = FrameworkId::new("f1");
+        let a1 = AgentId::new("a1");
+        c.a.recover(&f1, &a1, &first[0].resources, 5_000, 1_000);
+        assert!(c.run(2_000).is_empty(), "filtered");
+        assert_eq!(c.run(6_001).len(), 1, "filter expired");
+        let again = c.a.allocated(&f1, &a1);
+        c.a.recover(&f1, &a1, &again, 60_000, 7_000);
+        assert!(c.run(8_000).is_empty());
+        c.a.revive(&f1, &[]);
+        assert_eq!(c.run(8_001).len(), 1, "revive clears filters");
+    }
+
+    #[test]
+    fn filter_does_not_block_more_resources() {
+        let mut c = Check::new(&[("a1", "cpus:2;mem:200")], &[("f1", &["*"])]);
+        let f1 = FrameworkId::new("f1");
+        let a1 = AgentId::new("a1");
+        c.a.add_used(&f1, &a1, &res("cpus:1;mem:100").allocate_to("*"));
+        let offer = c.a.allocate(0, None);
+        assert_eq!(offer.len(), 1);
+        c.a.recover(&f1, &a1, &offer[0].resources, 60_000, 0);
+        assert!(c.run(1).is_empty());
+        // The task finishes: more is free than was refused, so it is offered.
+        c.a.recover(&f1, &a1, &res("cpus:1;mem:100").allocate_to("*"), 0, 2);
+        assert_eq!(c.run(3), vec!["f1 -> a1: cpus:2; mem:200"]);
+    }
+
+    #[test]
+    fn suppress_and_inactive() {
+        let mut c = Check::new(&[("a1", "cpus:1;mem:100")], &[("f1", &["*"]), ("f2", &["*"])]);
+        c.a.suppress(&FrameworkId::new("f1"), &[]);
+        c.a.set_framework_active(&FrameworkId::new("f2"), false);
+        assert!(c.run(0).is_empty());
+        c.a.revive(&FrameworkId::new("f1"), &[]);
+        assert_eq!(c.run(1), vec!["f1 -> a1: cpus:1; mem:100"]);
+        c.a.set_agent_active(&AgentId::new("a1"), false);
+        c.a.remove_framework(&FrameworkId::new("f1"));
+        c.a.set_framework_active(&FrameworkId::new("f2"), true);
+        assert!(c.run(2).is_empty(), "inactive agent");
+        c.a.set_agent_active(&AgentId::new("a1"), true);
+        assert_eq!(c.run(3), vec!["f2 -> a1: cpus:1; mem:100"]);
+    }
+
+    #[test]
+    fn reserved_resources_only_go_to_their_role() {
+        let mut c =
+            Check::new(&[("a1", "cpus:1;mem:100;cpus(eng):2;mem(eng):200")], &[("ops", &["ops"]), ("eng", &["eng"])]);
+        let out = c.run(0);
+        let eng = out.iter().find(|l| l.starts_with("eng")).unwrap();
+        let ops = out.iter().find(|l| l.starts_with("ops"));
+        // Whoever goes first, the eng-reserved part never reaches ops.
+        if let Some(ops) = ops {
+            assert!(!ops.contains("(eng)"), "{ops}");
+        }
+        assert!(eng.contains("cpus(eng):2"), "{eng}");
+    }
+
+    #[test]
+    fn scraps_are_not_offered() {
+        let mut c = Check::new(&[("a1", "cpus:1;mem:100")], &[("f1", &["*"])]);
+        c.a.add_used(&FrameworkId::new("f1"), &AgentId::new("a1"), &res("cpus:0.995;mem:90").allocate_to("*"));
+        assert!(c.run(0).is_empty());
+    }
+
+    #[test]
+    fn removing_agent_releases_shares() {
+        let mut c = Check::new(&[("a1", "cpus:1;mem:100"), ("a2", "cpus:1;mem:100")], &[("f1", &["*"])]);
+        c.run(0);
+        assert_eq!(c.a.share(&FrameworkId::new("f1")), Some(1.0));
+        c.a.remove_agent(&AgentId::new("a1"));
+        assert_eq!(c.a.share(&FrameworkId::new("f1")), Some(1.0));
+        assert_eq!(c.a.total().0[0], 1000);
+    }
+
+    #[test]
+    fn partial_recover_only_returns_what_is_held() {
+        let mut c = Check::new(&[("a1", "cpus:2;mem:200")], &[("f1", &["*"])]);
+        let f1 = FrameworkId::new("f1");
+        let a1 = AgentId::new("a1");
+        c.a.add_used(&f1, &a1, &res("cpus:1;mem:100").allocate_to("*"));
+        c.a.recover(&f1, &a1, &res("cpus:5;mem:100").allocate_to("*"), 0, 0);
+        assert_eq!(c.a.available(&a1).unwrap().cpus(), 2.0);
+        assert!(c.a.allocated(&f1, &a1).is_empty());
+    }
+}

@@ -1,0 +1,421 @@
+//! Agents: registration, re-registration (after either side restarts),
+//! disconnection, loss, and the status updates they send.
+
+use std::collections::HashSet;
+
+use agora_proto::mesos::{AgentId, FrameworkId, FrameworkInfo, Reason, TaskState};
+use agora_proto::resources::DEFAULT_ROLE;
+use agora_proto::scheduler::Event;
+use agora_proto::wire::{AgentInfo, AgentToMaster, MasterToAgent, StatusUpdate, TaskReport};
+
+use super::{Action, Agent, ConnId, Master, Now, StatusRecord, Task};
+use crate::registry::{RegistryAgent, RegistryState};
+
+impl Master {
+    pub(super) fn agent_message(&mut self, now: Now, conn: ConnId, msg: AgentToMaster) {
+        match msg {
+            AgentToMaster::Register { info } => self.register_agent(now, conn, info),
+            AgentToMaster::Reregister { agent_id, info, tasks, frameworks } => {
+                self.reregister_agent(now, conn, agent_id, info, tasks, frameworks)
+            }
+            AgentToMaster::StatusUpdate(u) => self.status_update(now, conn, u),
+            // Pongs are answered by the agent's shard; one that gets here is harmless.
+            AgentToMaster::Pong { .. } => {}
+            AgentToMaster::Unregister { reason } => {
+                if let Some(id) = self.agents_by_conn.get(&conn).cloned() {
+                    self.remove_agent(now, &id, &format!("Agent shut down: {reason}"));
+                }
+            }
+        }
+    }
+
+    fn validate_agent_info(info: &AgentInfo) -> Result<(), String> {
+        if info.hostname.is_empty() {
+            return Err("agent hostname is empty".into());
+        }
+        if info.resources.is_empty() {
+            return Err("agent offers no resources".into());
+        }
+        if info.resources.iter().any(|r| r.allocation_role.is_some() || r.revocable) {
+            return Err("agent resources must not carry allocation or revocable markers".into());
+        }
+        Ok(())
+    }
+
+    fn refuse(&mut self, conn: ConnId, message: String) {
+        self.actions.push(Action::ToAgent { conn, msg: MasterToAgent::Refused { message } });
+        self.actions.push(Action::CloseAgent { conn });
+    }
+
+    fn register_agent(&mut self, now: Now, conn: ConnId, info: AgentInfo) {
+        if let Some(id) = self.agents_by_conn.get(&conn).cloned() {
+            // A repeated Register on a registered connection: answer again.
+            self.actions.push(Action::ToAgent {
+                conn,
+                msg: MasterToAgent::Registered { agent_id: id, master_id: self.config.master_id.clone() },
+            });
+            return;
+        }
+        if let Err(e) = Self::validate_agent_info(&info) {
+            return self.refuse(conn, e);
+        }
+        self.next_agent_seq += 1;
+        let id = AgentId::new(format!("{}-S{}", self.config.master_id, self.next_agent_seq));
+        self.allocator.add_agent(id.clone(), info.resources.clone(), &[]);
+        self.agents.insert(
+            id.clone(),
+            Agent {
+                id: id.clone(),
+                info,
+                conn: Some(conn),
+                registered_time: now.wall_secs,
+                reregistered_time: None,
+                removal_deadline_ms: None,
+                tasks: HashSet::new(),
+                offers: HashSet::new(),
+            },
+        );
+        self.agents_by_conn.insert(conn, id.clone());
+        self.counters.agent_registrations += 1;
+        self.alloc_dirty.insert(id.clone());
+        self.actions.push(Action::ToAgent {
+            conn,
+            msg: MasterToAgent::Registered { agent_id: id, master_id: self.config.master_id.clone() },
+        });
+        self.persist();
+    }
+
+    fn reregister_agent(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        agent_id: AgentId,
+        info: AgentInfo,
+        reports: Vec<TaskReport>,
+        frameworks: Vec<FrameworkInfo>,
+    ) {
+        if let Err(e) = Self::validate_agent_info(&info) {
+            return self.refuse(conn, e);
+        }
+        if self.removed_agents.contains(&agent_id) {
+            return self.refuse(conn, format!("agent {agent_id} was removed; restart it with a clean work directory"));
+        }
+        if let Some(other) = self.agents_by_conn.get(&conn) {
+            if other != &agent_id {
+                return self.refuse(conn, format!("connection is already registered as agent {other}"));
+            }
+        }
+        self.counters.agent_reregistrations += 1;
+        self.recovered_agents.remove(&agent_id);
+        let was_unreachable = self.unreachable_agents.iter().position(|(a, _)| a == &agent_id);
+        if let Some(pos) = was_unreachable {
+            self.unreachable_agents.remove(pos);
+        }
+
+        // Frameworks the agent runs tasks for that this master does not know
+        // (it restarted): recover them, waiting for them to re-subscribe.
+        for info in frameworks {
+            let Some(fid) = info.id.clone() else { continue };
+            if self.frameworks.contains_key(&fid) || self.is_removed_framework(&fid) {
+                continue;
+            }
+            self.recover_framework(now, fid, info);
+        }
+
+        // Replace any previous connection of this agent.
+        let previous_conn = self.agents.get(&agent_id).and_then(|a| a.conn);
+        if let Some(old) = previous_conn {
+            if old != conn {
+                self.agents_by_conn.remove(&old);
+                self.actions.push(Action::CloseAgent { conn: old });
+            }
+        }
+        let known = self.agents.contains_key(&agent_id);
+        if known {
+            // Offers made before the reconnection are void.
+            let offers: Vec<_> = self.agents[&agent_id].offers.iter().cloned().collect();
+            for o in offers {
+                self.rescind_offer(&o, now);
+            }
+        }
+        let reported: HashSet<(FrameworkId, agora_proto::mesos::TaskId)> =
+            reports.iter().map(|r| (r.framework_id.clone(), r.task.task_id.clone())).collect();
+
+        // Tasks the master believes are on the agent but the agent does not
+        // report were lost in transit (e.g. a launch sent on the old connection).
+        if known {
+            let missing: Vec<(FrameworkId, agora_proto::mesos::TaskId)> =
+                self.agents[&agent_id].tasks.iter().filter(|k| !reported.contains(*k)).cloned().collect();
+            for (fid, tid) in missing {
+                let pa = self.frameworks.get(&fid).is_some_and(|f| f.partition_aware());
+                let state = if pa { TaskState::Gone } else { TaskState::Lost };
+                let status = self.master_status(
+                    &tid,
+                    Some(&agent_id),
+                    state,
+                    Reason::ReasonAgentReregistered,
+                    "Task was not found on the re-registered agent",
+                    now,
+                );
+                self.apply_master_status(now, &fid, status);
+            }
+        }
+
+        // (Re)build the agent and its allocation from what it reports.
+        let agent = self.agents.entry(agent_id.clone()).or_insert_with(|| Agent {
+            id: agent_id.clone(),
+            info: info.clone(),
+            conn: None,
+            registered_time: now.wall_secs,
+            reregistered_time: None,
+            removal_deadline_ms: None,
+            tasks: HashSet::new(),
+            offers: HashSet::new(),
+        });
+        agent.info = info.clone();
+        agent.conn = Some(conn);
+        agent.reregistered_time = Some(now.wall_secs);
+        agent.removal_deadline_ms = None;
+        agent.tasks.clear();
+        self.agents_by_conn.insert(conn, agent_id.clone());
+        self.allocator.add_agent(agent_id.clone(), info.resources.clone(), &[]);
+
+        for report in reports {
+            let fid = report.framework_id.clone();
+            let tid = report.task.task_id.clone();
+            let framework_gone = self.is_removed_framework(&fid) || !self.frameworks.contains_key(&fid);
+            // A task the master already declared lost (its framework was not
+            // partition-aware) or whose framework is gone must not keep running.
+            let declared_lost = self.frameworks.get(&fid).is_some_and(|f| {
+                !f.tasks.contains_key(&tid) && f.completed_tasks.iter().any(|t| t.info.task_id == tid)
+            });
+            if framework_gone || declared_lost {
+                let msg = if framework_gone {
+                    MasterToAgent::ShutdownFramework { framework_id: fid.clone() }
+                } else {
+                    MasterToAgent::KillTask { framework_id: fid.clone(), task_id: tid.clone(), kill_policy: None }
+                };
+                self.actions.push(Action::ToAgent { conn, msg });
+                continue;
+            }
+            if report.state.is_terminal() {
+                // Finished while the master was away; its update is on its way.
+                continue;
+            }
+            let fw = self.frameworks.get_mut(&fid).expect("checked above");
+            let role = report
+                .task
+                .resources
+                .iter()
+                .find_map(|r| r.allocation_role.clone())
+                .unwrap_or_else(|| fw.roles.first().cloned().unwrap_or_else(|| DEFAULT_ROLE.to_string()));
+            let was_unreachable_task = fw.tasks.get(&tid).is_some_and(|t| t.state == TaskState::Unreachable);
+            let task = fw.tasks.entry(tid.clone()).or_insert_with(|| Task {
+                info: report.task.clone(),
+                framework_id: fid.clone(),
+                agent_id: agent_id.clone(),
+                state: report.state,
+                role,
+                statuses: vec![StatusRecord { state: report.state, timestamp: now.wall_secs }],
+                unreachable_time: None,
+            });
+            if task.state != report.state {
+                task.record(report.state, now.wall_secs);
+            }
+            task.unreachable_time = None;
+            let resources = task.info.resources.clone();
+            let partition_aware = fw.partition_aware();
+            self.agents.get_mut(&agent_id).expect("inserted above").tasks.insert((fid.clone(), tid.clone()));
+            self.allocator.add_used(&fid, &agent_id, &resources);
+            if was_unreachable_task && partition_aware {
+                let status = self.master_status(
+                    &tid,
+                    Some(&agent_id),
+                    report.state,
+                    Reason::ReasonAgentReregistered,
+                    "Agent re-registered",
+                    now,
+                );
+                self.send(&fid, Event::update(status));
+            }
+        }
+        self.alloc_dirty.insert(agent_id.clone());
+        self.actions.push(Action::ToAgent {
+            conn,
+            msg: MasterToAgent::Registered { agent_id, master_id: self.config.master_id.clone() },
+        });
+        self.persist();
+    }
+
+    /// A status update from an agent: record it and forward it.
+    fn status_update(&mut self, now: Now, conn: ConnId, u: StatusUpdate) {
+        let Some(agent_id) = self.agents_by_conn.get(&conn).cloned() else {
+            self.counters.invalid_status_updates += 1;
+            return;
+        };
+        let fid = u.framework_id.clone();
+        let mut status = u.status;
+        status.agent_id = Some(agent_id.clone());
+        if self.is_removed_framework(&fid) {
+            // Nobody will acknowledge it: tell the agent to stop.
+            self.counters.invalid_status_updates += 1;
+            if let Some(uuid) = status.uuid.clone() {
+                self.actions.push(Action::ToAgent {
+                    conn,
+                    msg: MasterToAgent::AcknowledgeUpdate { framework_id: fid.clone(), task_id: status.task_id, uuid },
+                });
+            }
+            self.actions.push(Action::ToAgent { conn, msg: MasterToAgent::ShutdownFramework { framework_id: fid } });
+            return;
+        }
+        let Some(fw) = self.frameworks.get_mut(&fid) else {
+            // Unknown framework, perhaps about to re-subscribe: the agent retries.
+            self.counters.invalid_status_updates += 1;
+            return;
+        };
+        self.counters.valid_status_updates += 1;
+        let tid = status.task_id.clone();
+        let latest = u.latest_state;
+        let mut became_terminal = false;
+        if let Some(task) = fw.tasks.get_mut(&tid) {
+            if task.agent_id == agent_id && task.state != latest {
+                task.record(latest, status.timestamp.unwrap_or(now.wall_secs));
+                became_terminal = latest.is_terminal();
+            }
+        }
+        if became_terminal {
+            self.count_terminal(latest);
+            self.complete_task(&fid, &tid, now);
+        }
+        self.send(&fid, Event::update(status));
+    }
+
+    /// The agent's connection is gone: stop offering it, and give it until
+    /// the removal timeout to come back (or mark it unreachable at once when
+    /// its shard saw it stop answering pings).
+    pub(super) fn agent_disconnected(&mut self, now: Now, conn: ConnId, unresponsive: bool) {
+        let Some(id) = self.agents_by_conn.remove(&conn) else { return };
+        if unresponsive {
+            self.mark_unreachable(now, &id);
+            return;
+        }
+        let Some(agent) = self.agents.get_mut(&id) else { return };
+        agent.conn = None;
+        agent.removal_deadline_ms = Some(now.mono_ms + self.config.agent_removal_timeout_ms());
+        self.allocator.set_agent_active(&id, false);
+        let offers: Vec<_> = agent.offers.iter().cloned().collect();
+        for o in offers {
+            self.rescind_offer(&o, now);
+        }
+    }
+
+    pub(super) fn expire_agents(&mut self, now: Now) {
+        let due: Vec<AgentId> = self
+            .agents
+            .values()
+            .filter(|a| a.conn.is_none() && a.removal_deadline_ms.is_some_and(|d| d <= now.mono_ms))
+            .map(|a| a.id.clone())
+            .collect();
+        for id in due {
+            self.mark_unreachable(now, &id);
+        }
+        let recovered_due: Vec<AgentId> =
+            self.recovered_agents.iter().filter(|(_, d)| **d <= now.mono_ms).map(|(a, _)| a.clone()).collect();
+        for id in recovered_due {
+            self.recovered_agents.remove(&id);
+            self.push_unreachable(id, now.wall_secs);
+        }
+    }
+
+    fn push_unreachable(&mut self, id: AgentId, time: f64) {
+        if self.unreachable_agents.len() >= self.config.max_unreachable_agents {
+            self.unreachable_agents.pop_front();
+        }
+        self.unreachable_agents.push_back((id, time));
+    }
+
+    /// The agent is unreachable: partition-aware frameworks see its tasks as
+    /// TASK_UNREACHABLE (they may come back), others as TASK_LOST.
+    fn mark_unreachable(&mut self, now: Now, id: &AgentId) {
+        self.counters.agents_unreachable += 1;
+        self.take_agent_out(now, id, "Agent is unreachable", true);
+        self.push_unreachable(id.clone(), now.wall_secs);
+    }
+
+    /// The agent left for good (it shut down).
+    fn remove_agent(&mut self, now: Now, id: &AgentId, why: &str) {
+        self.take_agent_out(now, id, why, false);
+        if self.removed_agents.len() >= self.config.max_unreachable_agents {
+            self.removed_agents.pop_front();
+        }
+        self.removed_agents.push_back(id.clone());
+    }
+
+    fn take_agent_out(&mut self, now: Now, id: &AgentId, why: &str, unreachable: bool) {
+        let Some(agent) = self.agents.get(id) else { return };
+        let conn = agent.conn;
+        let offers: Vec<_> = agent.offers.iter().cloned().collect();
+        let tasks: Vec<_> = agent.tasks.iter().cloned().collect();
+        self.counters.agent_removals += 1;
+        if let Some(conn) = conn {
+            self.agents_by_conn.remove(&conn);
+            self.actions.push(Action::CloseAgent { conn });
+        }
+        for o in offers {
+            self.rescind_offer(&o, now);
+        }
+        for (fid, tid) in tasks {
+            let pa = self.frameworks.get(&fid).is_some_and(|f| f.partition_aware());
+            let state = match (pa, unreachable) {
+                (true, true) => TaskState::Unreachable,
+                (true, false) => TaskState::Gone,
+                (false, _) => TaskState::Lost,
+            };
+            let mut status = self.master_status(&tid, Some(id), state, Reason::ReasonAgentRemoved, why, now);
+            status.unreachable_time = unreachable.then(|| Self::time_info(now.wall_secs));
+            self.apply_master_status(now, &fid, status);
+        }
+        self.agents.remove(id);
+        self.allocator.remove_agent(id);
+        self.alloc_full = true;
+        let streams: Vec<ConnId> = self.frameworks.values().filter_map(|f| f.stream.as_ref().map(|s| s.conn)).collect();
+        if !streams.is_empty() {
+            self.actions.push(Action::Event { streams, event: Event::failure(id.clone()) });
+        }
+        self.persist();
+    }
+
+    /// Applies a state the master decided (agent loss, reconciliation of a
+    /// missing task) to a task and tells its framework.
+    pub(super) fn apply_master_status(&mut self, now: Now, fid: &FrameworkId, status: agora_proto::mesos::TaskStatus) {
+        let tid = status.task_id.clone();
+        let state = status.state;
+        if let Some(task) = self.frameworks.get_mut(fid).and_then(|f| f.tasks.get_mut(&tid)) {
+            task.record(state, now.wall_secs);
+            if state == TaskState::Unreachable {
+                task.unreachable_time = Some(now.wall_secs);
+                // The agent is gone from the allocator; nothing to release.
+                if let Some(agent) = self.agents.get_mut(&task.agent_id) {
+                    agent.tasks.remove(&(fid.clone(), tid.clone()));
+                }
+            }
+        }
+        if state.is_terminal() {
+            self.count_terminal(state);
+            self.complete_task(fid, &tid, now);
+        }
+        self.send(fid, Event::update(status));
+    }
+
+    /// The registry's view: the agents admitted.
+    pub(super) fn persist(&mut self) {
+        let mut agents: Vec<RegistryAgent> = self
+            .agents
+            .values()
+            .map(|a| RegistryAgent { id: a.id.value.clone(), hostname: a.info.hostname.clone() })
+            .collect();
+        agents.sort_by(|a, b| a.id.cmp(&b.id));
+        self.actions.retain(|a| !matches!(a, Action::Persist(_)));
+        self.actions.push(Action::Persist(RegistryState { agents }));
+    }
+}

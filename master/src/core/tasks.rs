@@ -1,0 +1,375 @@
+//! Tasks: ACCEPT with LAUNCH (validated against the offers), KILL,
+//! ACKNOWLEDGE and RECONCILE.
+
+use std::collections::HashSet;
+
+use agora_proto::mesos::{AgentId, FrameworkId, Reason, TaskId, TaskInfo, TaskState};
+use agora_proto::resources::Resources;
+use agora_proto::scheduler::{Accept, Acknowledge, Event, Filters, Kill, OperationType, Reconcile};
+use agora_proto::wire::MasterToAgent;
+
+use super::{Master, Now, StatusRecord, Task};
+
+/// Task ids become directory names on the agent.
+fn validate_task_id(id: &TaskId) -> Result<(), String> {
+    let v = id.as_str();
+    if v.is_empty() {
+        return Err("Task ID must not be empty".into());
+    }
+    if v.len() > 255 {
+        return Err("Task ID is longer than 255 bytes".into());
+    }
+    if v == "." || v == ".." || v.contains('/') || v.contains('\0') || v.chars().any(|c| c.is_control()) {
+        return Err(format!(
+            "Task ID {v:?} contains characters that are not allowed ('/', NUL, control) or is '.'/'..'"
+        ));
+    }
+    Ok(())
+}
+
+impl Master {
+    pub(super) fn accept(&mut self, now: Now, fid: &FrameworkId, accept: Accept) {
+        self.counters.offers_accepted += accept.offer_ids.len() as u64;
+        let launches: Vec<TaskInfo> = accept
+            .operations
+            .iter()
+            .filter(|op| op.kind == OperationType::Launch)
+            .flat_map(|op| op.launch.iter().flat_map(|l| l.task_infos.iter().cloned()))
+            .collect();
+
+        // The offers must exist, belong to this framework, be distinct and be
+        // on one connected agent.
+        let mut problem = None;
+        let mut seen = HashSet::new();
+        let mut agent: Option<AgentId> = None;
+        if accept.offer_ids.is_empty() {
+            problem = Some("No offers given".to_string());
+        }
+        for id in &accept.offer_ids {
+            if !seen.insert(id.clone()) {
+                problem.get_or_insert(format!("Offer {id} appears more than once"));
+                continue;
+            }
+            match self.offers.get(id) {
+                None => {
+                    problem.get_or_insert(format!("Offer {id} is no longer valid"));
+                }
+                Some(o) if &o.framework_id != fid => {
+                    problem.get_or_insert(format!("Offer {id} is not for this framework"));
+                }
+                Some(o) => match &agent {
+                    None => agent = Some(o.agent_id.clone()),
+                    Some(a) if a != &o.agent_id => {
+                        problem.get_or_insert(format!("Offers are on more than one agent ({a} and {})", o.agent_id));
+                    }
+                    Some(_) => {}
+                },
+            }
+        }
+        if problem.is_none() {
+            if let Some(a) = &agent {
+                if self.agents.get(a).is_none_or(|a| a.conn.is_none()) {
+                    problem = Some(format!("Agent {a} is not connected"));
+                }
+            }
+        }
+        if let Some(problem) = problem {
+            // Valid offers in the set go back to the allocator; every task is dropped.
+            for id in &accept.offer_ids {
+                if self.offers.get(id).is_some_and(|o| &o.framework_id == fid) {
+                    if let Some(o) = self.remove_offer(id, 0, now) {
+                        self.alloc_dirty.insert(o.agent_id);
+                    }
+                }
+            }
+            let pa = self.frameworks.get(fid).is_some_and(|f| f.partition_aware());
+            let state = if pa { TaskState::Dropped } else { TaskState::Lost };
+            for t in launches {
+                let status = self.master_status(
+                    &t.task_id,
+                    Some(&t.agent_id),
+                    state,
+                    Reason::ReasonInvalidOffers,
+                    format!("Task launched with invalid offers: {problem}"),
+                    now,
+                );
+                self.count_terminal(state);
+                self.send(fid, Event::update(status));
+            }
+            return;
+        }
+        let agent_id = agent.expect("at least one valid offer");
+        let refuse_ms = (Filters::refuse_seconds(accept.filters.as_ref()) * 1000.0) as u64;
+
+        // Pool the offers' resources; every launch draws from it.
+        let mut pool = Resources::new();
+        let mut roles = HashSet::new();
+        for id in &accept.offer_ids {
+            if let Some(o) = self.offers.remove(id) {
+                pool.add(&o.resources);
+                roles.insert(o.role.clone());
+                self.agents.get_mut(&agent_id).expect("checked connected").offers.remove(id);
+                self.frameworks.get_mut(fid).expect("authorized").offers.remove(id);
+            }
+        }
+        let single_role = if roles.len() == 1 { roles.iter().next().cloned() } else { None };
+
+        let mut launched_ids: HashSet<TaskId> = HashSet::new();
+        for op in &accept.operations {
+            match op.kind {
+                OperationType::Launch => {}
+                other => {
+                    // RESERVE/UNRESERVE/CREATE/DESTROY and task groups are not
+                    // carried out yet; any tasks they hold fail visibly.
+                    tracing::warn!(framework = %fid, "offer operation {other:?} is not supported; ignored");
+                    continue;
+                }
+            }
+            for mut task in op.launch.iter().flat_map(|l| l.task_infos.iter().cloned()) {
+                match self.validate_task(fid, &agent_id, &mut task, &pool, single_role.as_deref(), &launched_ids) {
+                    Ok(role) => {
+                        pool.subtract(&task.resources).expect("contained, checked by validate_task");
+                        launched_ids.insert(task.task_id.clone());
+                        self.launch(now, fid, &agent_id, task, role);
+                    }
+                    Err(message) => {
+                        let status = self.master_status(
+                            &task.task_id,
+                            Some(&agent_id),
+                            TaskState::Error,
+                            Reason::ReasonTaskInvalid,
+                            message,
+                            now,
+                        );
+                        self.count_terminal(TaskState::Error);
+                        self.send(fid, Event::update(status));
+                    }
+                }
+            }
+        }
+        // Whatever the framework did not use goes back, filtered for a while.
+        if !pool.is_empty() {
+            self.allocator.recover(fid, &agent_id, &pool, refuse_ms, now.mono_ms);
+            if refuse_ms == 0 {
+                self.alloc_dirty.insert(agent_id);
+            }
+        }
+    }
+
+    /// Checks one task of a LAUNCH against the pooled offers. On success the
+    /// task's resources carry their allocation role, which is returned.
+    fn validate_task(
+        &self,
+        fid: &FrameworkId,
+        agent_id: &AgentId,
+        task: &mut TaskInfo,
+        pool: &Resources,
+        single_role: Option<&str>,
+        launched: &HashSet<TaskId>,
+    ) -> Result<String, String> {
+        validate_task_id(&task.task_id)?;
+        let fw = &self.frameworks[fid];
+        if fw.tasks.contains_key(&task.task_id) || launched.contains(&task.task_id) {
+            return Err(format!("Task has duplicate ID: {}", task.task_id));
+        }
+        if &task.agent_id != agent_id {
+            return Err(format!(
+                "Task uses agent ID {} which does not match the offer's agent {agent_id}",
+                task.agent_id
+            ));
+        }
+        if task.executor.is_some() {
+            return Err("Custom executors are not supported; launch a command task (TaskInfo.command)".into());
+        }
+        let Some(cmd) = task.command.as_ref() else {
+            return Err("Task has neither 'command' nor 'executor'".into());
+        };
+        if cmd.value.as_deref().unwrap_or("").is_empty() {
+            return Err("Task's 'command.value' is empty".into());
+        }
+        if let Some(c) = &task.container {
+            let images = c.mesos.as_ref().is_some_and(|m| m.image.is_some());
+            if c.kind.as_deref().is_some_and(|k| k != "MESOS") || images {
+                return Err(
+                    "Containers with images (Docker or Mesos) are not supported; tasks run as processes in cgroups"
+                        .into(),
+                );
+            }
+        }
+        if let Some(grace) = task.kill_policy.and_then(|k| k.grace_period) {
+            if grace.nanoseconds < 0 {
+                return Err("kill_policy.grace_period must not be negative".into());
+            }
+        }
+        if task.resources.is_empty() {
+            return Err("Task uses no resources".into());
+        }
+        if task.resources.cpus() <= 0.0 && task.resources.mem_mb() <= 0.0 {
+            return Err("Task must use some cpus or mem".into());
+        }
+        // Single-role frameworks may leave allocation_info out; Mesos fills it in.
+        let roles: HashSet<Option<String>> = task.resources.iter().map(|r| r.allocation_role.clone()).collect();
+        let role = match (roles.len(), roles.iter().next().cloned().flatten(), single_role) {
+            (1, Some(r), _) => r,
+            (1, None, Some(r)) => {
+                task.resources = task.resources.allocate_to(r);
+                r.to_string()
+            }
+            (1, None, None) => {
+                return Err("Task resources need 'allocation_info' when the offers have more than one role".into())
+            }
+            _ => return Err("Task resources are allocated to more than one role".into()),
+        };
+        if !pool.contains(&task.resources) {
+            return Err(format!(
+                "Task uses more resources ({}) than available in the offers ({})",
+                task.resources, pool
+            ));
+        }
+        Ok(role)
+    }
+
+    fn launch(&mut self, now: Now, fid: &FrameworkId, agent_id: &AgentId, task: TaskInfo, role: String) {
+        self.counters.tasks_launched += 1;
+        let fw = self.frameworks.get_mut(fid).expect("authorized");
+        let framework = fw.info.clone();
+        fw.tasks.insert(
+            task.task_id.clone(),
+            Task {
+                info: task.clone(),
+                framework_id: fid.clone(),
+                agent_id: agent_id.clone(),
+                state: TaskState::Staging,
+                role,
+                statuses: vec![StatusRecord { state: TaskState::Staging, timestamp: now.wall_secs }],
+                unreachable_time: None,
+            },
+        );
+        self.agents.get_mut(agent_id).expect("connected").tasks.insert((fid.clone(), task.task_id.clone()));
+        self.to_agent(agent_id, MasterToAgent::RunTask { framework, task });
+    }
+
+    pub(super) fn kill(&mut self, now: Now, fid: &FrameworkId, kill: Kill) {
+        self.counters.messages_kill_task += 1;
+        let task = self.frameworks[fid].tasks.get(&kill.task_id).map(|t| (t.agent_id.clone(), t.state));
+        match task {
+            Some((agent_id, state)) if state != TaskState::Unreachable => {
+                let policy = kill
+                    .kill_policy
+                    .or_else(|| self.frameworks[fid].tasks.get(&kill.task_id).and_then(|t| t.info.kill_policy));
+                let sent = self.to_agent(
+                    &agent_id,
+                    MasterToAgent::KillTask { framework_id: fid.clone(), task_id: kill.task_id, kill_policy: policy },
+                );
+                if !sent {
+                    tracing::info!(framework = %fid, agent = %agent_id, "kill of a task on a disconnected agent deferred");
+                }
+            }
+            Some(_) => {}
+            None => {
+                // Unknown task: answer with what explicit reconciliation says.
+                self.reconcile(
+                    now,
+                    fid,
+                    Reconcile {
+                        tasks: vec![agora_proto::scheduler::ReconcileTask {
+                            task_id: kill.task_id,
+                            agent_id: kill.agent_id,
+                        }],
+                    },
+                );
+            }
+        }
+    }
+
+    pub(super) fn acknowledge(&mut self, fid: &FrameworkId, ack: Acknowledge) {
+        let Some(agent) = self.agents.get(&ack.agent_id) else {
+            self.counters.invalid_status_update_acknowledgements += 1;
+            return;
+        };
+        let Some(conn) = agent.conn else {
+            // The agent will resend the update once it is back.
+            self.counters.invalid_status_update_acknowledgements += 1;
+            return;
+        };
+        self.counters.valid_status_update_acknowledgements += 1;
+        self.actions.push(super::Action::ToAgent {
+            conn,
+            msg: MasterToAgent::AcknowledgeUpdate { framework_id: fid.clone(), task_id: ack.task_id, uuid: ack.uuid },
+        });
+    }
+
+    /// RECONCILE: implicit (no tasks) reports every task the master knows for
+    /// the framework; explicit reports each named task, following Mesos's rules
+    /// for tasks whose agent is unreachable, recovering or unknown.
+    pub(super) fn reconcile(&mut self, now: Now, fid: &FrameworkId, r: Reconcile) {
+        self.counters.messages_reconcile_tasks += 1;
+        let fw = &self.frameworks[fid];
+        let pa = fw.partition_aware();
+        let mut statuses = Vec::new();
+        if r.tasks.is_empty() {
+            for t in fw.tasks.values() {
+                statuses.push(self.reconciled(t, now));
+            }
+        } else {
+            for rt in &r.tasks {
+                if let Some(t) = fw.tasks.get(&rt.task_id) {
+                    statuses.push(self.reconciled(t, now));
+                    continue;
+                }
+                if let Some(t) = fw.completed_tasks.iter().rev().find(|t| t.info.task_id == rt.task_id) {
+                    statuses.push(self.reconciled(t, now));
+                    continue;
+                }
+                let agent = rt.agent_id.as_ref();
+                let recovering = match agent {
+                    Some(a) => self.recovered_agents.contains_key(a),
+                    None => !self.recovered_agents.is_empty(),
+                };
+                if recovering {
+                    // The agent may still come back with the task: say nothing yet.
+                    continue;
+                }
+                let (state, message, unreachable) = match agent {
+                    Some(a) if self.agents.contains_key(a) => (
+                        if pa { TaskState::Gone } else { TaskState::Lost },
+                        "Reconciliation: Task is unknown to the agent",
+                        None,
+                    ),
+                    Some(a) if self.unreachable_time(a).is_some() => (
+                        if pa { TaskState::Unreachable } else { TaskState::Lost },
+                        "Reconciliation: Task is unreachable",
+                        self.unreachable_time(a),
+                    ),
+                    Some(a) if self.removed_agents.contains(a) => (
+                        if pa { TaskState::GoneByOperator } else { TaskState::Lost },
+                        "Reconciliation: Task is gone",
+                        None,
+                    ),
+                    _ => {
+                        (if pa { TaskState::Unknown } else { TaskState::Lost }, "Reconciliation: Task is unknown", None)
+                    }
+                };
+                let mut s = self.master_status(&rt.task_id, agent, state, Reason::ReasonReconciliation, message, now);
+                s.unreachable_time = unreachable.map(Self::time_info);
+                statuses.push(s);
+            }
+        }
+        for s in statuses {
+            self.send(fid, Event::update(s));
+        }
+    }
+
+    fn reconciled(&self, t: &Task, now: Now) -> agora_proto::mesos::TaskStatus {
+        let mut s = self.master_status(
+            &t.info.task_id,
+            Some(&t.agent_id),
+            t.state,
+            Reason::ReasonReconciliation,
+            "Reconciliation: Latest task state",
+            now,
+        );
+        s.unreachable_time = t.unreachable_time.map(Self::time_info);
+        s
+    }
+}

@@ -1,0 +1,541 @@
+//! The master core driven directly, with a simulated clock: no sockets.
+
+use agora_proto::mesos::*;
+use agora_proto::resources::Resources;
+use agora_proto::scheduler::*;
+use agora_proto::wire::{AgentInfo, AgentToMaster, MasterToAgent, StatusUpdate, TaskReport};
+
+use super::*;
+
+struct Sim {
+    m: Master,
+    now: Now,
+    actions: Vec<Action>,
+}
+
+const FW_STREAM: ConnId = 1000;
+
+impl Sim {
+    fn new() -> Sim {
+        Sim::with(Config::for_test())
+    }
+
+    fn with(config: Config) -> Sim {
+        let now = Now { mono_ms: 1_000, wall_secs: 1_700_000_000.0 };
+        Sim { m: Master::new(config, now), now, actions: Vec::new() }
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now.mono_ms += ms;
+        self.now.wall_secs += ms as f64 / 1000.0;
+        self.m.tick(self.now);
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        let a = self.m.take_actions(self.now);
+        self.actions.extend(a);
+    }
+
+    fn input(&mut self, i: Input) {
+        self.m.step(self.now, i);
+        self.flush();
+    }
+
+    fn register_agent(&mut self, conn: ConnId, resources: &str) -> AgentId {
+        self.input(Input::Agent { conn, msg: AgentToMaster::Register { info: agent_info(resources) } });
+        self.to_agent(conn)
+            .into_iter()
+            .find_map(|m| match m {
+                MasterToAgent::Registered { agent_id, .. } => Some(agent_id),
+                _ => None,
+            })
+            .expect("agent registered")
+    }
+
+    fn subscribe_with(&mut self, stream: ConnId, info: FrameworkInfo) -> (FrameworkId, String) {
+        let mut call = Call::new(CallType::Subscribe, info.id.clone());
+        call.subscribe = Some(Subscribe { framework_info: info, suppressed_roles: vec![] });
+        let s = self.m.subscribe(self.now, call, stream);
+        self.flush();
+        match s {
+            Subscription::Accepted { framework_id, stream_id } => (framework_id, stream_id),
+            Subscription::Refused { message } => panic!("refused: {message}"),
+        }
+    }
+
+    fn subscribe(&mut self) -> (FrameworkId, String) {
+        self.subscribe_with(FW_STREAM, FrameworkInfo { user: "u".into(), name: "f".into(), ..Default::default() })
+    }
+
+    fn call(&mut self, call: Call, stream_id: &str) -> Result<u16, ApiError> {
+        let r = self.m.call(self.now, call, Some(stream_id));
+        self.flush();
+        r
+    }
+
+    /// Events sent to `stream` so far, draining them.
+    fn events(&mut self, stream: ConnId) -> Vec<Event> {
+        let mut out = Vec::new();
+        self.actions.retain(|a| match a {
+            Action::Event { streams, event } if streams.contains(&stream) => {
+                out.push(event.clone());
+                false
+            }
+            _ => true,
+        });
+        out
+    }
+
+    fn to_agent(&mut self, conn: ConnId) -> Vec<MasterToAgent> {
+        let mut out = Vec::new();
+        self.actions.retain(|a| match a {
+            Action::ToAgent { conn: c, msg } if *c == conn => {
+                out.push(msg.clone());
+                false
+            }
+            _ => true,
+        });
+        out
+    }
+
+    fn offers(&mut self, stream: ConnId) -> Vec<Offer> {
+        self.events(stream).into_iter().filter_map(|e| e.offers).flat_map(|o| o.offers).collect()
+    }
+
+    fn updates(&mut self, stream: ConnId) -> Vec<TaskStatus> {
+        self.events(stream).into_iter().filter_map(|e| e.update).map(|u| u.status).collect()
+    }
+
+    fn launch(&mut self, fid: &FrameworkId, sid: &str, offer: &Offer, tasks: Vec<TaskInfo>) {
+        let mut call = Call::new(CallType::Accept, Some(fid.clone()));
+        call.accept = Some(Accept {
+            offer_ids: vec![offer.id.clone()],
+            operations: vec![Operation::launch(tasks)],
+            filters: Some(Filters { refuse_seconds: Some(0.0) }),
+        });
+        assert_eq!(self.call(call, sid), Ok(202));
+    }
+
+    fn agent_update(&mut self, conn: ConnId, fid: &FrameworkId, tid: &str, state: TaskState, uuid: u8) {
+        let mut status = TaskStatus::new(TaskId::new(tid), state);
+        status.uuid = Some(vec![uuid; 16]);
+        status.source = Some(Source::Agent);
+        self.input(Input::Agent {
+            conn,
+            msg: AgentToMaster::StatusUpdate(StatusUpdate { framework_id: fid.clone(), status, latest_state: state }),
+        });
+    }
+}
+
+fn agent_info(resources: &str) -> AgentInfo {
+    AgentInfo {
+        hostname: "host".into(),
+        port: 5051,
+        resources: Resources::parse(resources).unwrap(),
+        attributes: vec![],
+        version: "test".into(),
+    }
+}
+
+fn task(id: &str, agent: &AgentId, resources: &str, cmd: &str) -> TaskInfo {
+    TaskInfo {
+        name: id.into(),
+        task_id: TaskId::new(id),
+        agent_id: agent.clone(),
+        resources: Resources::parse(resources).unwrap(),
+        command: Some(CommandInfo::shell(cmd)),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn subscribe_then_offer_launch_update_ack() {
+    let mut s = Sim::new();
+    let agent = s.register_agent(1, "cpus:2;mem:1024");
+    let (fid, sid) = s.subscribe();
+    let ev = s.events(FW_STREAM);
+    assert_eq!(ev[0].kind, EventType::Subscribed);
+    assert_eq!(ev[1].kind, EventType::Heartbeat);
+    assert_eq!(ev[2].kind, EventType::Offers, "subscription triggers an allocation");
+    let offer = ev[2].offers.as_ref().unwrap().offers[0].clone();
+    assert_eq!(offer.agent_id, agent);
+    assert_eq!(offer.resources.cpus(), 2.0);
+
+    s.launch(&fid, &sid, &offer, vec![task("t1", &agent, "cpus:0.5;mem:64", "true")]);
+    let run = s.to_agent(1);
+    assert!(matches!(&run[0], MasterToAgent::RunTask { task, .. } if task.task_id.as_str() == "t1"));
+    // The rest of the offer came straight back (refuse_seconds 0).
+    let again = s.offers(FW_STREAM);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].resources.cpus(), 1.5);
+
+    s.agent_update(1, &fid, "t1", TaskState::Running, 1);
+    s.agent_update(1, &fid, "t1", TaskState::Finished, 2);
+    let ups = s.updates(FW_STREAM);
+    assert_eq!(ups.iter().map(|u| u.state).collect::<Vec<_>>(), vec![TaskState::Running, TaskState::Finished]);
+    assert_eq!(ups[1].agent_id.as_ref(), Some(&agent));
+    assert!(s.m.frameworks[&fid].tasks.is_empty());
+    assert_eq!(s.m.frameworks[&fid].completed_tasks.len(), 1);
+
+    let mut ack = Call::new(CallType::Acknowledge, Some(fid.clone()));
+    ack.acknowledge = Some(Acknowledge { agent_id: agent.clone(), task_id: TaskId::new("t1"), uuid: vec![2; 16] });
+    assert_eq!(s.call(ack, &sid), Ok(202));
+    assert!(matches!(&s.to_agent(1)[0], MasterToAgent::AcknowledgeUpdate { uuid, .. } if uuid == &vec![2u8; 16]));
+}
+
+#[test]
+fn invalid_launches_get_error_or_dropped() {
+    let mut s = Sim::new();
+    let agent = s.register_agent(1, "cpus:1;mem:128");
+    let (fid, sid) = s.subscribe();
+    let offer = s.offers(FW_STREAM).remove(0);
+    s.launch(
+        &fid,
+        &sid,
+        &offer,
+        vec![
+            task("big", &agent, "cpus:4;mem:64", "true"),
+            task("ok", &agent, "cpus:0.1;mem:16", "true"),
+            task("ok", &agent, "cpus:0.1;mem:16", "true"),
+            task("bad/id", &agent, "cpus:0.1;mem:16", "true"),
+            task("wrong-agent", &AgentId::new("elsewhere"), "cpus:0.1;mem:16", "true"),
+            TaskInfo { executor: Some(ExecutorInfo::default()), ..task("exec", &agent, "cpus:0.1", "x") },
+        ],
+    );
+    let ups = s.updates(FW_STREAM);
+    let by_id = |id: &str| ups.iter().filter(|u| u.task_id.as_str() == id).cloned().collect::<Vec<_>>();
+    assert_eq!(by_id("big")[0].state, TaskState::Error);
+    assert!(by_id("big")[0].message.as_ref().unwrap().contains("more resources"));
+    assert_eq!(by_id("ok").len(), 1, "the duplicate is refused, the first launched");
+    assert!(by_id("ok")[0].message.as_ref().unwrap().contains("duplicate"));
+    assert_eq!(by_id("bad/id")[0].reason, Some(Reason::ReasonTaskInvalid));
+    assert_eq!(by_id("wrong-agent")[0].state, TaskState::Error);
+    assert!(by_id("exec")[0].message.as_ref().unwrap().contains("executors"));
+    assert_eq!(s.m.frameworks[&fid].tasks.len(), 1);
+
+    // A stale offer: TASK_LOST (not partition-aware) with the invalid-offers reason.
+    s.launch(&fid, &sid, &offer, vec![task("late", &agent, "cpus:0.1;mem:16", "true")]);
+    let ups = s.updates(FW_STREAM);
+    assert_eq!(ups[0].state, TaskState::Lost);
+    assert_eq!(ups[0].reason, Some(Reason::ReasonInvalidOffers));
+    assert!(ups[0].uuid.is_none());
+}
+
+#[test]
+fn partition_aware_gets_dropped_for_stale_offers() {
+    let mut s = Sim::new();
+    let agent = s.register_agent(1, "cpus:1;mem:128");
+    let (fid, sid) = s.subscribe_with(
+        FW_STREAM,
+        FrameworkInfo { capabilities: vec![Capability { kind: CapabilityType::PartitionAware }], ..Default::default() },
+    );
+    let mut stale = s.offers(FW_STREAM).remove(0);
+    stale.id = OfferId::new("nope");
+    s.launch(&fid, &sid, &stale, vec![task("t", &agent, "cpus:0.1;mem:16", "true")]);
+    let ups = s.updates(FW_STREAM);
+    assert_eq!(ups[0].state, TaskState::Dropped);
+}
+
+#[test]
+fn call_errors_have_mesos_status_codes() {
+    let mut s = Sim::new();
+    let (fid, sid) = s.subscribe();
+    let revive = |f: &FrameworkId| Call::new(CallType::Revive, Some(f.clone()));
+    assert_eq!(s.m.call(s.now, revive(&fid), None).unwrap_err().status, 400);
+    let wrong = s.m.call(s.now, revive(&fid), Some("other")).unwrap_err();
+    assert_eq!(wrong.status, 400);
+    assert!(wrong.message.contains("didn't match"));
+    let unknown = s.call(revive(&FrameworkId::new("nope")), &sid).unwrap_err();
+    assert_eq!(unknown.status, 400);
+    assert!(unknown.message.contains("cannot be found"));
+    let missing = s.call(Call::new(CallType::Accept, Some(fid.clone())), &sid).unwrap_err();
+    assert!(missing.message.contains("'accept'"));
+    // Disconnected framework: 403.
+    s.input(Input::StreamClosed { stream: FW_STREAM });
+    let _ = s.subscribe_with(2000, FrameworkInfo { failover_timeout: Some(60.0), ..Default::default() });
+    s.input(Input::StreamClosed { stream: 2000 });
+    let fid2 = s.m.frameworks.keys().next().cloned().unwrap();
+    assert_eq!(s.m.call(s.now, revive(&fid2), Some("x")).unwrap_err().status, 403);
+    assert!(s.m.counters.invalid_calls >= 5);
+}
+
+#[test]
+fn decline_filters_and_revive() {
+    let mut s = Sim::new();
+    s.register_agent(1, "cpus:1;mem:128");
+    let (fid, sid) = s.subscribe();
+    let offer = s.offers(FW_STREAM).remove(0);
+    let mut d = Call::new(CallType::Decline, Some(fid.clone()));
+    d.decline =
+        Some(Decline { offer_ids: vec![offer.id.clone()], filters: Some(Filters { refuse_seconds: Some(10.0) }) });
+    assert_eq!(s.call(d, &sid), Ok(202));
+    s.advance(5_000);
+    assert!(s.offers(FW_STREAM).is_empty(), "filtered for 10 s");
+    s.advance(6_000);
+    assert_eq!(s.offers(FW_STREAM).len(), 1, "offered again after the filter");
+    // Suppress stops offers; revive brings them back.
+    let offer = s.m.offers.keys().next().cloned().unwrap();
+    let mut d = Call::new(CallType::Decline, Some(fid.clone()));
+    d.decline = Some(Decline { offer_ids: vec![offer], filters: Some(Filters { refuse_seconds: Some(0.0) }) });
+    s.call(Call::new(CallType::Suppress, Some(fid.clone())), &sid).unwrap();
+    s.call(d, &sid).unwrap();
+    s.advance(2_000);
+    assert!(s.offers(FW_STREAM).is_empty(), "suppressed");
+    s.call(Call::new(CallType::Revive, Some(fid.clone())), &sid).unwrap();
+    assert_eq!(s.offers(FW_STREAM).len(), 1, "revive allocates at once");
+}
+
+#[test]
+fn offer_timeout_rescinds() {
+    let mut c = Config::for_test();
+    c.offer_timeout_ms = Some(3_000);
+    let mut s = Sim::with(c);
+    s.register_agent(1, "cpus:1;mem:128");
+    s.subscribe();
+    let offer = s.offers(FW_STREAM).remove(0);
+    s.advance(3_500);
+    let ev = s.events(FW_STREAM);
+    let rescind = ev.iter().find_map(|e| e.rescind.as_ref()).expect("rescinded");
+    assert_eq!(rescind.offer_id, offer.id);
+    assert_eq!(s.m.counters.offers_rescinded, 1);
+}
+
+#[test]
+fn lost_agent_tasks_become_lost_or_unreachable() {
+    for partition_aware in [false, true] {
+        let mut c = Config::for_test();
+        c.agent_ping_timeout_ms = 1_000;
+        c.max_agent_ping_timeouts = 3;
+        let mut s = Sim::with(c);
+        let agent = s.register_agent(1, "cpus:1;mem:128");
+        let caps = if partition_aware { vec![Capability { kind: CapabilityType::PartitionAware }] } else { vec![] };
+        let (fid, sid) = s.subscribe_with(FW_STREAM, FrameworkInfo { capabilities: caps, ..Default::default() });
+        let offer = s.offers(FW_STREAM).remove(0);
+        s.launch(&fid, &sid, &offer, vec![task("t", &agent, "cpus:0.5;mem:64", "sleep 1000")]);
+        s.agent_update(1, &fid, "t", TaskState::Running, 1);
+        s.updates(FW_STREAM);
+        s.input(Input::AgentClosed { conn: 1 });
+        s.advance(2_000);
+        assert!(s.updates(FW_STREAM).is_empty(), "within the removal timeout");
+        s.advance(1_500);
+        let ups = s.updates(FW_STREAM);
+        let want = if partition_aware { TaskState::Unreachable } else { TaskState::Lost };
+        assert_eq!(ups[0].state, want);
+        assert_eq!(ups[0].reason, Some(Reason::ReasonAgentRemoved));
+        assert_eq!(ups[0].source, Some(Source::Master));
+        assert!(ups[0].unreachable_time.is_some());
+        assert!(s.m.agents.is_empty());
+
+        // Reconciling a task on the unreachable agent.
+        let mut r = Call::new(CallType::Reconcile, Some(fid.clone()));
+        r.reconcile = Some(Reconcile {
+            tasks: vec![ReconcileTask { task_id: TaskId::new("other"), agent_id: Some(agent.clone()) }],
+        });
+        s.call(r, &sid).unwrap();
+        let ups = s.updates(FW_STREAM);
+        assert_eq!(ups[0].state, want);
+        assert_eq!(ups[0].reason, Some(Reason::ReasonReconciliation));
+    }
+}
+
+#[test]
+fn unresponsive_agent_is_unreachable_at_once() {
+    let mut s = Sim::new();
+    s.register_agent(1, "cpus:1;mem:128");
+    s.input(Input::AgentUnresponsive { conn: 1 });
+    assert!(s.m.agents.is_empty());
+    assert_eq!(s.m.unreachable_agents.len(), 1);
+}
+
+#[test]
+fn framework_failover_and_timeout() {
+    let mut s = Sim::new();
+    let agent = s.register_agent(1, "cpus:1;mem:128");
+    let (fid, sid) = s.subscribe_with(FW_STREAM, FrameworkInfo { failover_timeout: Some(10.0), ..Default::default() });
+    let offer = s.offers(FW_STREAM).remove(0);
+    s.launch(&fid, &sid, &offer, vec![task("t", &agent, "cpus:0.5;mem:64", "sleep 1000")]);
+    s.to_agent(1);
+    s.input(Input::StreamClosed { stream: FW_STREAM });
+    s.advance(5_000);
+    assert!(s.m.frameworks.contains_key(&fid), "kept during failover timeout");
+    // Re-subscribe with the id: resumes with a new stream id.
+    let (fid2, sid2) = s.subscribe_with(
+        2000,
+        FrameworkInfo { id: Some(fid.clone()), failover_timeout: Some(10.0), ..Default::default() },
+    );
+    assert_eq!(fid2, fid);
+    assert_ne!(sid2, sid);
+    assert_eq!(s.m.frameworks[&fid].tasks.len(), 1);
+    // Disconnect again and let the timeout pass: tasks are killed.
+    s.input(Input::StreamClosed { stream: 2000 });
+    s.advance(11_000);
+    assert!(!s.m.frameworks.contains_key(&fid));
+    assert!(s.to_agent(1).iter().any(|m| matches!(m, MasterToAgent::ShutdownFramework { .. })));
+    // It cannot come back.
+    let mut call = Call::new(CallType::Subscribe, Some(fid.clone()));
+    call.subscribe = Some(Subscribe {
+        framework_info: FrameworkInfo { id: Some(fid.clone()), ..Default::default() },
+        suppressed_roles: vec![],
+    });
+    assert!(matches!(s.m.subscribe(s.now, call, 3000), Subscription::Refused { .. }));
+}
+
+#[test]
+fn resubscribe_on_live_stream_fails_over_old_stream() {
+    let mut s = Sim::new();
+    let (fid, _) = s.subscribe_with(FW_STREAM, FrameworkInfo { failover_timeout: Some(10.0), ..Default::default() });
+    s.events(FW_STREAM);
+    s.subscribe_with(2000, FrameworkInfo { id: Some(fid), failover_timeout: Some(10.0), ..Default::default() });
+    let old = s.events(FW_STREAM);
+    assert_eq!(old[0].kind, EventType::Error);
+    assert!(s.actions.contains(&Action::CloseStream { stream: FW_STREAM }));
+}
+
+#[test]
+fn teardown_kills_tasks() {
+    let mut s = Sim::new();
+    let agent = s.register_agent(1, "cpus:1;mem:128");
+    let (fid, sid) = s.subscribe();
+    let offer = s.offers(FW_STREAM).remove(0);
+    s.launch(&fid, &sid, &offer, vec![task("t", &agent, "cpus:0.5;mem:64", "sleep 1000")]);
+    s.to_agent(1);
+    assert_eq!(s.call(Call::new(CallType::Teardown, Some(fid.clone())), &sid), Ok(202));
+    assert!(s
+        .to_agent(1)
+        .iter()
+        .any(|m| matches!(m, MasterToAgent::ShutdownFramework { framework_id } if framework_id == &fid)));
+    assert!(s.actions.contains(&Action::CloseStream { stream: FW_STREAM }));
+    assert_eq!(s.m.allocator.available(&agent).unwrap().cpus(), 1.0, "resources released");
+}
+
+#[test]
+fn master_restart_agent_reregisters_and_framework_reconciles() {
+    // First master: agent registers, a task runs.
+    let mut s = Sim::new();
+    let agent = s.register_agent(1, "cpus:1;mem:128");
+    let (fid, sid) = s.subscribe_with(FW_STREAM, FrameworkInfo { failover_timeout: Some(60.0), ..Default::default() });
+    let offer = s.offers(FW_STREAM).remove(0);
+    let t = task("t", &agent, "cpus:0.5;mem:64", "sleep 1000");
+    s.launch(&fid, &sid, &offer, vec![t.clone()]);
+    let registry = s
+        .actions
+        .iter()
+        .rev()
+        .find_map(|a| match a {
+            Action::Persist(r) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("registry written");
+    let fw_info = s.m.frameworks[&fid].info.clone();
+    let launched = match &s.to_agent(1)[0] {
+        MasterToAgent::RunTask { task, .. } => task.clone(),
+        m => panic!("{m:?}"),
+    };
+
+    // A new master with the registry.
+    let mut s2 = Sim::new();
+    s2.m.recover(&registry, s2.now);
+    assert!(s2.m.recovered_agents.contains_key(&agent));
+    s2.input(Input::Agent {
+        conn: 7,
+        msg: AgentToMaster::Reregister {
+            agent_id: agent.clone(),
+            info: agent_info("cpus:1;mem:128"),
+            tasks: vec![TaskReport { framework_id: fid.clone(), task: launched, state: TaskState::Running }],
+            frameworks: vec![fw_info.clone()],
+        },
+    });
+    assert!(matches!(&s2.to_agent(7)[0], MasterToAgent::Registered { agent_id, .. } if agent_id == &agent));
+    assert!(s2.m.frameworks[&fid].recovered);
+    // The framework re-subscribes and reconciles.
+    let (fid2, sid2) = s2.subscribe_with(5000, fw_info);
+    assert_eq!(fid2, fid);
+    // The task's resources are in use: only the rest of the agent is offered.
+    let offered: f64 = s2.offers(5000).iter().map(|o| o.resources.cpus()).sum();
+    assert_eq!(offered, 0.5);
+    s2.call(Call { reconcile: Some(Reconcile::default()), ..Call::new(CallType::Reconcile, Some(fid.clone())) }, &sid2)
+        .unwrap();
+    let ups = s2.updates(5000);
+    assert_eq!(ups.len(), 1);
+    assert_eq!(ups[0].state, TaskState::Running);
+    assert_eq!(ups[0].reason, Some(Reason::ReasonReconciliation));
+}
+
+#[test]
+fn reconcile_unknown_agent_and_recovering_agent() {
+    let mut s = Sim::new();
+    let (fid, sid) = s.subscribe();
+    let rc = |agent: &str| Call {
+        reconcile: Some(Reconcile {
+            tasks: vec![ReconcileTask { task_id: TaskId::new("x"), agent_id: Some(AgentId::new(agent)) }],
+        }),
+        ..Call::new(CallType::Reconcile, Some(fid.clone()))
+    };
+    s.call(rc("nowhere"), &sid).unwrap();
+    assert_eq!(s.updates(FW_STREAM)[0].state, TaskState::Lost);
+    s.m.recover(
+        &RegistryState { agents: vec![crate::registry::RegistryAgent { id: "back".into(), hostname: "h".into() }] },
+        s.now,
+    );
+    s.call(rc("back"), &sid).unwrap();
+    assert!(s.updates(FW_STREAM).is_empty(), "no answer while the agent may still come back");
+    s.advance(Config::for_test().agent_reregister_timeout_ms + 1);
+    s.call(rc("back"), &sid).unwrap();
+    assert_eq!(s.updates(FW_STREAM)[0].state, TaskState::Lost);
+}
+
+#[test]
+fn kill_known_and_unknown() {
+    let mut s = Sim::new();
+    let agent = s.register_agent(1, "cpus:1;mem:128");
+    let (fid, sid) = s.subscribe();
+    let offer = s.offers(FW_STREAM).remove(0);
+    s.launch(&fid, &sid, &offer, vec![task("t", &agent, "cpus:0.5;mem:64", "sleep 1000")]);
+    s.to_agent(1);
+    let kill = |t: &str| Call {
+        kill: Some(Kill { task_id: TaskId::new(t), agent_id: None, kill_policy: None }),
+        ..Call::new(CallType::Kill, Some(fid.clone()))
+    };
+    s.call(kill("t"), &sid).unwrap();
+    assert!(matches!(&s.to_agent(1)[0], MasterToAgent::KillTask { task_id, .. } if task_id.as_str() == "t"));
+    s.call(kill("ghost"), &sid).unwrap();
+    let ups = s.updates(FW_STREAM);
+    assert_eq!(ups[0].state, TaskState::Lost);
+    assert_eq!(ups[0].reason, Some(Reason::ReasonReconciliation));
+}
+
+#[test]
+fn heartbeats_on_interval() {
+    let mut s = Sim::new();
+    s.subscribe();
+    s.events(FW_STREAM);
+    s.advance(15_000);
+    assert!(s.events(FW_STREAM).iter().any(|e| e.kind == EventType::Heartbeat));
+}
+
+#[test]
+fn bad_agent_registration_is_refused() {
+    let mut s = Sim::new();
+    let mut info = agent_info("cpus:1");
+    info.hostname.clear();
+    s.input(Input::Agent { conn: 9, msg: AgentToMaster::Register { info } });
+    assert!(matches!(&s.to_agent(9)[0], MasterToAgent::Refused { .. }));
+    assert!(s.actions.contains(&Action::CloseAgent { conn: 9 }));
+    assert!(s.m.agents.is_empty());
+}
+
+#[test]
+fn invalid_subscriptions_are_refused() {
+    let mut s = Sim::new();
+    for info in [
+        FrameworkInfo { roles: vec!["a".into()], ..Default::default() },
+        FrameworkInfo { role: Some("/bad".into()), ..Default::default() },
+        FrameworkInfo { failover_timeout: Some(-1.0), ..Default::default() },
+    ] {
+        let mut call = Call::new(CallType::Subscribe, None);
+        call.subscribe = Some(Subscribe { framework_info: info, suppressed_roles: vec![] });
+        assert!(matches!(s.m.subscribe(s.now, call, 1), Subscription::Refused { .. }));
+    }
+    assert!(s.m.frameworks.is_empty());
+}

@@ -1,0 +1,92 @@
+//! The registry: the small durable state the master must not lose across
+//! restarts. Today that is the set of admitted agents (so that, after a
+//! restart, reconciliation can tell "still coming back" from "unknown");
+//! weights, quota and reservations join it later.
+//!
+//! The master core emits [`RegistryState`] snapshots; the shell stores them
+//! through a [`Registry`]. The standalone master keeps it in a local file,
+//! written atomically (write a temporary file, fsync it, rename it over the
+//! old one, fsync the directory).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryAgent {
+    pub id: String,
+    pub hostname: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryState {
+    #[serde(default)]
+    pub agents: Vec<RegistryAgent>,
+}
+
+/// Where the registry lives.
+pub trait Registry {
+    fn load(&self) -> anyhow::Result<RegistryState>;
+    fn store(&self, state: &RegistryState) -> anyhow::Result<()>;
+}
+
+/// A registry in one JSON file.
+#[derive(Clone, Debug)]
+pub struct FileRegistry {
+    path: PathBuf,
+}
+
+impl FileRegistry {
+    pub fn new(path: impl Into<PathBuf>) -> FileRegistry {
+        FileRegistry { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Registry for FileRegistry {
+    fn load(&self) -> anyhow::Result<RegistryState> {
+        match fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| anyhow::anyhow!("registry {} is corrupt: {e}", self.path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RegistryState::default()),
+            Err(e) => Err(anyhow::anyhow!("cannot read registry {}: {e}", self.path.display())),
+        }
+    }
+
+    fn store(&self, state: &RegistryState) -> anyhow::Result<()> {
+        let dir = self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        fs::create_dir_all(dir)?;
+        let tmp = self.path.with_extension("tmp");
+        {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(state)?)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &self.path)?;
+        fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_corruption() {
+        let dir = std::env::temp_dir().join(format!("agora-registry-test-{}", std::process::id()));
+        let r = FileRegistry::new(dir.join("registry.json"));
+        assert_eq!(r.load().unwrap(), RegistryState::default());
+        let s = RegistryState { agents: vec![RegistryAgent { id: "a".into(), hostname: "h".into() }] };
+        r.store(&s).unwrap();
+        assert_eq!(r.load().unwrap(), s);
+        fs::write(r.path(), b"{not json").unwrap();
+        assert!(r.load().unwrap_err().to_string().contains("corrupt"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
