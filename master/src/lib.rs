@@ -9,5 +9,7 @@
 //! - [`shard`]: the glommio shell, one executor per core, that performs I/O.
 
 pub mod allocator;
+pub mod api;
 pub mod core;
 pub mod registry;
+pub mod shard;

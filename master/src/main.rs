@@ -1,1 +1,168 @@
-fn main() {}
+//! `agora-master`: parses flags, binds the port, and hands over to the shards.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use agora_master::{allocator, core, shard};
+use agora_proto::duration;
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "agora-master",
+    version,
+    about = "Agora's master: pools agents' resources and offers them to frameworks"
+)]
+struct Args {
+    /// Address to listen on (agents and HTTP share the port).
+    #[arg(long, default_value = "127.0.0.1")]
+    ip: IpAddr,
+    /// Port to listen on; 0 picks a free one (printed at start).
+    #[arg(long, default_value_t = 5050)]
+    port: u16,
+    /// Hostname advertised to frameworks; defaults to the IP.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Executors (one per core); defaults to every online CPU.
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Directory for the registry (admitted agents). Without it the registry
+    /// lives in memory and is lost on restart.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    #[arg(long, default_value = "1secs", value_parser = duration::parse)]
+    allocation_interval: std::time::Duration,
+    /// Rescind offers not used within this time; "0" never rescinds.
+    #[arg(long, default_value = "0", value_parser = duration::parse)]
+    offer_timeout: std::time::Duration,
+    /// Each agent is pinged this often; a missed pong counts as a timeout.
+    #[arg(long, default_value = "15secs", value_parser = duration::parse)]
+    agent_ping_timeout: std::time::Duration,
+    /// Missed pings (or, once disconnected, ping periods) before an agent is
+    /// unreachable.
+    #[arg(long, default_value_t = 5)]
+    max_agent_ping_timeouts: u32,
+    /// After a restart, how long agents from the registry have to come back.
+    #[arg(long, default_value = "10mins", value_parser = duration::parse)]
+    agent_reregister_timeout: std::time::Duration,
+    #[arg(long, default_value = "15secs", value_parser = duration::parse)]
+    heartbeat_interval: std::time::Duration,
+    #[arg(long, default_value_t = wire_default_max_frame())]
+    max_frame_bytes: u32,
+    /// Largest HTTP request body accepted.
+    #[arg(long, default_value_t = 8 << 20)]
+    max_request_bytes: usize,
+    /// Events queued for a framework before it is disconnected as too slow.
+    #[arg(long, default_value_t = 4096)]
+    max_stream_queue: usize,
+    #[arg(long, default_value_t = 1000)]
+    max_completed_tasks_per_framework: usize,
+    #[arg(long, default_value_t = 100_000)]
+    max_connections_per_shard: usize,
+}
+
+fn wire_default_max_frame() -> u32 {
+    agora_proto::wire::DEFAULT_MAX_FRAME_BYTES
+}
+
+/// glommio needs some locked memory for its rings; say so clearly instead
+/// of failing obscurely.
+fn check_memlock() -> anyhow::Result<()> {
+    const NEED: u64 = 512 << 10;
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) != 0 {
+            return Ok(());
+        }
+        if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < NEED {
+            let want = libc::rlimit { rlim_cur: NEED.min(lim.rlim_max), rlim_max: lim.rlim_max };
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &want);
+            libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim);
+        }
+    }
+    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < NEED {
+        anyhow::bail!(
+            "the locked-memory limit is {} KiB; agora-master needs at least {} KiB for io_uring. \
+             Raise it (ulimit -l {} or LimitMEMLOCK= in a unit file) or run as root.",
+            lim.rlim_cur >> 10,
+            NEED >> 10,
+            NEED >> 10
+        );
+    }
+    Ok(())
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("AGORA_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("agora-master: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    check_memlock()?;
+    let n_shards = args.shards.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    anyhow::ensure!((1..=1024).contains(&n_shards), "--shards must be between 1 and 1024");
+    let (fds, addr) = shard::bind_listeners(SocketAddr::new(args.ip, args.port), n_shards)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", args.ip, args.port))?;
+    let ip_text = addr.ip().to_string();
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) => u32::from_ne_bytes(v4.octets()),
+        IpAddr::V6(_) => 0,
+    };
+    let master_id = uuid::Uuid::new_v4().to_string();
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    let mut flags = BTreeMap::new();
+    flags.insert("allocation_interval".into(), format!("{:?}", args.allocation_interval));
+    flags.insert("offer_timeout".into(), format!("{:?}", args.offer_timeout));
+    flags.insert("agent_ping_timeout".into(), format!("{:?}", args.agent_ping_timeout));
+    flags.insert("max_agent_ping_timeouts".into(), args.max_agent_ping_timeouts.to_string());
+    flags.insert("heartbeat_interval".into(), format!("{:?}", args.heartbeat_interval));
+    flags.insert("shards".into(), n_shards.to_string());
+    flags.insert("work_dir".into(), args.work_dir.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
+    let core = core::Config {
+        master_id,
+        hostname: args.hostname.clone().unwrap_or_else(|| ip_text.clone()),
+        ip,
+        ip_text: ip_text.clone(),
+        port: addr.port(),
+        allocation_interval_ms: ms(args.allocation_interval).max(1),
+        offer_timeout_ms: (args.offer_timeout.as_millis() > 0).then(|| ms(args.offer_timeout)),
+        agent_ping_timeout_ms: ms(args.agent_ping_timeout).max(1),
+        max_agent_ping_timeouts: args.max_agent_ping_timeouts.max(1),
+        agent_reregister_timeout_ms: ms(args.agent_reregister_timeout),
+        heartbeat_interval_ms: ms(args.heartbeat_interval).max(1),
+        max_completed_tasks_per_framework: args.max_completed_tasks_per_framework,
+        max_completed_frameworks: 50,
+        max_unreachable_agents: 10_000,
+        allocator: allocator::Config { seed: rand::random(), ..Default::default() },
+        seed: rand::random(),
+    };
+    let tick_ms = (core.allocation_interval_ms / 4).clamp(5, 100);
+    let cfg = shard::ShellConfig {
+        n_shards,
+        core,
+        registry_path: args.work_dir.map(|d| d.join("registry.json")),
+        max_frame_bytes: args.max_frame_bytes,
+        http_limits: agora_proto::http::Limits { max_body_bytes: args.max_request_bytes, ..Default::default() },
+        max_stream_queue: args.max_stream_queue,
+        max_agent_queue: 16_384,
+        core_queue: 65_536,
+        mesh_queue: 16_384,
+        max_connections_per_shard: args.max_connections_per_shard,
+        tick_ms,
+        flags,
+    };
+    // Tests and scripts read this line to find the port.
+    println!("agora-master listening on http://{addr} (shards: {n_shards})");
+    std::io::stdout().flush()?;
+    shard::run(cfg, fds)
+}

@@ -9,6 +9,7 @@
 //!
 //! Nothing here performs I/O.
 
+pub mod duration;
 pub mod http;
 pub mod mesos;
 pub mod resources;

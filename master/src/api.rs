@@ -1,0 +1,488 @@
+//! The master's HTTP API: decoding scheduler calls (Mesos v1 JSON), encoding
+//! events, and rendering the operator endpoints (`/master/state`,
+//! `/metrics/snapshot`, `/metrics`). This is the only module of the master that
+//! knows JSON; it performs no I/O.
+
+use std::collections::BTreeMap;
+
+use agora_proto::http::{Request, Response};
+use agora_proto::mesos::{CapabilityType, TaskState};
+use agora_proto::resources::{Resources, Value};
+use agora_proto::scheduler::{Call, CallType, Event};
+use serde_json::{json, Map, Value as Json};
+
+use crate::core::{Framework, Master, Task};
+
+pub const SCHEDULER_PATH: &str = "/api/v1/scheduler";
+
+/// What a request to the master asks for.
+#[derive(Debug)]
+pub enum Route {
+    /// A SUBSCRIBE call: the connection becomes an event stream.
+    Subscribe(Call),
+    /// Any other scheduler call, with the stream id header if present.
+    Call(Call, Option<String>),
+    /// A read of the master's state, rendered on the core's shard.
+    Render(RenderKind),
+    /// Answered on the spot.
+    Local(Response),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenderKind {
+    State,
+    MetricsJson,
+    MetricsPrometheus,
+}
+
+/// Mesos answers errors with plain text bodies.
+pub fn error(status: u16, message: impl Into<String>) -> Response {
+    Response::text(status, message)
+}
+
+fn media_type(v: &str) -> String {
+    v.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+/// Routes a request, decoding scheduler calls. Errors come back as `Local`
+/// responses with Mesos's status codes and messages.
+pub fn route(req: &Request, redirect_to: &str) -> Route {
+    match (req.method.as_str(), req.path.as_str()) {
+        ("POST", SCHEDULER_PATH) => match decode_call(req) {
+            Ok(r) => r,
+            Err(resp) => Route::Local(resp),
+        },
+        (_, SCHEDULER_PATH) => Route::Local(error(405, "Expecting 'POST'")),
+        ("GET", "/master/state" | "/state" | "/master/state.json" | "/state.json") => Route::Render(RenderKind::State),
+        ("GET", "/metrics/snapshot") => Route::Render(RenderKind::MetricsJson),
+        ("GET", "/metrics") => Route::Render(RenderKind::MetricsPrometheus),
+        ("GET", "/health" | "/master/health") => Route::Local(Response::new(200)),
+        ("GET", "/version") => Route::Local(Response::json(
+            200,
+            serde_json::to_vec(&json!({
+                "version": agora_proto::MESOS_API_VERSION,
+                "agora_version": agora_proto::AGORA_VERSION,
+            }))
+            .expect("static JSON"),
+        )),
+        ("GET", "/master/redirect" | "/redirect") => {
+            Route::Local(Response::new(307).header("Location", format!("//{redirect_to}")))
+        }
+        ("GET", _) => Route::Local(error(404, format!("No endpoint at {}", req.path))),
+        _ => Route::Local(error(405, format!("{} is not allowed on {}", req.method, req.path))),
+    }
+}
+
+fn decode_call(req: &Request) -> Result<Route, Response> {
+    let ct = req.header("content-type").ok_or_else(|| error(400, "Expecting 'Content-Type' to be present"))?;
+    match media_type(ct).as_str() {
+        "application/json" => {}
+        "application/x-protobuf" => {
+            return Err(error(415, "Content-Type application/x-protobuf is not supported; use application/json"))
+        }
+        other => return Err(error(415, format!("Content-Type {other:?} is not supported; use application/json"))),
+    }
+    let value: Json =
+        serde_json::from_slice(&req.body).map_err(|e| error(400, format!("Failed to parse body into JSON: {e}")))?;
+    let call: Call = serde_json::from_value(value)
+        .map_err(|e| error(400, format!("Failed to convert JSON into Call protobuf: {e}")))?;
+    call.validate().map_err(|m| error(400, format!("Failed to validate scheduler::Call: {m}")))?;
+    let stream_id = req.header("mesos-stream-id").map(str::to_string);
+    if call.kind == CallType::Subscribe {
+        if stream_id.is_some() {
+            return Err(error(400, "Subscribe calls should not include the 'Mesos-Stream-Id' header"));
+        }
+        if let Some(accept) = req.header("accept") {
+            let ok = accept
+                .split(',')
+                .map(media_type)
+                .any(|m| m == "application/json" || m == "*/*" || m == "application/*");
+            if !ok {
+                return Err(error(406, format!("Accept {accept:?} does not allow application/json")));
+            }
+        }
+        return Ok(Route::Subscribe(call));
+    }
+    Ok(Route::Call(call, stream_id))
+}
+
+/// Encodes an event once, as a RecordIO record in one HTTP chunk.
+pub fn encode_event(event: &Event) -> Vec<u8> {
+    let json = serde_json::to_vec(event).expect("events always serialize");
+    agora_proto::http::recordio_chunk(&json)
+}
+
+/// Resources as Mesos's endpoints show them: `{"cpus": 1.0, "ports": "[..]"}`.
+pub fn flat_resources(r: &Resources) -> Json {
+    let mut m = Map::new();
+    for k in ["cpus", "gpus", "mem", "disk"] {
+        m.insert(k.into(), json!(0.0));
+    }
+    let mut ranges: BTreeMap<String, Resources> = BTreeMap::new();
+    for res in r.iter() {
+        let name = if res.revocable { format!("{}_revocable", res.name) } else { res.name.clone() };
+        match &res.value {
+            Value::Scalar(s) => {
+                let cur = m.get(&name).and_then(Json::as_f64).unwrap_or(0.0);
+                m.insert(name, json!(((cur + s.as_f64()) * 1000.0).round() / 1000.0));
+            }
+            Value::Ranges(_) => {
+                ranges.entry(name).or_default().add_one(res.clone());
+            }
+            Value::Set(s) => {
+                m.insert(name, json!(format!("{{{}}}", s.iter().cloned().collect::<Vec<_>>().join(", "))));
+            }
+        }
+    }
+    for (name, rs) in ranges {
+        let all = rs.iter().fold(agora_proto::resources::Ranges::default(), |acc, r| match &r.value {
+            Value::Ranges(x) => acc.union(x),
+            _ => acc,
+        });
+        m.insert(name, json!(all.to_string()));
+    }
+    Json::Object(m)
+}
+
+fn capabilities(fw: &Framework) -> Json {
+    Json::Array(
+        fw.info
+            .capabilities
+            .iter()
+            .filter(|c| c.kind != CapabilityType::Other)
+            .map(|c| serde_json::to_value(c.kind).unwrap_or(Json::Null))
+            .collect(),
+    )
+}
+
+fn task_json(t: &Task) -> Json {
+    let mut v = json!({
+        "id": t.info.task_id.value,
+        "name": t.info.name,
+        "framework_id": t.framework_id.value,
+        "executor_id": "",
+        "slave_id": t.agent_id.value,
+        "agent_id": t.agent_id.value,
+        "state": t.state.name(),
+        "resources": flat_resources(&t.info.resources),
+        "role": t.role,
+        "statuses": t.statuses.iter().map(|s| json!({"state": s.state.name(), "timestamp": s.timestamp})).collect::<Vec<_>>(),
+    });
+    if let Some(l) = &t.info.labels {
+        v["labels"] = serde_json::to_value(&l.labels).unwrap_or(Json::Null);
+    }
+    if let Some(u) = t.unreachable_time {
+        v["unreachable_time"] = json!(u);
+    }
+    v
+}
+
+fn framework_json(m: &Master, fw: &Framework) -> Json {
+    let used = m.framework_used(fw);
+    let offered = m.framework_offered(fw);
+    let mut v = json!({
+        "id": fw.id.value,
+        "name": fw.info.name,
+        "user": fw.info.user,
+        "hostname": fw.info.hostname.clone().unwrap_or_default(),
+        "webui_url": fw.info.webui_url.clone().unwrap_or_default(),
+        "active": fw.connected(),
+        "connected": fw.connected(),
+        "recovered": fw.recovered,
+        "failover_timeout": fw.info.failover_timeout_secs(),
+        "checkpoint": fw.info.checkpoint.unwrap_or(false),
+        "registered_time": fw.registered_time,
+        "capabilities": capabilities(fw),
+        "resources": flat_resources(&used.plus(&offered)),
+        "used_resources": flat_resources(&used),
+        "offered_resources": flat_resources(&offered),
+        "tasks": fw.tasks.values().filter(|t| t.state != TaskState::Unreachable).map(task_json).collect::<Vec<_>>(),
+        "unreachable_tasks": fw.tasks.values().filter(|t| t.state == TaskState::Unreachable).map(task_json).collect::<Vec<_>>(),
+        "completed_tasks": fw.completed_tasks.iter().map(task_json).collect::<Vec<_>>(),
+        "offers": fw.offers.iter().filter_map(|o| m.offers.get(o)).map(|o| json!({
+            "id": o.id.value,
+            "framework_id": o.framework_id.value,
+            "slave_id": o.agent_id.value,
+            "allocation_info": {"role": o.role},
+            "resources": flat_resources(&o.resources),
+        })).collect::<Vec<_>>(),
+        "executors": [],
+    });
+    if fw.info.has_capability(CapabilityType::MultiRole) {
+        v["roles"] = json!(fw.roles);
+    } else {
+        v["role"] = json!(fw.roles.first().cloned().unwrap_or_else(|| "*".into()));
+    }
+    if let Some(p) = &fw.info.principal {
+        v["principal"] = json!(p);
+    }
+    if let Some(t) = fw.reregistered_time {
+        v["reregistered_time"] = json!(t);
+    }
+    if let Some(t) = fw.unregistered_time {
+        v["unregistered_time"] = json!(t);
+    }
+    if let Some(l) = &fw.info.labels {
+        v["labels"] = serde_json::to_value(&l.labels).unwrap_or(Json::Null);
+    }
+    v
+}
+
+fn attributes_json(attrs: &[agora_proto::resources::Attribute]) -> Json {
+    use agora_proto::resources::AttributeValue;
+    let mut m = Map::new();
+    for a in attrs {
+        let v = match &a.value {
+            AttributeValue::Scalar(s) => json!(s.as_f64()),
+            other => json!(other.to_string()),
+        };
+        m.insert(a.name.clone(), v);
+    }
+    Json::Object(m)
+}
+
+/// `/master/state`, shaped like Mesos's.
+pub fn render_state(m: &Master, flags: &BTreeMap<String, String>) -> Vec<u8> {
+    let c = &m.config;
+    let pid = format!("master@{}:{}", c.ip_text, c.port);
+    let mut agents: Vec<&crate::core::Agent> = m.agents.values().collect();
+    agents.sort_by(|a, b| a.id.cmp(&b.id));
+    let slaves: Vec<Json> = agents
+        .iter()
+        .map(|a| {
+            let used = m.agent_used(a);
+            let offered = m.agent_offered(a);
+            let mut reserved: BTreeMap<String, Resources> = BTreeMap::new();
+            for r in a.info.resources.iter().filter(|r| r.reservation.is_some()) {
+                reserved.entry(r.role().to_string()).or_default().add_one(r.clone());
+            }
+            let mut v = json!({
+                "id": a.id.value,
+                "pid": format!("slave(1)@{}:{}", a.info.hostname, a.info.port),
+                "hostname": a.info.hostname,
+                "port": a.info.port,
+                "attributes": attributes_json(&a.info.attributes),
+                "registered_time": a.registered_time,
+                "resources": flat_resources(&a.info.resources),
+                "used_resources": flat_resources(&used),
+                "offered_resources": flat_resources(&offered),
+                "reserved_resources": reserved.iter().map(|(k, v)| (k.clone(), flat_resources(v))).collect::<Map<_, _>>(),
+                "unreserved_resources": flat_resources(&a.info.resources.filter(|r| r.reservation.is_none())),
+                "active": a.conn.is_some(),
+                "deactivated": false,
+                "version": a.info.version,
+                "capabilities": ["MULTI_ROLE"],
+            });
+            if let Some(t) = a.reregistered_time {
+                v["reregistered_time"] = json!(t);
+            }
+            v
+        })
+        .collect();
+    let mut fws: Vec<&Framework> = m.frameworks.values().collect();
+    fws.sort_by(|a, b| a.id.cmp(&b.id));
+    let state = json!({
+        "version": agora_proto::MESOS_API_VERSION,
+        "agora_version": agora_proto::AGORA_VERSION,
+        "id": c.master_id,
+        "pid": pid,
+        "hostname": c.hostname,
+        "start_time": m.start_time,
+        "elected_time": m.start_time,
+        "activated_slaves": m.agents.values().filter(|a| a.conn.is_some()).count() as f64,
+        "deactivated_slaves": m.agents.values().filter(|a| a.conn.is_none()).count() as f64,
+        "unreachable_slaves": m.unreachable_agents.len() as f64,
+        "leader": pid,
+        "leader_info": m.master_info(),
+        "capabilities": [],
+        "flags": flags,
+        "slaves": slaves,
+        "recovered_slaves": m.recovered_agents.keys().map(|a| json!({"id": a.value})).collect::<Vec<_>>(),
+        "frameworks": fws.iter().map(|f| framework_json(m, f)).collect::<Vec<_>>(),
+        "completed_frameworks": m.completed_frameworks.iter().map(|f| framework_json(m, f)).collect::<Vec<_>>(),
+        "orphan_tasks": [],
+        "unregistered_frameworks": [],
+    });
+    serde_json::to_vec(&state).expect("state always serializes")
+}
+
+/// Figures the shell measures (not part of the core's state).
+#[derive(Clone, Debug, Default)]
+pub struct ShellStats {
+    pub uptime_secs: f64,
+    pub event_queue_messages: u64,
+    pub http_requests: u64,
+    pub agent_frames_invalid: u64,
+    pub streams_dropped_slow: u64,
+    pub n_shards: usize,
+}
+
+/// `/metrics/snapshot` as an ordered map of Mesos-style names.
+pub fn metrics(m: &Master, s: &ShellStats) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let mut put = |k: &str, v: f64| {
+        out.insert(k.to_string(), v);
+    };
+    let c = &m.counters;
+    put("master/uptime_secs", s.uptime_secs);
+    put("master/elected", 1.0);
+    let connected = m.agents.values().filter(|a| a.conn.is_some()).count() as f64;
+    put("master/slaves_connected", connected);
+    put("master/slaves_disconnected", m.agents.len() as f64 - connected);
+    put("master/slaves_active", connected);
+    put("master/slaves_inactive", m.agents.len() as f64 - connected);
+    put("master/slaves_unreachable", m.unreachable_agents.len() as f64);
+    let fc = m.frameworks.values().filter(|f| f.connected()).count() as f64;
+    put("master/frameworks_connected", fc);
+    put("master/frameworks_disconnected", m.frameworks.len() as f64 - fc);
+    put("master/frameworks_active", fc);
+    put("master/frameworks_inactive", m.frameworks.len() as f64 - fc);
+    put("master/outstanding_offers", m.offers.len() as f64);
+    let states = m.task_state_counts();
+    for (st, name) in [
+        (TaskState::Staging, "staging"),
+        (TaskState::Starting, "starting"),
+        (TaskState::Running, "running"),
+        (TaskState::Killing, "killing"),
+        (TaskState::Unreachable, "unreachable"),
+    ] {
+        put(&format!("master/tasks_{name}"), *states.get(&st).unwrap_or(&0) as f64);
+    }
+    for (st, name) in [
+        (TaskState::Finished, "finished"),
+        (TaskState::Failed, "failed"),
+        (TaskState::Killed, "killed"),
+        (TaskState::Lost, "lost"),
+        (TaskState::Error, "error"),
+        (TaskState::Dropped, "dropped"),
+        (TaskState::Gone, "gone"),
+        (TaskState::GoneByOperator, "gone_by_operator"),
+    ] {
+        put(&format!("master/tasks_{name}"), *c.tasks_terminal.get(&st).unwrap_or(&0) as f64);
+    }
+    let mut total = Resources::new();
+    let mut used = Resources::new();
+    for a in m.agents.values().filter(|a| a.conn.is_some()) {
+        total.add(&a.info.resources);
+        used.add(&m.agent_used(a));
+    }
+    for k in ["cpus", "gpus", "mem", "disk"] {
+        let t = total.scalar(k).as_f64();
+        let u = used.scalar(k).as_f64();
+        put(&format!("master/{k}_total"), t);
+        put(&format!("master/{k}_used"), u);
+        put(&format!("master/{k}_percent"), if t > 0.0 { u / t } else { 0.0 });
+    }
+    put("master/event_queue_messages", s.event_queue_messages as f64);
+    put("master/event_queue_http_requests", s.http_requests as f64);
+    put("master/valid_status_updates", c.valid_status_updates as f64);
+    put("master/invalid_status_updates", c.invalid_status_updates as f64);
+    put("master/valid_status_update_acknowledgements", c.valid_status_update_acknowledgements as f64);
+    put("master/invalid_status_update_acknowledgements", c.invalid_status_update_acknowledgements as f64);
+    put("master/slave_registrations", c.agent_registrations as f64);
+    put("master/slave_reregistrations", c.agent_reregistrations as f64);
+    put("master/slave_removals", c.agent_removals as f64);
+    put("master/slave_unreachable_completed", c.agents_unreachable as f64);
+    put("master/messages_register_framework", c.framework_subscriptions as f64);
+    put("master/messages_kill_task", c.messages_kill_task as f64);
+    put("master/messages_reconcile_tasks", c.messages_reconcile_tasks as f64);
+    put("master/messages_revive_offers", c.messages_revive as f64);
+    put("master/messages_suppress_offers", c.messages_suppress as f64);
+    put("master/messages_decline_offers", c.offers_declined as f64);
+    put("master/messages_launch_tasks", c.tasks_launched as f64);
+    put("master/invalid_scheduler_calls", c.invalid_calls as f64);
+    put("master/offers_sent", c.offers_sent as f64);
+    put("master/offers_rescinded", c.offers_rescinded as f64);
+    put("master/framework_removals", c.framework_removals as f64);
+    put("master/invalid_agent_frames", s.agent_frames_invalid as f64);
+    put("master/streams_disconnected_slow", s.streams_dropped_slow as f64);
+    put("master/shards", s.n_shards as f64);
+    let st = m.allocator.stats;
+    put("allocator/mesos/allocation_runs", st.allocation_runs as f64);
+    put("allocator/agora/allocations", st.allocations as f64);
+    put("allocator/agora/filtered", st.filtered as f64);
+    out
+}
+
+pub fn render_metrics_json(m: &Master, s: &ShellStats) -> Vec<u8> {
+    serde_json::to_vec(&metrics(m, s)).expect("numbers serialize")
+}
+
+/// The same figures in Prometheus's text format: `master/tasks_running`
+/// becomes `agora_master_tasks_running`.
+pub fn render_metrics_prometheus(m: &Master, s: &ShellStats) -> Vec<u8> {
+    let mut out = String::new();
+    for (k, v) in metrics(m, s) {
+        let name: String =
+            format!("agora_{k}").chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        out.push_str(&format!("# TYPE {name} gauge\n{name} {v}\n"));
+    }
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agora_proto::http::{Limits, RequestParser};
+
+    fn req(raw: &str) -> Request {
+        let mut p = RequestParser::new(Limits::default());
+        p.push(raw.as_bytes());
+        p.next_request().unwrap().unwrap()
+    }
+
+    fn post(body: &str, headers: &str) -> Request {
+        req(&format!("POST /api/v1/scheduler HTTP/1.1\r\n{headers}Content-Length: {}\r\n\r\n{body}", body.len()))
+    }
+
+    fn status(r: Route) -> (u16, String) {
+        match r {
+            Route::Local(resp) => (resp.status, String::from_utf8(resp.body).unwrap()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn call_decoding_errors() {
+        let ct = "Content-Type: application/json\r\n";
+        assert_eq!(status(route(&post("{}", ""), "h:1")).0, 400);
+        assert_eq!(status(route(&post("{}", "Content-Type: application/x-protobuf\r\n"), "h:1")).0, 415);
+        let (s, m) = status(route(&post("{not json", ct), "h:1"));
+        assert_eq!(s, 400);
+        assert!(m.starts_with("Failed to parse body into JSON"), "{m}");
+        let (s, m) = status(route(&post(r#"{"type":"NOPE"}"#, ct), "h:1"));
+        assert_eq!(s, 400);
+        assert!(m.starts_with("Failed to convert JSON"), "{m}");
+        let (s, m) = status(route(&post(r#"{"type":"DECLINE","framework_id":{"value":"f"}}"#, ct), "h:1"));
+        assert_eq!(s, 400);
+        assert!(m.contains("'decline'"), "{m}");
+        let sub = r#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"user":"u","name":"n"}}}"#;
+        assert_eq!(status(route(&post(sub, &format!("{ct}Mesos-Stream-Id: x\r\n")), "h:1")).0, 400);
+        assert_eq!(status(route(&post(sub, &format!("{ct}Accept: text/html\r\n")), "h:1")).0, 406);
+        assert!(matches!(route(&post(sub, &format!("{ct}Accept: application/json\r\n")), "h:1"), Route::Subscribe(_)));
+        assert!(matches!(
+            route(&post(r#"{"type":"REVIVE","framework_id":{"value":"f"}}"#, &format!("{ct}Mesos-Stream-Id: s\r\n")), "h:1"),
+            Route::Call(_, Some(ref s)) if s == "s"
+        ));
+    }
+
+    #[test]
+    fn operator_routes() {
+        assert!(matches!(route(&req("GET /master/state HTTP/1.1\r\n\r\n"), "h:1"), Route::Render(RenderKind::State)));
+        assert_eq!(status(route(&req("GET /health HTTP/1.1\r\n\r\n"), "h:1")).0, 200);
+        let (s, body) = status(route(&req("GET /version HTTP/1.1\r\n\r\n"), "h:1"));
+        assert_eq!(s, 200);
+        assert!(body.contains("\"version\":\"1.11.0\""));
+        assert_eq!(status(route(&req("GET /nope HTTP/1.1\r\n\r\n"), "h:1")).0, 404);
+        assert_eq!(status(route(&req("GET /api/v1/scheduler HTTP/1.1\r\n\r\n"), "h:1")).0, 405);
+    }
+
+    #[test]
+    fn flat_resources_like_mesos() {
+        let r = Resources::parse("cpus:1.5;mem:64;ports:[31000-31001,31005-31005];cpus(eng):1").unwrap();
+        let v = flat_resources(&r);
+        assert_eq!(v["cpus"], 2.5);
+        assert_eq!(v["disk"], 0.0);
+        assert_eq!(v["ports"], "[31000-31001, 31005-31005]");
+    }
+}

@@ -1,0 +1,775 @@
+//! The glommio shell: one executor per core ("shard"), each accepting
+//! connections on the master's port (`SO_REUSEPORT`), which serves both agents
+//! (rkyv frames, told apart by their hello magic) and HTTP.
+//!
+//! Shard 0 also runs the core: the sans-IO [`Master`](crate::core::Master).
+//! A connection lives on the shard that accepted it for its whole life: that
+//! shard reads and validates its frames, parses its HTTP and JSON, answers an
+//! agent's pings and detects a silent agent, and writes what the core sends
+//! it. Shards share no memory; everything between them travels over glommio's
+//! channel mesh as [`ShardMsg`]s (connections of shard 0 use a local channel).
+//!
+//! Every queue here is bounded. A framework stream or an agent connection
+//! whose outgoing queue is full is closed (a slow consumer must not make the
+//! master buffer without bound); the core hears about it as a closed
+//! connection and applies the usual failover rules.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use agora_proto::http::{self, Limits, RequestParser, Response};
+use agora_proto::scheduler::{Call, Event};
+use agora_proto::wire::{self, AgentToMaster, FrameDecoder, Hello, MasterToAgent, HELLO_LEN};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::channel_mesh::{MeshBuilder, Senders};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{spawn_local, CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
+
+use crate::api::{self, RenderKind, Route, ShellStats};
+use crate::core::{self, ApiError, ConnId, Input, Master, Now, Subscription};
+use crate::registry::{FileRegistry, Registry};
+
+/// Everything the shell needs to run.
+#[derive(Clone, Debug)]
+pub struct ShellConfig {
+    pub n_shards: usize,
+    pub core: core::Config,
+    /// `None` keeps the registry in memory only.
+    pub registry_path: Option<PathBuf>,
+    pub max_frame_bytes: u32,
+    pub http_limits: Limits,
+    /// Events queued for one framework stream before it is disconnected.
+    pub max_stream_queue: usize,
+    /// Frames queued for one agent before its connection is closed.
+    pub max_agent_queue: usize,
+    /// Messages queued toward the core before senders wait.
+    pub core_queue: usize,
+    /// Capacity of each cross-shard channel.
+    pub mesh_queue: usize,
+    pub max_connections_per_shard: usize,
+    pub tick_ms: u64,
+    /// Flags shown in `/master/state`.
+    pub flags: BTreeMap<String, String>,
+}
+
+/// Counters every shard updates.
+#[derive(Debug, Default)]
+pub struct ShellCounters {
+    pub http_requests: AtomicU64,
+    pub agent_frames_invalid: AtomicU64,
+    pub streams_dropped_slow: AtomicU64,
+    pub agents_dropped_slow: AtomicU64,
+    pub connections_refused: AtomicU64,
+}
+
+/// A request from a shard to the core.
+#[derive(Debug)]
+enum ToCore {
+    Input(Input),
+    Tick,
+    Subscribe { call: Call, stream: ConnId, req: u64 },
+    Call { call: Call, stream_id: Option<String>, req: u64 },
+    Render { kind: RenderKind, req: u64 },
+}
+
+#[derive(Debug)]
+enum Reply {
+    Subscription(Subscription),
+    Call(Result<u16, ApiError>),
+    Body { content_type: &'static str, bytes: Vec<u8> },
+}
+
+/// What the core sends to the shard owning a connection.
+#[derive(Debug)]
+enum FromCore {
+    ToAgent {
+        conn: ConnId,
+        msg: MasterToAgent,
+    },
+    CloseAgent {
+        conn: ConnId,
+    },
+    /// One encoded event for these streams (all on the receiving shard).
+    Event {
+        streams: Vec<ConnId>,
+        bytes: Arc<Vec<u8>>,
+    },
+    CloseStream {
+        stream: ConnId,
+    },
+    Reply {
+        req: u64,
+        reply: Reply,
+    },
+}
+
+#[derive(Debug)]
+enum ShardMsg {
+    ToCore(ToCore),
+    FromCore(FromCore),
+}
+
+enum Outgoing {
+    Frame(Vec<u8>),
+}
+
+enum StreamItem {
+    Bytes(Arc<Vec<u8>>),
+    Close,
+}
+
+/// A live connection: its outgoing queue and its socket, which can be shut
+/// down to wake its reader when it must close.
+struct Handle<T> {
+    tx: Rc<LocalSender<T>>,
+    fd: RawFd,
+    open: Rc<Cell<bool>>,
+}
+
+impl<T> Handle<T> {
+    fn shutdown(&self) {
+        // The connection's task clears `open` before dropping the socket, and
+        // everything here runs on one thread, so the fd is still ours.
+        if self.open.get() {
+            // SAFETY: shutdown(2) on an fd we own; it does not close it.
+            unsafe {
+                libc::shutdown(self.fd, libc::SHUT_RDWR);
+            }
+        }
+    }
+}
+
+/// The shard's own state.
+struct Shard {
+    idx: usize,
+    cfg: Arc<ShellConfig>,
+    counters: Arc<ShellCounters>,
+    mesh: Option<Senders<ShardMsg>>,
+    /// On shard 0: the core's input queue.
+    core_tx: Option<Rc<LocalSender<ToCore>>>,
+    next_id: Cell<u64>,
+    connections: Cell<usize>,
+    agents: RefCell<HashMap<ConnId, Handle<Outgoing>>>,
+    streams: RefCell<HashMap<ConnId, Handle<StreamItem>>>,
+    pending: RefCell<HashMap<u64, LocalSender<Reply>>>,
+    advertised: String,
+}
+
+/// Connection ids carry their shard in the top 16 bits.
+fn shard_of(id: u64) -> usize {
+    (id >> 48) as usize
+}
+
+impl Shard {
+    fn new_id(&self) -> u64 {
+        let n = self.next_id.get() + 1;
+        self.next_id.set(n);
+        ((self.idx as u64) << 48) | n
+    }
+
+    async fn to_core(&self, msg: ToCore) {
+        if let Some(tx) = &self.core_tx {
+            let _ = tx.send(msg).await;
+        } else if let Some(mesh) = &self.mesh {
+            if mesh.send_to(0, ShardMsg::ToCore(msg)).await.is_err() {
+                tracing::error!("the core's shard is gone");
+            }
+        }
+    }
+
+    /// Sends a request to the core and waits for its answer.
+    async fn request(&self, make: impl FnOnce(u64) -> ToCore) -> Option<Reply> {
+        let id = self.new_id();
+        let (tx, rx) = local_channel::new_bounded(1);
+        self.pending.borrow_mut().insert(id, tx);
+        self.to_core(make(id)).await;
+        rx.recv().await
+    }
+
+    /// Applies a message from the core to this shard's connections. Never
+    /// waits: a full queue closes its connection.
+    fn deliver(&self, msg: FromCore) {
+        match msg {
+            FromCore::ToAgent { conn, msg } => {
+                let agents = self.agents.borrow();
+                let Some(h) = agents.get(&conn) else { return };
+                if h.tx.try_send(Outgoing::Frame(wire::encode(&msg))).is_err() {
+                    self.counters.agents_dropped_slow.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(conn, "agent connection's queue is full; closing it");
+                    h.shutdown();
+                }
+            }
+            FromCore::CloseAgent { conn } => {
+                if let Some(h) = self.agents.borrow().get(&conn) {
+                    h.shutdown();
+                }
+            }
+            FromCore::Event { streams, bytes } => {
+                let map = self.streams.borrow();
+                for s in streams {
+                    let Some(h) = map.get(&s) else { continue };
+                    if h.tx.try_send(StreamItem::Bytes(bytes.clone())).is_err() {
+                        self.counters.streams_dropped_slow.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(stream = s, "framework stream is not keeping up; disconnecting it");
+                        h.shutdown();
+                    }
+                }
+            }
+            FromCore::CloseStream { stream } => {
+                if let Some(h) = self.streams.borrow().get(&stream) {
+                    if h.tx.try_send(StreamItem::Close).is_err() {
+                        h.shutdown();
+                    }
+                }
+            }
+            FromCore::Reply { req, reply } => {
+                if let Some(tx) = self.pending.borrow_mut().remove(&req) {
+                    let _ = tx.try_send(reply);
+                }
+            }
+        }
+    }
+}
+
+/// Binds `n` listening sockets to one address with `SO_REUSEPORT`, so the
+/// kernel spreads connections across shards. With port 0 the first socket
+/// picks the port and the others follow it.
+pub fn bind_listeners(addr: SocketAddr, n: usize) -> std::io::Result<(Vec<RawFd>, SocketAddr)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut fds = Vec::with_capacity(n);
+    let mut actual = addr;
+    for i in 0..n {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.bind(&actual.into())?;
+        s.listen(4096)?;
+        if i == 0 {
+            actual = s.local_addr()?.as_socket().ok_or_else(|| std::io::Error::other("not an IP socket"))?;
+        }
+        fds.push(s.into_raw_fd());
+    }
+    Ok((fds, actual))
+}
+
+/// Runs the master until its executors stop. `fds` come from
+/// [`bind_listeners`], one per shard.
+pub fn run(cfg: ShellConfig, fds: Vec<RawFd>) -> anyhow::Result<()> {
+    let n = cfg.n_shards;
+    anyhow::ensure!(fds.len() == n, "one listening socket per shard");
+    let registry: Option<FileRegistry> = cfg.registry_path.clone().map(FileRegistry::new);
+    let recovered = match &registry {
+        Some(r) => r.load()?,
+        None => Default::default(),
+    };
+    let cfg = Arc::new(cfg);
+    let counters = Arc::new(ShellCounters::default());
+    let mesh = (n > 1).then(|| MeshBuilder::<ShardMsg, _>::full(n, cfg.mesh_queue));
+    let fds = Arc::new(fds);
+    let placement = match CpuSet::online() {
+        Ok(set) if set.len() >= n => PoolPlacement::MaxSpread(n, Some(set)),
+        _ => PoolPlacement::Unbound(n),
+    };
+    let handles = LocalExecutorPoolBuilder::new(placement)
+        .name("agora-shard")
+        .on_all_shards(move || {
+            let (cfg, counters, mesh, fds, registry, recovered) =
+                (cfg.clone(), counters.clone(), mesh.clone(), fds.clone(), registry.clone(), recovered.clone());
+            async move {
+                let (senders, receivers) = match mesh {
+                    Some(m) => {
+                        let (s, r) = m.join().await.expect("joining the shard mesh");
+                        (Some(s), Some(r))
+                    }
+                    None => (None, None),
+                };
+                let idx = senders.as_ref().map(|s| s.peer_id()).unwrap_or(0);
+                let (core_tx, core_rx) = if idx == 0 {
+                    let (tx, rx) = local_channel::new_bounded(cfg.core_queue);
+                    (Some(Rc::new(tx)), Some(rx))
+                } else {
+                    (None, None)
+                };
+                let advertised = format!("{}:{}", cfg.core.ip_text, cfg.core.port);
+                let shard = Rc::new(Shard {
+                    idx,
+                    cfg: cfg.clone(),
+                    counters: counters.clone(),
+                    mesh: senders,
+                    core_tx,
+                    next_id: Cell::new(0),
+                    connections: Cell::new(0),
+                    agents: RefCell::new(HashMap::new()),
+                    streams: RefCell::new(HashMap::new()),
+                    pending: RefCell::new(HashMap::new()),
+                    advertised,
+                });
+                if let Some(mut r) = receivers {
+                    for (_peer, rx) in r.streams() {
+                        let shard = shard.clone();
+                        spawn_local(async move {
+                            while let Some(msg) = rx.recv().await {
+                                match msg {
+                                    ShardMsg::ToCore(m) => shard.to_core(m).await,
+                                    ShardMsg::FromCore(m) => shard.deliver(m),
+                                }
+                            }
+                        })
+                        .detach();
+                    }
+                }
+                if let Some(rx) = core_rx {
+                    let s = shard.clone();
+                    spawn_local(run_core(s, rx, registry, recovered)).detach();
+                    let s = shard.clone();
+                    spawn_local(async move {
+                        loop {
+                            glommio::timer::sleep(Duration::from_millis(s.cfg.tick_ms)).await;
+                            s.to_core(ToCore::Tick).await;
+                        }
+                    })
+                    .detach();
+                }
+                // SAFETY: the fd is a bound, listening socket from
+                // bind_listeners, handed to exactly this shard.
+                let listener = unsafe { TcpListener::from_raw_fd(fds[idx]) };
+                accept_loop(shard, listener).await;
+            }
+        })
+        .map_err(|e| anyhow::anyhow!("cannot start the shards' executors: {e}"))?;
+    for r in handles.join_all() {
+        r.map_err(|e| anyhow::anyhow!("shard failed: {e:?}"))?;
+    }
+    Ok(())
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if shard.connections.get() >= shard.cfg.max_connections_per_shard {
+            shard.counters.connections_refused.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        shard.connections.set(shard.connections.get() + 1);
+        let s = shard.clone();
+        spawn_local(async move {
+            serve(s.clone(), stream).await;
+            s.connections.set(s.connections.get() - 1);
+        })
+        .detach();
+    }
+}
+
+/// Tells agents and HTTP apart by the first bytes.
+async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+    let mut prefix = vec![0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match stream.read(&mut prefix[got..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => got += n,
+        }
+    }
+    let conn = shard.new_id();
+    if wire::is_agent_hello(&prefix) {
+        serve_agent(shard, stream, prefix, conn).await;
+    } else {
+        serve_http(shard, stream, prefix, conn).await;
+    }
+}
+
+async fn serve_agent(shard: Rc<Shard>, stream: TcpStream, mut prefix: Vec<u8>, conn: ConnId) {
+    let fd = stream.as_raw_fd();
+    let (mut rd, mut wr) = futures_lite::io::split(stream);
+    let mut buf = vec![0u8; 64 << 10];
+    while prefix.len() < HELLO_LEN {
+        match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => prefix.extend_from_slice(&buf[..n]),
+        }
+    }
+    let hello_bytes: [u8; HELLO_LEN] = prefix[..HELLO_LEN].try_into().expect("length checked");
+    let hello = match Hello::decode(&hello_bytes) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(conn, "bad agent hello: {e}");
+            return;
+        }
+    };
+    if hello.version != wire::PROTOCOL_VERSION {
+        tracing::warn!(conn, theirs = hello.version, "agent speaks another protocol version; refusing");
+        let mut refuse = Hello::new(shard.cfg.max_frame_bytes);
+        refuse.status = Hello::REFUSED_VERSION;
+        let _ = wr.write_all(&refuse.encode()).await;
+        return;
+    }
+    if wr.write_all(&Hello::new(shard.cfg.max_frame_bytes).encode()).await.is_err() {
+        return;
+    }
+    let (tx, rx) = local_channel::new_bounded(shard.cfg.max_agent_queue);
+    let tx = Rc::new(tx);
+    let open = Rc::new(Cell::new(true));
+    shard.agents.borrow_mut().insert(conn, Handle { tx: tx.clone(), fd, open: open.clone() });
+
+    // Writer: frames from the queue to the socket.
+    let writer = spawn_local(async move {
+        while let Some(Outgoing::Frame(f)) = rx.recv().await {
+            if wr.write_all(&f).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.close().await;
+    });
+
+    // Pinger: the agent must answer (or say anything) within the ping timeout.
+    let last_seen = Rc::new(Cell::new(Instant::now()));
+    let unresponsive = Rc::new(Cell::new(false));
+    let pinger = {
+        let (shard, tx, open, last_seen, unresponsive) =
+            (shard.clone(), tx.clone(), open.clone(), last_seen.clone(), unresponsive.clone());
+        spawn_local(async move {
+            let period = Duration::from_millis(shard.cfg.core.agent_ping_timeout_ms.max(1));
+            let mut missed = 0u32;
+            let mut seq = 0u64;
+            loop {
+                seq += 1;
+                let sent = Instant::now();
+                let _ = tx.try_send(Outgoing::Frame(wire::encode(&MasterToAgent::Ping { seq })));
+                glommio::timer::sleep(period).await;
+                if !open.get() {
+                    return;
+                }
+                if last_seen.get() >= sent {
+                    missed = 0;
+                } else {
+                    missed += 1;
+                    if missed >= shard.cfg.core.max_agent_ping_timeouts {
+                        tracing::warn!(conn, missed, "agent stopped answering pings");
+                        unresponsive.set(true);
+                        // SAFETY: see Handle::shutdown; `open` is still true.
+                        unsafe {
+                            libc::shutdown(fd, libc::SHUT_RDWR);
+                        }
+                        return;
+                    }
+                }
+            }
+        })
+    };
+
+    let mut decoder = FrameDecoder::new(shard.cfg.max_frame_bytes);
+    decoder.push(&prefix[HELLO_LEN..]);
+    'read: loop {
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => match wire::decode::<AgentToMaster>(&frame) {
+                    Ok(msg) => {
+                        last_seen.set(Instant::now());
+                        if !matches!(msg, AgentToMaster::Pong { .. }) {
+                            shard.to_core(ToCore::Input(Input::Agent { conn, msg })).await;
+                        }
+                    }
+                    Err(e) => {
+                        shard.counters.agent_frames_invalid.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(conn, "closing agent connection: {e}");
+                        break 'read;
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    shard.counters.agent_frames_invalid.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(conn, "closing agent connection: {e}");
+                    break 'read;
+                }
+            }
+        }
+        match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                if let Err(e) = decoder.finish() {
+                    tracing::info!(conn, "agent connection ended: {e}");
+                }
+                break;
+            }
+            Ok(n) => decoder.push(&buf[..n]),
+        }
+    }
+    open.set(false);
+    shard.agents.borrow_mut().remove(&conn);
+    drop(tx);
+    let _ = pinger.cancel().await;
+    let _ = writer.cancel().await;
+    drop(rd);
+    let input = if unresponsive.get() { Input::AgentUnresponsive { conn } } else { Input::AgentClosed { conn } };
+    shard.to_core(ToCore::Input(input)).await;
+}
+
+async fn serve_http(shard: Rc<Shard>, stream: TcpStream, prefix: Vec<u8>, conn: ConnId) {
+    let fd = stream.as_raw_fd();
+    let (mut rd, mut wr) = futures_lite::io::split(stream);
+    let mut parser = RequestParser::new(shard.cfg.http_limits);
+    parser.push(&prefix);
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let req = match parser.next_request() {
+            Ok(Some(r)) => r,
+            Ok(None) => match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    parser.push(&buf[..n]);
+                    continue;
+                }
+            },
+            Err(e) => {
+                let _ = wr.write_all(&api::error(e.status(), e.to_string()).encode(false)).await;
+                let _ = wr.close().await;
+                return;
+            }
+        };
+        shard.counters.http_requests.fetch_add(1, Ordering::Relaxed);
+        let resp = match api::route(&req, &shard.advertised) {
+            Route::Local(r) => r,
+            Route::Render(kind) => match shard.request(|req| ToCore::Render { kind, req }).await {
+                Some(Reply::Body { content_type, bytes }) => {
+                    Response::new(200).header("Content-Type", content_type).body(bytes)
+                }
+                _ => api::error(503, "the master's core is unavailable"),
+            },
+            Route::Call(call, stream_id) => match shard.request(|req| ToCore::Call { call, stream_id, req }).await {
+                Some(Reply::Call(Ok(status))) => Response::new(status),
+                Some(Reply::Call(Err(e))) => api::error(e.status, e.message),
+                _ => api::error(503, "the master's core is unavailable"),
+            },
+            Route::Subscribe(call) => {
+                serve_stream(shard, conn, call, rd, wr, fd).await;
+                return;
+            }
+        };
+        if wr.write_all(&resp.encode(req.keep_alive)).await.is_err() || !req.keep_alive {
+            let _ = wr.close().await;
+            return;
+        }
+    }
+}
+
+type Rd = futures_lite::io::ReadHalf<TcpStream>;
+type Wr = futures_lite::io::WriteHalf<TcpStream>;
+
+/// A SUBSCRIBE: the connection carries the framework's events until either
+/// side ends it.
+async fn serve_stream(shard: Rc<Shard>, conn: ConnId, call: Call, mut rd: Rd, mut wr: Wr, fd: RawFd) {
+    let (tx, rx) = local_channel::new_bounded(shard.cfg.max_stream_queue);
+    let tx = Rc::new(tx);
+    let open = Rc::new(Cell::new(true));
+    shard.streams.borrow_mut().insert(conn, Handle { tx: tx.clone(), fd, open: open.clone() });
+    let reply = shard.request(|req| ToCore::Subscribe { call, stream: conn, req }).await;
+    let stream_id = match reply {
+        Some(Reply::Subscription(Subscription::Accepted { stream_id, .. })) => stream_id,
+        Some(Reply::Subscription(Subscription::Refused { message })) => {
+            // As Mesos: 200, one ERROR event, end of stream.
+            let mut out = http::stream_head(200, &[("Content-Type", "application/json")]);
+            out.extend(api::encode_event(&Event::error(message)));
+            out.extend_from_slice(http::LAST_CHUNK);
+            let _ = wr.write_all(&out).await;
+            open.set(false);
+            shard.streams.borrow_mut().remove(&conn);
+            return;
+        }
+        _ => {
+            let _ = wr.write_all(&api::error(503, "the master's core is unavailable").encode(false)).await;
+            open.set(false);
+            shard.streams.borrow_mut().remove(&conn);
+            return;
+        }
+    };
+    let head = http::stream_head(200, &[("Content-Type", "application/json"), ("Mesos-Stream-Id", &stream_id)]);
+    // The client sends nothing more on this connection; a read returning
+    // means it went away.
+    let watcher = {
+        let tx = tx.clone();
+        spawn_local(async move {
+            let mut b = [0u8; 512];
+            loop {
+                match rd.read(&mut b).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            let _ = tx.try_send(StreamItem::Close);
+        })
+    };
+    if wr.write_all(&head).await.is_ok() {
+        while let Some(StreamItem::Bytes(b)) = rx.recv().await {
+            if wr.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.write_all(http::LAST_CHUNK).await;
+    }
+    let _ = wr.close().await;
+    open.set(false);
+    shard.streams.borrow_mut().remove(&conn);
+    let _ = watcher.cancel().await;
+    shard.to_core(ToCore::Input(Input::StreamClosed { stream: conn })).await;
+}
+
+fn now(start: Instant) -> Now {
+    Now {
+        mono_ms: start.elapsed().as_millis() as u64,
+        wall_secs: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+    }
+}
+
+/// The core: applies inputs to the [`Master`] in batches and performs the
+/// actions it returns.
+async fn run_core(
+    shard: Rc<Shard>,
+    rx: LocalReceiver<ToCore>,
+    registry: Option<FileRegistry>,
+    recovered: crate::registry::RegistryState,
+) {
+    let start = Instant::now();
+    let mut master = Master::new(shard.cfg.core.clone(), now(start));
+    master.recover(&recovered, now(start));
+    let registry_writer = RegistryWriter::new(registry);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(msg) = next.take() {
+            handle(&shard, &mut master, msg, start).await;
+            handled += 1;
+            if handled >= 1024 {
+                break;
+            }
+            next = futures_lite::future::poll_once(rx.recv()).await.flatten();
+        }
+        let actions = master.take_actions(now(start));
+        perform(&shard, actions, &registry_writer).await;
+    }
+}
+
+async fn handle(shard: &Rc<Shard>, master: &mut Master, msg: ToCore, start: Instant) {
+    let t = now(start);
+    match msg {
+        ToCore::Input(i) => master.step(t, i),
+        ToCore::Tick => master.tick(t),
+        ToCore::Subscribe { call, stream, req } => {
+            let s = master.subscribe(t, call, stream);
+            send_to_shard(shard, shard_of(req), FromCore::Reply { req, reply: Reply::Subscription(s) }).await;
+        }
+        ToCore::Call { call, stream_id, req } => {
+            let r = master.call(t, call, stream_id.as_deref());
+            send_to_shard(shard, shard_of(req), FromCore::Reply { req, reply: Reply::Call(r) }).await;
+        }
+        ToCore::Render { kind, req } => {
+            let stats = ShellStats {
+                uptime_secs: start.elapsed().as_secs_f64(),
+                event_queue_messages: shard.core_tx.as_ref().map(|t| t.len() as u64).unwrap_or(0),
+                http_requests: shard.counters.http_requests.load(Ordering::Relaxed),
+                agent_frames_invalid: shard.counters.agent_frames_invalid.load(Ordering::Relaxed),
+                streams_dropped_slow: shard.counters.streams_dropped_slow.load(Ordering::Relaxed),
+                n_shards: shard.cfg.n_shards,
+            };
+            let (content_type, bytes) = match kind {
+                RenderKind::State => ("application/json", api::render_state(master, &shard.cfg.flags)),
+                RenderKind::MetricsJson => ("application/json", api::render_metrics_json(master, &stats)),
+                RenderKind::MetricsPrometheus => {
+                    ("text/plain; version=0.0.4", api::render_metrics_prometheus(master, &stats))
+                }
+            };
+            send_to_shard(shard, shard_of(req), FromCore::Reply { req, reply: Reply::Body { content_type, bytes } })
+                .await;
+        }
+    }
+}
+
+async fn send_to_shard(shard: &Rc<Shard>, to: usize, msg: FromCore) {
+    if to == shard.idx {
+        shard.deliver(msg);
+    } else if let Some(mesh) = &shard.mesh {
+        if mesh.send_to(to, ShardMsg::FromCore(msg)).await.is_err() {
+            tracing::error!(to, "shard is gone");
+        }
+    }
+}
+
+async fn perform(shard: &Rc<Shard>, actions: Vec<core::Action>, registry: &RegistryWriter) {
+    for a in actions {
+        match a {
+            core::Action::ToAgent { conn, msg } => {
+                send_to_shard(shard, shard_of(conn), FromCore::ToAgent { conn, msg }).await
+            }
+            core::Action::CloseAgent { conn } => {
+                send_to_shard(shard, shard_of(conn), FromCore::CloseAgent { conn }).await
+            }
+            core::Action::CloseStream { stream } => {
+                send_to_shard(shard, shard_of(stream), FromCore::CloseStream { stream }).await
+            }
+            core::Action::Event { streams, event } => {
+                // Encoded once; every recipient shares the bytes.
+                let bytes = Arc::new(api::encode_event(&event));
+                let mut by_shard: BTreeMap<usize, Vec<ConnId>> = BTreeMap::new();
+                for s in streams {
+                    by_shard.entry(shard_of(s)).or_default().push(s);
+                }
+                for (to, streams) in by_shard {
+                    send_to_shard(shard, to, FromCore::Event { streams, bytes: bytes.clone() }).await;
+                }
+            }
+            core::Action::Persist(state) => registry.store(state),
+        }
+    }
+}
+
+/// Writes registry snapshots off the executor thread, one at a time, always
+/// the newest: snapshots that arrive while a write is running are coalesced.
+struct RegistryWriter {
+    registry: Option<FileRegistry>,
+    pending: Rc<RefCell<Option<crate::registry::RegistryState>>>,
+    busy: Rc<Cell<bool>>,
+}
+
+impl RegistryWriter {
+    fn new(registry: Option<FileRegistry>) -> RegistryWriter {
+        RegistryWriter { registry, pending: Rc::new(RefCell::new(None)), busy: Rc::new(Cell::new(false)) }
+    }
+
+    fn store(&self, state: crate::registry::RegistryState) {
+        let Some(reg) = self.registry.clone() else { return };
+        *self.pending.borrow_mut() = Some(state);
+        if self.busy.get() {
+            return;
+        }
+        self.busy.set(true);
+        let (pending, busy) = (self.pending.clone(), self.busy.clone());
+        spawn_local(async move {
+            loop {
+                let Some(s) = pending.borrow_mut().take() else { break };
+                let reg = reg.clone();
+                let res = glommio::executor().spawn_blocking(move || reg.store(&s)).await;
+                if let Err(e) = res {
+                    tracing::error!("cannot write the registry: {e:#}");
+                }
+            }
+            busy.set(false);
+        })
+        .detach();
+    }
+}
