@@ -6,8 +6,9 @@
 use std::collections::BTreeMap;
 
 use agora_proto::http::{Request, Response};
+use agora_proto::mesos::flat_resources;
 use agora_proto::mesos::{CapabilityType, TaskState};
-use agora_proto::resources::{Resources, Value};
+use agora_proto::resources::Resources;
 use agora_proto::scheduler::{Call, CallType, Event};
 use serde_json::{json, Map, Value as Json};
 
@@ -110,38 +111,6 @@ fn decode_call(req: &Request) -> Result<Route, Response> {
 pub fn encode_event(event: &Event) -> Vec<u8> {
     let json = serde_json::to_vec(event).expect("events always serialize");
     agora_proto::http::recordio_chunk(&json)
-}
-
-/// Resources as Mesos's endpoints show them: `{"cpus": 1.0, "ports": "[..]"}`.
-pub fn flat_resources(r: &Resources) -> Json {
-    let mut m = Map::new();
-    for k in ["cpus", "gpus", "mem", "disk"] {
-        m.insert(k.into(), json!(0.0));
-    }
-    let mut ranges: BTreeMap<String, Resources> = BTreeMap::new();
-    for res in r.iter() {
-        let name = if res.revocable { format!("{}_revocable", res.name) } else { res.name.clone() };
-        match &res.value {
-            Value::Scalar(s) => {
-                let cur = m.get(&name).and_then(Json::as_f64).unwrap_or(0.0);
-                m.insert(name, json!(((cur + s.as_f64()) * 1000.0).round() / 1000.0));
-            }
-            Value::Ranges(_) => {
-                ranges.entry(name).or_default().add_one(res.clone());
-            }
-            Value::Set(s) => {
-                m.insert(name, json!(format!("{{{}}}", s.iter().cloned().collect::<Vec<_>>().join(", "))));
-            }
-        }
-    }
-    for (name, rs) in ranges {
-        let all = rs.iter().fold(agora_proto::resources::Ranges::default(), |acc, r| match &r.value {
-            Value::Ranges(x) => acc.union(x),
-            _ => acc,
-        });
-        m.insert(name, json!(all.to_string()));
-    }
-    Json::Object(m)
 }
 
 fn capabilities(fw: &Framework) -> Json {

@@ -722,6 +722,39 @@ pub struct Offer {
     pub allocation_info: Option<AllocationInfo>,
 }
 
+/// Resources as Mesos's endpoints show them: `{"cpus": 1.0, "ports": "[..]"}`.
+pub fn flat_resources(r: &Resources) -> serde_json::Value {
+    use serde_json::{json, Map, Value as Json};
+    let mut m = Map::new();
+    for k in ["cpus", "gpus", "mem", "disk"] {
+        m.insert(k.into(), json!(0.0));
+    }
+    let mut ranges: std::collections::BTreeMap<String, Resources> = std::collections::BTreeMap::new();
+    for res in r.iter() {
+        let name = if res.revocable { format!("{}_revocable", res.name) } else { res.name.clone() };
+        match &res.value {
+            Value::Scalar(s) => {
+                let cur = m.get(&name).and_then(Json::as_f64).unwrap_or(0.0);
+                m.insert(name, json!(((cur + s.as_f64()) * 1000.0).round() / 1000.0));
+            }
+            Value::Ranges(_) => {
+                ranges.entry(name).or_default().add_one(res.clone());
+            }
+            Value::Set(s) => {
+                m.insert(name, json!(format!("{{{}}}", s.iter().cloned().collect::<Vec<_>>().join(", "))));
+            }
+        }
+    }
+    for (name, rs) in ranges {
+        let all = rs.iter().fold(Ranges::default(), |acc, r| match &r.value {
+            Value::Ranges(x) => acc.union(x),
+            _ => acc,
+        });
+        m.insert(name, json!(all.to_string()));
+    }
+    Json::Object(m)
+}
+
 // ---------------------------------------------------------------------------
 // Resources and attributes in Mesos's JSON shape.
 

@@ -148,6 +148,10 @@ pub enum MasterToAgent {
     Registered {
         agent_id: AgentId,
         master_id: String,
+        /// The master pings this often; an agent that hears nothing for
+        /// `ping_interval_ms * (max_missed_pings + 1)` reconnects.
+        ping_interval_ms: u64,
+        max_missed_pings: u32,
     },
     /// Registration refused; the agent logs the message and exits.
     Refused {

@@ -42,6 +42,15 @@ impl Master {
         Ok(())
     }
 
+    fn registered(&self, agent_id: AgentId) -> MasterToAgent {
+        MasterToAgent::Registered {
+            agent_id,
+            master_id: self.config.master_id.clone(),
+            ping_interval_ms: self.config.agent_ping_timeout_ms,
+            max_missed_pings: self.config.max_agent_ping_timeouts,
+        }
+    }
+
     fn refuse(&mut self, conn: ConnId, message: String) {
         self.actions.push(Action::ToAgent { conn, msg: MasterToAgent::Refused { message } });
         self.actions.push(Action::CloseAgent { conn });
@@ -50,10 +59,7 @@ impl Master {
     fn register_agent(&mut self, now: Now, conn: ConnId, info: AgentInfo) {
         if let Some(id) = self.agents_by_conn.get(&conn).cloned() {
             // A repeated Register on a registered connection: answer again.
-            self.actions.push(Action::ToAgent {
-                conn,
-                msg: MasterToAgent::Registered { agent_id: id, master_id: self.config.master_id.clone() },
-            });
+            self.actions.push(Action::ToAgent { conn, msg: self.registered(id) });
             return;
         }
         if let Err(e) = Self::validate_agent_info(&info) {
@@ -78,10 +84,7 @@ impl Master {
         self.agents_by_conn.insert(conn, id.clone());
         self.counters.agent_registrations += 1;
         self.alloc_dirty.insert(id.clone());
-        self.actions.push(Action::ToAgent {
-            conn,
-            msg: MasterToAgent::Registered { agent_id: id, master_id: self.config.master_id.clone() },
-        });
+        self.actions.push(Action::ToAgent { conn, msg: self.registered(id) });
         self.persist();
     }
 
@@ -240,10 +243,7 @@ impl Master {
             }
         }
         self.alloc_dirty.insert(agent_id.clone());
-        self.actions.push(Action::ToAgent {
-            conn,
-            msg: MasterToAgent::Registered { agent_id, master_id: self.config.master_id.clone() },
-        });
+        self.actions.push(Action::ToAgent { conn, msg: self.registered(agent_id) });
         self.persist();
     }
 

@@ -1,0 +1,582 @@
+//! The agent's state and event loop: registration with the master, tasks
+//! from launch to reaping, and reliable status updates.
+//!
+//! Status updates are queued per task and delivered in order: only the head
+//! of a task's queue is in flight, resent with exponential backoff until the
+//! framework acknowledges its uuid (relayed by the master), then the next one
+//! goes. While the master is away, updates wait and tasks keep running; on
+//! re-registration the agent reports every task it has and resends the heads.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use agora_proto::mesos::{
+    AgentId, CapabilityType, FrameworkId, FrameworkInfo, KillPolicy, Reason, Source, TaskId, TaskInfo, TaskState,
+    TaskStatus,
+};
+use agora_proto::resources::Attribute;
+use agora_proto::wire::{self, AgentInfo, AgentToMaster, MasterToAgent, StatusUpdate, TaskReport};
+use tokio::sync::mpsc;
+
+use crate::cgroups::{Cgroups, Limits, TaskCgroup};
+use crate::containerizer::{self, LaunchSpec};
+use crate::link::LinkEvent;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    Cgroups,
+    None,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub master: String,
+    pub work_dir: PathBuf,
+    pub info: AgentInfo,
+    pub isolation: Isolation,
+    /// SIGTERM to SIGKILL, when the framework gives no kill policy.
+    pub kill_grace: Duration,
+    pub status_retry_min: Duration,
+    pub status_retry_max: Duration,
+    pub max_completed_tasks: usize,
+}
+
+/// Updates a task may have waiting; a task makes only a handful.
+const MAX_PENDING_UPDATES: usize = 64;
+
+pub type TaskKey = (FrameworkId, TaskId);
+
+#[derive(Debug)]
+pub enum Ev {
+    Link(LinkEvent),
+    Exited { key: TaskKey, container_id: String, status: std::io::Result<ExitStatus> },
+    KillEscalate { key: TaskKey, container_id: String },
+    Tick,
+    Shutdown(String),
+}
+
+pub struct TaskRun {
+    pub framework: FrameworkInfo,
+    pub info: TaskInfo,
+    pub container_id: String,
+    pub sandbox: PathBuf,
+    pub state: TaskState,
+    pub pid: Option<i32>,
+    pub cgroup: Option<TaskCgroup>,
+    pub kill_requested: bool,
+    pub exited: bool,
+    /// The framework was shut down: no more updates for this task.
+    pub dropped: bool,
+    pub pending: VecDeque<TaskStatus>,
+    pub next_retry: Instant,
+    pub retry: Duration,
+    pub started: Instant,
+}
+
+/// A task that ended and whose updates were all acknowledged.
+#[derive(Clone, Debug)]
+pub struct CompletedTask {
+    pub framework_id: FrameworkId,
+    pub task_id: TaskId,
+    pub state: TaskState,
+    pub sandbox: PathBuf,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Counters {
+    pub tasks_launched: u64,
+    pub tasks_terminal: HashMap<TaskState, u64>,
+    pub launch_errors: u64,
+    pub updates_sent: u64,
+    pub updates_retried: u64,
+    pub updates_acknowledged: u64,
+    pub registrations: u64,
+    pub disconnections: u64,
+}
+
+pub struct Agent {
+    pub cfg: Config,
+    pub agent_id: Option<AgentId>,
+    pub registered: bool,
+    pub started: Instant,
+    link: Option<mpsc::Sender<Vec<u8>>>,
+    pub cgroups: Option<Cgroups>,
+    pub tasks: HashMap<TaskKey, TaskRun>,
+    pub completed: VecDeque<CompletedTask>,
+    shut_down_frameworks: VecDeque<FrameworkId>,
+    pub counters: Counters,
+    events: mpsc::Sender<Ev>,
+    /// Set once the agent is stopping: the deadline for tasks to exit and
+    /// the exit code to leave with.
+    pub stopping: Option<(Instant, i32)>,
+}
+
+impl Agent {
+    pub fn new(cfg: Config, cgroups: Option<Cgroups>, events: mpsc::Sender<Ev>) -> Agent {
+        Agent {
+            cfg,
+            agent_id: None,
+            registered: false,
+            started: Instant::now(),
+            link: None,
+            cgroups,
+            tasks: HashMap::new(),
+            completed: VecDeque::new(),
+            shut_down_frameworks: VecDeque::new(),
+            counters: Counters::default(),
+            events,
+            stopping: None,
+        }
+    }
+
+    fn send(&mut self, msg: &AgentToMaster) -> bool {
+        let Some(link) = &self.link else { return false };
+        if link.try_send(wire::encode(msg)).is_err() {
+            // The connection is stuck; the link will notice and reconnect.
+            tracing::warn!("the queue to the master is full; message dropped");
+            return false;
+        }
+        true
+    }
+
+    pub fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Link(LinkEvent::Connected(tx)) => {
+                self.link = Some(tx);
+                self.registered = false;
+                let msg = match &self.agent_id {
+                    None => AgentToMaster::Register { info: self.cfg.info.clone() },
+                    Some(id) => self.reregistration(id.clone()),
+                };
+                self.send(&msg);
+            }
+            Ev::Link(LinkEvent::Disconnected(_)) => {
+                if self.registered {
+                    self.counters.disconnections += 1;
+                }
+                self.link = None;
+                self.registered = false;
+            }
+            Ev::Link(LinkEvent::Message(m)) => self.master_message(m),
+            Ev::Exited { key, container_id, status } => self.exited(key, &container_id, status),
+            Ev::KillEscalate { key, container_id } => {
+                if let Some(t) = self.tasks.get(&key) {
+                    if t.container_id == container_id && !t.exited {
+                        if let Some(pid) = t.pid {
+                            tracing::info!(task = %key.1, "grace period over; sending SIGKILL");
+                            containerizer::signal(pid, t.cgroup.as_ref(), libc::SIGKILL);
+                        }
+                    }
+                }
+            }
+            Ev::Tick => self.tick(),
+            Ev::Shutdown(why) => self.stop(&why, 0),
+        }
+    }
+
+    fn reregistration(&self, agent_id: AgentId) -> AgentToMaster {
+        let mut frameworks: HashMap<FrameworkId, FrameworkInfo> = HashMap::new();
+        let mut tasks = Vec::new();
+        for ((fid, _), t) in &self.tasks {
+            if t.dropped {
+                continue;
+            }
+            frameworks.entry(fid.clone()).or_insert_with(|| t.framework.clone());
+            tasks.push(TaskReport { framework_id: fid.clone(), task: t.info.clone(), state: t.state });
+        }
+        AgentToMaster::Reregister {
+            agent_id,
+            info: self.cfg.info.clone(),
+            tasks,
+            frameworks: frameworks.into_values().collect(),
+        }
+    }
+
+    fn master_message(&mut self, m: MasterToAgent) {
+        match m {
+            MasterToAgent::Registered { agent_id, master_id, .. } => {
+                if self.agent_id.as_ref() != Some(&agent_id) {
+                    tracing::info!(%agent_id, %master_id, "registered");
+                } else {
+                    tracing::info!(%agent_id, %master_id, "re-registered");
+                }
+                self.agent_id = Some(agent_id);
+                self.registered = true;
+                self.counters.registrations += 1;
+                // Everything in flight goes again, now.
+                let keys: Vec<TaskKey> = self.tasks.keys().cloned().collect();
+                for k in keys {
+                    self.send_head(&k, true);
+                }
+            }
+            MasterToAgent::Refused { message } => {
+                tracing::error!("the master refused this agent: {message}");
+                self.stop(&format!("refused by the master: {message}"), 1);
+            }
+            MasterToAgent::Ping { seq } => {
+                self.send(&AgentToMaster::Pong { seq });
+            }
+            MasterToAgent::RunTask { framework, task } => self.run_task(framework, task),
+            MasterToAgent::KillTask { framework_id, task_id, kill_policy } => {
+                self.kill((framework_id, task_id), kill_policy, true)
+            }
+            MasterToAgent::AcknowledgeUpdate { framework_id, task_id, uuid } => {
+                self.acknowledge((framework_id, task_id), &uuid)
+            }
+            MasterToAgent::ShutdownFramework { framework_id } => self.shutdown_framework(framework_id),
+        }
+    }
+
+    fn run_task(&mut self, framework: FrameworkInfo, task: TaskInfo) {
+        let Some(fid) = framework.id.clone() else {
+            tracing::warn!(task = %task.task_id, "launch without a framework id; ignored");
+            return;
+        };
+        if self.stopping.is_some() {
+            return;
+        }
+        if self.shut_down_frameworks.contains(&fid) {
+            tracing::warn!(framework = %fid, "launch for a framework that was shut down; ignored");
+            return;
+        }
+        let key = (fid.clone(), task.task_id.clone());
+        if self.tasks.contains_key(&key) {
+            tracing::warn!(task = %task.task_id, "duplicate launch; ignored");
+            return;
+        }
+        let container_id = uuid::Uuid::new_v4().to_string();
+        let sandbox =
+            containerizer::sandbox_dir(&self.cfg.work_dir, fid.as_str(), task.task_id.as_str(), &container_id);
+        self.tasks.insert(
+            key.clone(),
+            TaskRun {
+                framework,
+                info: task.clone(),
+                container_id: container_id.clone(),
+                sandbox: sandbox.clone(),
+                state: TaskState::Staging,
+                pid: None,
+                cgroup: None,
+                kill_requested: false,
+                exited: false,
+                dropped: false,
+                pending: VecDeque::new(),
+                next_retry: Instant::now(),
+                retry: self.cfg.status_retry_min,
+                started: Instant::now(),
+            },
+        );
+        self.counters.tasks_launched += 1;
+        self.update(&key, TaskState::Starting, Source::Executor, None, "Launching the command".into(), None);
+
+        let mut env = vec![
+            ("MESOS_SANDBOX".to_string(), sandbox.display().to_string()),
+            ("MESOS_TASK_ID".to_string(), task.task_id.value.clone()),
+            ("MESOS_FRAMEWORK_ID".to_string(), fid.value.clone()),
+            ("MESOS_CONTAINER_ID".to_string(), container_id.clone()),
+        ];
+        if let Some(a) = &self.agent_id {
+            env.push(("MESOS_AGENT_ID".to_string(), a.value.clone()));
+        }
+        let ports: Vec<u64> = task.resources.ports().as_slice().iter().flat_map(|&(b, e)| b..=e).take(64).collect();
+        for (i, p) in ports.iter().enumerate() {
+            env.push((format!("PORT{i}"), p.to_string()));
+        }
+        if !ports.is_empty() {
+            env.push(("PORTS".into(), ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")));
+        }
+        let mem = task.resources.mem_mb();
+        let spec = LaunchSpec {
+            container_id: container_id.clone(),
+            sandbox,
+            command: task.command.clone().unwrap_or_default(),
+            env,
+            limits: Limits {
+                cpus: task.resources.cpus(),
+                mem_bytes: (mem > 0.0).then(|| (mem * 1024.0 * 1024.0) as u64),
+            },
+        };
+        match containerizer::launch(&spec, self.cgroups.as_ref()) {
+            Ok(c) => {
+                let t = self.tasks.get_mut(&key).expect("inserted above");
+                t.pid = Some(c.pid);
+                t.cgroup = c.cgroup;
+                let mut child = c.child;
+                let events = self.events.clone();
+                let k = key.clone();
+                tokio_uring::spawn(async move {
+                    let status = child.wait().await;
+                    let _ = events.send(Ev::Exited { key: k, container_id, status }).await;
+                });
+                self.update(&key, TaskState::Running, Source::Executor, None, "Command started".into(), None);
+            }
+            Err(e) => {
+                tracing::warn!(task = %key.1, "launch failed: {e}");
+                self.counters.launch_errors += 1;
+                let t = self.tasks.get_mut(&key).expect("inserted above");
+                t.exited = true;
+                self.update(&key, TaskState::Failed, Source::Agent, Some(Reason::ReasonContainerLaunchFailed), e, None);
+            }
+        }
+    }
+
+    fn kill(&mut self, key: TaskKey, policy: Option<KillPolicy>, announce: bool) {
+        let grace = policy
+            .and_then(|p| p.grace_period)
+            .map(|g| Duration::from_nanos(g.nanoseconds.max(0) as u64))
+            .unwrap_or(self.cfg.kill_grace);
+        let Some(t) = self.tasks.get_mut(&key) else {
+            tracing::info!(task = %key.1, "kill of an unknown task");
+            return;
+        };
+        if t.exited || t.kill_requested {
+            return;
+        }
+        t.kill_requested = true;
+        let Some(pid) = t.pid else { return };
+        containerizer::signal(pid, t.cgroup.as_ref(), libc::SIGTERM);
+        let container_id = t.container_id.clone();
+        let killing_state = t.framework.has_capability(CapabilityType::TaskKillingState);
+        let events = self.events.clone();
+        let k = key.clone();
+        tokio_uring::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let _ = events.send(Ev::KillEscalate { key: k, container_id }).await;
+        });
+        if announce && killing_state {
+            self.update(&key, TaskState::Killing, Source::Executor, None, "Killing the task".into(), None);
+        }
+    }
+
+    fn shutdown_framework(&mut self, fid: FrameworkId) {
+        if self.shut_down_frameworks.len() >= 1024 {
+            self.shut_down_frameworks.pop_front();
+        }
+        self.shut_down_frameworks.push_back(fid.clone());
+        let keys: Vec<TaskKey> = self.tasks.keys().filter(|(f, _)| f == &fid).cloned().collect();
+        for k in keys {
+            if let Some(t) = self.tasks.get_mut(&k) {
+                t.dropped = true;
+                t.pending.clear();
+            }
+            self.kill(k.clone(), None, false);
+            self.maybe_forget(&k);
+        }
+    }
+
+    fn exited(&mut self, key: TaskKey, container_id: &str, status: std::io::Result<ExitStatus>) {
+        let Some(t) = self.tasks.get_mut(&key) else { return };
+        if t.container_id != container_id || t.exited {
+            return;
+        }
+        t.exited = true;
+        let outcome = match status {
+            Ok(s) => containerizer::classify(s, t.kill_requested, t.cgroup.as_ref()),
+            Err(e) => containerizer::Outcome {
+                state: TaskState::Failed,
+                reason: Some(Reason::ReasonCommandExecutorFailed),
+                message: format!("cannot wait for the task: {e}"),
+                exit_code: None,
+            },
+        };
+        if let Some(pid) = t.pid {
+            containerizer::cleanup(pid, t.cgroup.as_ref());
+        }
+        tracing::info!(task = %key.1, state = %outcome.state, "{}", outcome.message);
+        let source = if outcome.reason == Some(Reason::ReasonContainerLimitationMemory) {
+            Source::Agent
+        } else {
+            Source::Executor
+        };
+        if !t.dropped {
+            self.update(&key, outcome.state, source, outcome.reason, outcome.message, outcome.exit_code);
+        }
+        self.maybe_forget(&key);
+    }
+
+    /// Queues a status update and sends it if it is at the head.
+    fn update(
+        &mut self,
+        key: &TaskKey,
+        state: TaskState,
+        source: Source,
+        reason: Option<Reason>,
+        message: String,
+        exit_code: Option<i32>,
+    ) {
+        let agent_id = self.agent_id.clone();
+        let Some(t) = self.tasks.get_mut(key) else { return };
+        if t.dropped {
+            return;
+        }
+        t.state = state;
+        if state.is_terminal() {
+            *self.counters.tasks_terminal.entry(state).or_default() += 1;
+        }
+        let mut s = TaskStatus::new(key.1.clone(), state);
+        s.source = Some(source);
+        s.reason = reason;
+        s.message = Some(message);
+        s.agent_id = agent_id;
+        s.timestamp = Some(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+        );
+        s.uuid = Some(uuid::Uuid::new_v4().as_bytes().to_vec());
+        if let Some(c) = exit_code {
+            s = s.with_exit_code(c);
+        }
+        if t.pending.len() >= MAX_PENDING_UPDATES {
+            // Keep the newest states: the framework cares about where the task is.
+            tracing::warn!(task = %key.1, "too many unacknowledged updates; dropping the oldest");
+            t.pending.pop_front();
+        }
+        t.pending.push_back(s);
+        if t.pending.len() == 1 {
+            self.send_head(key, true);
+        }
+    }
+
+    /// Sends the head of a task's queue; `reset` restarts its backoff.
+    fn send_head(&mut self, key: &TaskKey, reset: bool) {
+        if !self.registered {
+            return;
+        }
+        let min = self.cfg.status_retry_min;
+        let Some(t) = self.tasks.get_mut(key) else { return };
+        let Some(head) = t.pending.front().cloned() else { return };
+        if reset {
+            t.retry = min;
+        }
+        t.next_retry = Instant::now() + t.retry;
+        let msg = AgentToMaster::StatusUpdate(StatusUpdate {
+            framework_id: key.0.clone(),
+            status: head,
+            latest_state: t.state,
+        });
+        if self.send(&msg) {
+            self.counters.updates_sent += 1;
+        }
+    }
+
+    fn acknowledge(&mut self, key: TaskKey, uuid: &[u8]) {
+        let Some(t) = self.tasks.get_mut(&key) else { return };
+        if t.pending.front().and_then(|s| s.uuid.as_deref()) != Some(uuid) {
+            // A late duplicate: the update was acknowledged already.
+            return;
+        }
+        t.pending.pop_front();
+        self.counters.updates_acknowledged += 1;
+        if t.pending.is_empty() {
+            self.maybe_forget(&key);
+        } else {
+            self.send_head(&key, true);
+        }
+    }
+
+    /// Drops a task the agent has nothing more to do for.
+    fn maybe_forget(&mut self, key: &TaskKey) {
+        let done = self.tasks.get(key).is_some_and(|t| t.exited && (t.dropped || t.pending.is_empty()));
+        if !done {
+            return;
+        }
+        let t = self.tasks.remove(key).expect("checked above");
+        if self.completed.len() >= self.cfg.max_completed_tasks {
+            self.completed.pop_front();
+        }
+        self.completed.push_back(CompletedTask {
+            framework_id: key.0.clone(),
+            task_id: key.1.clone(),
+            state: t.state,
+            sandbox: t.sandbox,
+        });
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let max = self.cfg.status_retry_max;
+        let due: Vec<TaskKey> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| !t.pending.is_empty() && t.next_retry <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in due {
+            if let Some(t) = self.tasks.get_mut(&k) {
+                t.retry = (t.retry * 2).min(max);
+            }
+            self.counters.updates_retried += 1;
+            self.send_head(&k, false);
+        }
+        if let Some((deadline, _)) = self.stopping {
+            if now >= deadline {
+                for t in self.tasks.values() {
+                    if let (false, Some(pid)) = (t.exited, t.pid) {
+                        containerizer::signal(pid, t.cgroup.as_ref(), libc::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts stopping: tells the master, kills every task.
+    pub fn stop(&mut self, why: &str, code: i32) {
+        if self.stopping.is_some() {
+            return;
+        }
+        tracing::info!("stopping: {why}");
+        if self.registered {
+            self.send(&AgentToMaster::Unregister { reason: why.to_string() });
+        }
+        self.stopping = Some((Instant::now() + self.cfg.kill_grace, code));
+        let keys: Vec<TaskKey> = self.tasks.keys().cloned().collect();
+        for k in keys {
+            if let Some(t) = self.tasks.get_mut(&k) {
+                t.dropped = true;
+                t.pending.clear();
+            }
+            self.kill(k.clone(), None, false);
+            self.maybe_forget(&k);
+        }
+    }
+
+    /// Stopping and every task has exited.
+    pub fn stopped(&self) -> Option<i32> {
+        let (deadline, code) = self.stopping?;
+        let all_exited = self.tasks.values().all(|t| t.exited || t.pid.is_none());
+        (all_exited || Instant::now() > deadline + Duration::from_secs(3)).then_some(code)
+    }
+
+    /// Removes every cgroup the agent made.
+    pub fn cleanup(&mut self) {
+        for t in self.tasks.values() {
+            if let Some(pid) = t.pid {
+                containerizer::cleanup(pid, t.cgroup.as_ref());
+            }
+        }
+        if let Some(cg) = &self.cgroups {
+            cg.clean_stale();
+            cg.remove();
+        }
+    }
+
+    pub fn attributes(&self) -> &[Attribute] {
+        &self.cfg.info.attributes
+    }
+}
+
+/// Runs the event loop until the agent stops; returns its exit code.
+pub async fn run_loop(agent: Rc<RefCell<Agent>>, mut rx: mpsc::Receiver<Ev>) -> i32 {
+    while let Some(ev) = rx.recv().await {
+        let mut a = agent.borrow_mut();
+        a.handle(ev);
+        if let Some(code) = a.stopped() {
+            a.cleanup();
+            return code;
+        }
+    }
+    1
+}

@@ -1,0 +1,393 @@
+//! Task cgroups: one per task, with cpu and memory limits from its resources.
+//!
+//! Hosts come in two shapes. With the unified (v2) hierarchy holding the
+//! controllers, each task gets one cgroup there. On hybrid hosts the
+//! controllers live in v1 hierarchies (`cpu`, `cpuacct`, `memory`, `pids`), and
+//! each task gets one cgroup in each. Either way every cgroup the agent makes
+//! sits below the agent's own cgroup (read from `/proc/self/cgroup`), in a
+//! directory named after the agent's work directory, so a restarted agent
+//! finds and cleans what a crashed one left behind; nothing outside it is
+//! created, moved or limited.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The v1 controllers a task is placed in on hybrid hosts.
+const V1_CONTROLLERS: [&str; 4] = ["cpu", "cpuacct", "memory", "pids"];
+const CFS_PERIOD_US: u64 = 100_000;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Controllers in the unified hierarchy.
+    V2,
+    /// Controllers in per-controller v1 hierarchies.
+    V1,
+}
+
+/// Limits derived from a task's resources.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Limits {
+    pub cpus: f64,
+    pub mem_bytes: Option<u64>,
+}
+
+/// The agent's cgroup directories, one per hierarchy it uses.
+#[derive(Clone, Debug)]
+pub struct Cgroups {
+    pub mode: Mode,
+    /// (controller, directory) pairs; for V2 a single ("unified", dir).
+    bases: Vec<(String, PathBuf)>,
+}
+
+/// One task's cgroup directories.
+#[derive(Clone, Debug)]
+pub struct TaskCgroup {
+    pub mode: Mode,
+    dirs: Vec<(String, PathBuf)>,
+}
+
+fn mountinfo() -> io::Result<Vec<(PathBuf, String, Vec<String>)>> {
+    // (mount point, fs type, super options)
+    let text = fs::read_to_string("/proc/self/mountinfo")?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        let pre: Vec<&str> = pre.split(' ').collect();
+        let post: Vec<&str> = post.split(' ').collect();
+        if pre.len() < 5 || post.len() < 3 {
+            continue;
+        }
+        out.push((PathBuf::from(pre[4]), post[0].to_string(), post[2].split(',').map(String::from).collect()));
+    }
+    Ok(out)
+}
+
+/// `/proc/self/cgroup`: controller list (empty for v2) → path.
+fn own_cgroups() -> io::Result<Vec<(Vec<String>, String)>> {
+    let text = fs::read_to_string("/proc/self/cgroup")?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(3, ':');
+            let _id = it.next()?;
+            let ctrls = it.next()?;
+            let path = it.next()?;
+            let ctrls = if ctrls.is_empty() { vec![] } else { ctrls.split(',').map(String::from).collect() };
+            Some((ctrls, path.to_string()))
+        })
+        .collect())
+}
+
+fn join_rel(mount: &Path, rel: &str) -> PathBuf {
+    mount.join(rel.trim_start_matches('/'))
+}
+
+/// The directory of the agent's own v2 cgroup, if the unified hierarchy is
+/// mounted (on hybrid hosts it holds no controllers but gives cgroup ids).
+pub fn own_unified_dir() -> Option<PathBuf> {
+    let mounts = mountinfo().ok()?;
+    let (mnt, _, _) = mounts.iter().find(|(_, t, _)| t == "cgroup2")?;
+    let own = own_cgroups().ok()?;
+    let (_, path) = own.iter().find(|(c, _)| c.is_empty())?;
+    Some(join_rel(mnt, path))
+}
+
+impl Cgroups {
+    /// Finds the hierarchies and creates the agent's directory `name` below
+    /// its own cgroup in each.
+    pub fn setup(name: &str) -> Result<Cgroups, String> {
+        let mounts = mountinfo().map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+        let own = own_cgroups().map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
+        let v1_memory = mounts.iter().any(|(_, t, o)| t == "cgroup" && o.iter().any(|x| x == "memory"));
+        let (mode, bases) = if v1_memory {
+            let mut bases = Vec::new();
+            for ctrl in V1_CONTROLLERS {
+                let Some((mnt, _, _)) = mounts.iter().find(|(_, t, o)| t == "cgroup" && o.iter().any(|x| x == ctrl))
+                else {
+                    if ctrl == "cpu" || ctrl == "memory" {
+                        return Err(format!("the v1 {ctrl} controller is not mounted"));
+                    }
+                    continue;
+                };
+                let Some((_, rel)) = own.iter().find(|(c, _)| c.iter().any(|x| x == ctrl)) else {
+                    return Err(format!("/proc/self/cgroup has no line for the {ctrl} controller"));
+                };
+                // Co-mounted controllers (cpu,cpuacct) share one directory.
+                let dir = join_rel(mnt, rel).join(name);
+                if !bases.iter().any(|(_, d)| d == &dir) {
+                    bases.push((ctrl.to_string(), dir));
+                }
+            }
+            (Mode::V1, bases)
+        } else {
+            let (mnt, _, _) = mounts
+                .iter()
+                .find(|(_, t, _)| t == "cgroup2")
+                .ok_or("neither cgroup v1 controllers nor a cgroup v2 hierarchy is mounted")?;
+            let (_, rel) = own.iter().find(|(c, _)| c.is_empty()).ok_or("/proc/self/cgroup has no v2 line")?;
+            let own_dir = join_rel(mnt, rel);
+            let available = fs::read_to_string(own_dir.join("cgroup.controllers")).unwrap_or_default();
+            for c in ["cpu", "memory"] {
+                if !available.split_whitespace().any(|x| x == c) {
+                    return Err(format!(
+                        "the cgroup v2 controller {c} is not available in {}; run the agent in a cgroup with \
+                         cpu and memory delegated (e.g. systemd Delegate=yes)",
+                        own_dir.display()
+                    ));
+                }
+            }
+            (Mode::V2, vec![("unified".to_string(), own_dir.join(name))])
+        };
+        for (_, dir) in &bases {
+            fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        if mode == Mode::V2 {
+            let parent = bases[0].1.parent().expect("has a parent").to_path_buf();
+            // The agent's cgroup must pass cpu and memory down to ours, and ours
+            // to the tasks. The first write fails if the agent's cgroup also
+            // holds processes (the "no internal processes" rule).
+            for dir in [&parent, &bases[0].1] {
+                let ctl = dir.join("cgroup.subtree_control");
+                let cur = fs::read_to_string(&ctl).unwrap_or_default();
+                for c in ["cpu", "memory", "pids"] {
+                    if !cur.split_whitespace().any(|x| x == c) {
+                        if let Err(e) = fs::write(&ctl, format!("+{c}")) {
+                            if c != "pids" {
+                                return Err(format!(
+                                    "cannot enable the {c} controller in {}: {e}; run the agent in a delegated \
+                                     cgroup of its own",
+                                    ctl.display()
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Cgroups { mode, bases })
+    }
+
+    /// The agent's directories, for reports and cleanup.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        self.bases.iter().map(|(_, d)| d.clone()).collect()
+    }
+
+    /// Creates a task's cgroup and applies its limits.
+    pub fn create(&self, id: &str, limits: Limits) -> Result<TaskCgroup, String> {
+        let dirs: Vec<(String, PathBuf)> = self.bases.iter().map(|(c, d)| (c.clone(), d.join(id))).collect();
+        let t = TaskCgroup { mode: self.mode.clone(), dirs };
+        for (_, d) in &t.dirs {
+            fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        }
+        if let Err(e) = t.apply(limits) {
+            let _ = t.destroy(Duration::from_millis(100));
+            return Err(e);
+        }
+        Ok(t)
+    }
+
+    /// Kills and removes task cgroups left by an earlier run of this agent.
+    pub fn clean_stale(&self) -> usize {
+        let mut n = 0;
+        for (c, base) in &self.bases {
+            let Ok(entries) = fs::read_dir(base) else { continue };
+            for e in entries.flatten() {
+                if e.path().is_dir() {
+                    let t = TaskCgroup { mode: self.mode.clone(), dirs: vec![(c.clone(), e.path())] };
+                    let _ = t.destroy(Duration::from_secs(2));
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Removes the agent's directories (they must be empty of tasks).
+    pub fn remove(&self) {
+        for (_, d) in &self.bases {
+            let _ = fs::remove_dir(d);
+        }
+    }
+}
+
+fn write_file(path: &Path, value: &str) -> Result<(), String> {
+    fs::write(path, value).map_err(|e| format!("cannot write {value:?} to {}: {e}", path.display()))
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// A `key value` line of a flat-keyed cgroup file.
+fn read_keyed(path: &Path, key: &str) -> Option<u64> {
+    let text = fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+impl TaskCgroup {
+    fn dir(&self, ctrl: &str) -> Option<&Path> {
+        match self.mode {
+            Mode::V2 => self.dirs.first().map(|(_, d)| d.as_path()),
+            Mode::V1 => self.dirs.iter().find(|(c, _)| c == ctrl).map(|(_, d)| d.as_path()),
+        }
+    }
+
+    fn apply(&self, l: Limits) -> Result<(), String> {
+        let quota_us = if l.cpus > 0.0 { Some(((l.cpus * CFS_PERIOD_US as f64) as u64).max(1000)) } else { None };
+        match self.mode {
+            Mode::V1 => {
+                if let Some(d) = self.dir("cpu") {
+                    let shares = ((l.cpus * 1024.0) as u64).max(2);
+                    write_file(&d.join("cpu.shares"), &shares.to_string())?;
+                    write_file(&d.join("cpu.cfs_period_us"), &CFS_PERIOD_US.to_string())?;
+                    if let Some(q) = quota_us {
+                        write_file(&d.join("cpu.cfs_quota_us"), &q.to_string())?;
+                    }
+                }
+                if let (Some(d), Some(m)) = (self.dir("memory"), l.mem_bytes) {
+                    write_file(&d.join("memory.limit_in_bytes"), &m.to_string())?;
+                    // Without swap accounting the file is absent; with it, the
+                    // task must not escape its limit into swap.
+                    let memsw = d.join("memory.memsw.limit_in_bytes");
+                    if memsw.exists() {
+                        write_file(&memsw, &m.to_string())?;
+                    }
+                }
+            }
+            Mode::V2 => {
+                let d = self.dir("unified").expect("one dir");
+                let weight = ((l.cpus * 100.0) as u64).clamp(1, 10_000);
+                write_file(&d.join("cpu.weight"), &weight.to_string())?;
+                if let Some(q) = quota_us {
+                    write_file(&d.join("cpu.max"), &format!("{q} {CFS_PERIOD_US}"))?;
+                }
+                if let Some(m) = l.mem_bytes {
+                    write_file(&d.join("memory.max"), &m.to_string())?;
+                    let _ = fs::write(d.join("memory.swap.max"), "0");
+                    let _ = fs::write(d.join("memory.oom.group"), "1");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens every `cgroup.procs`, so that a child can join with `write(fd,
+    /// "0")` between fork and exec (no allocation there).
+    pub fn procs_files(&self) -> Result<Vec<fs::File>, String> {
+        self.dirs
+            .iter()
+            .map(|(_, d)| {
+                let p = d.join("cgroup.procs");
+                fs::OpenOptions::new().write(true).open(&p).map_err(|e| format!("cannot open {}: {e}", p.display()))
+            })
+            .collect()
+    }
+
+    pub fn procs_fds(files: &[fs::File]) -> Vec<RawFd> {
+        files.iter().map(|f| f.as_raw_fd()).collect()
+    }
+
+    /// Processes in the task's cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        let mut out = Vec::new();
+        for (_, d) in &self.dirs {
+            if let Ok(text) = fs::read_to_string(d.join("cgroup.procs")) {
+                out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Sends `sig` to every process in the cgroup.
+    pub fn signal_all(&self, sig: i32) {
+        for pid in self.pids() {
+            // SAFETY: kill(2) on a pid read from the task's own cgroup.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+
+    /// Whether the kernel's OOM killer fired in this cgroup.
+    pub fn oom_killed(&self) -> bool {
+        match self.mode {
+            Mode::V1 => self.dir("memory").and_then(|d| read_keyed(&d.join("memory.oom_control"), "oom_kill")),
+            Mode::V2 => self.dir("unified").and_then(|d| read_keyed(&d.join("memory.events"), "oom_kill")),
+        }
+        .is_some_and(|n| n > 0)
+    }
+
+    /// The most memory the task used, in bytes.
+    pub fn memory_peak_bytes(&self) -> Option<u64> {
+        match self.mode {
+            Mode::V1 => self.dir("memory").and_then(|d| read_u64(&d.join("memory.max_usage_in_bytes"))),
+            Mode::V2 => self.dir("unified").and_then(|d| read_u64(&d.join("memory.peak"))),
+        }
+    }
+
+    pub fn memory_limit_bytes(&self) -> Option<u64> {
+        match self.mode {
+            Mode::V1 => self.dir("memory").and_then(|d| read_u64(&d.join("memory.limit_in_bytes"))),
+            Mode::V2 => self.dir("unified").and_then(|d| read_u64(&d.join("memory.max"))),
+        }
+    }
+
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|(_, d)| d.clone()).collect()
+    }
+
+    /// Kills whatever is left and removes the directories, waiting up to
+    /// `timeout` for the processes to go.
+    pub fn destroy(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.signal_all(libc::SIGKILL);
+            let mut left = Vec::new();
+            for (_, d) in &self.dirs {
+                if d.exists() && fs::remove_dir(d).is_err() {
+                    left.push(d.clone());
+                }
+            }
+            if left.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("cgroups still busy: {left:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Writes "0" to each fd: moves the calling process into those cgroups.
+/// Async-signal-safe, for use between fork and exec.
+///
+/// # Safety
+/// The fds must be open `cgroup.procs` files.
+pub unsafe fn join_fds(fds: &[RawFd]) -> io::Result<()> {
+    for &fd in fds {
+        // SAFETY: writing a static buffer to an fd the caller vouches for.
+        if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A best-effort note of the agent's cgroup directories in its work dir, for
+/// operators and test cleanup.
+pub fn record(work_dir: &Path, cg: &Cgroups) {
+    if let Ok(mut f) = fs::File::create(work_dir.join("cgroups")) {
+        for d in cg.dirs() {
+            let _ = writeln!(f, "{}", d.display());
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Launching, killing and reaping tasks.
+//!
+//! Each task runs in a sandbox directory of its own (its working directory,
+//! with `stdout` and `stderr` written there), in a new session and process
+//! group, and in cgroups of its own that it joins between fork and exec, so
+//! that nothing it starts escapes the limits. A kill sends SIGTERM to the
+//! group and the cgroup, then SIGKILL after the grace period. When the task's
+//! main process exits, whatever it left behind is killed and its cgroups are
+//! removed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use agora_proto::mesos::{CommandInfo, Reason, TaskState};
+
+use crate::cgroups::{self, Cgroups, Limits, TaskCgroup};
+
+/// Everything needed to start one task.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub container_id: String,
+    pub sandbox: PathBuf,
+    pub command: CommandInfo,
+    pub env: Vec<(String, String)>,
+    pub limits: Limits,
+}
+
+/// A started task.
+pub struct Container {
+    pub pid: i32,
+    pub child: tokio::process::Child,
+    pub cgroup: Option<TaskCgroup>,
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Starts a task. `cgroups` is `None` when isolation is off.
+pub fn launch(spec: &LaunchSpec, cgroups: Option<&Cgroups>) -> Result<Container, String> {
+    fs::create_dir_all(&spec.sandbox).map_err(|e| format!("cannot create sandbox {}: {e}", spec.sandbox.display()))?;
+    let open = |name: &str| {
+        fs::File::create(spec.sandbox.join(name)).map_err(|e| format!("cannot create {name} in the sandbox: {e}"))
+    };
+    let (stdout, stderr) = (open("stdout")?, open("stderr")?);
+    let value = spec.command.value.clone().unwrap_or_default();
+    let mut cmd = if spec.command.shell.unwrap_or(true) {
+        let mut c = tokio::process::Command::new("/bin/sh");
+        c.arg("-c").arg(&value);
+        c
+    } else {
+        // Mesos: `value` is the program and `arguments` its full argv.
+        let mut c = tokio::process::Command::new(&value);
+        if let Some((argv0, rest)) = spec.command.arguments.split_first() {
+            c.arg0(argv0);
+            c.args(rest);
+        }
+        c
+    };
+    cmd.current_dir(&spec.sandbox)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into()))
+        .env("HOME", &spec.sandbox)
+        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .kill_on_drop(false);
+    if let Some(env) = &spec.command.environment {
+        for v in &env.variables {
+            cmd.env(&v.name, &v.value);
+        }
+    }
+
+    let cgroup = match cgroups {
+        Some(cg) => Some(cg.create(&spec.container_id, spec.limits)?),
+        None => None,
+    };
+    let files = match &cgroup {
+        Some(c) => c.procs_files()?,
+        None => Vec::new(),
+    };
+    let fds = TaskCgroup::procs_fds(&files);
+    // SAFETY: the closure runs between fork and exec; it only makes
+    // async-signal-safe system calls (setsid, write) on fds the parent keeps
+    // open until spawn returns, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            cgroups::join_fds(&fds)
+        });
+    }
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(c) = &cgroup {
+                let _ = c.destroy(Duration::from_secs(1));
+            }
+            return Err(format!("cannot start the command: {e}"));
+        }
+    };
+    drop(files);
+    let pid = child.id().map(|p| p as i32).ok_or("the task exited before it could be tracked")?;
+    Ok(Container { pid, child, cgroup })
+}
+
+/// Signals a task's process group and everything in its cgroup.
+pub fn signal(pid: i32, cgroup: Option<&TaskCgroup>, sig: i32) {
+    // SAFETY: kill(2) on the task's own process group (it is a session leader).
+    unsafe {
+        libc::kill(-pid, sig);
+    }
+    if let Some(c) = cgroup {
+        c.signal_all(sig);
+    }
+}
+
+/// How a task ended, in Mesos's terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub state: TaskState,
+    pub reason: Option<Reason>,
+    pub message: String,
+    pub exit_code: Option<i32>,
+}
+
+fn signal_name(sig: i32) -> String {
+    match sig {
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGKILL => "SIGKILL".into(),
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGSEGV => "SIGSEGV".into(),
+        libc::SIGABRT => "SIGABRT".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        n => format!("signal {n}"),
+    }
+}
+
+/// Classifies an exit: a memory-limit kill is FAILED with Mesos's memory
+/// reason whatever the status says; a kill the agent asked for is KILLED;
+/// exit 0 is FINISHED; anything else FAILED.
+pub fn classify(status: ExitStatus, killed_by_request: bool, cgroup: Option<&TaskCgroup>) -> Outcome {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(cg) = cgroup {
+        if cg.oom_killed() {
+            let peak = cg.memory_peak_bytes().map(|b| format!("{} MB", b >> 20)).unwrap_or_else(|| "?".into());
+            let limit = cg.memory_limit_bytes().map(|b| format!("{} MB", b >> 20)).unwrap_or_else(|| "?".into());
+            return Outcome {
+                state: TaskState::Failed,
+                reason: Some(Reason::ReasonContainerLimitationMemory),
+                message: format!("Memory limit exceeded: Requested: {limit} Maximum Used: {peak}"),
+                exit_code: status.code(),
+            };
+        }
+    }
+    match (status.code(), status.signal()) {
+        (Some(0), _) if !killed_by_request => Outcome {
+            state: TaskState::Finished,
+            reason: None,
+            message: "Command exited with status 0".into(),
+            exit_code: Some(0),
+        },
+        (Some(c), _) if !killed_by_request => Outcome {
+            state: TaskState::Failed,
+            reason: None,
+            message: format!("Command exited with status {c}"),
+            exit_code: Some(c),
+        },
+        (code, sig) if killed_by_request => Outcome {
+            state: TaskState::Killed,
+            reason: None,
+            message: match sig {
+                Some(s) => format!("Command terminated with {}", signal_name(s)),
+                None => format!("Command exited with status {} after a kill", code.unwrap_or(-1)),
+            },
+            exit_code: code,
+        },
+        (_, Some(s)) => Outcome {
+            state: TaskState::Failed,
+            reason: None,
+            message: format!("Command terminated with {}", signal_name(s)),
+            exit_code: None,
+        },
+        _ => Outcome {
+            state: TaskState::Failed,
+            reason: Some(Reason::ReasonCommandExecutorFailed),
+            message: "Command ended with an unknown status".into(),
+            exit_code: None,
+        },
+    }
+}
+
+/// Removes what a finished task leaves behind in its cgroups.
+pub fn cleanup(pid: i32, cgroup: Option<&TaskCgroup>) {
+    signal(pid, cgroup, libc::SIGKILL);
+    if let Some(c) = cgroup {
+        if let Err(e) = c.destroy(Duration::from_secs(2)) {
+            tracing::warn!("task cgroup cleanup: {e}");
+        }
+    }
+}
+
+/// A file name safe for ids chosen by frameworks.
+pub fn safe_component(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
+}
+
+pub fn sandbox_dir(work_dir: &Path, framework: &str, task: &str, container: &str) -> PathBuf {
+    work_dir.join("sandboxes").join(safe_component(framework)).join(format!(
+        "{}.{}",
+        safe_component(task),
+        &container[..8.min(container.len())]
+    ))
+}

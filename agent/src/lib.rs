@@ -1,0 +1,15 @@
+//! agora-agent: runs tasks on one machine for the master.
+//!
+//! - [`agent`]: state and event loop (registration, tasks, status updates).
+//! - [`link`]: the connection to the master (rkyv frames, reconnects).
+//! - [`containerizer`]: sandboxes, process groups, launch, kill, reap.
+//! - [`cgroups`]: per-task cgroups (v2, or v1 on hybrid hosts).
+//! - [`resources`]: what the agent offers.
+//! - [`http`]: the agent's own endpoints.
+
+pub mod agent;
+pub mod cgroups;
+pub mod containerizer;
+pub mod http;
+pub mod link;
+pub mod resources;
