@@ -1,1 +1,343 @@
-fn main() {}
+//! `agora`: run tasks and look at the cluster.
+//!
+//! - `agora run`: like mesos-execute, runs a command as one or more tasks,
+//!   prints their state transitions and exits with the task's exit code.
+//! - `agora agents | frameworks | tasks`: tables from the master's state.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use agora_proto::mesos::{CommandInfo, FrameworkInfo, TaskId, TaskInfo, TaskState};
+use agora_proto::resources::Resources;
+use agora_sdk::{Driver, DriverEvent};
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(name = "agora", version, about = "Run tasks on an Agora cluster and inspect it")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a command as tasks and wait for them (like mesos-execute).
+    Run {
+        #[arg(long, default_value = "127.0.0.1:5050")]
+        master: String,
+        /// Task name (and id, with an index when there are several).
+        #[arg(long)]
+        name: String,
+        /// Shell command to run.
+        #[arg(long)]
+        command: String,
+        /// Resources per task, e.g. `cpus:0.5;mem:64`.
+        #[arg(long, default_value = "cpus:0.1;mem:32")]
+        resources: String,
+        #[arg(long, default_value_t = 1)]
+        instances: usize,
+        #[arg(long, default_value = "*")]
+        role: String,
+        /// Environment for the task, `KEY=VALUE`, repeatable.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+    },
+    /// The agents the master knows.
+    Agents {
+        #[arg(long, default_value = "127.0.0.1:5050")]
+        master: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The frameworks subscribed to the master.
+    Frameworks {
+        #[arg(long, default_value = "127.0.0.1:5050")]
+        master: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tasks across the cluster.
+    Tasks {
+        #[arg(long, default_value = "127.0.0.1:5050")]
+        master: String,
+        /// Include completed tasks.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+    let res = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Run { master, name, command, resources, instances, role, env } => {
+                run(&master, &name, &command, &resources, instances, &role, &env).await
+            }
+            Cmd::Agents { master, json } => agents(&master, json).await.map(|_| 0),
+            Cmd::Frameworks { master, json } => frameworks(&master, json).await.map(|_| 0),
+            Cmd::Tasks { master, all, json } => tasks(&master, all, json).await.map(|_| 0),
+        }
+    });
+    match res {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("agora: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(
+    master: &str,
+    name: &str,
+    command: &str,
+    resources: &str,
+    instances: usize,
+    role: &str,
+    env: &[String],
+) -> anyhow::Result<i32> {
+    anyhow::ensure!(instances >= 1, "--instances must be at least 1");
+    let per_task = Resources::parse(resources)?;
+    anyhow::ensure!(!per_task.is_empty(), "--resources must not be empty");
+    let mut variables = Vec::new();
+    for kv in env {
+        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--env takes KEY=VALUE, not {kv:?}"))?;
+        variables.push(agora_proto::mesos::EnvVariable { name: k.into(), value: v.into() });
+    }
+    let info = FrameworkInfo {
+        user: std::env::var("USER").unwrap_or_else(|_| "root".into()),
+        name: format!("agora-run ({name})"),
+        role: Some(role.to_string()),
+        capabilities: vec![agora_proto::mesos::Capability {
+            kind: agora_proto::mesos::CapabilityType::TaskKillingState,
+        }],
+        ..Default::default()
+    };
+    let (driver, mut events) = Driver::start(master, info).await?;
+    let ids: Vec<String> =
+        if instances == 1 { vec![name.to_string()] } else { (0..instances).map(|i| format!("{name}-{i}")).collect() };
+    let mut to_launch: Vec<String> = ids.clone();
+    let mut outcome: HashMap<String, (TaskState, Option<i32>)> = HashMap::new();
+    let interrupt = tokio::signal::ctrl_c();
+    tokio::pin!(interrupt);
+    let mut waiting_note = Box::pin(tokio::time::sleep(Duration::from_secs(5)));
+    loop {
+        let ev = tokio::select! {
+            ev = events.recv() => ev,
+            _ = &mut interrupt => {
+                eprintln!("Interrupted: killing the tasks");
+                let _ = driver.teardown().await;
+                return Ok(130);
+            }
+            _ = &mut waiting_note, if !to_launch.is_empty() => {
+                eprintln!("Waiting for offers that fit {per_task} ...");
+                continue;
+            }
+        };
+        let Some(ev) = ev else { anyhow::bail!("the driver stopped") };
+        let ev = match ev {
+            DriverEvent::Subscribed { framework_id } => {
+                println!("Subscribed with ID '{framework_id}'");
+                continue;
+            }
+            DriverEvent::Disconnected(why) => anyhow::bail!("lost the master: {why}"),
+            DriverEvent::Error(m) => anyhow::bail!("{m}"),
+            DriverEvent::Event(e) => e,
+        };
+        if let Some(offers) = ev.offers {
+            for offer in offers.offers {
+                let mut available = offer.resources.clone();
+                let mut batch = Vec::new();
+                while let Some(id) = to_launch.first() {
+                    let want = per_task.allocate_to(offer.allocation_info.as_ref().and_then(|a| a.role.as_deref()).unwrap_or(role));
+                    if !available.contains(&want) {
+                        break;
+                    }
+                    available.subtract(&want).expect("contained");
+                    batch.push(TaskInfo {
+                        name: id.clone(),
+                        task_id: TaskId::new(id),
+                        agent_id: offer.agent_id.clone(),
+                        resources: want,
+                        command: Some(CommandInfo {
+                            value: Some(command.to_string()),
+                            environment: (!variables.is_empty())
+                                .then(|| agora_proto::mesos::Environment { variables: variables.clone() }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    });
+                    to_launch.remove(0);
+                }
+                if batch.is_empty() {
+                    driver.decline(vec![offer.id.clone()], if to_launch.is_empty() { 3600.0 } else { 1.0 }).await?;
+                    continue;
+                }
+                for t in &batch {
+                    println!("Launching task '{}' on agent '{}' ({})", t.task_id, offer.agent_id, offer.hostname);
+                }
+                driver.launch(&offer, batch, 3600.0).await?;
+                if to_launch.is_empty() {
+                    driver.suppress().await?;
+                }
+            }
+        }
+        if let Some(u) = ev.update {
+            let s = u.status;
+            print!("Received status update {} for task '{}'", s.state, s.task_id);
+            if let Some(m) = &s.message {
+                print!(": {m}");
+            }
+            if let Some(r) = s.reason {
+                print!(" ({})", serde_json::to_value(r).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default());
+            }
+            println!();
+            driver.acknowledge(&s).await?;
+            if s.state.is_terminal() {
+                outcome.insert(s.task_id.value.clone(), (s.state, s.exit_code()));
+            }
+            if outcome.len() == ids.len() {
+                let _ = driver.teardown().await;
+                // The first task's code when one failed, 0 when all finished.
+                for id in &ids {
+                    match outcome[id] {
+                        (TaskState::Finished, _) => {}
+                        (_, Some(code)) if code != 0 => return Ok(code),
+                        _ => return Ok(1),
+                    }
+                }
+                return Ok(0);
+            }
+        }
+    }
+}
+
+async fn state(master: &str) -> anyhow::Result<Value> {
+    let body = agora_sdk::http::get(master, "/master/state").await?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(headers.iter().map(|s| s.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn num(v: &Value, path: &[&str]) -> f64 {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_f64().unwrap_or(0.0)
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+async fn agents(master: &str, json: bool) -> anyhow::Result<()> {
+    let st = state(master).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st["slaves"])?);
+        return Ok(());
+    }
+    let rows = st["slaves"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|a| {
+            vec![
+                s(&a["id"]),
+                s(&a["hostname"]),
+                format!("{}/{}", num(a, &["used_resources", "cpus"]), num(a, &["resources", "cpus"])),
+                format!("{}/{}", num(a, &["used_resources", "mem"]), num(a, &["resources", "mem"])),
+                s(&a["resources"]["ports"]),
+                s(&a["active"]),
+            ]
+        })
+        .collect();
+    table(&["ID", "HOSTNAME", "CPUS", "MEM (MB)", "PORTS", "ACTIVE"], rows);
+    Ok(())
+}
+
+async fn frameworks(master: &str, json: bool) -> anyhow::Result<()> {
+    let st = state(master).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st["frameworks"])?);
+        return Ok(());
+    }
+    let rows = st["frameworks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|f| {
+            let role = if f["roles"].is_array() { s(&f["roles"]) } else { s(&f["role"]) };
+            vec![
+                s(&f["id"]),
+                s(&f["name"]),
+                role,
+                s(&f["connected"]),
+                f["tasks"].as_array().map(|t| t.len()).unwrap_or(0).to_string(),
+                num(f, &["used_resources", "cpus"]).to_string(),
+                num(f, &["used_resources", "mem"]).to_string(),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "ROLE", "CONNECTED", "TASKS", "CPUS", "MEM (MB)"], rows);
+    Ok(())
+}
+
+async fn tasks(master: &str, all: bool, json: bool) -> anyhow::Result<()> {
+    let st = state(master).await?;
+    let mut list = Vec::new();
+    let mut fws = st["frameworks"].as_array().cloned().unwrap_or_default();
+    if all {
+        fws.extend(st["completed_frameworks"].as_array().cloned().unwrap_or_default());
+    }
+    for f in fws {
+        for key in ["tasks", "unreachable_tasks"].iter().chain(if all { &["completed_tasks"][..] } else { &[][..] }) {
+            list.extend(f[*key].as_array().cloned().unwrap_or_default());
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let rows = list
+        .iter()
+        .map(|t| {
+            vec![
+                s(&t["id"]),
+                s(&t["framework_id"]),
+                s(&t["state"]),
+                s(&t["slave_id"]),
+                num(t, &["resources", "cpus"]).to_string(),
+                num(t, &["resources", "mem"]).to_string(),
+            ]
+        })
+        .collect();
+    table(&["ID", "FRAMEWORK", "STATE", "AGENT", "CPUS", "MEM (MB)"], rows);
+    Ok(())
+}
