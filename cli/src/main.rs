@@ -154,7 +154,8 @@ async fn run(
                 let mut available = offer.resources.clone();
                 let mut batch = Vec::new();
                 while let Some(id) = to_launch.first() {
-                    let want = per_task.allocate_to(offer.allocation_info.as_ref().and_then(|a| a.role.as_deref()).unwrap_or(role));
+                    let want = per_task
+                        .allocate_to(offer.allocation_info.as_ref().and_then(|a| a.role.as_deref()).unwrap_or(role));
                     if !available.contains(&want) {
                         break;
                     }
@@ -194,7 +195,10 @@ async fn run(
                 print!(": {m}");
             }
             if let Some(r) = s.reason {
-                print!(" ({})", serde_json::to_value(r).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default());
+                print!(
+                    " ({})",
+                    serde_json::to_value(r).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+                );
             }
             println!();
             driver.acknowledge(&s).await?;

@@ -227,9 +227,15 @@ impl Driver {
         self.accept(vec![offer.id.clone()], vec![Operation::launch(tasks)], refuse_seconds).await
     }
 
-    pub async fn accept(&self, offer_ids: Vec<OfferId>, operations: Vec<Operation>, refuse_seconds: f64) -> Result<(), Error> {
+    pub async fn accept(
+        &self,
+        offer_ids: Vec<OfferId>,
+        operations: Vec<Operation>,
+        refuse_seconds: f64,
+    ) -> Result<(), Error> {
         let mut c = Call::new(CallType::Accept, None);
-        c.accept = Some(Accept { offer_ids, operations, filters: Some(Filters { refuse_seconds: Some(refuse_seconds) }) });
+        c.accept =
+            Some(Accept { offer_ids, operations, filters: Some(Filters { refuse_seconds: Some(refuse_seconds) }) });
         self.call(c).await
     }
 
@@ -243,7 +249,8 @@ impl Driver {
     pub async fn acknowledge(&self, status: &TaskStatus) -> Result<(), Error> {
         let (Some(uuid), Some(agent_id)) = (&status.uuid, &status.agent_id) else { return Ok(()) };
         let mut c = Call::new(CallType::Acknowledge, None);
-        c.acknowledge = Some(Acknowledge { agent_id: agent_id.clone(), task_id: status.task_id.clone(), uuid: uuid.clone() });
+        c.acknowledge =
+            Some(Acknowledge { agent_id: agent_id.clone(), task_id: status.task_id.clone(), uuid: uuid.clone() });
         self.call(c).await
     }
 

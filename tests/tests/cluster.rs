@@ -1,0 +1,188 @@
+//! End-to-end: real master and agents on loopback, real processes (in real
+//! cgroups when run as root), driven through the Rust SDK.
+
+use std::time::{Duration, Instant};
+
+use agora_proto::mesos::{Capability, CapabilityType, DurationInfo, KillPolicy, Reason, TaskState};
+use agora_tests::framework::{info, Spec, TestFramework};
+use agora_tests::{active_agents, require_root, wait_until, Agent, AgentOpts, Master, MasterOpts};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn cluster(n_agents: usize) -> (Master, Vec<Agent>) {
+    let m = Master::start(MasterOpts::default());
+    let agents: Vec<Agent> = (0..n_agents).map(|_| Agent::start(&m.addr, AgentOpts::default())).collect();
+    wait_until(LONG, "agents to register", || active_agents(&m.state()) == n_agents);
+    (m, agents)
+}
+
+/// Acceptance 1: 200 tasks on 2 agents all finish, every update acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_tasks_finish_and_every_update_is_acknowledged() {
+    let (m, agents) = cluster(2);
+    let mut fw = TestFramework::start(&m.addr, info("two-hundred")).await;
+    let specs: Vec<Spec> = (0..200).map(|i| Spec::new(format!("t{i}"), "true", "cpus:0.1;mem:16")).collect();
+    let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
+    let placed = fw.launch(specs, LONG).await;
+    assert_eq!(placed.len(), 200);
+    let used: std::collections::HashSet<_> = placed.values().collect();
+    assert_eq!(used.len(), 2, "both agents ran tasks");
+    fw.wait_terminal(&ids, LONG).await;
+    let latest = fw.latest();
+    for id in &ids {
+        assert_eq!(latest[id].state, TaskState::Finished, "{id}: {:?}", latest[id].message);
+        assert_eq!(latest[id].exit_code(), Some(0));
+    }
+    // Every update (STARTING, RUNNING, FINISHED per task) was acknowledged:
+    // the agents drop a task once its last update is, and have none pending.
+    for a in &agents {
+        wait_until(LONG, "agents to have every update acknowledged", || {
+            a.state()["tasks"].as_array().is_some_and(|t| t.is_empty())
+        });
+    }
+    let acks = m.metrics()["master/valid_status_update_acknowledgements"].as_f64().unwrap();
+    assert!(acks >= 600.0, "{acks} acknowledgements for 200 tasks");
+    let finished = m.metrics()["master/tasks_finished"].as_f64().unwrap();
+    assert_eq!(finished, 200.0);
+}
+
+/// Acceptance 2: exit codes, the memory limit and kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_code_is_reported_with_task_failed() {
+    let (m, _agents) = cluster(1);
+    let mut fw = TestFramework::start(&m.addr, info("failures")).await;
+    fw.launch(vec![Spec::new("three", "echo bye; exit 3", "cpus:0.1;mem:32")], LONG).await;
+    fw.wait_terminal(&["three".into()], LONG).await;
+    let s = &fw.latest()["three"];
+    assert_eq!(s.state, TaskState::Failed);
+    assert_eq!(s.exit_code(), Some(3));
+    assert_eq!(s.message.as_deref(), Some("Command exited with status 3"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_over_its_memory_limit_fails_with_the_memory_reason() {
+    if !require_root("task_over_its_memory_limit_fails_with_the_memory_reason") {
+        return;
+    }
+    let (m, _agents) = cluster(1);
+    let mut fw = TestFramework::start(&m.addr, info("oom")).await;
+    // `tail` keeps the whole (newline-free) input in memory.
+    fw.launch(vec![Spec::new("hog", "head -c 400000000 /dev/zero | tail", "cpus:0.5;mem:64")], LONG).await;
+    fw.wait_terminal(&["hog".into()], LONG).await;
+    let s = &fw.latest()["hog"];
+    assert_eq!(s.state, TaskState::Failed, "{:?}", s.message);
+    assert_eq!(s.reason, Some(Reason::ReasonContainerLimitationMemory), "{:?}", s.message);
+    assert!(s.message.as_deref().unwrap_or("").contains("Memory limit exceeded"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_tasks_end_killed_within_the_grace_period() {
+    let (m, agents) = cluster(1);
+    let mut fw = TestFramework::start(&m.addr, info("kills")).await;
+    let grace = Duration::from_secs(2);
+    let policy = KillPolicy { grace_period: Some(DurationInfo { nanoseconds: grace.as_nanos() as i64 }) };
+    let mut polite = Spec::new("sleeper", "sleep 1000", "cpus:0.1;mem:32");
+    polite.kill_policy = Some(policy);
+    // This one ignores SIGTERM: only SIGKILL after the grace period ends it.
+    let mut stubborn = Spec::new("stubborn", "trap '' TERM; while true; do sleep 0.05; done", "cpus:0.1;mem:32");
+    stubborn.kill_policy = Some(policy);
+    fw.launch(vec![polite, stubborn], LONG).await;
+    fw.until(LONG, "both running", |f| {
+        f.last_state("sleeper") == Some(TaskState::Running) && f.last_state("stubborn") == Some(TaskState::Running)
+    })
+    .await;
+    let pids: Vec<i64> =
+        agents[0].state()["tasks"].as_array().unwrap().iter().filter_map(|t| t["pid"].as_i64()).collect();
+    assert_eq!(pids.len(), 2);
+    let start = Instant::now();
+    fw.driver.kill("sleeper".into(), None).await.unwrap();
+    fw.driver.kill("stubborn".into(), None).await.unwrap();
+    fw.wait_terminal(&["sleeper".into(), "stubborn".into()], LONG).await;
+    let elapsed = start.elapsed();
+    let latest = fw.latest();
+    assert_eq!(latest["sleeper"].state, TaskState::Killed);
+    assert_eq!(latest["stubborn"].state, TaskState::Killed);
+    assert!(latest["stubborn"].message.as_deref().unwrap_or("").contains("SIGKILL"), "{:?}", latest["stubborn"]);
+    // SIGKILL came after the grace period, and not much later.
+    assert!(elapsed >= grace, "{elapsed:?}");
+    assert!(elapsed < grace + Duration::from_secs(5), "{elapsed:?}");
+    for pid in pids {
+        // SAFETY: kill(pid, 0) only checks for existence.
+        assert_ne!(unsafe { libc::kill(pid as i32, 0) }, 0, "process {pid} still alive");
+    }
+}
+
+/// Acceptance 3: kill -9 of an agent: LOST for ordinary frameworks,
+/// UNREACHABLE for partition-aware ones, within the configured timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_kill9_makes_tasks_lost_or_unreachable() {
+    let (m, mut agents) = cluster(1);
+    let mut plain = TestFramework::start(&m.addr, info("plain")).await;
+    let mut pa_info = info("partition-aware");
+    pa_info.capabilities = vec![Capability { kind: CapabilityType::PartitionAware }];
+    let mut aware = TestFramework::start(&m.addr, pa_info).await;
+    plain.launch(vec![Spec::new("p", "sleep 1000", "cpus:0.1;mem:32")], LONG).await;
+    aware.launch(vec![Spec::new("a", "sleep 1000", "cpus:0.1;mem:32")], LONG).await;
+    plain.until(LONG, "p running", |f| f.last_state("p") == Some(TaskState::Running)).await;
+    aware.until(LONG, "a running", |f| f.last_state("a") == Some(TaskState::Running)).await;
+
+    let killed = Instant::now();
+    agents[0].kill9();
+    // Ping timeout 200ms x 5: the agent is gone within about a second.
+    plain.until(Duration::from_secs(20), "p lost", |f| f.last_state("p") == Some(TaskState::Lost)).await;
+    aware.until(Duration::from_secs(20), "a unreachable", |f| f.last_state("a") == Some(TaskState::Unreachable)).await;
+    assert!(killed.elapsed() < Duration::from_secs(10), "{:?}", killed.elapsed());
+    let p = &plain.latest()["p"];
+    assert_eq!(p.reason, Some(Reason::ReasonAgentRemoved));
+    assert!(p.uuid.is_none(), "master-made updates need no acknowledgement");
+    assert!(aware.latest()["a"].unreachable_time.is_some());
+    let st = m.state();
+    assert_eq!(st["slaves"].as_array().unwrap().len(), 0);
+    assert_eq!(st["unreachable_slaves"].as_f64(), Some(1.0));
+    agents[0].cleanup_leftovers();
+}
+
+/// Acceptance 4: the master restarts; agents re-register, their tasks keep
+/// running, and the framework re-subscribes and reconciles them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_restart_agents_reregister_tasks_survive_framework_reconciles() {
+    let (mut m, agents) = cluster(2);
+    let mut fw = TestFramework::start(&m.addr, info("survivor")).await;
+    let specs: Vec<Spec> = (0..4).map(|i| Spec::new(format!("s{i}"), "sleep 1000", "cpus:0.1;mem:32")).collect();
+    let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
+    fw.launch(specs, LONG).await;
+    fw.until(LONG, "all running", |f| ids.iter().all(|i| f.last_state(i) == Some(TaskState::Running))).await;
+    let pids: Vec<i64> = agents
+        .iter()
+        .flat_map(|a| a.state()["tasks"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["pid"].as_i64())
+        .collect();
+    assert_eq!(pids.len(), 4);
+    let fid = fw.framework_id.clone();
+
+    m.restart();
+    wait_until(LONG, "agents to re-register", || {
+        let st = m.state();
+        active_agents(&st) == 2 && agora_tests::all_tasks(&st).len() == 4
+    });
+    // The SDK re-subscribes on its own, with the same framework id.
+    fw.until(LONG, "re-subscription", |f| f.subscriptions >= 2).await;
+    assert_eq!(fw.driver.framework_id(), Some(fid));
+    for pid in &pids {
+        // SAFETY: kill(pid, 0) only checks for existence.
+        assert_eq!(unsafe { libc::kill(*pid as i32, 0) }, 0, "task process {pid} died with the master");
+    }
+    let before = fw.updates.len();
+    fw.driver.reconcile(vec![]).await.unwrap();
+    fw.until(LONG, "reconciliation answers", |f| {
+        let recon: Vec<_> =
+            f.updates[before..].iter().filter(|u| u.reason == Some(Reason::ReasonReconciliation)).collect();
+        ids.iter().all(|i| recon.iter().any(|u| u.task_id.as_str() == i && u.state == TaskState::Running))
+    })
+    .await;
+    // And the framework can still kill them.
+    for id in &ids {
+        fw.driver.kill(id.as_str().into(), None).await.unwrap();
+    }
+    fw.until(LONG, "all killed", |f| ids.iter().all(|i| f.last_state(i) == Some(TaskState::Killed))).await;
+}
