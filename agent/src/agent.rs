@@ -149,7 +149,7 @@ impl Agent {
                 self.link = Some(tx);
                 self.registered = false;
                 let msg = match &self.agent_id {
-                    None => AgentToMaster::Register { info: self.cfg.info.clone() },
+                    None => AgentToMaster::Register { info: Box::new(self.cfg.info.clone()) },
                     Some(id) => self.reregistration(id.clone()),
                 };
                 self.send(&msg);
@@ -190,7 +190,7 @@ impl Agent {
         }
         AgentToMaster::Reregister {
             agent_id,
-            info: self.cfg.info.clone(),
+            info: Box::new(self.cfg.info.clone()),
             tasks,
             frameworks: frameworks.into_values().collect(),
         }
@@ -220,7 +220,7 @@ impl Agent {
             MasterToAgent::Ping { seq } => {
                 self.send(&AgentToMaster::Pong { seq });
             }
-            MasterToAgent::RunTask { framework, task } => self.run_task(framework, task),
+            MasterToAgent::RunTask { framework, task } => self.run_task(*framework, *task),
             MasterToAgent::KillTask { framework_id, task_id, kill_policy } => {
                 self.kill((framework_id, task_id), kill_policy, true)
             }
@@ -452,11 +452,11 @@ impl Agent {
             t.retry = min;
         }
         t.next_retry = Instant::now() + t.retry;
-        let msg = AgentToMaster::StatusUpdate(StatusUpdate {
+        let msg = AgentToMaster::StatusUpdate(Box::new(StatusUpdate {
             framework_id: key.0.clone(),
             status: head,
             latest_state: t.state,
-        });
+        }));
         if self.send(&msg) {
             self.counters.updates_sent += 1;
         }

@@ -124,15 +124,15 @@ pub struct StatusUpdate {
 #[rkyv(derive(Debug))]
 pub enum AgentToMaster {
     Register {
-        info: AgentInfo,
+        info: Box<AgentInfo>,
     },
     Reregister {
         agent_id: AgentId,
-        info: AgentInfo,
+        info: Box<AgentInfo>,
         tasks: Vec<TaskReport>,
         frameworks: Vec<FrameworkInfo>,
     },
-    StatusUpdate(StatusUpdate),
+    StatusUpdate(Box<StatusUpdate>),
     Pong {
         seq: u64,
     },
@@ -160,9 +160,10 @@ pub enum MasterToAgent {
     Ping {
         seq: u64,
     },
+    /// Boxed, so that the enum (and every ping) stays small.
     RunTask {
-        framework: FrameworkInfo,
-        task: TaskInfo,
+        framework: Box<FrameworkInfo>,
+        task: Box<TaskInfo>,
     },
     KillTask {
         framework_id: FrameworkId,
@@ -289,7 +290,7 @@ mod tests {
 
     #[test]
     fn round_trip_through_decoder_in_pieces() {
-        let msg = MasterToAgent::RunTask { framework: FrameworkInfo::default(), task: sample_task() };
+        let msg = MasterToAgent::RunTask { framework: Box::default(), task: Box::new(sample_task()) };
         let mut bytes = encode(&msg);
         bytes.extend(encode(&MasterToAgent::Ping { seq: 7 }));
         let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
@@ -337,13 +338,13 @@ mod tests {
     #[test]
     fn corrupted_frame_is_rejected() {
         let f = encode(&AgentToMaster::Register {
-            info: AgentInfo {
+            info: Box::new(AgentInfo {
                 hostname: "h".into(),
                 port: 1,
                 resources: Resources::parse("cpus:1").unwrap(),
                 attributes: vec![],
                 version: "x".into(),
-            },
+            }),
         });
         // Setting any one byte to 0xff must never panic; where it breaks a
         // pointer, a length or a discriminant, validation must reject it.
@@ -361,6 +362,17 @@ mod tests {
         let mut short = AlignedVec::new();
         short.extend_from_slice(&f[4..f.len() - 8]);
         assert!(matches!(decode::<AgentToMaster>(&short), Err(FrameError::Invalid(_))));
+    }
+
+    #[test]
+    fn small_messages_stay_small() {
+        // Pings go to every agent every few seconds.
+        assert!(
+            encode(&MasterToAgent::Ping { seq: 1 }).len() <= 64,
+            "{}",
+            encode(&MasterToAgent::Ping { seq: 1 }).len()
+        );
+        assert!(encode(&AgentToMaster::Pong { seq: 1 }).len() <= 64);
     }
 
     #[test]

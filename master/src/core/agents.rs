@@ -14,11 +14,11 @@ use crate::registry::{RegistryAgent, RegistryState};
 impl Master {
     pub(super) fn agent_message(&mut self, now: Now, conn: ConnId, msg: AgentToMaster) {
         match msg {
-            AgentToMaster::Register { info } => self.register_agent(now, conn, info),
+            AgentToMaster::Register { info } => self.register_agent(now, conn, *info),
             AgentToMaster::Reregister { agent_id, info, tasks, frameworks } => {
-                self.reregister_agent(now, conn, agent_id, info, tasks, frameworks)
+                self.reregister_agent(now, conn, agent_id, *info, tasks, frameworks)
             }
-            AgentToMaster::StatusUpdate(u) => self.status_update(now, conn, u),
+            AgentToMaster::StatusUpdate(u) => self.status_update(now, conn, *u),
             // Pongs are answered by the agent's shard; one that gets here is harmless.
             AgentToMaster::Pong { .. } => {}
             AgentToMaster::Unregister { reason } => {

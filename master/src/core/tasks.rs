@@ -246,7 +246,7 @@ impl Master {
             },
         );
         self.agents.get_mut(agent_id).expect("connected").tasks.insert((fid.clone(), task.task_id.clone()));
-        self.to_agent(agent_id, MasterToAgent::RunTask { framework, task });
+        self.to_agent(agent_id, MasterToAgent::RunTask { framework: Box::new(framework), task: Box::new(task) });
     }
 
     pub(super) fn kill(&mut self, now: Now, fid: &FrameworkId, kill: Kill) {

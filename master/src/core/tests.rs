@@ -43,7 +43,7 @@ impl Sim {
     }
 
     fn register_agent(&mut self, conn: ConnId, resources: &str) -> AgentId {
-        self.input(Input::Agent { conn, msg: AgentToMaster::Register { info: agent_info(resources) } });
+        self.input(Input::Agent { conn, msg: AgentToMaster::Register { info: Box::new(agent_info(resources)) } });
         self.to_agent(conn)
             .into_iter()
             .find_map(|m| match m {
@@ -123,7 +123,11 @@ impl Sim {
         status.source = Some(Source::Agent);
         self.input(Input::Agent {
             conn,
-            msg: AgentToMaster::StatusUpdate(StatusUpdate { framework_id: fid.clone(), status, latest_state: state }),
+            msg: AgentToMaster::StatusUpdate(Box::new(StatusUpdate {
+                framework_id: fid.clone(),
+                status,
+                latest_state: state,
+            })),
         });
     }
 }
@@ -429,7 +433,7 @@ fn master_restart_agent_reregisters_and_framework_reconciles() {
         .expect("registry written");
     let fw_info = s.m.frameworks[&fid].info.clone();
     let launched = match &s.to_agent(1)[0] {
-        MasterToAgent::RunTask { task, .. } => task.clone(),
+        MasterToAgent::RunTask { task, .. } => (**task).clone(),
         m => panic!("{m:?}"),
     };
 
@@ -441,7 +445,7 @@ fn master_restart_agent_reregisters_and_framework_reconciles() {
         conn: 7,
         msg: AgentToMaster::Reregister {
             agent_id: agent.clone(),
-            info: agent_info("cpus:1;mem:128"),
+            info: Box::new(agent_info("cpus:1;mem:128")),
             tasks: vec![TaskReport { framework_id: fid.clone(), task: launched, state: TaskState::Running }],
             frameworks: vec![fw_info.clone()],
         },
@@ -519,7 +523,7 @@ fn bad_agent_registration_is_refused() {
     let mut s = Sim::new();
     let mut info = agent_info("cpus:1");
     info.hostname.clear();
-    s.input(Input::Agent { conn: 9, msg: AgentToMaster::Register { info } });
+    s.input(Input::Agent { conn: 9, msg: AgentToMaster::Register { info: Box::new(info) } });
     assert!(matches!(&s.to_agent(9)[0], MasterToAgent::Refused { .. }));
     assert!(s.actions.contains(&Action::CloseAgent { conn: 9 }));
     assert!(s.m.agents.is_empty());

@@ -1,0 +1,167 @@
+//! Acceptance 6: bad input gets a clear error, and the master keeps serving
+//! everyone else (a second framework runs tasks throughout).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use agora_proto::mesos::{Reason, TaskState};
+use agora_proto::wire::{Hello, HELLO_LEN};
+use agora_tests::framework::{info, Spec, TestFramework};
+use agora_tests::{active_agents, http, wait_until, Agent, AgentOpts, Master, MasterOpts};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn json_post(addr: &str, body: &str, stream_id: Option<&str>) -> (u16, String) {
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(s) = stream_id {
+        headers.push(("Mesos-Stream-Id", s));
+    }
+    let (status, _, body) = http(addr, "POST", "/api/v1/scheduler", &headers, body.as_bytes());
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Writes raw bytes and returns what the master sends back; panics unless
+/// the master then closes the connection.
+fn raw(addr: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("the master closes the connection");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_others_are_unaffected() {
+    let m = Master::start(MasterOpts::default());
+    let _agent = Agent::start(&m.addr, AgentOpts::default());
+    wait_until(LONG, "agent to register", || active_agents(&m.state()) == 1);
+
+    // The well-behaved framework starts a stream of short tasks.
+    let mut good = TestFramework::start(&m.addr, info("good")).await;
+    good.launch((0..5).map(|i| Spec::new(format!("before{i}"), "true", "cpus:0.1;mem:16")).collect(), LONG).await;
+
+    // A second framework, used to send bad calls.
+    let mut bad = TestFramework::start(&m.addr, info("bad")).await;
+    let fid = bad.framework_id.value.clone();
+    // A third framework subscribed by hand, for a real stream id to send
+    // with the bad calls below.
+    let (status, sid) = {
+        let sub =
+            r#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"user":"u","name":"raw","failover_timeout":60}}}"#;
+        let mut s = TcpStream::connect(&m.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&agora_proto::http::request(
+            "POST",
+            &m.addr,
+            "/api/v1/scheduler",
+            &[("Content-Type", "application/json")],
+            sub.as_bytes(),
+        ))
+        .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let sid = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Mesos-Stream-Id: "))
+            .map(|s| s.trim().to_string())
+            .expect("stream id header");
+        (head.lines().next().unwrap().to_string(), sid)
+    };
+    assert!(status.contains("200"), "{status}");
+
+    // Garbage on the port: a 400 and the connection closes.
+    let out = raw(&m.addr, b"\x00\x01\x02garbage\r\n\r\n");
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 400"), "{:?}", String::from_utf8_lossy(&out));
+
+    // Agent protocol: a newer version is refused with a hello that says so.
+    let mut h = Hello::new(1 << 20);
+    h.version = 99;
+    let out = raw(&m.addr, &h.encode());
+    let reply = Hello::decode(out[..HELLO_LEN].try_into().unwrap()).unwrap();
+    assert_eq!(reply.status, Hello::REFUSED_VERSION);
+    // An oversized frame, an empty frame, a garbage payload and a truncated
+    // frame each close that one connection.
+    let hello = Hello::new(1 << 20).encode();
+    for body in [
+        u32::MAX.to_le_bytes().to_vec(),
+        0u32.to_le_bytes().to_vec(),
+        [&64u32.to_le_bytes()[..], &[0xabu8; 64][..]].concat(),
+        [&100u32.to_le_bytes()[..], &[1u8; 10][..]].concat(),
+    ] {
+        let out = raw(&m.addr, &[&hello[..], &body[..]].concat());
+        // The master's hello (perhaps a ping after it), then the close.
+        assert_eq!(Hello::decode(out[..HELLO_LEN].try_into().unwrap()).unwrap().status, Hello::OK);
+    }
+    let invalid = m.metrics()["master/invalid_agent_frames"].as_f64().unwrap();
+    assert!(invalid >= 3.0, "{invalid}");
+
+    // Scheduler API errors.
+    let (s, body) = json_post(&m.addr, "{not json", Some(&sid));
+    assert_eq!(s, 400);
+    assert!(body.contains("Failed to parse body into JSON"), "{body}");
+    let (s, body) = json_post(&m.addr, r#"{"type":"REVIVE","framework_id":{"value":"nope"}}"#, Some(&sid));
+    assert_eq!(s, 400);
+    assert!(body.contains("cannot be found"), "{body}");
+    let (s, body) = json_post(&m.addr, &format!(r#"{{"type":"REVIVE","framework_id":{{"value":"{fid}"}}}}"#), None);
+    assert_eq!(s, 400);
+    assert!(body.contains("Mesos-Stream-Id"), "{body}");
+    let (s, body) =
+        json_post(&m.addr, &format!(r#"{{"type":"REVIVE","framework_id":{{"value":"{fid}"}}}}"#), Some("wrong"));
+    assert_eq!(s, 400);
+    assert!(body.contains("didn't match"), "{body}");
+    let (s, _, _) = http(&m.addr, "POST", "/api/v1/scheduler", &[("Content-Type", "text/plain")], b"{}");
+    assert_eq!(s, 415);
+    // A body over the limit is refused from its declared length, unread.
+    let out = raw(
+        &m.addr,
+        b"POST /api/v1/scheduler HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 999999999\r\n\r\n",
+    );
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 413"), "{:?}", String::from_utf8_lossy(&out));
+
+    // Through the SDK: a bad uuid is refused; unknown offers and tasks get
+    // their answer as updates, as in Mesos.
+    let ack = agora_proto::scheduler::Call {
+        acknowledge: Some(agora_proto::scheduler::Acknowledge {
+            agent_id: "a".into(),
+            task_id: "t".into(),
+            uuid: vec![1, 2, 3],
+        }),
+        ..agora_proto::scheduler::Call::new(agora_proto::scheduler::CallType::Acknowledge, None)
+    };
+    let err = bad.driver.call(ack).await.unwrap_err().to_string();
+    assert!(err.contains("400") && err.contains("16 bytes"), "{err}");
+
+    bad.until(LONG, "an offer", |f| !f.offers.is_empty()).await;
+    let mut offer = bad.offers.pop_front().unwrap();
+    offer.id = "no-such-offer".into();
+    let task = agora_proto::mesos::TaskInfo {
+        name: "ghost".into(),
+        task_id: "ghost".into(),
+        agent_id: offer.agent_id.clone(),
+        resources: agora_proto::resources::Resources::parse("cpus:0.1;mem:16").unwrap(),
+        command: Some(agora_proto::mesos::CommandInfo::shell("true")),
+        ..Default::default()
+    };
+    bad.driver.launch(&offer, vec![task], 0.0).await.unwrap();
+    bad.until(LONG, "the ghost task's update", |f| f.last_state("ghost").is_some()).await;
+    let g = &bad.latest()["ghost"];
+    assert_eq!(g.state, TaskState::Lost);
+    assert_eq!(g.reason, Some(Reason::ReasonInvalidOffers));
+    assert!(g.message.as_deref().unwrap_or("").contains("no-such-offer"));
+
+    bad.driver.kill("never-launched".into(), None).await.unwrap();
+    bad.until(LONG, "the unknown task's update", |f| f.last_state("never-launched").is_some()).await;
+    assert_eq!(bad.latest()["never-launched"].state, TaskState::Lost);
+
+    // Meanwhile the good framework is unaffected.
+    good.launch((0..5).map(|i| Spec::new(format!("after{i}"), "true", "cpus:0.1;mem:16")).collect(), LONG).await;
+    let ids: Vec<String> = (0..5).flat_map(|i| [format!("before{i}"), format!("after{i}")]).collect();
+    good.wait_terminal(&ids, LONG).await;
+    assert!(ids.iter().all(|i| good.last_state(i) == Some(TaskState::Finished)));
+    assert_eq!(good.disconnections, 0);
+    assert!(m.metrics()["master/invalid_scheduler_calls"].as_f64().unwrap() >= 3.0);
+    assert_eq!(m.state()["frameworks"].as_array().unwrap().len(), 3);
+}
