@@ -297,7 +297,7 @@ impl Agent {
             env,
             limits: Limits {
                 cpus: task.resources.cpus(),
-                mem_bytes: (mem > 0.0).then(|| (mem * 1024.0 * 1024.0) as u64),
+                mem_bytes: (mem > 0.0).then_some((mem * 1024.0 * 1024.0) as u64),
             },
         };
         match containerizer::launch(&spec, self.cgroups.as_ref()) {

@@ -75,8 +75,8 @@ pub struct ShellCounters {
 enum ToCore {
     Input(Input),
     Tick,
-    Subscribe { call: Call, stream: ConnId, req: u64 },
-    Call { call: Call, stream_id: Option<String>, req: u64 },
+    Subscribe { call: Box<Call>, stream: ConnId, req: u64 },
+    Call { call: Box<Call>, stream_id: Option<String>, req: u64 },
     Render { kind: RenderKind, req: u64 },
 }
 
@@ -552,11 +552,13 @@ async fn serve_http(shard: Rc<Shard>, stream: TcpStream, prefix: Vec<u8>, conn: 
                 }
                 _ => api::error(503, "the master's core is unavailable"),
             },
-            Route::Call(call, stream_id) => match shard.request(|req| ToCore::Call { call, stream_id, req }).await {
-                Some(Reply::Call(Ok(status))) => Response::new(status),
-                Some(Reply::Call(Err(e))) => api::error(e.status, e.message),
-                _ => api::error(503, "the master's core is unavailable"),
-            },
+            Route::Call(call, stream_id) => {
+                match shard.request(|req| ToCore::Call { call: Box::new(call), stream_id, req }).await {
+                    Some(Reply::Call(Ok(status))) => Response::new(status),
+                    Some(Reply::Call(Err(e))) => api::error(e.status, e.message),
+                    _ => api::error(503, "the master's core is unavailable"),
+                }
+            }
             Route::Subscribe(call) => {
                 serve_stream(shard, conn, call, rd, wr, fd).await;
                 return;
@@ -579,7 +581,7 @@ async fn serve_stream(shard: Rc<Shard>, conn: ConnId, call: Call, mut rd: Rd, mu
     let tx = Rc::new(tx);
     let open = Rc::new(Cell::new(true));
     shard.streams.borrow_mut().insert(conn, Handle { tx: tx.clone(), fd, open: open.clone() });
-    let reply = shard.request(|req| ToCore::Subscribe { call, stream: conn, req }).await;
+    let reply = shard.request(|req| ToCore::Subscribe { call: Box::new(call), stream: conn, req }).await;
     let stream_id = match reply {
         Some(Reply::Subscription(Subscription::Accepted { stream_id, .. })) => stream_id,
         Some(Reply::Subscription(Subscription::Refused { message })) => {
@@ -671,11 +673,11 @@ async fn handle(shard: &Rc<Shard>, master: &mut Master, msg: ToCore, start: Inst
         ToCore::Input(i) => master.step(t, i),
         ToCore::Tick => master.tick(t),
         ToCore::Subscribe { call, stream, req } => {
-            let s = master.subscribe(t, call, stream);
+            let s = master.subscribe(t, *call, stream);
             send_to_shard(shard, shard_of(req), FromCore::Reply { req, reply: Reply::Subscription(s) }).await;
         }
         ToCore::Call { call, stream_id, req } => {
-            let r = master.call(t, call, stream_id.as_deref());
+            let r = master.call(t, *call, stream_id.as_deref());
             send_to_shard(shard, shard_of(req), FromCore::Reply { req, reply: Reply::Call(r) }).await;
         }
         ToCore::Render { kind, req } => {

@@ -19,7 +19,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "w" | "week" | "weeks" => n * 7.0 * 86400.0,
         u => return Err(format!("invalid duration {text:?}: unknown unit {u:?}")),
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e10 {
+    if !secs.is_finite() || !(0.0..=1e10).contains(&secs) {
         return Err(format!("invalid duration {text:?}: out of range"));
     }
     Ok(Duration::from_secs_f64(secs))

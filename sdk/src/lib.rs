@@ -56,7 +56,7 @@ pub enum DriverEvent {
     /// A (re)subscription succeeded.
     Subscribed { framework_id: FrameworkId },
     /// An event from the master (including SUBSCRIBED and HEARTBEAT).
-    Event(Event),
+    Event(Box<Event>),
     /// The stream broke; the driver will try to re-subscribe.
     Disconnected(String),
     /// The master refused the framework (e.g. it was removed); the driver stops.
@@ -141,7 +141,7 @@ impl Driver {
                 };
                 match next {
                     Ok(Some(ev)) => {
-                        if tx.send(DriverEvent::Event(ev)).await.is_err() {
+                        if tx.send(DriverEvent::Event(Box::new(ev))).await.is_err() {
                             return;
                         }
                     }

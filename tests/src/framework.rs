@@ -86,7 +86,7 @@ impl TestFramework {
                         self.driver.acknowledge(&u.status).await.expect("acknowledge");
                     }
                 }
-                Some(e)
+                Some(*e)
             }
         }
     }

@@ -380,7 +380,7 @@ impl Master {
         self.alloc_full = true;
         let streams: Vec<ConnId> = self.frameworks.values().filter_map(|f| f.stream.as_ref().map(|s| s.conn)).collect();
         if !streams.is_empty() {
-            self.actions.push(Action::Event { streams, event: Event::failure(id.clone()) });
+            self.actions.push(Action::Event { streams, event: Box::new(Event::failure(id.clone())) });
         }
         self.persist();
     }

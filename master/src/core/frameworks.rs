@@ -89,7 +89,7 @@ impl Master {
                         self.frameworks_by_stream.remove(&old.conn);
                         self.actions.push(Action::Event {
                             streams: vec![old.conn],
-                            event: Event::error("Framework failed over"),
+                            event: Box::new(Event::error("Framework failed over")),
                         });
                         self.actions.push(Action::CloseStream { stream: old.conn });
                     }
@@ -131,9 +131,9 @@ impl Master {
             heartbeat_interval_seconds: Some(self.config.heartbeat_interval_ms as f64 / 1000.0),
             master_info: Some(self.master_info()),
         });
-        self.actions.push(Action::Event { streams: vec![stream], event: subscribed });
+        self.actions.push(Action::Event { streams: vec![stream], event: Box::new(subscribed) });
         // Mesos sends the first heartbeat right away.
-        self.actions.push(Action::Event { streams: vec![stream], event: Event::heartbeat() });
+        self.actions.push(Action::Event { streams: vec![stream], event: Box::new(Event::heartbeat()) });
         Subscription::Accepted { framework_id, stream_id }
     }
 
@@ -351,7 +351,7 @@ impl Master {
             fw.completed_tasks.push_back(task);
         }
         for a in agents {
-            self.to_agent(&a, MasterToAgent::ShutdownFramework { framework_id: fid.clone() });
+            self.send_to_agent(&a, MasterToAgent::ShutdownFramework { framework_id: fid.clone() });
             self.alloc_dirty.insert(a);
         }
         tracing::info!(framework = %fid, "removing framework: {why}");

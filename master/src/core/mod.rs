@@ -119,7 +119,7 @@ pub enum Action {
     /// One event for one or more streams: the shell encodes it once.
     Event {
         streams: Vec<ConnId>,
-        event: Event,
+        event: Box<Event>,
     },
     CloseStream {
         stream: ConnId,
@@ -359,7 +359,7 @@ impl Master {
             let streams: Vec<ConnId> =
                 self.frameworks.values().filter_map(|f| f.stream.as_ref().map(|s| s.conn)).collect();
             if !streams.is_empty() {
-                self.actions.push(Action::Event { streams, event: Event::heartbeat() });
+                self.actions.push(Action::Event { streams, event: Box::new(Event::heartbeat()) });
             }
         }
         if now.mono_ms >= self.next_allocation_ms {
@@ -429,11 +429,11 @@ impl Master {
     /// Sends an event to a framework if it is connected.
     fn send(&mut self, framework_id: &FrameworkId, event: Event) {
         if let Some(s) = self.frameworks.get(framework_id).and_then(|f| f.stream.as_ref()) {
-            self.actions.push(Action::Event { streams: vec![s.conn], event });
+            self.actions.push(Action::Event { streams: vec![s.conn], event: Box::new(event) });
         }
     }
 
-    fn to_agent(&mut self, agent_id: &AgentId, msg: MasterToAgent) -> bool {
+    fn send_to_agent(&mut self, agent_id: &AgentId, msg: MasterToAgent) -> bool {
         match self.agents.get(agent_id).and_then(|a| a.conn) {
             Some(conn) => {
                 self.actions.push(Action::ToAgent { conn, msg });

@@ -246,7 +246,7 @@ impl Master {
             },
         );
         self.agents.get_mut(agent_id).expect("connected").tasks.insert((fid.clone(), task.task_id.clone()));
-        self.to_agent(agent_id, MasterToAgent::RunTask { framework: Box::new(framework), task: Box::new(task) });
+        self.send_to_agent(agent_id, MasterToAgent::RunTask { framework: Box::new(framework), task: Box::new(task) });
     }
 
     pub(super) fn kill(&mut self, now: Now, fid: &FrameworkId, kill: Kill) {
@@ -257,7 +257,7 @@ impl Master {
                 let policy = kill
                     .kill_policy
                     .or_else(|| self.frameworks[fid].tasks.get(&kill.task_id).and_then(|t| t.info.kill_policy));
-                let sent = self.to_agent(
+                let sent = self.send_to_agent(
                     &agent_id,
                     MasterToAgent::KillTask { framework_id: fid.clone(), task_id: kill.task_id, kill_policy: policy },
                 );

@@ -44,7 +44,7 @@ impl Sim {
 
     fn register_agent(&mut self, conn: ConnId, resources: &str) -> AgentId {
         self.input(Input::Agent { conn, msg: AgentToMaster::Register { info: Box::new(agent_info(resources)) } });
-        self.to_agent(conn)
+        self.sent_to_agent(conn)
             .into_iter()
             .find_map(|m| match m {
                 MasterToAgent::Registered { agent_id, .. } => Some(agent_id),
@@ -79,7 +79,7 @@ impl Sim {
         let mut out = Vec::new();
         self.actions.retain(|a| match a {
             Action::Event { streams, event } if streams.contains(&stream) => {
-                out.push(event.clone());
+                out.push((**event).clone());
                 false
             }
             _ => true,
@@ -87,7 +87,7 @@ impl Sim {
         out
     }
 
-    fn to_agent(&mut self, conn: ConnId) -> Vec<MasterToAgent> {
+    fn sent_to_agent(&mut self, conn: ConnId) -> Vec<MasterToAgent> {
         let mut out = Vec::new();
         self.actions.retain(|a| match a {
             Action::ToAgent { conn: c, msg } if *c == conn => {
@@ -167,7 +167,7 @@ fn subscribe_then_offer_launch_update_ack() {
     assert_eq!(offer.resources.cpus(), 2.0);
 
     s.launch(&fid, &sid, &offer, vec![task("t1", &agent, "cpus:0.5;mem:64", "true")]);
-    let run = s.to_agent(1);
+    let run = s.sent_to_agent(1);
     assert!(matches!(&run[0], MasterToAgent::RunTask { task, .. } if task.task_id.as_str() == "t1"));
     // The rest of the offer came straight back (refuse_seconds 0).
     let again = s.offers(FW_STREAM);
@@ -185,7 +185,7 @@ fn subscribe_then_offer_launch_update_ack() {
     let mut ack = Call::new(CallType::Acknowledge, Some(fid.clone()));
     ack.acknowledge = Some(Acknowledge { agent_id: agent.clone(), task_id: TaskId::new("t1"), uuid: vec![2; 16] });
     assert_eq!(s.call(ack, &sid), Ok(202));
-    assert!(matches!(&s.to_agent(1)[0], MasterToAgent::AcknowledgeUpdate { uuid, .. } if uuid == &vec![2u8; 16]));
+    assert!(matches!(&s.sent_to_agent(1)[0], MasterToAgent::AcknowledgeUpdate { uuid, .. } if uuid == &vec![2u8; 16]));
 }
 
 #[test]
@@ -359,7 +359,7 @@ fn framework_failover_and_timeout() {
     let (fid, sid) = s.subscribe_with(FW_STREAM, FrameworkInfo { failover_timeout: Some(10.0), ..Default::default() });
     let offer = s.offers(FW_STREAM).remove(0);
     s.launch(&fid, &sid, &offer, vec![task("t", &agent, "cpus:0.5;mem:64", "sleep 1000")]);
-    s.to_agent(1);
+    s.sent_to_agent(1);
     s.input(Input::StreamClosed { stream: FW_STREAM });
     s.advance(5_000);
     assert!(s.m.frameworks.contains_key(&fid), "kept during failover timeout");
@@ -375,7 +375,7 @@ fn framework_failover_and_timeout() {
     s.input(Input::StreamClosed { stream: 2000 });
     s.advance(11_000);
     assert!(!s.m.frameworks.contains_key(&fid));
-    assert!(s.to_agent(1).iter().any(|m| matches!(m, MasterToAgent::ShutdownFramework { .. })));
+    assert!(s.sent_to_agent(1).iter().any(|m| matches!(m, MasterToAgent::ShutdownFramework { .. })));
     // It cannot come back.
     let mut call = Call::new(CallType::Subscribe, Some(fid.clone()));
     call.subscribe = Some(Subscribe {
@@ -403,10 +403,10 @@ fn teardown_kills_tasks() {
     let (fid, sid) = s.subscribe();
     let offer = s.offers(FW_STREAM).remove(0);
     s.launch(&fid, &sid, &offer, vec![task("t", &agent, "cpus:0.5;mem:64", "sleep 1000")]);
-    s.to_agent(1);
+    s.sent_to_agent(1);
     assert_eq!(s.call(Call::new(CallType::Teardown, Some(fid.clone())), &sid), Ok(202));
     assert!(s
-        .to_agent(1)
+        .sent_to_agent(1)
         .iter()
         .any(|m| matches!(m, MasterToAgent::ShutdownFramework { framework_id } if framework_id == &fid)));
     assert!(s.actions.contains(&Action::CloseStream { stream: FW_STREAM }));
@@ -432,7 +432,7 @@ fn master_restart_agent_reregisters_and_framework_reconciles() {
         })
         .expect("registry written");
     let fw_info = s.m.frameworks[&fid].info.clone();
-    let launched = match &s.to_agent(1)[0] {
+    let launched = match &s.sent_to_agent(1)[0] {
         MasterToAgent::RunTask { task, .. } => (**task).clone(),
         m => panic!("{m:?}"),
     };
@@ -450,7 +450,7 @@ fn master_restart_agent_reregisters_and_framework_reconciles() {
             frameworks: vec![fw_info.clone()],
         },
     });
-    assert!(matches!(&s2.to_agent(7)[0], MasterToAgent::Registered { agent_id, .. } if agent_id == &agent));
+    assert!(matches!(&s2.sent_to_agent(7)[0], MasterToAgent::Registered { agent_id, .. } if agent_id == &agent));
     assert!(s2.m.frameworks[&fid].recovered);
     // The framework re-subscribes and reconciles.
     let (fid2, sid2) = s2.subscribe_with(5000, fw_info);
@@ -496,13 +496,13 @@ fn kill_known_and_unknown() {
     let (fid, sid) = s.subscribe();
     let offer = s.offers(FW_STREAM).remove(0);
     s.launch(&fid, &sid, &offer, vec![task("t", &agent, "cpus:0.5;mem:64", "sleep 1000")]);
-    s.to_agent(1);
+    s.sent_to_agent(1);
     let kill = |t: &str| Call {
         kill: Some(Kill { task_id: TaskId::new(t), agent_id: None, kill_policy: None }),
         ..Call::new(CallType::Kill, Some(fid.clone()))
     };
     s.call(kill("t"), &sid).unwrap();
-    assert!(matches!(&s.to_agent(1)[0], MasterToAgent::KillTask { task_id, .. } if task_id.as_str() == "t"));
+    assert!(matches!(&s.sent_to_agent(1)[0], MasterToAgent::KillTask { task_id, .. } if task_id.as_str() == "t"));
     s.call(kill("ghost"), &sid).unwrap();
     let ups = s.updates(FW_STREAM);
     assert_eq!(ups[0].state, TaskState::Lost);
@@ -524,7 +524,7 @@ fn bad_agent_registration_is_refused() {
     let mut info = agent_info("cpus:1");
     info.hostname.clear();
     s.input(Input::Agent { conn: 9, msg: AgentToMaster::Register { info: Box::new(info) } });
-    assert!(matches!(&s.to_agent(9)[0], MasterToAgent::Refused { .. }));
+    assert!(matches!(&s.sent_to_agent(9)[0], MasterToAgent::Refused { .. }));
     assert!(s.actions.contains(&Action::CloseAgent { conn: 9 }));
     assert!(s.m.agents.is_empty());
 }
