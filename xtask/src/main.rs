@@ -356,6 +356,10 @@ fn test(args: &[String]) -> Result<()> {
     up(&["--check".to_string()])
 }
 
+/// The criterion benches; extra arguments go to criterion (e.g. a filter).
 fn bench(args: &[String]) -> Result<()> {
-    run(cargo().args(["bench", "-p", "agora-proto", "-p", "agora-master"]).args(args))
+    for (package, bench) in [("agora-proto", "frame"), ("agora-master", "allocation")] {
+        run(cargo().args(["bench", "-p", package, "--bench", bench, "--"]).args(args))?;
+    }
+    Ok(())
 }
