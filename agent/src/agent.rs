@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::cgroups::{Cgroups, Limits, TaskCgroup};
 use crate::containerizer::{self, LaunchSpec};
-use crate::link::LinkEvent;
+use crate::link::{LinkEvent, LinkOut};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Isolation {
@@ -103,7 +103,9 @@ pub struct Agent {
     pub agent_id: Option<AgentId>,
     pub registered: bool,
     pub started: Instant,
-    link: Option<mpsc::Sender<Vec<u8>>>,
+    link: Option<mpsc::Sender<LinkOut>>,
+    /// Answered when the link has written the Unregister sent while stopping.
+    flushed: Option<tokio::sync::oneshot::Receiver<()>>,
     pub cgroups: Option<Cgroups>,
     pub tasks: HashMap<TaskKey, TaskRun>,
     pub completed: VecDeque<CompletedTask>,
@@ -123,6 +125,7 @@ impl Agent {
             registered: false,
             started: Instant::now(),
             link: None,
+            flushed: None,
             cgroups,
             tasks: HashMap::new(),
             completed: VecDeque::new(),
@@ -135,7 +138,7 @@ impl Agent {
 
     fn send(&mut self, msg: &AgentToMaster) -> bool {
         let Some(link) = &self.link else { return false };
-        if link.try_send(wire::encode(msg)).is_err() {
+        if link.try_send(LinkOut::Frame(wire::encode(msg))).is_err() {
             // The connection is stuck; the link will notice and reconnect.
             tracing::warn!("the queue to the master is full; message dropped");
             return false;
@@ -384,7 +387,9 @@ impl Agent {
             },
         };
         if let Some(pid) = t.pid {
-            containerizer::cleanup(pid, t.cgroup.as_ref());
+            // Removing cgroups can wait on dying processes: not on this loop.
+            let cgroup = t.cgroup.clone();
+            tokio::task::spawn_blocking(move || containerizer::cleanup(pid, cgroup.as_ref()));
         }
         tracing::info!(task = %key.1, state = %outcome.state, "{}", outcome.message);
         let source = if outcome.reason == Some(Reason::ReasonContainerLimitationMemory) {
@@ -528,8 +533,11 @@ impl Agent {
             return;
         }
         tracing::info!("stopping: {why}");
-        if self.registered {
-            self.send(&AgentToMaster::Unregister { reason: why.to_string() });
+        if self.registered && self.send(&AgentToMaster::Unregister { reason: why.to_string() }) {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if self.link.as_ref().is_some_and(|l| l.try_send(LinkOut::Flush(tx)).is_ok()) {
+                self.flushed = Some(rx);
+            }
         }
         self.stopping = Some((Instant::now() + self.cfg.kill_grace, code));
         let keys: Vec<TaskKey> = self.tasks.keys().cloned().collect();
@@ -571,10 +579,17 @@ impl Agent {
 /// Runs the event loop until the agent stops; returns its exit code.
 pub async fn run_loop(agent: Rc<RefCell<Agent>>, mut rx: mpsc::Receiver<Ev>) -> i32 {
     while let Some(ev) = rx.recv().await {
-        let mut a = agent.borrow_mut();
-        a.handle(ev);
-        if let Some(code) = a.stopped() {
-            a.cleanup();
+        let done = {
+            let mut a = agent.borrow_mut();
+            a.handle(ev);
+            a.stopped().map(|code| (code, a.flushed.take()))
+        };
+        if let Some((code, flushed)) = done {
+            // Let the master hear the Unregister before the process goes.
+            if let Some(f) = flushed {
+                let _ = tokio::time::timeout(Duration::from_secs(2), f).await;
+            }
+            agent.borrow_mut().cleanup();
             return code;
         }
     }

@@ -49,8 +49,24 @@ pub struct TaskCgroup {
     dirs: Vec<(String, PathBuf)>,
 }
 
-fn mountinfo() -> io::Result<Vec<(PathBuf, String, Vec<String>)>> {
-    // (mount point, fs type, super options)
+/// One cgroup mount: where it is, which part of its hierarchy it shows.
+struct Mount {
+    point: PathBuf,
+    /// The hierarchy path mounted there (`/` unless inside a container).
+    root: String,
+    fstype: String,
+    options: Vec<String>,
+}
+
+impl Mount {
+    /// The directory of cgroup `path` (as in /proc/self/cgroup) under this mount.
+    fn dir_of(&self, path: &str) -> PathBuf {
+        let rel = if self.root == "/" { path } else { path.strip_prefix(self.root.as_str()).unwrap_or(path) };
+        join_rel(&self.point, rel)
+    }
+}
+
+fn mountinfo() -> io::Result<Vec<Mount>> {
     let text = fs::read_to_string("/proc/self/mountinfo")?;
     let mut out = Vec::new();
     for line in text.lines() {
@@ -60,7 +76,12 @@ fn mountinfo() -> io::Result<Vec<(PathBuf, String, Vec<String>)>> {
         if pre.len() < 5 || post.len() < 3 {
             continue;
         }
-        out.push((PathBuf::from(pre[4]), post[0].to_string(), post[2].split(',').map(String::from).collect()));
+        out.push(Mount {
+            point: PathBuf::from(pre[4]),
+            root: pre[3].to_string(),
+            fstype: post[0].to_string(),
+            options: post[2].split(',').map(String::from).collect(),
+        });
     }
     Ok(out)
 }
@@ -89,10 +110,10 @@ fn join_rel(mount: &Path, rel: &str) -> PathBuf {
 /// mounted (on hybrid hosts it holds no controllers but gives cgroup ids).
 pub fn own_unified_dir() -> Option<PathBuf> {
     let mounts = mountinfo().ok()?;
-    let (mnt, _, _) = mounts.iter().find(|(_, t, _)| t == "cgroup2")?;
+    let mnt = mounts.iter().find(|m| m.fstype == "cgroup2")?;
     let own = own_cgroups().ok()?;
     let (_, path) = own.iter().find(|(c, _)| c.is_empty())?;
-    Some(join_rel(mnt, path))
+    Some(mnt.dir_of(path))
 }
 
 impl Cgroups {
@@ -101,11 +122,11 @@ impl Cgroups {
     pub fn setup(name: &str) -> Result<Cgroups, String> {
         let mounts = mountinfo().map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
         let own = own_cgroups().map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
-        let v1_memory = mounts.iter().any(|(_, t, o)| t == "cgroup" && o.iter().any(|x| x == "memory"));
+        let v1_memory = mounts.iter().any(|m| m.fstype == "cgroup" && m.options.iter().any(|x| x == "memory"));
         let (mode, bases) = if v1_memory {
             let mut bases = Vec::new();
             for ctrl in V1_CONTROLLERS {
-                let Some((mnt, _, _)) = mounts.iter().find(|(_, t, o)| t == "cgroup" && o.iter().any(|x| x == ctrl))
+                let Some(mnt) = mounts.iter().find(|m| m.fstype == "cgroup" && m.options.iter().any(|x| x == ctrl))
                 else {
                     if ctrl == "cpu" || ctrl == "memory" {
                         return Err(format!("the v1 {ctrl} controller is not mounted"));
@@ -116,19 +137,19 @@ impl Cgroups {
                     return Err(format!("/proc/self/cgroup has no line for the {ctrl} controller"));
                 };
                 // Co-mounted controllers (cpu,cpuacct) share one directory.
-                let dir = join_rel(mnt, rel).join(name);
+                let dir = mnt.dir_of(rel).join(name);
                 if !bases.iter().any(|(_, d)| d == &dir) {
                     bases.push((ctrl.to_string(), dir));
                 }
             }
             (Mode::V1, bases)
         } else {
-            let (mnt, _, _) = mounts
+            let mnt = mounts
                 .iter()
-                .find(|(_, t, _)| t == "cgroup2")
+                .find(|m| m.fstype == "cgroup2")
                 .ok_or("neither cgroup v1 controllers nor a cgroup v2 hierarchy is mounted")?;
             let (_, rel) = own.iter().find(|(c, _)| c.is_empty()).ok_or("/proc/self/cgroup has no v2 line")?;
-            let own_dir = join_rel(mnt, rel);
+            let own_dir = mnt.dir_of(rel);
             let available = fs::read_to_string(own_dir.join("cgroup.controllers")).unwrap_or_default();
             for c in ["cpu", "memory"] {
                 if !available.split_whitespace().any(|x| x == c) {
@@ -147,24 +168,18 @@ impl Cgroups {
         if mode == Mode::V2 {
             let parent = bases[0].1.parent().expect("has a parent").to_path_buf();
             // The agent's cgroup must pass cpu and memory down to ours, and ours
-            // to the tasks. The first write fails if the agent's cgroup also
-            // holds processes (the "no internal processes" rule).
+            // to the tasks. A cgroup that holds processes cannot pass
+            // controllers down (the "no internal processes" rule), so an agent
+            // alone in its cgroup first moves itself into a leaf beside ours.
+            if enable_controllers(&parent).is_err() && only_self_in(&parent) {
+                let leaf = parent.join(format!("{name}.agent"));
+                fs::create_dir_all(&leaf).map_err(|e| format!("cannot create {}: {e}", leaf.display()))?;
+                write_file(&leaf.join("cgroup.procs"), "0")?;
+            }
             for dir in [&parent, &bases[0].1] {
-                let ctl = dir.join("cgroup.subtree_control");
-                let cur = fs::read_to_string(&ctl).unwrap_or_default();
-                for c in ["cpu", "memory", "pids"] {
-                    if !cur.split_whitespace().any(|x| x == c) {
-                        if let Err(e) = fs::write(&ctl, format!("+{c}")) {
-                            if c != "pids" {
-                                return Err(format!(
-                                    "cannot enable the {c} controller in {}: {e}; run the agent in a delegated \
-                                     cgroup of its own",
-                                    ctl.display()
-                                ));
-                            }
-                        }
-                    }
-                }
+                enable_controllers(dir).map_err(|e| {
+                    format!("{e}; run the agent in a delegated cgroup of its own (e.g. systemd Delegate=yes)")
+                })?;
             }
         }
         Ok(Cgroups { mode, bases })
@@ -211,6 +226,29 @@ impl Cgroups {
             let _ = fs::remove_dir(d);
         }
     }
+}
+
+/// Enables cpu and memory (and pids, when available) for `dir`'s children.
+fn enable_controllers(dir: &Path) -> Result<(), String> {
+    let ctl = dir.join("cgroup.subtree_control");
+    let cur = fs::read_to_string(&ctl).unwrap_or_default();
+    for c in ["cpu", "memory", "pids"] {
+        if cur.split_whitespace().any(|x| x == c) {
+            continue;
+        }
+        if let Err(e) = fs::write(&ctl, format!("+{c}")) {
+            if c != "pids" {
+                return Err(format!("cannot enable the {c} controller in {}: {e}", ctl.display()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the agent is the only process in cgroup `dir`.
+fn only_self_in(dir: &Path) -> bool {
+    let me = std::process::id().to_string();
+    fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|t| t.lines().all(|l| l.trim() == me))
 }
 
 fn write_file(path: &Path, value: &str) -> Result<(), String> {

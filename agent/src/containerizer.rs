@@ -192,12 +192,22 @@ pub fn classify(status: ExitStatus, killed_by_request: bool, cgroup: Option<&Tas
     }
 }
 
-/// Removes what a finished task leaves behind in its cgroups.
+/// Removes what a finished task leaves behind. With a cgroup, everything in
+/// it is killed and it is removed; the process group is not signalled, since
+/// its leader was reaped and its id may belong to someone else by now.
+/// Without isolation the group is all there is to go by.
 pub fn cleanup(pid: i32, cgroup: Option<&TaskCgroup>) {
-    signal(pid, cgroup, libc::SIGKILL);
-    if let Some(c) = cgroup {
-        if let Err(e) = c.destroy(Duration::from_secs(2)) {
-            tracing::warn!("task cgroup cleanup: {e}");
+    match cgroup {
+        Some(c) => {
+            if let Err(e) = c.destroy(Duration::from_secs(2)) {
+                tracing::warn!("task cgroup cleanup: {e}");
+            }
+        }
+        None => {
+            // SAFETY: kill(2) on the task's process group.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
         }
     }
 }

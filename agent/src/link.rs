@@ -14,10 +14,18 @@ use tokio_uring::net::TcpStream;
 /// Frames queued for the master before the connection is dropped as stuck.
 const SEND_QUEUE: usize = 16_384;
 
+/// What the agent hands the link for the master.
+#[derive(Debug)]
+pub enum LinkOut {
+    Frame(Vec<u8>),
+    /// Answered once everything queued before it has been written.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 #[derive(Debug)]
 pub enum LinkEvent {
     /// A new connection; frames for the master go into this sender.
-    Connected(mpsc::Sender<Vec<u8>>),
+    Connected(mpsc::Sender<LinkOut>),
     Message(MasterToAgent),
     Disconnected(String),
 }
@@ -103,14 +111,21 @@ pub async fn run(cfg: LinkConfig, events: mpsc::Sender<LinkEvent>) {
 
 async fn serve(cfg: &LinkConfig, stream: TcpStream, events: &mpsc::Sender<LinkEvent>) -> String {
     let stream = Rc::new(stream);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<LinkOut>(SEND_QUEUE);
     let writer = {
         let stream = stream.clone();
         tokio_uring::spawn(async move {
-            while let Some(frame) = rx.recv().await {
-                let (res, _) = stream.write_all(frame).await;
-                if res.is_err() {
-                    break;
+            while let Some(out) = rx.recv().await {
+                match out {
+                    LinkOut::Frame(frame) => {
+                        let (res, _) = stream.write_all(frame).await;
+                        if res.is_err() {
+                            break;
+                        }
+                    }
+                    LinkOut::Flush(done) => {
+                        let _ = done.send(());
+                    }
                 }
             }
         })
@@ -145,7 +160,7 @@ async fn serve(cfg: &LinkConfig, stream: TcpStream, events: &mpsc::Sender<LinkEv
             match msg {
                 // Pings are answered here, whatever the main loop is doing.
                 MasterToAgent::Ping { seq } => {
-                    if tx.try_send(wire::encode(&AgentToMaster::Pong { seq })).is_err() {
+                    if tx.try_send(LinkOut::Frame(wire::encode(&AgentToMaster::Pong { seq }))).is_err() {
                         break 'conn "the send queue to the master is full".to_string();
                     }
                 }

@@ -110,7 +110,11 @@ struct AgentSlot {
 
 impl AgentSlot {
     fn available(&self) -> Resources {
-        self.total.minus(&self.allocated_sum).unwrap_or_default()
+        // Saturating: one resource allocated beyond the total (an agent that
+        // came back smaller) must not hide the rest of the agent.
+        let mut a = self.total.clone();
+        a.subtract_saturating(&self.allocated_sum);
+        a
     }
 }
 
@@ -221,9 +225,13 @@ impl Allocator {
         for (f, r) in slot.allocated {
             if let Some(fw) = self.frameworks[f].as_mut() {
                 fw.allocated.sub(Scalars::of(&r));
-                fw.agents.remove(&idx);
-                fw.filters.remove(&idx);
             }
+        }
+        // The slot will be reused for another agent: nothing about this one
+        // (filters included) may stick to it.
+        for fw in self.frameworks.iter_mut().flatten() {
+            fw.agents.remove(&idx);
+            fw.filters.remove(&idx);
         }
         self.free_agent_slots.push(idx);
     }
@@ -653,6 +661,18 @@ mod tests {
         let mut c = Check::new(&[("a1", "cpus:1;mem:100")], &[("f1", &["*"])]);
         c.a.add_used(&FrameworkId::new("f1"), &AgentId::new("a1"), &res("cpus:0.995;mem:90").allocate_to("*"));
         assert!(c.run(0).is_empty());
+    }
+
+    #[test]
+    fn filters_do_not_outlive_their_agent() {
+        let mut c = Check::new(&[("a1", "cpus:1;mem:100")], &[("f1", &["*"])]);
+        let f1 = FrameworkId::new("f1");
+        let first = c.a.allocate(0, None);
+        c.a.recover(&f1, &AgentId::new("a1"), &first[0].resources, 3_600_000, 0);
+        c.a.remove_agent(&AgentId::new("a1"));
+        // A new agent takes the freed slot: it is offered.
+        c.a.add_agent(AgentId::new("a2"), res("cpus:1;mem:100"), &[]);
+        assert_eq!(c.run(1), vec!["f1 -> a2: cpus:1; mem:100"]);
     }
 
     #[test]

@@ -143,6 +143,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_completed_tasks_per_framework: args.max_completed_tasks_per_framework,
         max_completed_frameworks: 50,
         max_unreachable_agents: 10_000,
+        max_unreachable_tasks_per_framework: 1000,
         allocator: allocator::Config { seed: rand::random(), ..Default::default() },
         seed: rand::random(),
     };

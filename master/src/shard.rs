@@ -119,6 +119,22 @@ enum ShardMsg {
 
 enum Outgoing {
     Frame(Vec<u8>),
+    /// Close after what is queued before it has been written.
+    Close,
+}
+
+/// How long a new connection has to send its first complete request (or an
+/// agent its hello). Established connections have no idle limit: Mesos
+/// clients keep their call connection open between calls.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `fut`'s output, or `None` if `dur` passes first.
+async fn within<T>(dur: Duration, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        glommio::timer::sleep(dur).await;
+        None
+    })
+    .await
 }
 
 enum StreamItem {
@@ -208,8 +224,12 @@ impl Shard {
                 }
             }
             FromCore::CloseAgent { conn } => {
+                // Through the queue, so that a `Refused` sent just before is
+                // written first.
                 if let Some(h) = self.agents.borrow().get(&conn) {
-                    h.shutdown();
+                    if h.tx.try_send(Outgoing::Close).is_err() {
+                        h.shutdown();
+                    }
                 }
             }
             FromCore::Event { streams, bytes } => {
@@ -383,9 +403,9 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let mut prefix = vec![0u8; 4];
     let mut got = 0;
     while got < 4 {
-        match stream.read(&mut prefix[got..]).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => got += n,
+        match within(FIRST_REQUEST_TIMEOUT, stream.read(&mut prefix[got..])).await {
+            Some(Ok(0)) | Some(Err(_)) | None => return,
+            Some(Ok(n)) => got += n,
         }
     }
     let conn = shard.new_id();
@@ -401,9 +421,9 @@ async fn serve_agent(shard: Rc<Shard>, stream: TcpStream, mut prefix: Vec<u8>, c
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let mut buf = vec![0u8; 64 << 10];
     while prefix.len() < HELLO_LEN {
-        match rd.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => prefix.extend_from_slice(&buf[..n]),
+        match within(FIRST_REQUEST_TIMEOUT, rd.read(&mut buf)).await {
+            Some(Ok(0)) | Some(Err(_)) | None => return,
+            Some(Ok(n)) => prefix.extend_from_slice(&buf[..n]),
         }
     }
     let hello_bytes: [u8; HELLO_LEN] = prefix[..HELLO_LEN].try_into().expect("length checked");
@@ -429,15 +449,24 @@ async fn serve_agent(shard: Rc<Shard>, stream: TcpStream, mut prefix: Vec<u8>, c
     let open = Rc::new(Cell::new(true));
     shard.agents.borrow_mut().insert(conn, Handle { tx: tx.clone(), fd, open: open.clone() });
 
-    // Writer: frames from the queue to the socket.
-    let writer = spawn_local(async move {
-        while let Some(Outgoing::Frame(f)) = rx.recv().await {
-            if wr.write_all(&f).await.is_err() {
-                break;
+    // Writer: frames from the queue to the socket, until a Close.
+    let writer = {
+        let open = open.clone();
+        spawn_local(async move {
+            while let Some(Outgoing::Frame(f)) = rx.recv().await {
+                if wr.write_all(&f).await.is_err() {
+                    break;
+                }
             }
-        }
-        let _ = wr.close().await;
-    });
+            let _ = wr.close().await;
+            if open.get() {
+                // SAFETY: as in Handle::shutdown; wakes the reader.
+                unsafe {
+                    libc::shutdown(fd, libc::SHUT_RDWR);
+                }
+            }
+        })
+    };
 
     // Pinger: the agent must answer (or say anything) within the ping timeout.
     let last_seen = Rc::new(Cell::new(Instant::now()));
@@ -527,16 +556,34 @@ async fn serve_http(shard: Rc<Shard>, stream: TcpStream, prefix: Vec<u8>, conn: 
     let mut parser = RequestParser::new(shard.cfg.http_limits);
     parser.push(&prefix);
     let mut buf = vec![0u8; 16 << 10];
+    let started = Instant::now();
+    let mut served = 0u64;
     loop {
         let req = match parser.next_request() {
             Ok(Some(r)) => r,
-            Ok(None) => match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    parser.push(&buf[..n]);
-                    continue;
+            Ok(None) => {
+                let read = if served == 0 {
+                    // A new connection must finish its first request in time.
+                    let left = FIRST_REQUEST_TIMEOUT.saturating_sub(started.elapsed());
+                    match within(left, rd.read(&mut buf)).await {
+                        Some(r) => r,
+                        None => {
+                            let _ = wr.write_all(&api::error(408, "request timeout").encode(false)).await;
+                            let _ = wr.close().await;
+                            return;
+                        }
+                    }
+                } else {
+                    rd.read(&mut buf).await
+                };
+                match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        parser.push(&buf[..n]);
+                        continue;
+                    }
                 }
-            },
+            }
             Err(e) => {
                 let _ = wr.write_all(&api::error(e.status(), e.to_string()).encode(false)).await;
                 let _ = wr.close().await;
@@ -544,6 +591,7 @@ async fn serve_http(shard: Rc<Shard>, stream: TcpStream, prefix: Vec<u8>, conn: 
             }
         };
         shard.counters.http_requests.fetch_add(1, Ordering::Relaxed);
+        served += 1;
         let resp = match api::route(&req, &shard.advertised) {
             Route::Local(r) => r,
             Route::Render(kind) => match shard.request(|req| ToCore::Render { kind, req }).await {

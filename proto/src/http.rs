@@ -77,21 +77,42 @@ fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a st
     headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
 
-/// Incremental request parser for one connection.
+/// Incremental request parser for one connection. Bodies are decoded as
+/// bytes arrive (chunked ones too), and what it buffers is bounded by the
+/// header and body limits.
 #[derive(Debug)]
 pub struct RequestParser {
     buf: Vec<u8>,
     limits: Limits,
+    /// A request whose head is parsed and whose body is still arriving.
+    partial: Option<Partial>,
 }
 
-enum BodyKind {
-    Length(usize),
-    Chunked,
+#[derive(Debug)]
+struct Partial {
+    req: Request,
+    body: BodyProgress,
 }
+
+#[derive(Debug)]
+enum BodyProgress {
+    Length(usize),
+    /// Expecting a chunk-size line.
+    ChunkSize,
+    /// In a chunk with this many bytes left, then its CRLF.
+    Chunk(usize),
+    /// After the last chunk: trailer lines until an empty one; counts them.
+    Trailers(usize),
+}
+
+/// Longest chunk-size or trailer line accepted.
+const MAX_CHUNK_LINE: usize = 1024;
+/// Most trailer lines accepted.
+const MAX_TRAILERS: usize = 64;
 
 impl RequestParser {
     pub fn new(limits: Limits) -> RequestParser {
-        RequestParser { buf: Vec::new(), limits }
+        RequestParser { buf: Vec::new(), limits, partial: None }
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
@@ -105,6 +126,18 @@ impl RequestParser {
     /// The next complete request, `None` if more bytes are needed, or an error
     /// after which the connection must answer [`HttpError::status`] and close.
     pub fn next_request(&mut self) -> Result<Option<Request>, HttpError> {
+        if self.partial.is_none() && !self.parse_head()? {
+            return Ok(None);
+        }
+        if self.parse_body()? {
+            Ok(self.partial.take().map(|p| p.req))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Parses a request head off the buffer; false if it is not complete yet.
+    fn parse_head(&mut self) -> Result<bool, HttpError> {
         let mut headers = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
         let mut req = httparse::Request::new(&mut headers);
         let head_len = match req.parse(&self.buf) {
@@ -113,7 +146,7 @@ impl RequestParser {
                 if self.buf.len() > self.limits.max_header_bytes {
                     return Err(HttpError::HeadersTooLarge(self.limits.max_header_bytes));
                 }
-                return Ok(None);
+                return Ok(false);
             }
             Err(httparse::Error::TooManyHeaders) => {
                 return Err(HttpError::Malformed(format!("more than {} headers", self.limits.max_headers)))
@@ -139,8 +172,8 @@ impl RequestParser {
             _ => version == 1,
         };
         let te = find_header(&headers, "transfer-encoding").map(|v| v.to_ascii_lowercase());
-        let body_kind = match (te, find_header(&headers, "content-length")) {
-            (Some(te), _) if te.trim() == "chunked" => BodyKind::Chunked,
+        let body = match (te, find_header(&headers, "content-length")) {
+            (Some(te), _) if te.trim() == "chunked" => BodyProgress::ChunkSize,
             (Some(te), _) => return Err(HttpError::Unsupported(format!("transfer-encoding {te}"))),
             (None, Some(cl)) => {
                 let n: usize =
@@ -148,65 +181,85 @@ impl RequestParser {
                 if n > self.limits.max_body_bytes {
                     return Err(HttpError::BodyTooLarge(self.limits.max_body_bytes));
                 }
-                BodyKind::Length(n)
+                BodyProgress::Length(n)
             }
-            (None, None) => BodyKind::Length(0),
+            (None, None) => BodyProgress::Length(0),
         };
-        let (body, consumed) = match body_kind {
-            BodyKind::Length(n) => {
-                if self.buf.len() < head_len + n {
-                    return Ok(None);
-                }
-                (self.buf[head_len..head_len + n].to_vec(), head_len + n)
-            }
-            BodyKind::Chunked => match decode_chunked(&self.buf[head_len..], self.limits.max_body_bytes)? {
-                None => return Ok(None),
-                Some((body, used)) => (body, head_len + used),
-            },
-        };
-        self.buf.drain(..consumed);
-        Ok(Some(Request { method, path, query, headers, body, keep_alive }))
+        self.buf.drain(..head_len);
+        self.partial =
+            Some(Partial { req: Request { method, path, query, headers, body: Vec::new(), keep_alive }, body });
+        Ok(true)
     }
-}
 
-/// Decodes a complete chunked body (with trailers) from the start of `buf`,
-/// returning the body and the bytes used, or `None` if incomplete.
-fn decode_chunked(buf: &[u8], max: usize) -> Result<Option<(Vec<u8>, usize)>, HttpError> {
-    let mut pos = 0;
-    let mut body = Vec::new();
-    loop {
-        let Some(line_end) = find_crlf(&buf[pos..]) else {
-            return Ok(None);
-        };
-        let line =
-            std::str::from_utf8(&buf[pos..pos + line_end]).map_err(|_| HttpError::Malformed("chunk size".into()))?;
-        let size_str = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_str, 16)
-            .map_err(|_| HttpError::Malformed(format!("chunk size {size_str:?}")))?;
-        pos += line_end + 2;
-        if size == 0 {
-            // Trailers end with an empty line.
-            loop {
-                let Some(end) = find_crlf(&buf[pos..]) else {
-                    return Ok(None);
-                };
-                pos += end + 2;
-                if end == 0 {
-                    return Ok(Some((body, pos)));
+    /// Moves body bytes from the buffer into the partial request; true when
+    /// the body is complete. The buffer never holds more than one chunk line
+    /// or what one read returned beyond the body.
+    fn parse_body(&mut self) -> Result<bool, HttpError> {
+        let max = self.limits.max_body_bytes;
+        let p = self.partial.as_mut().expect("head parsed");
+        loop {
+            match p.body {
+                BodyProgress::Length(n) => {
+                    if self.buf.len() < n {
+                        return Ok(false);
+                    }
+                    p.req.body = self.buf.drain(..n).collect();
+                    return Ok(true);
+                }
+                BodyProgress::ChunkSize => {
+                    let Some(end) = find_crlf(&self.buf) else {
+                        if self.buf.len() > MAX_CHUNK_LINE {
+                            return Err(HttpError::Malformed("chunk size line too long".into()));
+                        }
+                        return Ok(false);
+                    };
+                    let line =
+                        std::str::from_utf8(&self.buf[..end]).map_err(|_| HttpError::Malformed("chunk size".into()))?;
+                    let size_str = line.split(';').next().unwrap_or("").trim();
+                    let size = usize::from_str_radix(size_str, 16)
+                        .map_err(|_| HttpError::Malformed(format!("chunk size {size_str:?}")))?;
+                    if size > max.saturating_sub(p.req.body.len()) {
+                        return Err(HttpError::BodyTooLarge(max));
+                    }
+                    self.buf.drain(..end + 2);
+                    p.body = if size == 0 { BodyProgress::Trailers(0) } else { BodyProgress::Chunk(size) };
+                }
+                BodyProgress::Chunk(0) => {
+                    if self.buf.len() < 2 {
+                        return Ok(false);
+                    }
+                    if &self.buf[..2] != b"\r\n" {
+                        return Err(HttpError::Malformed("chunk not terminated by CRLF".into()));
+                    }
+                    self.buf.drain(..2);
+                    p.body = BodyProgress::ChunkSize;
+                }
+                BodyProgress::Chunk(left) => {
+                    if self.buf.is_empty() {
+                        return Ok(false);
+                    }
+                    let n = left.min(self.buf.len());
+                    p.req.body.extend(self.buf.drain(..n));
+                    p.body = BodyProgress::Chunk(left - n);
+                }
+                BodyProgress::Trailers(seen) => {
+                    let Some(end) = find_crlf(&self.buf) else {
+                        if self.buf.len() > MAX_CHUNK_LINE {
+                            return Err(HttpError::Malformed("trailer line too long".into()));
+                        }
+                        return Ok(false);
+                    };
+                    self.buf.drain(..end + 2);
+                    if end == 0 {
+                        return Ok(true);
+                    }
+                    if seen >= MAX_TRAILERS {
+                        return Err(HttpError::Malformed(format!("more than {MAX_TRAILERS} trailers")));
+                    }
+                    p.body = BodyProgress::Trailers(seen + 1);
                 }
             }
         }
-        if body.len() + size > max {
-            return Err(HttpError::BodyTooLarge(max));
-        }
-        if buf.len() < pos + size + 2 {
-            return Ok(None);
-        }
-        body.extend_from_slice(&buf[pos..pos + size]);
-        if &buf[pos + size..pos + size + 2] != b"\r\n" {
-            return Err(HttpError::Malformed("chunk not terminated by CRLF".into()));
-        }
-        pos += size + 2;
     }
 }
 
@@ -225,6 +278,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         406 => "Not Acceptable",
+        408 => "Request Timeout",
         409 => "Conflict",
         413 => "Payload Too Large",
         415 => "Unsupported Media Type",
@@ -592,6 +646,50 @@ mod tests {
         assert_eq!(reqs[1].path, "/health");
         assert_eq!(reqs[1].query_param("x"), Some("1"));
         assert!(!reqs[1].keep_alive);
+    }
+
+    #[test]
+    fn hostile_chunk_sizes_are_errors_not_panics() {
+        let lim = Limits { max_header_bytes: 1024, max_headers: 8, max_body_bytes: 100 };
+        for body in [
+            &b"1\r\nA\r\nffffffffffffffff\r\nX"[..],
+            &b"fffffffffffffffffffffff\r\n"[..],
+            &b"65\r\n"[..],
+            &b"zz\r\n"[..],
+        ] {
+            let mut p = RequestParser::new(lim);
+            p.push(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+            p.push(body);
+            assert!(p.next_request().is_err(), "{body:?}");
+        }
+        // A size line that never ends is bounded.
+        let mut p = RequestParser::new(lim);
+        p.push(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        p.push(&[b'1'; 2000]);
+        assert!(p.next_request().is_err());
+        // Endless trailers are bounded too.
+        let mut p = RequestParser::new(lim);
+        p.push(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n");
+        for _ in 0..100 {
+            p.push(b"x: y\r\n");
+        }
+        assert!(p.next_request().is_err());
+    }
+
+    #[test]
+    fn chunked_body_arrives_byte_by_byte() {
+        let raw = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nT: v\r\n\r\nGET /x HTTP/1.1\r\n\r\n";
+        let mut p = RequestParser::new(Limits::default());
+        let mut got = Vec::new();
+        for b in raw.chunks(1) {
+            p.push(b);
+            while let Some(r) = p.next_request().unwrap() {
+                got.push(r);
+            }
+        }
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].body, b"abcde");
+        assert_eq!(got[1].path, "/x");
     }
 
     #[test]

@@ -867,7 +867,7 @@ impl TryFrom<JsonResource> for Resource {
         let value = match j.kind {
             JsonValueType::Scalar => {
                 let s = j.scalar.ok_or_else(|| format!("resource {:?} of type SCALAR has no 'scalar'", j.name))?;
-                if !s.value.is_finite() || s.value < 0.0 {
+                if !s.value.is_finite() || !(0.0..=crate::resources::MAX_SCALAR).contains(&s.value) {
                     return Err(format!("resource {:?} has invalid scalar {}", j.name, s.value));
                 }
                 Value::Scalar(Fixed::from_f64(s.value))
@@ -1099,6 +1099,7 @@ mod tests {
         for bad in [
             r#"{"name":"cpus","type":"SCALAR"}"#,
             r#"{"name":"cpus","type":"SCALAR","scalar":{"value":-1}}"#,
+            r#"{"name":"cpus","type":"SCALAR","scalar":{"value":1e300}}"#,
             r#"{"name":"ports","type":"RANGES","ranges":{"range":[{"begin":5,"end":1}]}}"#,
             r#"{"name":"x","type":"TEXT","text":{"value":"a"}}"#,
             r#"{"name":"cpus","type":"BOGUS","scalar":{"value":1}}"#,

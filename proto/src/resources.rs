@@ -12,6 +12,10 @@ use std::fmt;
 /// The role of resources that are not reserved.
 pub const DEFAULT_ROLE: &str = "*";
 
+/// The largest scalar accepted from input (a million terabytes of disk in MB).
+/// Far above any machine, far below where sums of thousandths overflow.
+pub const MAX_SCALAR: f64 = 1e12;
+
 /// A scalar in thousandths: `Fixed(1500)` is 1.5.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
@@ -80,9 +84,9 @@ impl Ranges {
         self.0.is_empty()
     }
 
-    /// Number of integers covered.
+    /// Number of integers covered (saturating: `[0, u64::MAX]` is huge, not 0).
     pub fn count(&self) -> u64 {
-        self.0.iter().map(|(b, e)| e - b + 1).sum()
+        self.0.iter().fold(0u64, |acc, (b, e)| acc.saturating_add((e - b).saturating_add(1)))
     }
 
     pub fn contains(&self, other: &Ranges) -> bool {
@@ -177,7 +181,7 @@ impl Value {
 
     fn add(&mut self, other: &Value) {
         match (self, other) {
-            (Value::Scalar(a), Value::Scalar(b)) => a.0 += b.0,
+            (Value::Scalar(a), Value::Scalar(b)) => a.0 = a.0.saturating_add(b.0),
             (Value::Ranges(a), Value::Ranges(b)) => *a = a.union(b),
             (Value::Set(a), Value::Set(b)) => a.extend(b.iter().cloned()),
             _ => unreachable!("values of different kinds are never merged"),
@@ -195,7 +199,7 @@ impl Value {
 
     fn subtract(&mut self, other: &Value) {
         match (self, other) {
-            (Value::Scalar(a), Value::Scalar(b)) => a.0 -= b.0,
+            (Value::Scalar(a), Value::Scalar(b)) => a.0 = a.0.saturating_sub(b.0),
             (Value::Ranges(a), Value::Ranges(b)) => *a = a.difference(b),
             (Value::Set(a), Value::Set(b)) => a.retain(|x| !b.contains(x)),
             _ => unreachable!("values of different kinds are never merged"),
@@ -701,8 +705,8 @@ pub(crate) fn parse_value(value: &str) -> Result<Value, String> {
         Ok(Value::Set(inner.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()))
     } else {
         let v: f64 = value.parse().map_err(|_| format!("invalid scalar {value:?}"))?;
-        if !v.is_finite() {
-            return Err(format!("invalid scalar {value:?}"));
+        if !v.is_finite() || v.abs() > MAX_SCALAR {
+            return Err(format!("invalid scalar {value:?}: must be a number of at most {MAX_SCALAR}"));
         }
         Ok(Value::Scalar(Fixed::from_f64(v)))
     }
@@ -803,9 +807,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_text() {
-        for bad in
-            ["cpus", "cpus:abc", "cpus:-1", "ports:[5-1]", "ports:[1-", "cpus(:1", "(eng):1", "cpus(a b):1", "cpus:inf"]
-        {
+        for bad in [
+            "cpus",
+            "cpus:abc",
+            "cpus:-1",
+            "ports:[5-1]",
+            "ports:[1-",
+            "cpus(:1",
+            "(eng):1",
+            "cpus(a b):1",
+            "cpus:inf",
+            "cpus:1e300",
+        ] {
             assert!(Resources::parse(bad).is_err(), "{bad} should not parse");
         }
     }

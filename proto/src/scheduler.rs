@@ -90,6 +90,19 @@ pub struct Launch {
     pub task_infos: Vec<TaskInfo>,
 }
 
+/// `Offer.Operation.LaunchGroup`: only its tasks are read (to refuse them).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LaunchGroup {
+    #[serde(default)]
+    pub task_group: TaskGroup,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskGroup {
+    #[serde(default)]
+    pub tasks: Vec<TaskInfo>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReserveOp {
     #[serde(default)]
@@ -105,6 +118,8 @@ pub struct Operation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch: Option<Launch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_group: Option<LaunchGroup>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserve: Option<ReserveOp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreserve: Option<ReserveOp>,
@@ -115,6 +130,7 @@ impl Operation {
         Operation {
             kind: OperationType::Launch,
             launch: Some(Launch { task_infos: tasks }),
+            launch_group: None,
             reserve: None,
             unreserve: None,
         }

@@ -186,3 +186,36 @@ async fn master_restart_agents_reregister_tasks_survive_framework_reconciles() {
     }
     fw.until(LONG, "all killed", |f| ids.iter().all(|i| f.last_state(i) == Some(TaskState::Killed))).await;
 }
+
+/// An agent stopped with SIGTERM unregisters at once (even with no tasks to
+/// wait for): the master removes it without waiting for ping timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_agent_unregisters_at_once() {
+    let mut opts = MasterOpts::default();
+    opts.extra = vec!["--agent-ping-timeout".into(), "30secs".into()];
+    let m = Master::start(opts);
+    let mut agent = Agent::start(&m.addr, AgentOpts::default());
+    wait_until(LONG, "agent to register", || active_agents(&m.state()) == 1);
+    let status = agent.proc.as_mut().unwrap().stop(Duration::from_secs(10)).expect("agent exited");
+    assert!(status.success(), "{status:?}");
+    // A plain disconnect would leave it listed for 150 s.
+    wait_until(Duration::from_secs(5), "the master to remove the agent", || {
+        m.state()["slaves"].as_array().is_some_and(|s| s.is_empty())
+    });
+    assert_eq!(m.state()["unreachable_slaves"].as_f64(), Some(0.0));
+}
+
+/// An agent the master refuses hears why and exits, instead of retrying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_agent_is_told_why_and_exits() {
+    let m = Master::start(MasterOpts::default());
+    let mut opts = AgentOpts::default();
+    opts.extra.extend(["--hostname".to_string(), String::new()]);
+    let mut agent = Agent::start(&m.addr, opts);
+    let proc = agent.proc.as_mut().unwrap();
+    wait_until(Duration::from_secs(20), "the refused agent to exit", || matches!(proc.child.try_wait(), Ok(Some(_))));
+    let status = proc.child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let log = agent.log();
+    assert!(log.contains("refused") && log.contains("hostname is empty"), "{log}");
+}

@@ -1,7 +1,7 @@
 //! Agents: registration, re-registration (after either side restarts),
 //! disconnection, loss, and the status updates they send.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use agora_proto::mesos::{AgentId, FrameworkId, FrameworkInfo, Reason, TaskState};
 use agora_proto::resources::DEFAULT_ROLE;
@@ -79,6 +79,7 @@ impl Master {
                 removal_deadline_ms: None,
                 tasks: HashSet::new(),
                 offers: HashSet::new(),
+                pending_kills: HashMap::new(),
             },
         );
         self.agents_by_conn.insert(conn, id.clone());
@@ -174,6 +175,7 @@ impl Master {
             removal_deadline_ms: None,
             tasks: HashSet::new(),
             offers: HashSet::new(),
+            pending_kills: HashMap::new(),
         });
         agent.info = info.clone();
         agent.conn = Some(conn);
@@ -201,11 +203,13 @@ impl Master {
                 self.actions.push(Action::ToAgent { conn, msg });
                 continue;
             }
-            if report.state.is_terminal() {
-                // Finished while the master was away; its update is on its way.
+            let fw = self.frameworks.get_mut(&fid).expect("checked above");
+            let known = fw.tasks.contains_key(&tid);
+            if report.state.is_terminal() && !known {
+                // Ended while the master was away and unknown to it; its
+                // status update is on its way and is forwarded as is.
                 continue;
             }
-            let fw = self.frameworks.get_mut(&fid).expect("checked above");
             let role = report
                 .task
                 .resources
@@ -222,7 +226,9 @@ impl Master {
                 statuses: vec![StatusRecord { state: report.state, timestamp: now.wall_secs }],
                 unreachable_time: None,
             });
-            if task.state != report.state {
+            // A task that ended while the agent was away keeps its state (and
+            // its resources) until its terminal update arrives and completes it.
+            if task.state != report.state && !report.state.is_terminal() {
                 task.record(report.state, now.wall_secs);
             }
             task.unreachable_time = None;
@@ -243,7 +249,17 @@ impl Master {
             }
         }
         self.alloc_dirty.insert(agent_id.clone());
-        self.actions.push(Action::ToAgent { conn, msg: self.registered(agent_id) });
+        self.actions.push(Action::ToAgent { conn, msg: self.registered(agent_id.clone()) });
+        let kills: Vec<_> =
+            self.agents.get_mut(&agent_id).map(|a| a.pending_kills.drain().collect()).unwrap_or_default();
+        for ((fid, tid), kill_policy) in kills {
+            if self.agents[&agent_id].tasks.contains(&(fid.clone(), tid.clone())) {
+                self.actions.push(Action::ToAgent {
+                    conn,
+                    msg: MasterToAgent::KillTask { framework_id: fid, task_id: tid, kill_policy },
+                });
+            }
+        }
         self.persist();
     }
 
@@ -301,7 +317,7 @@ impl Master {
         }
         let Some(agent) = self.agents.get_mut(&id) else { return };
         agent.conn = None;
-        agent.removal_deadline_ms = Some(now.mono_ms + self.config.agent_removal_timeout_ms());
+        agent.removal_deadline_ms = Some(now.mono_ms.saturating_add(self.config.agent_removal_timeout_ms()));
         self.allocator.set_agent_active(&id, false);
         let offers: Vec<_> = agent.offers.iter().cloned().collect();
         for o in offers {
@@ -319,8 +335,12 @@ impl Master {
         for id in due {
             self.mark_unreachable(now, &id);
         }
-        let recovered_due: Vec<AgentId> =
-            self.recovered_agents.iter().filter(|(_, d)| **d <= now.mono_ms).map(|(a, _)| a.clone()).collect();
+        let recovered_due: Vec<AgentId> = self
+            .recovered_agents
+            .iter()
+            .filter(|(_, r)| r.deadline_ms <= now.mono_ms)
+            .map(|(a, _)| a.clone())
+            .collect();
         for id in recovered_due {
             self.recovered_agents.remove(&id);
             self.push_unreachable(id, now.wall_secs);
@@ -329,9 +349,53 @@ impl Master {
 
     fn push_unreachable(&mut self, id: AgentId, time: f64) {
         if self.unreachable_agents.len() >= self.config.max_unreachable_agents {
-            self.unreachable_agents.pop_front();
+            if let Some((old, _)) = self.unreachable_agents.pop_front() {
+                self.forget_unreachable_tasks(|t| t.agent_id == old);
+            }
         }
         self.unreachable_agents.push_back((id, time));
+    }
+
+    /// Moves unreachable tasks matching `f` to their frameworks' completed
+    /// lists: their agent is forgotten, so they will never be heard of again.
+    fn forget_unreachable_tasks(&mut self, f: impl Fn(&super::Task) -> bool) {
+        let max = self.config.max_completed_tasks_per_framework;
+        for fw in self.frameworks.values_mut() {
+            let ids: Vec<_> = fw
+                .tasks
+                .values()
+                .filter(|t| t.state == TaskState::Unreachable && f(t))
+                .map(|t| t.info.task_id.clone())
+                .collect();
+            for id in ids {
+                if let Some(t) = fw.tasks.remove(&id) {
+                    if fw.completed_tasks.len() >= max {
+                        fw.completed_tasks.pop_front();
+                    }
+                    fw.completed_tasks.push_back(t);
+                }
+            }
+        }
+    }
+
+    /// Keeps at most `max_unreachable_tasks_per_framework` unreachable tasks
+    /// per framework, dropping those unreachable the longest.
+    fn cap_unreachable_tasks(&mut self, fid: &FrameworkId) {
+        let max = self.config.max_unreachable_tasks_per_framework;
+        let Some(fw) = self.frameworks.get(fid) else { return };
+        let mut unreachable: Vec<(f64, agora_proto::mesos::TaskId)> = fw
+            .tasks
+            .values()
+            .filter(|t| t.state == TaskState::Unreachable)
+            .map(|t| (t.unreachable_time.unwrap_or(0.0), t.info.task_id.clone()))
+            .collect();
+        if unreachable.len() <= max {
+            return;
+        }
+        unreachable.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let drop: std::collections::HashSet<_> =
+            unreachable[..unreachable.len() - max].iter().map(|(_, id)| id.clone()).collect();
+        self.forget_unreachable_tasks(|t| &t.framework_id == fid && drop.contains(&t.info.task_id));
     }
 
     /// The agent is unreachable: partition-aware frameworks see its tasks as
@@ -404,15 +468,24 @@ impl Master {
             self.count_terminal(state);
             self.complete_task(fid, &tid, now);
         }
+        if state == TaskState::Unreachable {
+            self.cap_unreachable_tasks(fid);
+        }
         self.send(fid, Event::update(status));
     }
 
     /// The registry's view: the agents admitted.
     pub(super) fn persist(&mut self) {
+        // Agents still expected back from before a restart stay admitted.
         let mut agents: Vec<RegistryAgent> = self
             .agents
             .values()
             .map(|a| RegistryAgent { id: a.id.value.clone(), hostname: a.info.hostname.clone() })
+            .chain(
+                self.recovered_agents
+                    .iter()
+                    .map(|(id, r)| RegistryAgent { id: id.value.clone(), hostname: r.hostname.clone() }),
+            )
             .collect();
         agents.sort_by(|a, b| a.id.cmp(&b.id));
         self.actions.retain(|a| !matches!(a, Action::Persist(_)));

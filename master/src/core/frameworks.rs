@@ -31,7 +31,8 @@ impl Master {
         }
     }
 
-    fn validate_framework_info(info: &FrameworkInfo) -> Result<Vec<String>, String> {
+    /// Checks a FrameworkInfo and clamps its failover timeout; returns its roles.
+    fn validate_framework_info(info: &mut FrameworkInfo) -> Result<Vec<String>, String> {
         if !info.roles.is_empty() && !info.has_capability(CapabilityType::MultiRole) {
             return Err("'FrameworkInfo.roles' requires the MULTI_ROLE capability".into());
         }
@@ -48,10 +49,11 @@ impl Master {
                 return Err(format!("role {r:?} is listed twice"));
             }
         }
-        if let Some(t) = info.failover_timeout {
-            if !t.is_finite() || t < 0.0 {
+        if let Some(t) = info.failover_timeout.as_mut() {
+            if t.is_nan() || *t < 0.0 {
                 return Err(format!("failover_timeout {t} is not a non-negative number of seconds"));
             }
+            *t = t.min(MAX_FAILOVER_TIMEOUT_SECS);
         }
         Ok(roles)
     }
@@ -63,7 +65,7 @@ impl Master {
             return Subscription::Refused { message: "Expecting 'subscribe' to be present".into() };
         };
         let mut info = sub.framework_info;
-        let roles = match Self::validate_framework_info(&info) {
+        let roles = match Self::validate_framework_info(&mut info) {
             Ok(r) => r,
             Err(message) => return Subscription::Refused { message },
         };
@@ -73,9 +75,6 @@ impl Master {
                     message: format!("suppressed role {r:?} is not one of the framework's roles"),
                 };
             }
-        }
-        if let Some(t) = info.failover_timeout.as_mut() {
-            *t = t.min(MAX_FAILOVER_TIMEOUT_SECS);
         }
         let stream_id = self.random_uuid().to_string();
         let framework_id = match info.id.clone() {
@@ -166,13 +165,14 @@ impl Master {
     }
 
     /// A framework known from a re-registering agent: it gets its failover
-    /// timeout to re-subscribe.
-    pub(super) fn recover_framework(&mut self, now: Now, id: FrameworkId, info: FrameworkInfo) {
-        let roles = Self::validate_framework_info(&info).unwrap_or_else(|_| info.effective_roles());
-        let timeout_ms = (info.failover_timeout_secs().min(MAX_FAILOVER_TIMEOUT_SECS) * 1000.0) as u64;
+    /// timeout, and at least the agents' re-registration window, to come back
+    /// after a master restart.
+    pub(super) fn recover_framework(&mut self, now: Now, id: FrameworkId, mut info: FrameworkInfo) {
+        let roles = Self::validate_framework_info(&mut info).unwrap_or_else(|_| info.effective_roles());
+        let timeout_ms = ((info.failover_timeout_secs() * 1000.0) as u64).max(self.config.agent_reregister_timeout_ms);
         self.insert_framework(now, id.clone(), info, roles.clone(), true);
         if let Some(fw) = self.frameworks.get_mut(&id) {
-            fw.failover_deadline_ms = Some(now.mono_ms + timeout_ms);
+            fw.failover_deadline_ms = Some(now.mono_ms.saturating_add(timeout_ms));
         }
         self.allocator.add_framework(id.clone(), roles, &[]);
         self.allocator.set_framework_active(&id, false);
@@ -246,13 +246,13 @@ impl Master {
             CallType::Acknowledge => self.acknowledge(&fid, call.acknowledge.expect("validated")),
             CallType::Reconcile => self.reconcile(now, &fid, call.reconcile.expect("validated")),
             CallType::UpdateFramework => {
-                let u = call.update_framework.expect("validated");
+                let mut u = call.update_framework.expect("validated");
                 if u.framework_info.id.as_ref() != Some(&fid) {
                     return Err(ApiError::bad_request(
                         "'update_framework.framework_info.id' must match 'framework_id'",
                     ));
                 }
-                let roles = Self::validate_framework_info(&u.framework_info).map_err(ApiError::bad_request)?;
+                let roles = Self::validate_framework_info(&mut u.framework_info).map_err(ApiError::bad_request)?;
                 let fw = self.frameworks.get_mut(&fid).expect("authorized");
                 fw.info = u.framework_info;
                 fw.roles = roles.clone();
@@ -296,7 +296,7 @@ impl Master {
         fw.stream = None;
         fw.unregistered_time = Some(now.wall_secs);
         let timeout_ms = (fw.info.failover_timeout_secs() * 1000.0) as u64;
-        fw.failover_deadline_ms = Some(now.mono_ms + timeout_ms);
+        fw.failover_deadline_ms = Some(now.mono_ms.saturating_add(timeout_ms));
         let offers: Vec<_> = fw.offers.iter().cloned().collect();
         self.allocator.set_framework_active(&fid, false);
         for o in offers {

@@ -60,6 +60,8 @@ pub struct Config {
     pub max_completed_tasks_per_framework: usize,
     pub max_completed_frameworks: usize,
     pub max_unreachable_agents: usize,
+    /// Unreachable tasks kept per framework; the oldest go to the completed list.
+    pub max_unreachable_tasks_per_framework: usize,
     pub allocator: allocator::Config,
     pub seed: u64,
 }
@@ -81,6 +83,7 @@ impl Config {
             max_completed_tasks_per_framework: 1000,
             max_completed_frameworks: 50,
             max_unreachable_agents: 1000,
+            max_unreachable_tasks_per_framework: 1000,
             allocator: allocator::Config::default(),
             seed: 1,
         }
@@ -232,6 +235,15 @@ pub struct Agent {
     pub removal_deadline_ms: Option<u64>,
     pub tasks: HashSet<(FrameworkId, TaskId)>,
     pub offers: HashSet<OfferId>,
+    /// Kills asked for while the agent was disconnected, sent when it is back.
+    pub pending_kills: HashMap<(FrameworkId, TaskId), Option<agora_proto::mesos::KillPolicy>>,
+}
+
+/// An agent known from the registry, expected back after a master restart.
+#[derive(Clone, Debug)]
+pub struct RecoveredAgent {
+    pub hostname: String,
+    pub deadline_ms: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -282,7 +294,7 @@ pub struct Master {
     pub removed_agents: VecDeque<AgentId>,
     /// Agents the registry knew at start-up that have not re-registered yet,
     /// with the deadline for doing so.
-    pub recovered_agents: HashMap<AgentId, u64>,
+    pub recovered_agents: HashMap<AgentId, RecoveredAgent>,
     pub frameworks: HashMap<FrameworkId, Framework>,
     frameworks_by_stream: HashMap<ConnId, FrameworkId>,
     pub completed_frameworks: VecDeque<Framework>,
@@ -320,8 +332,8 @@ impl Master {
             actions: Vec::new(),
             alloc_dirty: HashSet::new(),
             alloc_full: false,
-            next_allocation_ms: now.mono_ms + config.allocation_interval_ms,
-            next_heartbeat_ms: now.mono_ms + config.heartbeat_interval_ms,
+            next_allocation_ms: now.mono_ms.saturating_add(config.allocation_interval_ms),
+            next_heartbeat_ms: now.mono_ms.saturating_add(config.heartbeat_interval_ms),
             next_framework_seq: 0,
             next_agent_seq: 0,
             next_offer_seq: 0,
@@ -334,7 +346,13 @@ impl Master {
     /// get `agent_reregister_timeout_ms` to come back.
     pub fn recover(&mut self, state: &RegistryState, now: Now) {
         for a in &state.agents {
-            self.recovered_agents.insert(AgentId::new(&a.id), now.mono_ms + self.config.agent_reregister_timeout_ms);
+            self.recovered_agents.insert(
+                AgentId::new(&a.id),
+                RecoveredAgent {
+                    hostname: a.hostname.clone(),
+                    deadline_ms: now.mono_ms.saturating_add(self.config.agent_reregister_timeout_ms),
+                },
+            );
         }
     }
 
@@ -416,7 +434,7 @@ impl Master {
                     agent_id: a.agent_id,
                     role: a.role,
                     resources: a.resources,
-                    expires_ms: self.config.offer_timeout_ms.map(|t| now.mono_ms + t),
+                    expires_ms: self.config.offer_timeout_ms.map(|t| now.mono_ms.saturating_add(t)),
                 },
             );
         }

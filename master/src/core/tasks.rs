@@ -33,8 +33,11 @@ impl Master {
         let launches: Vec<TaskInfo> = accept
             .operations
             .iter()
-            .filter(|op| op.kind == OperationType::Launch)
-            .flat_map(|op| op.launch.iter().flat_map(|l| l.task_infos.iter().cloned()))
+            .flat_map(|op| {
+                let single = op.launch.iter().flat_map(|l| l.task_infos.iter().cloned());
+                let group = op.launch_group.iter().flat_map(|g| g.task_group.tasks.iter().cloned());
+                single.chain(group)
+            })
             .collect();
 
         // The offers must exist, belong to this framework, be distinct and be
@@ -118,9 +121,24 @@ impl Master {
         for op in &accept.operations {
             match op.kind {
                 OperationType::Launch => {}
+                OperationType::LaunchGroup => {
+                    // Task groups need an executor, which Agora does not run.
+                    for t in op.launch_group.iter().flat_map(|g| g.task_group.tasks.iter()) {
+                        let status = self.master_status(
+                            &t.task_id,
+                            Some(&agent_id),
+                            TaskState::Error,
+                            Reason::ReasonTaskGroupInvalid,
+                            "LAUNCH_GROUP is not supported: task groups need an executor; launch command tasks",
+                            now,
+                        );
+                        self.count_terminal(TaskState::Error);
+                        self.send(fid, Event::update(status));
+                    }
+                    continue;
+                }
                 other => {
-                    // RESERVE/UNRESERVE/CREATE/DESTROY and task groups are not
-                    // carried out yet; any tasks they hold fail visibly.
+                    // RESERVE/UNRESERVE/CREATE/DESTROY are not carried out yet.
                     tracing::warn!(framework = %fid, "offer operation {other:?} is not supported; ignored");
                     continue;
                 }
@@ -259,13 +277,26 @@ impl Master {
                     .or_else(|| self.frameworks[fid].tasks.get(&kill.task_id).and_then(|t| t.info.kill_policy));
                 let sent = self.send_to_agent(
                     &agent_id,
-                    MasterToAgent::KillTask { framework_id: fid.clone(), task_id: kill.task_id, kill_policy: policy },
+                    MasterToAgent::KillTask {
+                        framework_id: fid.clone(),
+                        task_id: kill.task_id.clone(),
+                        kill_policy: policy,
+                    },
                 );
                 if !sent {
-                    tracing::info!(framework = %fid, agent = %agent_id, "kill of a task on a disconnected agent deferred");
+                    // The agent is away: the kill goes out when it re-registers.
+                    if let Some(a) = self.agents.get_mut(&agent_id) {
+                        a.pending_kills.insert((fid.clone(), kill.task_id), policy);
+                    }
                 }
             }
-            Some(_) => {}
+            Some(_) => {
+                // Unreachable: nothing can reach it; say where it stands.
+                let t = &self.frameworks[fid].tasks[&kill.task_id];
+                let mut s = self.reconciled(t, now);
+                s.message = Some("Cannot kill the task: its agent is unreachable".into());
+                self.send(fid, Event::update(s));
+            }
             None => {
                 // Unknown task: answer with what explicit reconciliation says.
                 self.reconcile(

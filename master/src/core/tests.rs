@@ -543,3 +543,158 @@ fn invalid_subscriptions_are_refused() {
     }
     assert!(s.m.frameworks.is_empty());
 }
+
+fn reregister(s: &mut Sim, conn: ConnId, agent: &AgentId, fw: &FrameworkInfo, reports: Vec<(&TaskInfo, TaskState)>) {
+    s.input(Input::Agent {
+        conn,
+        msg: AgentToMaster::Reregister {
+            agent_id: agent.clone(),
+            info: Box::new(agent_info("cpus:1;mem:128")),
+            tasks: reports
+                .into_iter()
+                .map(|(t, state)| TaskReport { framework_id: fw.id.clone().unwrap(), task: t.clone(), state })
+                .collect(),
+            frameworks: vec![fw.clone()],
+        },
+    });
+}
+
+/// The task that ended while the agent was away keeps its resources until its
+/// update arrives; then exactly its share is released.
+#[test]
+fn task_finished_during_disconnection_releases_only_its_resources() {
+    let mut s = Sim::new();
+    let agent = s.register_agent(1, "cpus:1;mem:128");
+    let (fid, sid) = s.subscribe_with(FW_STREAM, FrameworkInfo { failover_timeout: Some(60.0), ..Default::default() });
+    let offer = s.offers(FW_STREAM).remove(0);
+    let t1 = task("t1", &agent, "cpus:0.5;mem:64", "sleep 1");
+    let t2 = task("t2", &agent, "cpus:0.5;mem:64", "sleep 1000");
+    s.launch(&fid, &sid, &offer, vec![t1.clone(), t2.clone()]);
+    let launched: Vec<TaskInfo> = s
+        .sent_to_agent(1)
+        .into_iter()
+        .filter_map(|m| match m {
+            MasterToAgent::RunTask { task, .. } => Some(*task),
+            _ => None,
+        })
+        .collect();
+    let fw = s.m.frameworks[&fid].info.clone();
+    // The framework is away (so nothing is offered and the allocator's view
+    // shows directly), and the agent reconnects.
+    s.input(Input::StreamClosed { stream: FW_STREAM });
+    s.input(Input::AgentClosed { conn: 1 });
+    reregister(&mut s, 2, &agent, &fw, vec![(&launched[0], TaskState::Finished), (&launched[1], TaskState::Running)]);
+    assert_eq!(s.m.allocator.available(&agent).unwrap().cpus(), 0.0, "both tasks still hold their cpus");
+    s.agent_update(2, &fid, "t1", TaskState::Finished, 9);
+    assert_eq!(s.m.allocator.available(&agent).unwrap().cpus(), 0.5, "t1's half released, t2's kept");
+    assert!(s.m.frameworks[&fid].tasks.contains_key(&TaskId::new("t2")));
+}
+
+#[test]
+fn kill_while_agent_is_away_is_sent_when_it_is_back() {
+    let mut s = Sim::new();
+    let agent = s.register_agent(1, "cpus:1;mem:128");
+    let (fid, sid) = s.subscribe_with(FW_STREAM, FrameworkInfo { failover_timeout: Some(60.0), ..Default::default() });
+    let offer = s.offers(FW_STREAM).remove(0);
+    s.launch(&fid, &sid, &offer, vec![task("t", &agent, "cpus:0.5;mem:64", "sleep 1000")]);
+    let launched = match s.sent_to_agent(1).pop() {
+        Some(MasterToAgent::RunTask { task, .. }) => *task,
+        m => panic!("{m:?}"),
+    };
+    s.input(Input::AgentClosed { conn: 1 });
+    let kill = Call {
+        kill: Some(Kill { task_id: TaskId::new("t"), agent_id: None, kill_policy: None }),
+        ..Call::new(CallType::Kill, Some(fid.clone()))
+    };
+    s.call(kill, &sid).unwrap();
+    let fw = s.m.frameworks[&fid].info.clone();
+    reregister(&mut s, 2, &agent, &fw, vec![(&launched, TaskState::Running)]);
+    let msgs = s.sent_to_agent(2);
+    assert!(
+        msgs.iter().any(|m| matches!(m, MasterToAgent::KillTask { task_id, .. } if task_id.as_str() == "t")),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn absurd_failover_timeouts_are_clamped() {
+    let mut s = Sim::new();
+    let (fid, sid) = s.subscribe_with(FW_STREAM, FrameworkInfo { failover_timeout: Some(1e300), ..Default::default() });
+    let mut info = s.m.frameworks[&fid].info.clone();
+    assert!(info.failover_timeout.unwrap() <= 365.0 * 86400.0);
+    info.failover_timeout = Some(f64::INFINITY);
+    let up = Call {
+        update_framework: Some(UpdateFramework { framework_info: info, suppressed_roles: vec![] }),
+        ..Call::new(CallType::UpdateFramework, Some(fid.clone()))
+    };
+    assert_eq!(s.call(up, &sid), Ok(200));
+    s.input(Input::StreamClosed { stream: FW_STREAM });
+    s.advance(1_000);
+    assert!(s.m.frameworks.contains_key(&fid), "not removed by a wrapped deadline");
+}
+
+#[test]
+fn registry_keeps_agents_still_expected_back() {
+    let mut s = Sim::new();
+    s.m.recover(
+        &RegistryState { agents: vec![crate::registry::RegistryAgent { id: "old".into(), hostname: "h".into() }] },
+        s.now,
+    );
+    s.register_agent(1, "cpus:1;mem:128");
+    let reg = s
+        .actions
+        .iter()
+        .rev()
+        .find_map(|a| match a {
+            Action::Persist(r) => Some(r.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(reg.agents.len(), 2, "{reg:?}");
+    assert!(reg.agents.iter().any(|a| a.id == "old"));
+}
+
+#[test]
+fn kill_of_unreachable_task_gets_an_answer_and_launch_group_an_error() {
+    let mut c = Config::for_test();
+    c.agent_ping_timeout_ms = 100;
+    c.max_agent_ping_timeouts = 1;
+    let mut s = Sim::with(c);
+    let agent = s.register_agent(1, "cpus:1;mem:128");
+    let (fid, sid) = s.subscribe_with(
+        FW_STREAM,
+        FrameworkInfo { capabilities: vec![Capability { kind: CapabilityType::PartitionAware }], ..Default::default() },
+    );
+    let offer = s.offers(FW_STREAM).remove(0);
+    let group = Operation {
+        kind: OperationType::LaunchGroup,
+        launch: None,
+        launch_group: Some(LaunchGroup {
+            task_group: TaskGroup { tasks: vec![task("g", &agent, "cpus:0.1;mem:16", "true")] },
+        }),
+        reserve: None,
+        unreserve: None,
+    };
+    let accept = Call {
+        accept: Some(Accept {
+            offer_ids: vec![offer.id.clone()],
+            operations: vec![Operation::launch(vec![task("t", &agent, "cpus:0.5;mem:64", "sleep 1000")]), group],
+            filters: None,
+        }),
+        ..Call::new(CallType::Accept, Some(fid.clone()))
+    };
+    s.call(accept, &sid).unwrap();
+    let ups = s.updates(FW_STREAM);
+    let g = ups.iter().find(|u| u.task_id.as_str() == "g").expect("the group task is answered");
+    assert_eq!(g.state, TaskState::Error);
+    s.input(Input::AgentUnresponsive { conn: 1 });
+    s.updates(FW_STREAM);
+    let kill = Call {
+        kill: Some(Kill { task_id: TaskId::new("t"), agent_id: None, kill_policy: None }),
+        ..Call::new(CallType::Kill, Some(fid.clone()))
+    };
+    s.call(kill, &sid).unwrap();
+    let ups = s.updates(FW_STREAM);
+    assert_eq!(ups[0].state, TaskState::Unreachable);
+    assert!(ups[0].message.as_deref().unwrap().contains("unreachable"));
+}
