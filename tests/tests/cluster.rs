@@ -191,9 +191,8 @@ async fn master_restart_agents_reregister_tasks_survive_framework_reconciles() {
 /// wait for): the master removes it without waiting for ping timeouts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_agent_unregisters_at_once() {
-    let mut opts = MasterOpts::default();
-    opts.extra = vec!["--agent-ping-timeout".into(), "30secs".into()];
-    let m = Master::start(opts);
+    let m =
+        Master::start(MasterOpts { extra: vec!["--agent-ping-timeout".into(), "30secs".into()], ..Default::default() });
     let mut agent = Agent::start(&m.addr, AgentOpts::default());
     wait_until(LONG, "agent to register", || active_agents(&m.state()) == 1);
     let status = agent.proc.as_mut().unwrap().stop(Duration::from_secs(10)).expect("agent exited");
