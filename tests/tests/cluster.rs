@@ -218,3 +218,54 @@ async fn refused_agent_is_told_why_and_exits() {
     let log = agent.log();
     assert!(log.contains("refused") && log.contains("hostname is empty"), "{log}");
 }
+
+/// Status updates are resent until acknowledged, and delivered in order: a
+/// framework that does not acknowledge RUNNING keeps getting RUNNING (same
+/// uuid), and sees FINISHED only after acknowledging it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_are_resent_until_acknowledged_and_stay_in_order() {
+    let (m, _agents) = cluster(1);
+    let mut fw = TestFramework::start(&m.addr, info("stubborn-acker")).await;
+    fw.auto_ack = false;
+    fw.launch(vec![Spec::new("t", "true", "cpus:0.1;mem:16")], LONG).await;
+    // STARTING, unacknowledged, arrives again and again (retry 200 ms).
+    fw.until(LONG, "STARTING resent", |f| f.updates.iter().filter(|u| u.state == TaskState::Starting).count() >= 3)
+        .await;
+    let starting: Vec<_> = fw.updates.iter().filter(|u| u.state == TaskState::Starting).collect();
+    assert!(starting.windows(2).all(|w| w[0].uuid == w[1].uuid), "a resend carries the same uuid");
+    assert!(fw.updates.iter().all(|u| u.state == TaskState::Starting), "nothing overtakes the unacknowledged head");
+    // Acknowledge as they come now: RUNNING then FINISHED follow, in order.
+    let head = fw.updates[0].clone();
+    fw.driver.acknowledge(&head).await.unwrap();
+    fw.auto_ack = true;
+    fw.until(LONG, "FINISHED", |f| f.last_state("t") == Some(TaskState::Finished)).await;
+    let after: Vec<TaskState> = fw.updates.iter().map(|u| u.state).filter(|s| *s != TaskState::Starting).collect();
+    let first_finished = after.iter().position(|s| *s == TaskState::Finished).unwrap();
+    assert!(after[..first_finished].iter().all(|s| *s == TaskState::Running), "{after:?}");
+    assert!(first_finished >= 1, "RUNNING came before FINISHED: {after:?}");
+}
+
+/// A framework that goes away for longer than its failover timeout is
+/// removed, and its tasks are killed on their agents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framework_past_its_failover_timeout_loses_its_tasks() {
+    let (m, agents) = cluster(1);
+    let mut short = info("short-lived");
+    short.failover_timeout = Some(1.0);
+    let mut fw = TestFramework::start(&m.addr, short).await;
+    let fid = fw.framework_id.clone();
+    fw.launch(vec![Spec::new("orphan", "sleep 1000", "cpus:0.1;mem:16")], LONG).await;
+    fw.until(LONG, "running", |f| f.last_state("orphan") == Some(TaskState::Running)).await;
+    let pid = agents[0].state()["tasks"][0]["pid"].as_i64().expect("pid") as i32;
+    // The scheduler disappears without tearing down.
+    fw.driver.stop();
+    drop(fw);
+    wait_until(LONG, "the framework to be removed", || {
+        let st = m.state();
+        st["frameworks"].as_array().unwrap().is_empty()
+            && st["completed_frameworks"].as_array().unwrap().iter().any(|f| f["id"] == fid.value)
+    });
+    // SAFETY: kill(pid, 0) only checks for existence.
+    wait_until(LONG, "the task's process to be killed", || unsafe { libc::kill(pid, 0) } != 0);
+    wait_until(LONG, "the agent to forget the task", || agents[0].state()["tasks"].as_array().unwrap().is_empty());
+}

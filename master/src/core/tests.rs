@@ -698,3 +698,32 @@ fn kill_of_unreachable_task_gets_an_answer_and_launch_group_an_error() {
     assert_eq!(ups[0].state, TaskState::Unreachable);
     assert!(ups[0].message.as_deref().unwrap().contains("unreachable"));
 }
+
+#[test]
+fn lost_agent_offers_are_rescinded() {
+    let mut s = Sim::new();
+    s.register_agent(1, "cpus:1;mem:128");
+    s.subscribe();
+    let offer = s.offers(FW_STREAM).remove(0);
+    s.input(Input::AgentUnresponsive { conn: 1 });
+    let ev = s.events(FW_STREAM);
+    assert!(ev.iter().any(|e| e.rescind.as_ref().is_some_and(|r| r.offer_id == offer.id)), "{ev:?}");
+    assert!(ev.iter().any(|e| e.kind == EventType::Failure));
+    assert!(s.m.offers.is_empty());
+}
+
+#[test]
+fn launching_on_another_frameworks_offer_is_refused() {
+    let mut s = Sim::new();
+    let agent = s.register_agent(1, "cpus:1;mem:128");
+    let (_f1, _) = s.subscribe();
+    let theirs = s.offers(FW_STREAM).remove(0);
+    let (f2, sid2) = s.subscribe_with(2000, FrameworkInfo::default());
+    s.launch(&f2, &sid2, &theirs, vec![task("sneaky", &agent, "cpus:0.1;mem:16", "true")]);
+    let ups = s.updates(2000);
+    assert_eq!(ups[0].state, TaskState::Lost);
+    assert!(ups[0].message.as_deref().unwrap().contains("not for this framework"));
+    // The owner's offer is untouched.
+    assert!(s.m.offers.contains_key(&theirs.id));
+    assert!(s.sent_to_agent(1).iter().all(|m| !matches!(m, MasterToAgent::RunTask { .. })));
+}
