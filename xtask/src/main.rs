@@ -30,7 +30,7 @@ fn main() {
         Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  setup          install what the tests need\n  up [--release] [--port P] [--check]\n                 build and run a local cluster (master + 2 agents)\n  test           setup, fmt, clippy, tests, and `up --check`\n  ci             `test` as CI runs it\n  bench          criterion benchmarks"
+                "usage: cargo xtask <command>\n\n  setup          install what the tests need\n  up [--release] [--port P] [--check]\n                 build and run a local cluster (master + 2 agents)\n  test           setup, fmt, clippy, tests, and `up --check`\n  ci             `test` as CI runs it\n  bench [--quick]\n                 criterion benchmarks and the load generator"
             );
             std::process::exit(2);
         }
@@ -356,10 +356,23 @@ fn test(args: &[String]) -> Result<()> {
     up(&["--check".to_string()])
 }
 
-/// The criterion benches; extra arguments go to criterion (e.g. a filter).
+/// The criterion benches, then the load generator against a release master.
+/// `--quick` shortens both; other arguments go to criterion.
 fn bench(args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let criterion: Vec<String> = if quick {
+        vec!["--warm-up-time".into(), "1".into(), "--measurement-time".into(), "2".into()]
+    } else {
+        args.to_vec()
+    };
     for (package, bench) in [("agora-proto", "frame"), ("agora-master", "allocation")] {
-        run(cargo().args(["bench", "-p", package, "--bench", bench, "--"]).args(args))?;
+        run(cargo().args(["bench", "-p", package, "--bench", bench, "--"]).args(&criterion))?;
     }
-    Ok(())
+    run(cargo().args(["build", "--release", "-p", "agora-master", "-p", "agora-bench", "--bins"]))?;
+    let mut load = Command::new(target_dir().join("release/agora-bench"));
+    load.arg("launch").arg("--out").arg(target_dir().join("bench"));
+    if quick {
+        load.arg("--quick");
+    }
+    run(&mut load)
 }
