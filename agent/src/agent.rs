@@ -361,6 +361,12 @@ impl Agent {
         }
         self.shut_down_frameworks.push_back(fid.clone());
         let keys: Vec<TaskKey> = self.tasks.keys().filter(|(f, _)| f == &fid).cloned().collect();
+        self.kill_silently(keys);
+    }
+
+    /// Kills tasks nobody will hear about again: their pending updates are
+    /// dropped and no new ones are made.
+    fn kill_silently(&mut self, keys: Vec<TaskKey>) {
         for k in keys {
             if let Some(t) = self.tasks.get_mut(&k) {
                 t.dropped = true;
@@ -541,14 +547,7 @@ impl Agent {
         }
         self.stopping = Some((Instant::now() + self.cfg.kill_grace, code));
         let keys: Vec<TaskKey> = self.tasks.keys().cloned().collect();
-        for k in keys {
-            if let Some(t) = self.tasks.get_mut(&k) {
-                t.dropped = true;
-                t.pending.clear();
-            }
-            self.kill(k.clone(), None, false);
-            self.maybe_forget(&k);
-        }
+        self.kill_silently(keys);
     }
 
     /// Stopping and every task has exited.

@@ -61,6 +61,10 @@ struct Args {
     max_completed_tasks_per_framework: usize,
     #[arg(long, default_value_t = 100_000)]
     max_connections_per_shard: usize,
+    /// How long to wait for a fixed port that is still in use (e.g. by a
+    /// master that just exited) before giving up.
+    #[arg(long, default_value = "10secs", value_parser = duration::parse)]
+    port_wait: std::time::Duration,
 }
 
 fn wire_default_max_frame() -> u32 {
@@ -111,7 +115,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     check_memlock()?;
     let n_shards = args.shards.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     anyhow::ensure!((1..=1024).contains(&n_shards), "--shards must be between 1 and 1024");
-    let (fds, addr) = shard::bind_listeners(SocketAddr::new(args.ip, args.port), n_shards)
+    let (fds, addr) = shard::bind_listeners(SocketAddr::new(args.ip, args.port), n_shards, args.port_wait)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", args.ip, args.port))?;
     let ip_text = addr.ip().to_string();
     let ip = match addr.ip() {

@@ -6,8 +6,12 @@
 //! A connection lives on the shard that accepted it for its whole life: that
 //! shard reads and validates its frames, parses its HTTP and JSON, answers an
 //! agent's pings and detects a silent agent, and writes what the core sends
-//! it. Shards share no memory; everything between them travels over glommio's
-//! channel mesh as [`ShardMsg`]s (connections of shard 0 use a local channel).
+//! it. Shards share no memory; everything between them travels as
+//! [`ShardMsg`]s over a mesh of glommio `shared_channel`s, one single-producer
+//! single-consumer channel per ordered pair of shards (connections of shard 0
+//! use a local channel). Each channel end is created on the main thread and
+//! moved to exactly one shard. (glommio's own `MeshBuilder` is not used: it
+//! shares an `Rc` between the threads that join it.)
 //!
 //! Every queue here is bounded. A framework stream or an agent connection
 //! whose outgoing queue is full is closed (a slow consumer must not make the
@@ -28,8 +32,8 @@ use agora_proto::http::{self, Limits, RequestParser, Response};
 use agora_proto::scheduler::{Call, Event};
 use agora_proto::wire::{self, AgentToMaster, FrameDecoder, Hello, MasterToAgent, HELLO_LEN};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::channels::channel_mesh::{MeshBuilder, Senders};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{spawn_local, CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 
@@ -168,7 +172,8 @@ struct Shard {
     idx: usize,
     cfg: Arc<ShellConfig>,
     counters: Arc<ShellCounters>,
-    mesh: Option<Senders<ShardMsg>>,
+    /// Senders to every other shard (`None` at this shard's own index).
+    mesh: Vec<Option<ConnectedSender<ShardMsg>>>,
     /// On shard 0: the core's input queue.
     core_tx: Option<Rc<LocalSender<ToCore>>>,
     next_id: Cell<u64>,
@@ -194,8 +199,8 @@ impl Shard {
     async fn to_core(&self, msg: ToCore) {
         if let Some(tx) = &self.core_tx {
             let _ = tx.send(msg).await;
-        } else if let Some(mesh) = &self.mesh {
-            if mesh.send_to(0, ShardMsg::ToCore(msg)).await.is_err() {
+        } else if let Some(Some(to_core)) = self.mesh.first() {
+            if to_core.send(ShardMsg::ToCore(msg)).await.is_err() {
                 tracing::error!("the core's shard is gone");
             }
         }
@@ -262,8 +267,34 @@ impl Shard {
 /// Binds `n` listening sockets to one address with `SO_REUSEPORT`, so the
 /// kernel spreads connections across shards. With port 0 the first socket
 /// picks the port and the others follow it.
-pub fn bind_listeners(addr: SocketAddr, n: usize) -> std::io::Result<(Vec<RawFd>, SocketAddr)> {
+///
+/// A fixed port is probed first with a plain bind, which fails while anyone
+/// listens there. Joining a live `SO_REUSEPORT` group would silently share
+/// connections with its owner: another master by mistake, or the listening
+/// socket of a master that just died, which io_uring keeps alive for a moment
+/// after the process exits; connections queued on it are then reset. So the
+/// master waits (up to `port_wait`) for the port to be free.
+pub fn bind_listeners(addr: SocketAddr, n: usize, port_wait: Duration) -> std::io::Result<(Vec<RawFd>, SocketAddr)> {
     use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() != 0 {
+        let deadline = Instant::now() + port_wait;
+        let mut said = false;
+        loop {
+            let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            probe.set_reuse_address(true)?;
+            match probe.bind(&addr.into()) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                    if !said {
+                        tracing::warn!(%addr, "the port is in use; waiting for it to be released");
+                        said = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
     let mut fds = Vec::with_capacity(n);
     let mut actual = addr;
     for i in 0..n {
@@ -292,7 +323,8 @@ pub fn run(cfg: ShellConfig, fds: Vec<RawFd>) -> anyhow::Result<()> {
     };
     let cfg = Arc::new(cfg);
     let counters = Arc::new(ShellCounters::default());
-    let mesh = (n > 1).then(|| MeshBuilder::<ShardMsg, _>::full(n, cfg.mesh_queue));
+    let ends = Arc::new(std::sync::Mutex::new(build_mesh(n, cfg.mesh_queue)));
+    let next_idx = Arc::new(AtomicU64::new(0));
     let fds = Arc::new(fds);
     let placement = match CpuSet::online() {
         Ok(set) if set.len() >= n => PoolPlacement::MaxSpread(n, Some(set)),
@@ -301,17 +333,21 @@ pub fn run(cfg: ShellConfig, fds: Vec<RawFd>) -> anyhow::Result<()> {
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("agora-shard")
         .on_all_shards(move || {
-            let (cfg, counters, mesh, fds, registry, recovered) =
-                (cfg.clone(), counters.clone(), mesh.clone(), fds.clone(), registry.clone(), recovered.clone());
+            let (cfg, counters, ends, next_idx, fds, registry, recovered) = (
+                cfg.clone(),
+                counters.clone(),
+                ends.clone(),
+                next_idx.clone(),
+                fds.clone(),
+                registry.clone(),
+                recovered.clone(),
+            );
             async move {
-                let (senders, receivers) = match mesh {
-                    Some(m) => {
-                        let (s, r) = m.join().await.expect("joining the shard mesh");
-                        (Some(s), Some(r))
-                    }
-                    None => (None, None),
-                };
-                let idx = senders.as_ref().map(|s| s.peer_id()).unwrap_or(0);
+                // Shards number themselves as they start; shard 0 runs the core.
+                let idx = next_idx.fetch_add(1, Ordering::SeqCst) as usize;
+                let mine = ends.lock().unwrap_or_else(|p| p.into_inner())[idx].take().expect("each shard's ends, once");
+                drop(ends);
+                let (senders, receivers) = connect_mesh(mine).await;
                 let (core_tx, core_rx) = if idx == 0 {
                     let (tx, rx) = local_channel::new_bounded(cfg.core_queue);
                     (Some(Rc::new(tx)), Some(rx))
@@ -332,19 +368,17 @@ pub fn run(cfg: ShellConfig, fds: Vec<RawFd>) -> anyhow::Result<()> {
                     pending: RefCell::new(HashMap::new()),
                     advertised,
                 });
-                if let Some(mut r) = receivers {
-                    for (_peer, rx) in r.streams() {
-                        let shard = shard.clone();
-                        spawn_local(async move {
-                            while let Some(msg) = rx.recv().await {
-                                match msg {
-                                    ShardMsg::ToCore(m) => shard.to_core(m).await,
-                                    ShardMsg::FromCore(m) => shard.deliver(m),
-                                }
+                for rx in receivers.into_iter().flatten() {
+                    let shard = shard.clone();
+                    spawn_local(async move {
+                        while let Some(msg) = rx.recv().await {
+                            match msg {
+                                ShardMsg::ToCore(m) => shard.to_core(m).await,
+                                ShardMsg::FromCore(m) => shard.deliver(m),
                             }
-                        })
-                        .detach();
-                    }
+                        }
+                    })
+                    .detach();
                 }
                 if let Some(rx) = core_rx {
                     let s = shard.clone();
@@ -404,7 +438,15 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let mut got = 0;
     while got < 4 {
         match within(FIRST_REQUEST_TIMEOUT, stream.read(&mut prefix[got..])).await {
-            Some(Ok(0)) | Some(Err(_)) | None => return,
+            Some(Ok(0)) => return,
+            Some(Err(e)) => {
+                tracing::debug!("connection failed before its first bytes: {e}");
+                return;
+            }
+            None => {
+                tracing::debug!("connection sent nothing for {FIRST_REQUEST_TIMEOUT:?}; closing");
+                return;
+            }
             Some(Ok(n)) => got += n,
         }
     }
@@ -577,7 +619,11 @@ async fn serve_http(shard: Rc<Shard>, stream: TcpStream, prefix: Vec<u8>, conn: 
                     rd.read(&mut buf).await
                 };
                 match read {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) => return,
+                    Err(e) => {
+                        tracing::debug!("HTTP connection failed: {e}");
+                        return;
+                    }
                     Ok(n) => {
                         parser.push(&buf[..n]);
                         continue;
@@ -612,7 +658,11 @@ async fn serve_http(shard: Rc<Shard>, stream: TcpStream, prefix: Vec<u8>, conn: 
                 return;
             }
         };
-        if wr.write_all(&resp.encode(req.keep_alive)).await.is_err() || !req.keep_alive {
+        if let Err(e) = wr.write_all(&resp.encode(req.keep_alive)).await {
+            tracing::debug!("HTTP response not written: {e}");
+            return;
+        }
+        if !req.keep_alive {
             let _ = wr.close().await;
             return;
         }
@@ -753,11 +803,59 @@ async fn handle(shard: &Rc<Shard>, master: &mut Master, msg: ToCore, start: Inst
 async fn send_to_shard(shard: &Rc<Shard>, to: usize, msg: FromCore) {
     if to == shard.idx {
         shard.deliver(msg);
-    } else if let Some(mesh) = &shard.mesh {
-        if mesh.send_to(to, ShardMsg::FromCore(msg)).await.is_err() {
+    } else if let Some(Some(tx)) = shard.mesh.get(to) {
+        if tx.send(ShardMsg::FromCore(msg)).await.is_err() {
             tracing::error!(to, "shard is gone");
         }
     }
+}
+
+/// One shard's ends of the mesh: a sender to and a receiver from every other
+/// shard, indexed by shard.
+struct MeshEnds {
+    senders: Vec<Option<SharedSender<ShardMsg>>>,
+    receivers: Vec<Option<SharedReceiver<ShardMsg>>>,
+}
+
+/// Creates one bounded channel per ordered pair of shards.
+fn build_mesh(n: usize, capacity: usize) -> Vec<Option<MeshEnds>> {
+    let mut ends: Vec<MeshEnds> = (0..n)
+        .map(|_| MeshEnds { senders: (0..n).map(|_| None).collect(), receivers: (0..n).map(|_| None).collect() })
+        .collect();
+    for from in 0..n {
+        for to in 0..n {
+            if from != to {
+                let (tx, rx) = shared_channel::new_bounded(capacity);
+                ends[from].senders[to] = Some(tx);
+                ends[to].receivers[from] = Some(rx);
+            }
+        }
+    }
+    ends.into_iter().map(Some).collect()
+}
+
+/// Connects a shard's ends; every connection needs its peer to connect too,
+/// so all are started before any is awaited.
+async fn connect_mesh(
+    ends: MeshEnds,
+) -> (Vec<Option<ConnectedSender<ShardMsg>>>, Vec<Option<ConnectedReceiver<ShardMsg>>>) {
+    let senders: Vec<_> = ends.senders.into_iter().map(|s| s.map(|s| spawn_local(s.connect()).detach())).collect();
+    let receivers: Vec<_> = ends.receivers.into_iter().map(|r| r.map(|r| spawn_local(r.connect()).detach())).collect();
+    let mut out_s = Vec::with_capacity(senders.len());
+    for s in senders {
+        out_s.push(match s {
+            Some(h) => Some(h.await.expect("connecting a shard channel")),
+            None => None,
+        });
+    }
+    let mut out_r = Vec::with_capacity(receivers.len());
+    for r in receivers {
+        out_r.push(match r {
+            Some(h) => Some(h.await.expect("connecting a shard channel")),
+            None => None,
+        });
+    }
+    (out_s, out_r)
 }
 
 async fn perform(shard: &Rc<Shard>, actions: Vec<core::Action>, registry: &RegistryWriter) {
@@ -788,38 +886,47 @@ async fn perform(shard: &Rc<Shard>, actions: Vec<core::Action>, registry: &Regis
     }
 }
 
-/// Writes registry snapshots off the executor thread, one at a time, always
-/// the newest: snapshots that arrive while a write is running are coalesced.
+/// Writes registry snapshots on a thread of its own (file writes and fsync
+/// block), one at a time, always the newest: a snapshot that arrives while a
+/// write is running replaces any still waiting. The hand-off is one slot under
+/// a mutex, so it is bounded by construction.
 struct RegistryWriter {
-    registry: Option<FileRegistry>,
-    pending: Rc<RefCell<Option<crate::registry::RegistryState>>>,
-    busy: Rc<Cell<bool>>,
+    slot: Option<Arc<(std::sync::Mutex<Option<crate::registry::RegistryState>>, std::sync::Condvar)>>,
 }
 
 impl RegistryWriter {
     fn new(registry: Option<FileRegistry>) -> RegistryWriter {
-        RegistryWriter { registry, pending: Rc::new(RefCell::new(None)), busy: Rc::new(Cell::new(false)) }
+        let Some(reg) = registry else { return RegistryWriter { slot: None } };
+        let slot = Arc::new((std::sync::Mutex::new(None), std::sync::Condvar::new()));
+        let s = slot.clone();
+        let spawned = std::thread::Builder::new().name("agora-registry".into()).spawn(move || loop {
+            let state = {
+                let (lock, cv) = &*s;
+                let mut pending = lock.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    if let Some(state) = pending.take() {
+                        break state;
+                    }
+                    pending = cv.wait(pending).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            if let Err(e) = reg.store(&state) {
+                tracing::error!("cannot write the registry: {e:#}");
+            }
+        });
+        match spawned {
+            Ok(_) => RegistryWriter { slot: Some(slot) },
+            Err(e) => {
+                tracing::error!("cannot start the registry writer: {e}; the registry will not be updated");
+                RegistryWriter { slot: None }
+            }
+        }
     }
 
     fn store(&self, state: crate::registry::RegistryState) {
-        let Some(reg) = self.registry.clone() else { return };
-        *self.pending.borrow_mut() = Some(state);
-        if self.busy.get() {
-            return;
-        }
-        self.busy.set(true);
-        let (pending, busy) = (self.pending.clone(), self.busy.clone());
-        spawn_local(async move {
-            loop {
-                let Some(s) = pending.borrow_mut().take() else { break };
-                let reg = reg.clone();
-                let res = glommio::executor().spawn_blocking(move || reg.store(&s)).await;
-                if let Err(e) = res {
-                    tracing::error!("cannot write the registry: {e:#}");
-                }
-            }
-            busy.set(false);
-        })
-        .detach();
+        let Some(slot) = &self.slot else { return };
+        let (lock, cv) = &**slot;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
+        cv.notify_one();
     }
 }

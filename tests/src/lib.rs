@@ -4,7 +4,8 @@
 //! task cgroups, sandboxes and temp dirs), also after a `kill -9`.
 //!
 //! The binaries must be built first (`cargo xtask test` does it); they are
-//! found next to the test executable, in the cargo target directory.
+//! found next to the test executable, in the cargo target directory, or in
+//! `AGORA_BIN_DIR` when set (e.g. daemons built with a sanitizer).
 
 pub mod framework;
 
@@ -18,8 +19,11 @@ use std::time::{Duration, Instant};
 use agora_proto::http::{Limits, ResponseItem, ResponseParser};
 use serde_json::Value;
 
-/// The cargo profile directory holding the binaries.
+/// The directory holding the binaries.
 pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("AGORA_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test> -> target/<profile>
     exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
@@ -195,6 +199,10 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(5));
+        // A failing test shows what the daemons said.
+        if std::thread::panicking() {
+            eprintln!("----- {} log ({}) -----\n{}", self.name, self.log.display(), self.log_text());
+        }
     }
 }
 
@@ -435,7 +443,10 @@ pub fn http(
         if p.is_done() {
             break;
         }
-        let n = s.read(&mut buf).unwrap_or(0);
+        let n = match s.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => panic!("{method} {path} to {addr}: read failed: {e}"),
+        };
         if n == 0 {
             if let Ok(Some(ResponseItem::Body(b))) = p.eof() {
                 out.extend_from_slice(&b);
@@ -444,7 +455,8 @@ pub fn http(
         }
         p.push(&buf[..n]);
     }
-    let head = p.head().expect("a response").clone();
+    let head =
+        p.head().unwrap_or_else(|| panic!("{method} {path} to {addr}: connection closed without a response")).clone();
     (head.status, head.headers, out)
 }
 

@@ -6,7 +6,9 @@
 //!   and two agents on loopback) in the foreground; Ctrl-C stops it and
 //!   removes its cgroups. `up --check` starts it, runs a task through
 //!   `agora run`, and stops it again: the README's commands, checked.
-//! - `test`: setup, then fmt, clippy, the workspace's tests and `up --check`.
+//! - `test`: setup, then fmt, clippy, the workspace's tests, the integration
+//!   tests again with the daemons built with AddressSanitizer, and
+//!   `up --check`.
 //! - `bench`: the criterion benchmarks.
 
 use std::io::{BufRead, BufReader};
@@ -353,7 +355,34 @@ fn test(args: &[String]) -> Result<()> {
     // Integration tests start the binaries, so they are built first.
     run(cargo().args(["build", "--workspace", "--bins"]))?;
     run(cargo().args(["test", "--workspace"]).args(args))?;
+    sanitized_tests()?;
     up(&["--check".to_string()])
+}
+
+/// The daemons run `unsafe` code of their own and of their runtimes (io_uring,
+/// cross-thread channels, fork/exec); the integration tests run again with
+/// master and agent built with AddressSanitizer (nightly), so memory errors
+/// fail CI instead of corrupting a cluster.
+fn sanitized_tests() -> Result<()> {
+    const TARGET: &str = "x86_64-unknown-linux-gnu";
+    if !succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    let asan_target = target_dir().join("asan");
+    // Through rustup, with the toolchain chosen for xtask itself cleared.
+    run(Command::new("rustup")
+        .args(["run", "nightly", "cargo", "build", "--target", TARGET, "-p", "agora-master", "-p", "agora-agent"])
+        .current_dir(root())
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("RUSTDOC")
+        .env_remove("CARGO")
+        .env("CARGO_TARGET_DIR", &asan_target)
+        .env("RUSTFLAGS", "-Zsanitizer=address"))?;
+    run(cargo()
+        .args(["test", "-p", "agora-tests"])
+        .env("AGORA_BIN_DIR", asan_target.join(TARGET).join("debug"))
+        .env("ASAN_OPTIONS", "detect_leaks=0:halt_on_error=1"))
 }
 
 /// The criterion benches, then the load generator against a release master.

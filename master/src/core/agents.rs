@@ -1,7 +1,7 @@
 //! Agents: registration, re-registration (after either side restarts),
 //! disconnection, loss, and the status updates they send.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use agora_proto::mesos::{AgentId, FrameworkId, FrameworkInfo, Reason, TaskState};
 use agora_proto::resources::DEFAULT_ROLE;
@@ -68,20 +68,7 @@ impl Master {
         self.next_agent_seq += 1;
         let id = AgentId::new(format!("{}-S{}", self.config.master_id, self.next_agent_seq));
         self.allocator.add_agent(id.clone(), info.resources.clone(), &[]);
-        self.agents.insert(
-            id.clone(),
-            Agent {
-                id: id.clone(),
-                info,
-                conn: Some(conn),
-                registered_time: now.wall_secs,
-                reregistered_time: None,
-                removal_deadline_ms: None,
-                tasks: HashSet::new(),
-                offers: HashSet::new(),
-                pending_kills: HashMap::new(),
-            },
-        );
+        self.agents.insert(id.clone(), Agent::new(id.clone(), info, Some(conn), now));
         self.agents_by_conn.insert(conn, id.clone());
         self.counters.agent_registrations += 1;
         self.alloc_dirty.insert(id.clone());
@@ -166,17 +153,10 @@ impl Master {
         }
 
         // (Re)build the agent and its allocation from what it reports.
-        let agent = self.agents.entry(agent_id.clone()).or_insert_with(|| Agent {
-            id: agent_id.clone(),
-            info: info.clone(),
-            conn: None,
-            registered_time: now.wall_secs,
-            reregistered_time: None,
-            removal_deadline_ms: None,
-            tasks: HashSet::new(),
-            offers: HashSet::new(),
-            pending_kills: HashMap::new(),
-        });
+        let agent = self
+            .agents
+            .entry(agent_id.clone())
+            .or_insert_with(|| Agent::new(agent_id.clone(), info.clone(), None, now));
         agent.info = info.clone();
         agent.conn = Some(conn);
         agent.reregistered_time = Some(now.wall_secs);

@@ -246,6 +246,22 @@ pub struct RecoveredAgent {
     pub deadline_ms: u64,
 }
 
+impl Agent {
+    fn new(id: AgentId, info: AgentInfo, conn: Option<ConnId>, now: Now) -> Agent {
+        Agent {
+            id,
+            info,
+            conn,
+            registered_time: now.wall_secs,
+            reregistered_time: None,
+            removal_deadline_ms: None,
+            tasks: HashSet::new(),
+            offers: HashSet::new(),
+            pending_kills: HashMap::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct OfferRecord {
     pub id: OfferId,
