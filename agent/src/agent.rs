@@ -303,7 +303,11 @@ impl Agent {
                 mem_bytes: (mem > 0.0).then_some((mem * 1024.0 * 1024.0) as u64),
             },
         };
-        match containerizer::launch(&spec, self.cgroups.as_ref()) {
+        let prepared = match &self.cgroups {
+            Some(cg) => containerizer::prepare(&spec, cg).map(Some),
+            None => Ok(None),
+        };
+        match prepared.and_then(|cgroup| containerizer::launch(&spec, cgroup)) {
             Ok(c) => {
                 let t = self.tasks.get_mut(&key).expect("inserted above");
                 t.pid = Some(c.pid);

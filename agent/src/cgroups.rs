@@ -8,6 +8,12 @@
 //! directory named after the agent's work directory, so a restarted agent
 //! finds and cleans what a crashed one left behind; nothing outside it is
 //! created, moved or limited.
+//!
+//! Every task also has a v2 cgroup for identity: its inode number is the
+//! cgroup id the eBPF programs key their maps by. On v2 hosts that is the
+//! task's cgroup itself; on hybrid hosts it is a directory in the unified
+//! hierarchy (which holds no controllers there), below the agent's own v2
+//! cgroup, that the task joins along with its v1 cgroups.
 
 use std::fs;
 use std::io::{self, Write};
@@ -16,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The v1 controllers a task is placed in on hybrid hosts.
-const V1_CONTROLLERS: [&str; 4] = ["cpu", "cpuacct", "memory", "pids"];
+const V1_CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "pids", "blkio"];
+/// The pseudo-controller name of the v2 identity directory on hybrid hosts.
+const IDENTITY: &str = "identity";
 const CFS_PERIOD_US: u64 = 100_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -142,6 +150,9 @@ impl Cgroups {
                     bases.push((ctrl.to_string(), dir));
                 }
             }
+            if let Some(unified) = own_unified_dir() {
+                bases.push((IDENTITY.to_string(), unified.join(name)));
+            }
             (Mode::V1, bases)
         } else {
             let mnt = mounts
@@ -183,6 +194,15 @@ impl Cgroups {
             }
         }
         Ok(Cgroups { mode, bases })
+    }
+
+    /// The agent's v2 directory, where cgroup eBPF programs attach to reach
+    /// every task below it.
+    pub fn identity_dir(&self) -> Option<PathBuf> {
+        match self.mode {
+            Mode::V2 => self.bases.first().map(|(_, d)| d.clone()),
+            Mode::V1 => self.bases.iter().find(|(c, _)| c == IDENTITY).map(|(_, d)| d.clone()),
+        }
     }
 
     /// The agent's directories, for reports and cleanup.
@@ -382,6 +402,74 @@ impl TaskCgroup {
         self.dirs.iter().map(|(_, d)| d.clone()).collect()
     }
 
+    /// The task's v2 cgroup id (the inode of its v2 directory), which the
+    /// eBPF programs see.
+    pub fn cgroup_id(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = match self.mode {
+            Mode::V2 => self.dirs.first().map(|(_, d)| d),
+            Mode::V1 => self.dirs.iter().find(|(c, _)| c == IDENTITY).map(|(_, d)| d),
+        }?;
+        fs::metadata(dir).ok().map(|m| m.ino())
+    }
+
+    /// What the cgroups account for the task.
+    pub fn stats(&self) -> CgroupStats {
+        let mut s = CgroupStats::default();
+        match self.mode {
+            Mode::V1 => {
+                if let Some(d) = self.dir("cpuacct") {
+                    s.cpu_usage_ns = read_u64(&d.join("cpuacct.usage"));
+                    // USER_HZ ticks; 100 per second on Linux.
+                    s.cpu_user_ns = read_keyed(&d.join("cpuacct.stat"), "user").map(|t| t * 10_000_000);
+                    s.cpu_system_ns = read_keyed(&d.join("cpuacct.stat"), "system").map(|t| t * 10_000_000);
+                }
+                if let Some(d) = self.dir("cpu") {
+                    let st = d.join("cpu.stat");
+                    s.nr_periods = read_keyed(&st, "nr_periods");
+                    s.nr_throttled = read_keyed(&st, "nr_throttled");
+                    s.throttled_ns = read_keyed(&st, "throttled_time");
+                }
+                if let Some(d) = self.dir("memory") {
+                    s.mem_usage_bytes = read_u64(&d.join("memory.usage_in_bytes"));
+                    s.mem_peak_bytes = read_u64(&d.join("memory.max_usage_in_bytes"));
+                    s.mem_limit_bytes = read_u64(&d.join("memory.limit_in_bytes"));
+                    let st = d.join("memory.stat");
+                    s.mem_rss_bytes = read_keyed(&st, "total_rss").or_else(|| read_keyed(&st, "rss"));
+                    s.mem_file_bytes = read_keyed(&st, "total_cache").or_else(|| read_keyed(&st, "cache"));
+                    s.oom_kills = read_keyed(&d.join("memory.oom_control"), "oom_kill");
+                }
+                if let Some(d) = self.dir("blkio") {
+                    let (r, w) = blkio_v1(&d.join("blkio.throttle.io_service_bytes"));
+                    s.io_read_bytes = r;
+                    s.io_write_bytes = w;
+                }
+            }
+            Mode::V2 => {
+                if let Some(d) = self.dir("unified") {
+                    let st = d.join("cpu.stat");
+                    s.cpu_usage_ns = read_keyed(&st, "usage_usec").map(|u| u * 1000);
+                    s.cpu_user_ns = read_keyed(&st, "user_usec").map(|u| u * 1000);
+                    s.cpu_system_ns = read_keyed(&st, "system_usec").map(|u| u * 1000);
+                    s.nr_periods = read_keyed(&st, "nr_periods");
+                    s.nr_throttled = read_keyed(&st, "nr_throttled");
+                    s.throttled_ns = read_keyed(&st, "throttled_usec").map(|u| u * 1000);
+                    s.mem_usage_bytes = read_u64(&d.join("memory.current"));
+                    s.mem_peak_bytes = read_u64(&d.join("memory.peak"));
+                    s.mem_limit_bytes = read_u64(&d.join("memory.max"));
+                    let ms = d.join("memory.stat");
+                    s.mem_rss_bytes = read_keyed(&ms, "anon");
+                    s.mem_file_bytes = read_keyed(&ms, "file");
+                    s.oom_kills = read_keyed(&d.join("memory.events"), "oom_kill");
+                    let (r, w) = io_v2(&d.join("io.stat"));
+                    s.io_read_bytes = r;
+                    s.io_write_bytes = w;
+                }
+            }
+        }
+        s
+    }
+
     /// Kills whatever is left and removes the directories, waiting up to
     /// `timeout` for the processes to go.
     pub fn destroy(&self, timeout: Duration) -> Result<(), String> {
@@ -403,6 +491,57 @@ impl TaskCgroup {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// What a task's cgroups account; `None` where the file is absent.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CgroupStats {
+    pub cpu_usage_ns: Option<u64>,
+    pub cpu_user_ns: Option<u64>,
+    pub cpu_system_ns: Option<u64>,
+    pub nr_periods: Option<u64>,
+    pub nr_throttled: Option<u64>,
+    pub throttled_ns: Option<u64>,
+    pub mem_usage_bytes: Option<u64>,
+    pub mem_peak_bytes: Option<u64>,
+    pub mem_limit_bytes: Option<u64>,
+    pub mem_rss_bytes: Option<u64>,
+    pub mem_file_bytes: Option<u64>,
+    pub oom_kills: Option<u64>,
+    pub io_read_bytes: Option<u64>,
+    pub io_write_bytes: Option<u64>,
+}
+
+/// v1 `blkio.throttle.io_service_bytes`: `MAJ:MIN Read N` lines, summed.
+fn blkio_v1(path: &Path) -> (Option<u64>, Option<u64>) {
+    let Ok(text) = fs::read_to_string(path) else { return (None, None) };
+    let (mut r, mut w) = (0u64, 0u64);
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() == 3 {
+            let n: u64 = f[2].parse().unwrap_or(0);
+            match f[1] {
+                "Read" => r += n,
+                "Write" => w += n,
+                _ => {}
+            }
+        }
+    }
+    (Some(r), Some(w))
+}
+
+/// v2 `io.stat`: `MAJ:MIN rbytes=N wbytes=N ...` lines, summed.
+fn io_v2(path: &Path) -> (Option<u64>, Option<u64>) {
+    let Ok(text) = fs::read_to_string(path) else { return (None, None) };
+    let (mut r, mut w) = (0u64, 0u64);
+    for field in text.split_whitespace() {
+        if let Some(v) = field.strip_prefix("rbytes=") {
+            r += v.parse().unwrap_or(0);
+        } else if let Some(v) = field.strip_prefix("wbytes=") {
+            w += v.parse().unwrap_or(0);
+        }
+    }
+    (Some(r), Some(w))
 }
 
 /// Writes "0" to each fd: moves the calling process into those cgroups.

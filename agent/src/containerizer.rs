@@ -36,8 +36,28 @@ pub struct Container {
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Starts a task. `cgroups` is `None` when isolation is off.
-pub fn launch(spec: &LaunchSpec, cgroups: Option<&Cgroups>) -> Result<Container, String> {
+/// Creates a task's cgroups with its limits (before anything else, so that
+/// accounting and enforcement can be registered before the task runs).
+pub fn prepare(spec: &LaunchSpec, cgroups: &Cgroups) -> Result<TaskCgroup, String> {
+    cgroups.create(&spec.container_id, spec.limits)
+}
+
+/// Starts a task in `cgroup` (from [`prepare`]; `None` when isolation is off).
+/// On failure the cgroup is removed.
+pub fn launch(spec: &LaunchSpec, cgroup: Option<TaskCgroup>) -> Result<Container, String> {
+    let res = spawn(spec, cgroup.as_ref());
+    match res {
+        Ok((pid, child)) => Ok(Container { pid, child, cgroup }),
+        Err(e) => {
+            if let Some(c) = &cgroup {
+                let _ = c.destroy(Duration::from_secs(1));
+            }
+            Err(e)
+        }
+    }
+}
+
+fn spawn(spec: &LaunchSpec, cgroup: Option<&TaskCgroup>) -> Result<(i32, tokio::process::Child), String> {
     fs::create_dir_all(&spec.sandbox).map_err(|e| format!("cannot create sandbox {}: {e}", spec.sandbox.display()))?;
     let open = |name: &str| {
         fs::File::create(spec.sandbox.join(name)).map_err(|e| format!("cannot create {name} in the sandbox: {e}"))
@@ -72,11 +92,7 @@ pub fn launch(spec: &LaunchSpec, cgroups: Option<&Cgroups>) -> Result<Container,
         }
     }
 
-    let cgroup = match cgroups {
-        Some(cg) => Some(cg.create(&spec.container_id, spec.limits)?),
-        None => None,
-    };
-    let files = match &cgroup {
+    let files = match cgroup {
         Some(c) => c.procs_files()?,
         None => Vec::new(),
     };
@@ -92,18 +108,10 @@ pub fn launch(spec: &LaunchSpec, cgroups: Option<&Cgroups>) -> Result<Container,
             cgroups::join_fds(&fds)
         });
     }
-    let child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            if let Some(c) = &cgroup {
-                let _ = c.destroy(Duration::from_secs(1));
-            }
-            return Err(format!("cannot start the command: {e}"));
-        }
-    };
+    let child = cmd.spawn().map_err(|e| format!("cannot start the command: {e}"))?;
     drop(files);
     let pid = child.id().map(|p| p as i32).ok_or("the task exited before it could be tracked")?;
-    Ok(Container { pid, child, cgroup })
+    Ok((pid, child))
 }
 
 /// Signals a task's process group and everything in its cgroup.

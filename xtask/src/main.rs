@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's own commands.
 //!
-//! - `setup`: installs what the tests need (Debian packages when missing, a
-//!   Python virtualenv with pymesos at `.venv`).
+//! - `setup`: installs what the build and the tests need: the eBPF toolchain
+//!   (nightly with rust-src, bpf-linker), Debian packages when missing, and a
+//!   Python virtualenv with pymesos at `.venv`.
 //! - `up`: builds everything and runs a local cluster (a standalone master
 //!   and two agents on loopback) in the foreground; Ctrl-C stops it and
 //!   removes its cgroups. `up --check` starts it, runs a task through
@@ -113,10 +114,58 @@ fn apt_install(packages: &[&str]) -> Result<()> {
 const PYMESOS: &str = "pymesos==0.3.15";
 const HTTP_PARSER: &str = "http-parser==0.9.0";
 
+/// The toolchain pieces the agent's eBPF programs need: the nightly toolchain
+/// with rust-src (for `-Z build-std=core`) and `bpf-linker`, built against
+/// nightly's own LLVM (a plain `cargo install bpf-linker` looks for LLVM
+/// under /usr and fails).
+fn ebpf_toolchain() -> Result<()> {
+    if !succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    let components =
+        Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]).output()?;
+    if !String::from_utf8_lossy(&components.stdout).lines().any(|l| l.starts_with("rust-src")) {
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    if succeeds(Command::new("bpf-linker").arg("--version")) {
+        return Ok(());
+    }
+    let sysroot = Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]).output()?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    let lib = sysroot.join("lib");
+    let versioned = std::fs::read_dir(&lib)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+    let major = versioned
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok())
+        .with_context(|| format!("cannot tell LLVM's version from {versioned}"))?;
+    let link = lib.join("libLLVM.so");
+    if !link.exists() {
+        std::os::unix::fs::symlink(&versioned, &link)?;
+    }
+    run(Command::new("rustup")
+        .args(["run", "nightly", "cargo", "install", "bpf-linker", "--locked", "--version", "0.13.0"])
+        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+        .env("LLVM_PREFIX", &sysroot)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO_TARGET_DIR"))?;
+    anyhow::ensure!(
+        succeeds(Command::new("bpf-linker").arg("--version")),
+        "bpf-linker is not on PATH after installing it"
+    );
+    Ok(())
+}
+
 /// The virtualenv at `.venv` with pymesos. pymesos needs `http-parser`, whose
 /// C extension does not build on Python 3.11; its package has a pure-Python
 /// parser (which pymesos supports), so it is installed without the extension.
 fn setup() -> Result<()> {
+    ebpf_toolchain()?;
     if !succeeds(Command::new("python3").args(["-m", "venv", "--help"])) {
         apt_install(&["python3", "python3-venv"])?;
     }
@@ -220,6 +269,8 @@ fn up(args: &[String]) -> Result<()> {
             "5050".into()
         }
     });
+    // The agent embeds its eBPF programs: their toolchain comes first.
+    ebpf_toolchain()?;
     let mut build = cargo();
     build.args(["build", "--workspace", "--bins"]);
     if release {
