@@ -24,7 +24,9 @@ use tokio::sync::mpsc;
 
 use crate::cgroups::{Cgroups, Limits, TaskCgroup};
 use crate::containerizer::{self, LaunchSpec};
+use crate::ebpf::Ebpf;
 use crate::link::{LinkEvent, LinkOut};
+use crate::usage::{self, Sample, Usage};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Isolation {
@@ -43,6 +45,8 @@ pub struct Config {
     pub status_retry_min: Duration,
     pub status_retry_max: Duration,
     pub max_completed_tasks: usize,
+    /// How often usage is reported to the master.
+    pub usage_report_interval: Duration,
 }
 
 /// Updates a task may have waiting; a task makes only a handful.
@@ -53,9 +57,18 @@ pub type TaskKey = (FrameworkId, TaskId);
 #[derive(Debug)]
 pub enum Ev {
     Link(LinkEvent),
-    Exited { key: TaskKey, container_id: String, status: std::io::Result<ExitStatus> },
-    KillEscalate { key: TaskKey, container_id: String },
+    Exited {
+        key: TaskKey,
+        container_id: String,
+        status: std::io::Result<ExitStatus>,
+    },
+    KillEscalate {
+        key: TaskKey,
+        container_id: String,
+    },
     Tick,
+    /// Sample every task's usage.
+    Sample,
     Shutdown(String),
 }
 
@@ -67,6 +80,11 @@ pub struct TaskRun {
     pub state: TaskState,
     pub pid: Option<i32>,
     pub cgroup: Option<TaskCgroup>,
+    /// The task's v2 cgroup id, when it has cgroups.
+    pub cgroup_id: Option<u64>,
+    /// Whether it is registered with the eBPF programs.
+    pub ebpf_registered: bool,
+    pub usage: Usage,
     pub kill_requested: bool,
     pub exited: bool,
     /// The framework was shut down: no more updates for this task.
@@ -84,6 +102,10 @@ pub struct CompletedTask {
     pub task_id: TaskId,
     pub state: TaskState,
     pub sandbox: PathBuf,
+    /// The last usage sample, taken as it ended.
+    pub usage: Usage,
+    pub cpus_limit: f64,
+    pub mem_limit_mb: f64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -107,6 +129,10 @@ pub struct Agent {
     /// Answered when the link has written the Unregister sent while stopping.
     flushed: Option<tokio::sync::oneshot::Receiver<()>>,
     pub cgroups: Option<Cgroups>,
+    /// The eBPF programs, when loaded; otherwise why not.
+    pub ebpf: Option<Ebpf>,
+    pub ebpf_note: String,
+    last_usage_report: Instant,
     pub tasks: HashMap<TaskKey, TaskRun>,
     pub completed: VecDeque<CompletedTask>,
     shut_down_frameworks: VecDeque<FrameworkId>,
@@ -118,8 +144,15 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(cfg: Config, cgroups: Option<Cgroups>, events: mpsc::Sender<Ev>) -> Agent {
+    pub fn new(cfg: Config, cgroups: Option<Cgroups>, ebpf: Result<Ebpf, String>, events: mpsc::Sender<Ev>) -> Agent {
+        let (ebpf, ebpf_note) = match ebpf {
+            Ok(e) => (Some(e), "on".to_string()),
+            Err(why) => (None, why),
+        };
         Agent {
+            ebpf,
+            ebpf_note,
+            last_usage_report: Instant::now(),
             cfg,
             agent_id: None,
             registered: false,
@@ -177,6 +210,13 @@ impl Agent {
                 }
             }
             Ev::Tick => self.tick(),
+            Ev::Sample => {
+                self.sample_all();
+                if self.last_usage_report.elapsed() >= self.cfg.usage_report_interval {
+                    self.last_usage_report = Instant::now();
+                    self.report_usage();
+                }
+            }
             Ev::Shutdown(why) => self.stop(&why, 0),
         }
     }
@@ -264,6 +304,9 @@ impl Agent {
                 state: TaskState::Staging,
                 pid: None,
                 cgroup: None,
+                cgroup_id: None,
+                ebpf_registered: false,
+                usage: Usage::default(),
                 kill_requested: false,
                 exited: false,
                 dropped: false,
@@ -307,11 +350,35 @@ impl Agent {
             Some(cg) => containerizer::prepare(&spec, cg).map(Some),
             None => Ok(None),
         };
-        match prepared.and_then(|cgroup| containerizer::launch(&spec, cgroup)) {
-            Ok(c) => {
+        // The task is accounted and its policy enforced from its first
+        // instruction: registered with the eBPF programs before it starts.
+        let prepared = prepared.and_then(|cgroup| {
+            let id = cgroup.as_ref().and_then(|c| c.cgroup_id());
+            if let (Some(ebpf), Some(id)) = (self.ebpf.as_mut(), id) {
+                let registered = task_policy(&task.resources).and_then(|p| ebpf.register(id, p));
+                if let Err(e) = registered {
+                    if let Some(c) = &cgroup {
+                        let _ = c.destroy(Duration::from_secs(1));
+                    }
+                    return Err(format!("cannot set up the task's accounting and enforcement: {e}"));
+                }
+            }
+            Ok((cgroup, id))
+        });
+        let registered = self.ebpf.is_some();
+        match prepared.and_then(|(cgroup, id)| {
+            containerizer::launch(&spec, cgroup).map(|c| (c, id)).inspect_err(|_| {
+                if let (Some(ebpf), Some(id)) = (self.ebpf.as_mut(), id) {
+                    ebpf.unregister(id);
+                }
+            })
+        }) {
+            Ok((c, id)) => {
                 let t = self.tasks.get_mut(&key).expect("inserted above");
                 t.pid = Some(c.pid);
                 t.cgroup = c.cgroup;
+                t.cgroup_id = id;
+                t.ebpf_registered = registered && id.is_some();
                 let mut child = c.child;
                 let events = self.events.clone();
                 let k = key.clone();
@@ -387,6 +454,13 @@ impl Agent {
             return;
         }
         t.exited = true;
+        // A last sample while the cgroup still exists, then stop accounting.
+        let sample = sample_task(t, self.ebpf.as_ref());
+        t.usage.push(sample);
+        if let (true, Some(id), Some(ebpf)) = (t.ebpf_registered, t.cgroup_id, self.ebpf.as_mut()) {
+            ebpf.unregister(id);
+            t.ebpf_registered = false;
+        }
         let outcome = match status {
             Ok(s) => containerizer::classify(s, t.kill_requested, t.cgroup.as_ref()),
             Err(e) => containerizer::Outcome {
@@ -507,6 +581,9 @@ impl Agent {
             task_id: key.1.clone(),
             state: t.state,
             sandbox: t.sandbox,
+            usage: t.usage,
+            cpus_limit: t.info.resources.cpus(),
+            mem_limit_mb: t.info.resources.mem_mb(),
         });
     }
 
@@ -561,6 +638,31 @@ impl Agent {
         (all_exited || Instant::now() > deadline + Duration::from_secs(3)).then_some(code)
     }
 
+    /// Samples every running task's usage.
+    fn sample_all(&mut self) {
+        let ebpf = self.ebpf.as_ref();
+        for t in self.tasks.values_mut().filter(|t| !t.exited && t.cgroup.is_some()) {
+            let s = sample_task(t, ebpf);
+            t.usage.push(s);
+        }
+    }
+
+    /// Sends the master a summary of every running task's usage.
+    fn report_usage(&mut self) {
+        if !self.registered {
+            return;
+        }
+        let tasks: Vec<wire::TaskUsage> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| !t.exited && !t.dropped)
+            .filter_map(|((fid, tid), t)| summarize(fid, tid, &t.usage))
+            .collect();
+        if !tasks.is_empty() {
+            self.send(&AgentToMaster::Usage { tasks });
+        }
+    }
+
     /// Removes every cgroup the agent made.
     pub fn cleanup(&mut self) {
         for t in self.tasks.values() {
@@ -597,4 +699,72 @@ pub async fn run_loop(agent: Rc<RefCell<Agent>>, mut rx: mpsc::Receiver<Ev>) -> 
         }
     }
     1
+}
+
+/// A task's eBPF policy from its resources: the ports it may bind and its
+/// egress limit.
+pub fn task_policy(resources: &agora_proto::resources::Resources) -> Result<agora_ebpf_common::TaskPolicy, String> {
+    use agora_ebpf_common::{PortRange, TaskPolicy, MAX_PORT_RANGES};
+    let ranges = resources.ports();
+    let ranges = ranges.as_slice();
+    if ranges.len() > MAX_PORT_RANGES {
+        return Err(format!("the task has {} port ranges; at most {MAX_PORT_RANGES} can be enforced", ranges.len()));
+    }
+    let mut ports = [PortRange::default(); MAX_PORT_RANGES];
+    for (i, &(b, e)) in ranges.iter().enumerate() {
+        let (Ok(begin), Ok(end)) = (u16::try_from(b), u16::try_from(e)) else {
+            return Err(format!("port range {b}-{e} is not within 0-65535"));
+        };
+        ports[i] = PortRange { begin, end };
+    }
+    let mbps = resources.scalar(usage::EGRESS_RESOURCE).as_f64();
+    let bytes_per_sec = if mbps > 0.0 { (mbps * 1e6 / 8.0) as u64 } else { 0 };
+    // A burst must let one full loopback segment (64 KiB) through; otherwise
+    // at least 20 ms of sending.
+    let burst_ns = ((128u64 << 10) * 1_000_000_000).checked_div(bytes_per_sec).map_or(0, |ns| ns.max(20_000_000));
+    Ok(TaskPolicy {
+        egress_bytes_per_sec: bytes_per_sec,
+        egress_burst_ns: burst_ns,
+        enforce_ports: 1,
+        n_port_ranges: ranges.len() as u32,
+        ports,
+    })
+}
+
+fn sample_task(t: &TaskRun, ebpf: Option<&Ebpf>) -> Sample {
+    Sample {
+        at: Instant::now(),
+        timestamp: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+        cgroup: t.cgroup.as_ref().map(|c| c.stats()).unwrap_or_default(),
+        ebpf: match (t.ebpf_registered, t.cgroup_id, ebpf) {
+            (true, Some(id), Some(e)) => e.read(id),
+            _ => None,
+        },
+    }
+}
+
+/// The summary of a task's usage that rides to the master.
+fn summarize(fid: &FrameworkId, tid: &TaskId, u: &Usage) -> Option<wire::TaskUsage> {
+    let s = u.latest.as_ref()?;
+    let (rx_rate, tx_rate) = u.net_rates().unwrap_or((0.0, 0.0));
+    let e = s.ebpf.unwrap_or(agora_ebpf_common::TaskCounters::ZERO);
+    Some(wire::TaskUsage {
+        framework_id: fid.clone(),
+        task_id: tid.clone(),
+        cpus_used: u.cpus_used().unwrap_or(0.0),
+        cpu_time_secs: s.ebpf.map(|e| e.cpu_ns).or(s.cgroup.cpu_usage_ns).unwrap_or(0) as f64 / 1e9,
+        mem_bytes: s.cgroup.mem_usage_bytes.unwrap_or(0),
+        mem_peak_bytes: s.cgroup.mem_peak_bytes.unwrap_or(0),
+        net_rx_bytes: e.net_rx_bytes,
+        net_tx_bytes: e.net_tx_bytes,
+        net_rx_bytes_per_sec: rx_rate,
+        net_tx_bytes_per_sec: tx_rate,
+        io_bytes_per_sec: u.io_rate().unwrap_or(0.0),
+        runq_p99_us: usage::histogram_quantile_us(&e.rq_hist, 0.99).unwrap_or(0),
+        throttled_secs: s.cgroup.throttled_ns.unwrap_or(0) as f64 / 1e9,
+        ebpf: s.ebpf.is_some() as u32,
+    })
 }

@@ -7,6 +7,7 @@
 //! - [`ebpf`]: the eBPF programs' loader, maps and self-monitoring.
 //! - [`btf`]: kernel struct offsets for the programs, from the kernel's BTF.
 //! - [`resources`]: what the agent offers.
+//! - [`usage`]: the per-task usage view and its renderings.
 //! - [`http`]: the agent's own endpoints.
 
 pub mod agent;
@@ -17,3 +18,4 @@ pub mod ebpf;
 pub mod http;
 pub mod link;
 pub mod resources;
+pub mod usage;

@@ -55,6 +55,17 @@ struct Args {
     registration_backoff_max: Duration,
     #[arg(long, default_value_t = agora_proto::wire::DEFAULT_MAX_FRAME_BYTES)]
     max_frame_bytes: u32,
+    /// `on` (default): per-task accounting and enforcement with eBPF, falling
+    /// back to cgroupfs accounting (and no port or egress enforcement) when
+    /// the kernel or privileges do not allow it; `off`: always the fallback.
+    #[arg(long, default_value = "on")]
+    ebpf: String,
+    /// How often each task's usage is sampled.
+    #[arg(long, default_value = "1secs", value_parser = duration::parse)]
+    usage_interval: Duration,
+    /// How often usage summaries are sent to the master.
+    #[arg(long, default_value = "5secs", value_parser = duration::parse)]
+    usage_report_interval: Duration,
 }
 
 fn main() {
@@ -123,6 +134,19 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             None
         }
     };
+    // eBPF accounting, or why not; the agent runs either way.
+    let ebpf = match (args.ebpf.as_str(), cg.as_ref().and_then(|c| c.identity_dir())) {
+        ("off", _) => Err("disabled with --ebpf off".to_string()),
+        ("on", None) => Err("tasks have no v2 cgroup (isolation off, or no unified hierarchy)".to_string()),
+        ("on", Some(dir)) => agora_agent::ebpf::Ebpf::load(&dir),
+        (other, _) => anyhow::bail!("--ebpf must be `on` or `off`, not {other:?}"),
+    };
+    match &ebpf {
+        Ok(e) => tracing::info!(programs = e.programs_loaded(), "eBPF accounting and enforcement on"),
+        Err(why) => tracing::warn!(
+            "eBPF accounting is off ({why}); using cgroupfs accounting, with ports and egress limits not enforced"
+        ),
+    }
 
     let listener = tokio_uring::net::TcpListener::bind(SocketAddr::new(args.ip, args.port))
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", args.ip, args.port))?;
@@ -145,8 +169,9 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         status_retry_min: args.status_update_retry,
         status_retry_max: args.status_update_retry_max.max(args.status_update_retry),
         max_completed_tasks: 1000,
+        usage_report_interval: args.usage_report_interval,
     };
-    let agent = Rc::new(RefCell::new(Agent::new(cfg, cg, tx.clone())));
+    let agent = Rc::new(RefCell::new(Agent::new(cfg, cg, ebpf, tx.clone())));
     tokio_uring::spawn(agora_agent::http::serve(listener, agent.clone()));
 
     // The link's events go into the main queue.
@@ -177,6 +202,18 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 if tx.send(Ev::Tick).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    {
+        let tx = tx.clone();
+        let every = args.usage_interval.max(Duration::from_millis(50));
+        tokio_uring::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if tx.send(Ev::Sample).await.is_err() {
                     return;
                 }
             }

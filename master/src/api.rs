@@ -143,7 +143,54 @@ fn task_json(t: &Task) -> Json {
     if let Some(u) = t.unreachable_time {
         v["unreachable_time"] = json!(u);
     }
+    if let Some(u) = &t.usage {
+        v["statistics"] = usage_json(u);
+    }
     v
+}
+
+/// A task's latest usage, as its agent reported it.
+fn usage_json(u: &agora_proto::wire::TaskUsage) -> Json {
+    json!({
+        "cpus_used": u.cpus_used,
+        "cpus_time_secs": u.cpu_time_secs,
+        "cpus_throttled_time_secs": u.throttled_secs,
+        "mem_total_bytes": u.mem_bytes,
+        "mem_peak_bytes": u.mem_peak_bytes,
+        "net_rx_bytes": u.net_rx_bytes,
+        "net_tx_bytes": u.net_tx_bytes,
+        "net_rx_bytes_per_sec": u.net_rx_bytes_per_sec,
+        "net_tx_bytes_per_sec": u.net_tx_bytes_per_sec,
+        "blkio_bytes_per_sec": u.io_bytes_per_sec,
+        "runq_latency_p99_us": u.runq_p99_us,
+        "source": if u.ebpf == 1 { "ebpf" } else { "cgroupfs" },
+    })
+}
+
+/// A framework's usage: the sum over its running tasks' latest reports.
+#[derive(Default)]
+struct FrameworkUsage {
+    cpus_used: f64,
+    mem_bytes: u64,
+    net_rx_bytes_per_sec: f64,
+    net_tx_bytes_per_sec: f64,
+    io_bytes_per_sec: f64,
+    reporting_tasks: usize,
+}
+
+fn framework_usage(fw: &Framework) -> FrameworkUsage {
+    let mut u = FrameworkUsage::default();
+    for t in fw.tasks.values() {
+        if let Some(r) = &t.usage {
+            u.cpus_used += r.cpus_used;
+            u.mem_bytes += r.mem_bytes;
+            u.net_rx_bytes_per_sec += r.net_rx_bytes_per_sec;
+            u.net_tx_bytes_per_sec += r.net_tx_bytes_per_sec;
+            u.io_bytes_per_sec += r.io_bytes_per_sec;
+            u.reporting_tasks += 1;
+        }
+    }
+    u
 }
 
 fn framework_json(m: &Master, fw: &Framework) -> Json {
@@ -176,6 +223,15 @@ fn framework_json(m: &Master, fw: &Framework) -> Json {
             "resources": flat_resources(&o.resources),
         })).collect::<Vec<_>>(),
         "executors": [],
+    });
+    let u = framework_usage(fw);
+    v["usage"] = json!({
+        "cpus_used": u.cpus_used,
+        "mem_total_bytes": u.mem_bytes,
+        "net_rx_bytes_per_sec": u.net_rx_bytes_per_sec,
+        "net_tx_bytes_per_sec": u.net_tx_bytes_per_sec,
+        "blkio_bytes_per_sec": u.io_bytes_per_sec,
+        "reporting_tasks": u.reporting_tasks,
     });
     if fw.info.has_capability(CapabilityType::MultiRole) {
         v["roles"] = json!(fw.roles);
@@ -377,14 +433,44 @@ pub fn render_metrics_json(m: &Master, s: &ShellStats) -> Vec<u8> {
     serde_json::to_vec(&metrics(m, s)).expect("numbers serialize")
 }
 
-/// The same figures in Prometheus's text format: `master/tasks_running`
-/// becomes `agora_master_tasks_running`.
+/// A Prometheus label value, escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The same figures in Prometheus's text format (`master/tasks_running`
+/// becomes `agora_master_tasks_running`), plus usage per framework.
 pub fn render_metrics_prometheus(m: &Master, s: &ShellStats) -> Vec<u8> {
     let mut out = String::new();
     for (k, v) in metrics(m, s) {
         let name: String =
             format!("agora_{k}").chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
         out.push_str(&format!("# TYPE {name} gauge\n{name} {v}\n"));
+    }
+    let mut fws: Vec<&Framework> = m.frameworks.values().collect();
+    fws.sort_by(|a, b| a.id.cmp(&b.id));
+    let usage: Vec<(String, FrameworkUsage)> = fws
+        .iter()
+        .map(|f| {
+            (
+                format!("framework_id=\"{}\",framework=\"{}\"", label(&f.id.value), label(&f.info.name)),
+                framework_usage(f),
+            )
+        })
+        .collect();
+    type Getter = fn(&FrameworkUsage) -> f64;
+    let series: [(&str, &str, Getter); 5] = [
+        ("agora_framework_cpus_used", "Cores used by the framework's tasks", |u| u.cpus_used),
+        ("agora_framework_mem_bytes", "Memory used by the framework's tasks", |u| u.mem_bytes as f64),
+        ("agora_framework_net_rx_bytes_per_second", "Network bytes received per second", |u| u.net_rx_bytes_per_sec),
+        ("agora_framework_net_tx_bytes_per_second", "Network bytes sent per second", |u| u.net_tx_bytes_per_sec),
+        ("agora_framework_blkio_bytes_per_second", "Block IO bytes per second", |u| u.io_bytes_per_sec),
+    ];
+    for (name, help, get) in series {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for (labels, u) in &usage {
+            out.push_str(&format!("{name}{{{labels}}} {}\n", get(u)));
+        }
     }
     out.into_bytes()
 }

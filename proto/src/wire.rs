@@ -18,7 +18,8 @@ use crate::mesos::{AgentId, FrameworkId, FrameworkInfo, KillPolicy, TaskId, Task
 use crate::resources::{Attribute, Resources};
 
 /// Bumped on every incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: usage reports.
+pub const PROTOCOL_VERSION: u16 = 2;
 pub const MAGIC: [u8; 4] = *b"AGRA";
 pub const HELLO_LEN: usize = 16;
 /// Default bound on one frame's payload.
@@ -120,6 +121,28 @@ pub struct StatusUpdate {
     pub latest_state: TaskState,
 }
 
+/// A summary of one task's usage, sent by the agent on an interval.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct TaskUsage {
+    pub framework_id: FrameworkId,
+    pub task_id: TaskId,
+    /// Cores used over the last sampling interval.
+    pub cpus_used: f64,
+    pub cpu_time_secs: f64,
+    pub mem_bytes: u64,
+    pub mem_peak_bytes: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+    pub net_rx_bytes_per_sec: f64,
+    pub net_tx_bytes_per_sec: f64,
+    pub io_bytes_per_sec: f64,
+    pub runq_p99_us: u64,
+    pub throttled_secs: f64,
+    /// 1 when measured by the eBPF programs, 0 from cgroupfs only.
+    pub ebpf: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub enum AgentToMaster {
@@ -139,6 +162,10 @@ pub enum AgentToMaster {
     /// The agent is shutting down and has killed its tasks.
     Unregister {
         reason: String,
+    },
+    /// Usage of the agent's running tasks.
+    Usage {
+        tasks: Vec<TaskUsage>,
     },
 }
 

@@ -21,6 +21,7 @@ impl Master {
             AgentToMaster::StatusUpdate(u) => self.status_update(now, conn, *u),
             // Pongs are answered by the agent's shard; one that gets here is harmless.
             AgentToMaster::Pong { .. } => {}
+            AgentToMaster::Usage { tasks } => self.usage_report(conn, tasks),
             AgentToMaster::Unregister { reason } => {
                 if let Some(id) = self.agents_by_conn.get(&conn).cloned() {
                     self.remove_agent(now, &id, &format!("Agent shut down: {reason}"));
@@ -205,6 +206,7 @@ impl Master {
                 role,
                 statuses: vec![StatusRecord { state: report.state, timestamp: now.wall_secs }],
                 unreachable_time: None,
+                usage: None,
             });
             // A task that ended while the agent was away keeps its state (and
             // its resources) until its terminal update arrives and completes it.
@@ -241,6 +243,18 @@ impl Master {
             }
         }
         self.persist();
+    }
+
+    /// Usage of an agent's tasks: kept on each task (only tasks of that agent).
+    fn usage_report(&mut self, conn: ConnId, tasks: Vec<agora_proto::wire::TaskUsage>) {
+        let Some(agent_id) = self.agents_by_conn.get(&conn).cloned() else { return };
+        for u in tasks {
+            if let Some(t) = self.frameworks.get_mut(&u.framework_id).and_then(|f| f.tasks.get_mut(&u.task_id)) {
+                if t.agent_id == agent_id {
+                    t.usage = Some(u);
+                }
+            }
+        }
     }
 
     /// A status update from an agent: record it and forward it.

@@ -181,6 +181,8 @@ pub struct Task {
     pub role: String,
     pub statuses: Vec<StatusRecord>,
     pub unreachable_time: Option<f64>,
+    /// The latest usage its agent reported.
+    pub usage: Option<agora_proto::wire::TaskUsage>,
 }
 
 /// Bound on the status history kept per task.

@@ -261,6 +261,7 @@ impl Master {
                 role,
                 statuses: vec![StatusRecord { state: TaskState::Staging, timestamp: now.wall_secs }],
                 unreachable_time: None,
+                usage: None,
             },
         );
         self.agents.get_mut(agent_id).expect("connected").tasks.insert((fid.clone(), task.task_id.clone()));
