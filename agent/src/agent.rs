@@ -719,9 +719,11 @@ pub fn task_policy(resources: &agora_proto::resources::Resources) -> Result<agor
     }
     let mbps = resources.scalar(usage::EGRESS_RESOURCE).as_f64();
     let bytes_per_sec = if mbps > 0.0 { (mbps * 1e6 / 8.0) as u64 } else { 0 };
-    // A burst must let one full loopback segment (64 KiB) through; otherwise
-    // at least 20 ms of sending.
-    let burst_ns = ((128u64 << 10) * 1_000_000_000).checked_div(bytes_per_sec).map_or(0, |ns| ns.max(20_000_000));
+    // The task's TCP sockets pace themselves at the rate (the `tcp_pacing`
+    // program), so the drop policy is a backstop for traffic that ignores
+    // pacing. TCP sends its first ten segments unpaced, and a segment can be
+    // 64 KiB, so the burst admits 768 KiB, or 50 ms of sending if more.
+    let burst_ns = ((768u64 << 10) * 1_000_000_000).checked_div(bytes_per_sec).map_or(0, |ns| ns.max(50_000_000));
     Ok(TaskPolicy {
         egress_bytes_per_sec: bytes_per_sec,
         egress_burst_ns: burst_ns,

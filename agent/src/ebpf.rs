@@ -19,7 +19,7 @@ use agora_ebpf_common::{
     EgressState, KernelOffsets, TaskCounters, TaskPolicy, MAX_TASKS, MAX_WAKEUPS, STAT_READ_ERRORS, STAT_WAKEUPS_FULL,
 };
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
-use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr};
+use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agora-ebpf.o"));
 
@@ -114,6 +114,13 @@ impl Ebpf {
             p.load().map_err(err(name))?;
             p.attach(&dir, mode).map_err(err(name))?;
             loaded.push(name);
+        }
+        {
+            let p: &mut SockOps =
+                bpf.program_mut("tcp_pacing").ok_or("program missing")?.try_into().map_err(err("program type"))?;
+            p.load().map_err(err("tcp_pacing"))?;
+            p.attach(&dir, mode).map_err(err("tcp_pacing"))?;
+            loaded.push("tcp_pacing");
         }
         let stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
             Ok(fd) => Some(fd),

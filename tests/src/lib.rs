@@ -340,6 +340,19 @@ impl Agent {
         get_json(&self.http, "/state")
     }
 
+    /// The `/monitor/statistics` entry of a task (running or just ended).
+    pub fn statistics(&self, task_id: &str) -> Option<Value> {
+        let all = get_json(&self.http, "/monitor/statistics");
+        all.as_array()?.iter().find(|e| e["task_id"] == task_id).map(|e| e["statistics"].clone())
+    }
+
+    /// The agent's Prometheus text.
+    pub fn metrics_text(&self) -> String {
+        let (status, _, body) = http(&self.http, "GET", "/metrics", &[], &[]);
+        assert_eq!(status, 200);
+        String::from_utf8(body).expect("utf-8")
+    }
+
     pub fn kill9(&mut self) {
         if let Some(p) = self.proc.as_mut() {
             p.kill9();

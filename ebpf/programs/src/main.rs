@@ -10,7 +10,12 @@
 //!   the CPU, and run-queue latency of the task switched in.
 //! - `sched_wakeup`, `sched_wakeup_new`: when a task's thread became runnable.
 //! - `ingress`, `egress` (cgroup_skb): network bytes and packets; egress
-//!   applies the task's rate limit (drop with congestion notification).
+//!   applies the task's rate limit: congestion notification past half the
+//!   burst, drop (with notification) past the burst.
+//! - `tcp_pacing` (sock_ops): TCP sockets of a limited task pace themselves at
+//!   its rate (`SO_MAX_PACING_RATE`, set at connect and listen, inherited by
+//!   accepted sockets), so TCP rarely meets the egress drops, each of which
+//!   would stall it for a retransmission timeout.
 //! - `bind4`, `bind6` (cgroup sock_addr): binds only to the task's ports.
 //! - `mark_victim`: the OOM killer chose one of the task's processes.
 //!
@@ -24,11 +29,13 @@ use agora_ebpf_common::{
     N_STATS, RQ_BUCKETS, STAT_READ_ERRORS, STAT_WAKEUPS_FULL,
 };
 use aya_ebpf::{
-    bindings::__sk_buff,
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_skb_cgroup_id},
-    macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, map},
+    bindings::{
+        __sk_buff, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, SOL_SOCKET, SO_MAX_PACING_RATE,
+    },
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_setsockopt, bpf_skb_cgroup_id},
+    macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, map, sock_ops},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
-    programs::{BtfTracePointContext, SkBuffContext, SockAddrContext},
+    programs::{BtfTracePointContext, SkBuffContext, SockAddrContext, SockOpsContext},
 };
 
 #[map]
@@ -53,10 +60,11 @@ static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(N_STATS, 0);
 
-/// Return values of cgroup_skb programs: pass, or drop and tell TCP it met
-/// congestion (so it slows down instead of failing the send).
+/// Return values of cgroup_skb programs: pass; pass and tell TCP it met
+/// congestion (it shrinks its window without losing data); drop and tell it.
 const SKB_PASS: i32 = 1;
 const SKB_DROP_CN: i32 = 2;
+const SKB_PASS_CN: i32 = 3;
 
 #[inline(always)]
 fn bump_stat(idx: u32) {
@@ -246,8 +254,10 @@ fn try_egress(ctx: &SkBuffContext) -> Option<i32> {
                 // Generic cell rate algorithm: each packet moves the
                 // theoretical arrival time on by its transmission time at the
                 // allowed rate; a packet that would put it more than the burst
-                // ahead of now is dropped. Exact for one sending CPU; senders
-                // on several CPUs may race and exceed the rate slightly.
+                // ahead of now is dropped. The update is not atomic (the BPF
+                // target has no compare-and-swap in Rust): packets leaving on
+                // two CPUs at the same instant can both pass. Paced TCP stays
+                // below the limit and is not affected.
                 // SAFETY: no preconditions.
                 let now = unsafe { bpf_ktime_get_ns() };
                 let cost = len * 1_000_000_000 / p.egress_bytes_per_sec;
@@ -261,6 +271,14 @@ fn try_egress(ctx: &SkBuffContext) -> Option<i32> {
                 }
                 // SAFETY: as above.
                 unsafe { (*st).tat_ns = start + cost };
+                c.net_tx_bytes += len;
+                c.net_tx_packets += 1;
+                // Past half the burst: ask TCP to slow down before anything
+                // has to be dropped.
+                if start + cost > now + p.egress_burst_ns / 2 {
+                    return Some(SKB_PASS_CN);
+                }
+                return Some(SKB_PASS);
             }
         }
     }
@@ -311,6 +329,40 @@ pub fn bind4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(bind6)]
 pub fn bind6(ctx: SockAddrContext) -> i32 {
     check_bind(&ctx)
+}
+
+/// Sets the pacing rate of a limited task's TCP sockets. Connect and listen
+/// run in the task's own context, so the current cgroup is the task's.
+#[sock_ops]
+pub fn tcp_pacing(ctx: SockOpsContext) -> u32 {
+    let op = ctx.op();
+    if op == BPF_SOCK_OPS_TCP_CONNECT_CB || op == BPF_SOCK_OPS_TCP_LISTEN_CB {
+        // SAFETY: no preconditions.
+        let cg = unsafe { bpf_get_current_cgroup_id() };
+        // SAFETY: a value read from the map.
+        if let Some(p) = unsafe { POLICY.get(&cg) } {
+            if p.egress_bytes_per_sec > 0 {
+                // The kernel takes this option from BPF as a 32-bit int of
+                // bytes per second; u32::MAX would mean "unlimited".
+                let mut rate: u32 = if p.egress_bytes_per_sec >= u32::MAX as u64 {
+                    u32::MAX - 1
+                } else {
+                    p.egress_bytes_per_sec as u32
+                };
+                // SAFETY: the context's own socket; optval points at a u32.
+                unsafe {
+                    bpf_setsockopt(
+                        ctx.ops as *mut _,
+                        SOL_SOCKET as i32,
+                        SO_MAX_PACING_RATE as i32,
+                        &mut rate as *mut u32 as *mut _,
+                        4,
+                    );
+                }
+            }
+        }
+    }
+    1
 }
 
 #[cfg(not(test))]
