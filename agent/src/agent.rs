@@ -765,7 +765,7 @@ fn summarize(fid: &FrameworkId, tid: &TaskId, u: &Usage) -> Option<wire::TaskUsa
         net_rx_bytes_per_sec: rx_rate,
         net_tx_bytes_per_sec: tx_rate,
         io_bytes_per_sec: u.io_rate().unwrap_or(0.0),
-        runq_p99_us: usage::histogram_quantile_us(&e.rq_hist, 0.99).unwrap_or(0),
+        runq_p99_us: agora_ebpf_common::rq_quantile_us(&e.rq_hist, 990).unwrap_or(0),
         throttled_secs: s.cgroup.throttled_ns.unwrap_or(0) as f64 / 1e9,
         ebpf: s.ebpf.is_some() as u32,
     })

@@ -176,6 +176,9 @@ impl Cgroups {
         for (_, dir) in &bases {
             fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
+        if let Some((_, dir)) = bases.iter().find(|(c, _)| c == "blkio") {
+            activate_blkio_accounting(dir);
+        }
         if mode == Mode::V2 {
             let parent = bases[0].1.parent().expect("has a parent").to_path_buf();
             // The agent's cgroup must pass cpu and memory down to ours, and ours
@@ -252,17 +255,37 @@ impl Cgroups {
 fn enable_controllers(dir: &Path) -> Result<(), String> {
     let ctl = dir.join("cgroup.subtree_control");
     let cur = fs::read_to_string(&ctl).unwrap_or_default();
-    for c in ["cpu", "memory", "pids"] {
+    // pids and io are optional: without io, tasks have no block IO figures.
+    for c in ["cpu", "memory", "pids", "io"] {
         if cur.split_whitespace().any(|x| x == c) {
             continue;
         }
         if let Err(e) = fs::write(&ctl, format!("+{c}")) {
-            if c != "pids" {
+            if c == "cpu" || c == "memory" {
                 return Err(format!("cannot enable the {c} controller in {}: {e}", ctl.display()));
             }
         }
     }
     Ok(())
+}
+
+/// Makes v1 blkio count bytes per cgroup. The kernel keeps
+/// `blkio.throttle.io_service_bytes` only for devices where blk-throttle has
+/// been configured; a rule without a limit (`MAJ:MIN 0`) in the agent's own
+/// blkio cgroup turns it on for every disk, and limits nothing. Devices that
+/// refuse (no request queue) are skipped. Returns how many were turned on.
+fn activate_blkio_accounting(dir: &Path) -> usize {
+    let rule = dir.join("blkio.throttle.read_bps_device");
+    let Ok(disks) = fs::read_dir("/sys/block") else { return 0 };
+    let mut n = 0;
+    for d in disks.flatten() {
+        let Ok(dev) = fs::read_to_string(d.path().join("dev")) else { continue };
+        if fs::write(&rule, format!("{} 0", dev.trim())).is_ok() {
+            n += 1;
+        }
+    }
+    tracing::debug!(devices = n, "blkio accounting on");
+    n
 }
 
 /// Whether the agent is the only process in cgroup `dir`.

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use agora_ebpf_common::{rq_bucket_upper_us, TaskCounters, RQ_BUCKETS};
+use agora_ebpf_common::{rq_quantile_us, TaskCounters};
 use serde_json::{json, Map, Value};
 
 use crate::cgroups::CgroupStats;
@@ -74,24 +74,6 @@ impl Usage {
     }
 }
 
-/// The `q` quantile (0..1) of a log2 histogram, in microseconds: the upper
-/// bound of the bucket the quantile falls in.
-pub fn histogram_quantile_us(hist: &[u64; RQ_BUCKETS], q: f64) -> Option<u64> {
-    let total: u64 = hist.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let target = ((total as f64) * q).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    for (i, n) in hist.iter().enumerate() {
-        seen += n;
-        if seen >= target {
-            return Some(rq_bucket_upper_us(i));
-        }
-    }
-    Some(rq_bucket_upper_us(RQ_BUCKETS - 1))
-}
-
 fn secs(ns: Option<u64>) -> Value {
     ns.map(|n| json!(n as f64 / 1e9)).unwrap_or(Value::Null)
 }
@@ -139,8 +121,8 @@ pub fn statistics_json(u: &Usage, cpus_limit: f64, mem_limit_mb: f64) -> Value {
             if e.rq_count > 0 {
                 m.insert("runq_latency_mean_us".into(), json!(e.rq_sum_ns as f64 / e.rq_count as f64 / 1000.0));
             }
-            for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
-                if let Some(v) = histogram_quantile_us(&e.rq_hist, q) {
+            for (name, q) in [("p50", 500), ("p90", 900), ("p99", 990)] {
+                if let Some(v) = rq_quantile_us(&e.rq_hist, q) {
                     m.insert(format!("runq_latency_{name}_us"), json!(v));
                 }
             }
@@ -164,13 +146,15 @@ mod tests {
 
     #[test]
     fn quantiles_of_a_log2_histogram() {
-        let mut h = [0u64; RQ_BUCKETS];
-        assert_eq!(histogram_quantile_us(&h, 0.99), None);
+        let mut h = [0u64; agora_ebpf_common::RQ_BUCKETS];
+        assert_eq!(rq_quantile_us(&h, 990), None);
         h[2] = 98; // [2, 4) µs
         h[10] = 2; // [512, 1024) µs
-        assert_eq!(histogram_quantile_us(&h, 0.5), Some(4));
-        assert_eq!(histogram_quantile_us(&h, 0.98), Some(4));
-        assert_eq!(histogram_quantile_us(&h, 0.99), Some(1024));
+        assert_eq!(rq_quantile_us(&h, 500), Some(4));
+        assert_eq!(rq_quantile_us(&h, 980), Some(4));
+        assert_eq!(rq_quantile_us(&h, 990), Some(1024));
+        h[2] = 0;
+        assert_eq!(rq_quantile_us(&h, 1), Some(1024), "a low quantile of one bucket is that bucket");
     }
 
     #[test]

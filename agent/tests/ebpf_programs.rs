@@ -22,6 +22,21 @@ fn policy(ports: &[(u16, u16)]) -> TaskPolicy {
     p
 }
 
+/// Removes the test's cgroups (killing what is left in them) and its
+/// sandbox, even when an assertion fails.
+struct CleanUp {
+    cg: Cgroups,
+    sandbox: std::path::PathBuf,
+}
+
+impl Drop for CleanUp {
+    fn drop(&mut self) {
+        self.cg.clean_stale();
+        self.cg.remove();
+        let _ = std::fs::remove_dir_all(&self.sandbox);
+    }
+}
+
 #[tokio::test]
 async fn programs_load_attach_and_count_a_real_task() {
     // SAFETY: geteuid has no preconditions.
@@ -30,12 +45,16 @@ async fn programs_load_attach_and_count_a_real_task() {
         return;
     }
     let name = format!("agora_ebpf_test_{}", std::process::id());
-    let cg = Cgroups::setup(&name).expect("cgroups");
+    let guard = CleanUp {
+        cg: Cgroups::setup(&name).expect("cgroups"),
+        sandbox: std::env::temp_dir().join(format!("{name}-sandbox")),
+    };
+    let cg = &guard.cg;
     let identity = cg.identity_dir().expect("a v2 identity directory");
     let mut ebpf = Ebpf::load(&identity).expect("eBPF programs load and attach");
     assert!(ebpf.programs_loaded() >= 7, "{}", ebpf.programs_loaded());
 
-    let sandbox = std::env::temp_dir().join(format!("{name}-sandbox"));
+    let sandbox = guard.sandbox.clone();
     // Spin for a second, then bind an allowed and a forbidden port.
     let script = r#"
 import socket, time
@@ -61,7 +80,7 @@ except PermissionError:
         limits: Limits { cpus: 0.0, mem_bytes: None },
     };
     // The task's cgroup exists and is registered before the process runs.
-    let task_cg = containerizer::prepare(&spec, &cg).expect("task cgroup");
+    let task_cg = containerizer::prepare(&spec, cg).expect("task cgroup");
     let id = task_cg.cgroup_id().expect("cgroup id");
     ebpf.register(id, policy(&[(40007, 40007)])).expect("register");
     let mut c = containerizer::launch(&spec, Some(task_cg)).expect("launch");
@@ -87,10 +106,9 @@ except PermissionError:
     assert!(ebpf.stats().maps.iter().all(|m| m.entries == 0), "{:?}", ebpf.stats().maps);
     containerizer::cleanup(c.pid, Some(&cgroup));
     drop(ebpf);
-    cg.clean_stale();
-    cg.remove();
-    for d in cg.dirs() {
+    let dirs = cg.dirs();
+    drop(guard);
+    for d in dirs {
         assert!(!d.exists(), "{} left behind", d.display());
     }
-    let _ = std::fs::remove_dir_all(sandbox);
 }

@@ -3,6 +3,9 @@
 //! - `agora run`: like mesos-execute, runs a command as one or more tasks,
 //!   prints their state transitions and exits with the task's exit code.
 //! - `agora agents | frameworks | tasks`: tables from the master's state.
+//! - `agora top`: a live table of running tasks and what they use.
+
+mod top;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -68,6 +71,27 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// A live table of running tasks across the cluster: CPU, CFS
+    /// throttling, run-queue latency p99, memory, network and block IO.
+    Top {
+        #[arg(long, default_value = "127.0.0.1:5050")]
+        master: String,
+        /// Order, largest first (keys c, r, n, i, m change it while running).
+        #[arg(long, value_enum, default_value = "cpu")]
+        sort: top::SortKey,
+        /// Time between refreshes, e.g. `2secs`, `500ms`.
+        #[arg(long, default_value = "2secs", value_parser = agora_proto::duration::parse)]
+        interval: Duration,
+        /// Print one table, measured over one interval, and exit.
+        #[arg(long)]
+        once: bool,
+        /// Print the rows of one table as JSON and exit.
+        #[arg(long)]
+        json: bool,
+        /// Show at most this many tasks.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,6 +105,9 @@ fn main() -> ExitCode {
             Cmd::Agents { master, json } => agents(&master, json).await.map(|_| 0),
             Cmd::Frameworks { master, json } => frameworks(&master, json).await.map(|_| 0),
             Cmd::Tasks { master, all, json } => tasks(&master, all, json).await.map(|_| 0),
+            Cmd::Top { master, sort, interval, once, json, limit } => {
+                top::run(top::Options { master, sort, interval, once, json, limit }).await.map(|_| 0)
+            }
         }
     });
     match res {

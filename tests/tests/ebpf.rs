@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use agora_proto::mesos::{Reason, TaskState};
 use agora_tests::framework::{info, Spec, TestFramework};
-use agora_tests::{active_agents, require_root, wait_until, Agent, AgentOpts, Master, MasterOpts};
+use agora_tests::{active_agents, bin, require_root, wait_until, Agent, AgentOpts, Master, MasterOpts};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -476,4 +476,94 @@ async fn agent_stop_leaves_nothing_behind() {
     });
     let links: Vec<u32> = aya::programs::loaded_links().flatten().map(|l| l.prog_id).collect();
     assert!(programs.iter().all(|id| !links.contains(id)), "links to the agent's programs remain: {links:?}");
+}
+
+/// `agora top --once` on a cluster: each order puts the task that uses the
+/// most of it first, with figures that match what the task does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_orders_tasks_by_what_they_use() {
+    if !require_root("top_orders_tasks_by_what_they_use") {
+        return;
+    }
+    let _turn = serial().await;
+    let (m, _a) = cluster("cpus:2;mem:1024;disk:1024;ports:[31000-31999]", &[]);
+    let sink = Sink::start();
+    let mut fw = TestFramework::start(&m.addr, info("top")).await;
+    let net = format!(
+        "python3 -c 'import socket,time\ns=socket.create_connection((\"127.0.0.1\", {}))\nd=b\"x\"*65536\nwhile True:\n    s.sendall(d); time.sleep(0.01)'",
+        sink.port
+    );
+    fw.launch(
+        vec![
+            Spec::new("spin", "while :; do :; done", "cpus:0.5;mem:64"),
+            Spec::new("net", &net, "cpus:0.2;mem:64"),
+            Spec::new(
+                "io",
+                "while :; do dd if=/dev/zero of=f bs=1M count=8 oflag=direct 2>/dev/null; sleep 0.05; done",
+                "cpus:0.2;mem:64",
+            ),
+            Spec::new("idle", "sleep 1000", "cpus:0.1;mem:64"),
+        ],
+        LONG,
+    )
+    .await;
+    for t in ["spin", "net", "io", "idle"] {
+        fw.until(LONG, "running", |f| f.last_state(t) == Some(TaskState::Running)).await;
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let top = |args: &[&str]| -> std::process::Output {
+        let out = std::process::Command::new(bin("agora"))
+            .args(["top", "--master", &m.addr, "--once", "--interval", "2secs"])
+            .args(args)
+            .output()
+            .expect("run agora top");
+        assert!(out.status.success(), "agora top {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    let rows = |sort: &str| -> Vec<Value> {
+        let out = top(&["--json", "--sort", sort]);
+        serde_json::from_slice::<Value>(&out.stdout).expect("JSON rows").as_array().cloned().expect("an array")
+    };
+    let order = |rows: &[Value]| rows.iter().map(|r| r["task_id"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+
+    let by_cpu = rows("cpu");
+    assert_eq!(by_cpu.len(), 4, "{by_cpu:?}");
+    assert_eq!(order(&by_cpu)[0], "spin", "{by_cpu:?}");
+    let spin = &by_cpu[0];
+    let cores = spin["cpus_used"].as_f64().unwrap();
+    assert!((0.4..=0.6).contains(&cores), "spin uses {cores} cores under a 0.5 limit");
+    assert!(spin["throttled_share"].as_f64().unwrap() > 0.5, "a spinner at its limit is throttled: {spin}");
+    assert_eq!(spin["framework"], "top");
+    assert_eq!(spin["agent"], "127.0.0.1");
+
+    let by_net = rows("net");
+    assert_eq!(order(&by_net)[0], "net", "{by_net:?}");
+    let tx = by_net[0]["net_tx_bytes_per_sec"].as_f64().unwrap();
+    assert!(tx > 1e6, "net sends about 6 MB/s, top says {tx} B/s");
+
+    let by_io = rows("io");
+    assert_eq!(order(&by_io)[0], "io", "{by_io:?}");
+    let io = by_io[0]["io_bytes_per_sec"].as_f64().unwrap();
+    assert!(io > 1e6, "io writes about 100 MB/s, top says {io} B/s");
+
+    let by_mem = rows("mem");
+    assert_eq!(by_mem.len(), 4);
+    let by_runq = rows("runq");
+    assert!(by_runq.iter().any(|r| r["runq_latency_p99_us"].is_u64()), "{by_runq:?}");
+
+    // The table people read.
+    let text = String::from_utf8(top(&["--sort", "cpu", "--limit", "2"]).stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("agora top: 1 agents, 2 tasks, by cpu"), "{text}");
+    assert!(lines[1].starts_with("TASK") && lines[1].contains("RUNQ P99"), "{text}");
+    assert!(lines[2].starts_with("spin "), "{text}");
+    assert_eq!(lines.len(), 4, "{text}");
+
+    // A master that is not there: a clear error, not a hang.
+    let out = std::process::Command::new(bin("agora"))
+        .args(["top", "--master", "127.0.0.1:1", "--once"])
+        .output()
+        .expect("run agora top");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("agora:"), "{out:?}");
 }

@@ -195,3 +195,22 @@ pub fn rq_bucket_upper_us(i: usize) -> u64 {
         1u64 << i
     }
 }
+
+/// The quantile `per_mille`/1000 of a run-queue histogram (any slice of
+/// bucket counts), in microseconds: the upper bound of the bucket it falls
+/// in. `None` for an empty histogram.
+pub fn rq_quantile_us(hist: &[u64], per_mille: u64) -> Option<u64> {
+    let total: u64 = hist.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let target = total.saturating_mul(per_mille).div_ceil(1000).max(1);
+    let mut seen = 0;
+    for (i, n) in hist.iter().enumerate() {
+        seen += n;
+        if seen >= target {
+            return Some(rq_bucket_upper_us(i));
+        }
+    }
+    Some(rq_bucket_upper_us(hist.len().saturating_sub(1)))
+}
