@@ -7,7 +7,9 @@
 //! wakeup timestamps, which are bounded and counted when full.
 //!
 //! - `sched_switch` (BTF tracepoint): on-CPU time, preemptions by who took
-//!   the CPU, and run-queue latency of the task switched in.
+//!   the CPU, and run-queue latency of the task switched in: from its wakeup,
+//!   or from when it was switched out still runnable (preempted or
+//!   throttled).
 //! - `sched_wakeup`, `sched_wakeup_new`: when a task's thread became runnable.
 //! - `ingress`, `egress` (cgroup_skb): network bytes and packets; egress
 //!   applies the task's rate limit: congestion notification past half the
@@ -32,7 +34,7 @@ use aya_ebpf::{
     bindings::{
         __sk_buff, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, SOL_SOCKET, SO_MAX_PACING_RATE,
     },
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_setsockopt, bpf_skb_cgroup_id},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_setsockopt, bpf_skb_cgroup_id},
     macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, map, sock_ops},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, SkBuffContext, SockAddrContext, SockOpsContext},
@@ -150,6 +152,14 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Option<()> {
                 c.preempted_by_task += 1;
             } else {
                 c.preempted_by_system += 1;
+            }
+            // It waits in the run queue from now until it runs again (like
+            // a wakeup); that wait includes any CFS throttling, which the
+            // agent reports beside it.
+            // SAFETY: no preconditions.
+            let tid = unsafe { bpf_get_current_pid_tgid() } as u32;
+            if WAKEUPS.insert(&tid, &now, 0).is_err() {
+                bump_stat(STAT_WAKEUPS_FULL);
             }
         }
     }
