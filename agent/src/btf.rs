@@ -160,13 +160,22 @@ impl Btf {
 
     /// The offsets the eBPF programs need.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, String> {
+        // Run-queue delay needs CONFIG_SCHED_INFO; without it the rest
+        // still works and the latency figures stay empty.
+        let run_delay = self
+            .member_offset("task_struct", "sched_info")
+            .and_then(|info| Ok(info + self.member_offset("sched_info", "run_delay")?))
+            .ok();
         Ok(KernelOffsets {
             task_pid: self.member_offset("task_struct", "pid")?,
             task_cgroups: self.member_offset("task_struct", "cgroups")?,
             css_set_dfl_cgrp: self.member_offset("css_set", "dfl_cgrp")?,
             cgroup_kn: self.member_offset("cgroup", "kn")?,
             kernfs_node_id: self.member_offset("kernfs_node", "id")?,
-            ready: 1,
+            task_sum_exec_runtime: self.member_offset("task_struct", "se")?
+                + self.member_offset("sched_entity", "sum_exec_runtime")?,
+            task_run_delay: run_delay.unwrap_or(0),
+            has_run_delay: run_delay.is_some() as u32,
         })
     }
 }
@@ -182,9 +191,12 @@ mod tests {
             return;
         };
         let o = btf.kernel_offsets().unwrap();
-        assert_eq!(o.ready, 1);
         // kernfs_node.id follows a few fields; pid is well inside task_struct.
         assert!(o.task_pid > 0 && o.task_cgroups > o.task_pid, "{o:?}");
+        assert!(o.task_sum_exec_runtime > 0, "{o:?}");
+        // /proc/<pid>/schedstat has a run delay exactly when sched_info is in.
+        let schedstat = std::fs::read_to_string("/proc/self/schedstat").unwrap_or_default();
+        assert_eq!(o.has_run_delay == 1, schedstat.split_whitespace().count() == 3, "{o:?}");
         assert!(btf.member_offset("task_struct", "no_such_member").is_err());
         assert!(btf.member_offset("no_such_struct", "x").is_err());
     }

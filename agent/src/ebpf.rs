@@ -15,16 +15,15 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use agora_ebpf_common::{
-    EgressState, KernelOffsets, TaskCounters, TaskPolicy, MAX_TASKS, MAX_WAKEUPS, STAT_READ_ERRORS, STAT_WAKEUPS_FULL,
-};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use agora_ebpf_common::{EgressState, KernelOffsets, TaskCounters, TaskPolicy, MAX_TASKS, STAT_READ_ERRORS};
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps};
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agora-ebpf.o"));
+/// The compiled eBPF object (built by the agent's build script).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agora-ebpf.o"));
 
 /// Programs that must load for eBPF accounting to be on.
-const REQUIRED_TRACEPOINTS: [&str; 3] = ["sched_switch", "sched_wakeup", "sched_wakeup_new"];
+const REQUIRED_TRACEPOINTS: [&str; 1] = ["sched_switch"];
 /// Programs that are useful but not essential (their kernel hook may be absent).
 const OPTIONAL_TRACEPOINTS: [&str; 1] = ["mark_victim"];
 
@@ -48,8 +47,6 @@ pub struct MapFill {
 pub struct EbpfStats {
     pub programs: Vec<ProgramStats>,
     pub maps: Vec<MapFill>,
-    /// Wakeups that could not be recorded because the map was full.
-    pub wakeups_full: u64,
     /// Kernel memory reads that failed (unexpected structure layouts).
     pub read_errors: u64,
     /// Tasks that could not be registered because a map was full.
@@ -71,15 +68,18 @@ fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
 
 impl Ebpf {
     /// Loads and attaches everything; cgroup programs at `cgroup_v2_dir`.
-    pub fn load(cgroup_v2_dir: &Path) -> Result<Ebpf, String> {
+    /// With `run_stats`, the kernel's BPF run-time statistics are turned on
+    /// while this lives, so that each program's run count and run time can
+    /// be read (as bpftop does). That is host-wide and costs every BPF
+    /// program run on the host two clock reads, so it is the operator's
+    /// choice (see docs/benchmarks.md for what it costs).
+    pub fn load(cgroup_v2_dir: &Path, run_stats: bool) -> Result<Ebpf, String> {
         let offsets: KernelOffsets = crate::btf::Btf::from_sys_fs()?.kernel_offsets()?;
         let btf = aya::Btf::from_sys_fs().map_err(err("reading the kernel's BTF"))?;
-        let mut bpf = aya::Ebpf::load(OBJECT).map_err(err("loading the eBPF object"))?;
-        {
-            let mut arr: Array<&mut MapData, KernelOffsets> =
-                Array::try_from(bpf.map_mut("OFFSETS").ok_or("map OFFSETS missing")?).map_err(err("OFFSETS"))?;
-            arr.set(0, offsets, 0).map_err(err("setting kernel offsets"))?;
-        }
+        let mut bpf = aya::EbpfLoader::new()
+            .set_global("KERNEL_OFFSETS", &offsets, true)
+            .load(OBJECT)
+            .map_err(err("loading the eBPF object"))?;
         let mut loaded = Vec::new();
         for name in REQUIRED_TRACEPOINTS.iter().chain(OPTIONAL_TRACEPOINTS.iter()) {
             let required = REQUIRED_TRACEPOINTS.contains(name);
@@ -122,15 +122,22 @@ impl Ebpf {
             p.attach(&dir, mode).map_err(err("tcp_pacing"))?;
             loaded.push("tcp_pacing");
         }
-        let stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-            Ok(fd) => Some(fd),
-            Err(e) => {
+        let stats = match run_stats.then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime)) {
+            None => None,
+            Some(Ok(fd)) => Some(fd),
+            Some(Err(e)) => {
                 tracing::warn!("kernel BPF run statistics unavailable: {e}");
                 None
             }
         };
         let n_cpus = aya::util::nr_cpus().map_err(|(_, e)| format!("counting CPUs: {e}"))?;
         Ok(Ebpf { bpf, loaded, n_cpus, _stats: stats, registrations_failed: 0 })
+    }
+
+    /// Whether the kernel's BPF run-time statistics are on at this agent's
+    /// request (another tool may also turn them on).
+    pub fn run_stats(&self) -> bool {
+        self._stats.is_some()
     }
 
     pub fn programs_loaded(&self) -> usize {
@@ -225,12 +232,6 @@ impl Ebpf {
             }
         }
         programs.sort_by(|a, b| a.name.cmp(&b.name));
-        let wakeups = self
-            .bpf
-            .map("WAKEUPS")
-            .and_then(|m| HashMap::<&MapData, u32, u64>::try_from(m).ok())
-            .map(|h| h.keys().count() as u64)
-            .unwrap_or(0);
         let counters = self
             .bpf
             .map("COUNTERS")
@@ -251,9 +252,7 @@ impl Ebpf {
                 MapFill { name: "COUNTERS", entries: counters, max_entries: MAX_TASKS as u64 },
                 self.count_keys::<TaskPolicy>("POLICY", MAX_TASKS),
                 self.count_keys::<EgressState>("EGRESS", MAX_TASKS),
-                MapFill { name: "WAKEUPS", entries: wakeups, max_entries: MAX_WAKEUPS as u64 },
             ],
-            wakeups_full: stat(STAT_WAKEUPS_FULL),
             read_errors: stat(STAT_READ_ERRORS),
             registrations_failed: self.registrations_failed,
         }

@@ -204,11 +204,17 @@ fn prometheus(a: &Agent) -> String {
     if let Some(e) = &a.ebpf {
         let st = e.stats();
         gauge(&mut o, "agora_agent_ebpf_programs_loaded", "eBPF programs loaded", e.programs_loaded() as f64);
-        let _ = write!(o, "# HELP agora_agent_ebpf_program_runs_total Times each eBPF program ran\n# TYPE agora_agent_ebpf_program_runs_total counter\n");
+        gauge(
+            &mut o,
+            "agora_agent_ebpf_run_stats_enabled",
+            "1 when the agent keeps the kernel's BPF run-time statistics on (--ebpf-stats on)",
+            e.run_stats() as u8 as f64,
+        );
+        let _ = write!(o, "# HELP agora_agent_ebpf_program_runs_total Times each eBPF program ran, counted while the kernel's BPF run-time statistics are on\n# TYPE agora_agent_ebpf_program_runs_total counter\n");
         for p in &st.programs {
             let _ = writeln!(o, "agora_agent_ebpf_program_runs_total{{program=\"{}\"}} {}", esc(&p.name), p.run_count);
         }
-        let _ = write!(o, "# HELP agora_agent_ebpf_program_run_seconds_total Time spent in each eBPF program\n# TYPE agora_agent_ebpf_program_run_seconds_total counter\n");
+        let _ = write!(o, "# HELP agora_agent_ebpf_program_run_seconds_total Time spent in each eBPF program, counted while the kernel's BPF run-time statistics are on\n# TYPE agora_agent_ebpf_program_run_seconds_total counter\n");
         for p in &st.programs {
             let _ = writeln!(
                 o,
@@ -230,14 +236,8 @@ fn prometheus(a: &Agent) -> String {
         }
         gauge(
             &mut o,
-            "agora_agent_ebpf_wakeups_dropped_total",
-            "Wakeups not timed because the map was full",
-            st.wakeups_full as f64,
-        );
-        gauge(
-            &mut o,
             "agora_agent_ebpf_read_errors_total",
-            "Failed kernel memory reads in eBPF programs",
+            "Kernel object pointers the eBPF programs found null",
             st.read_errors as f64,
         );
         gauge(

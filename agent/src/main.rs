@@ -60,6 +60,11 @@ struct Args {
     /// the kernel or privileges do not allow it; `off`: always the fallback.
     #[arg(long, default_value = "on")]
     ebpf: String,
+    /// `on`: turn on the kernel's BPF run-time statistics (host-wide) for
+    /// per-program run counts and times in /metrics; each BPF program run on
+    /// the host then costs two clock reads more. `off` (default).
+    #[arg(long, default_value = "off")]
+    ebpf_stats: String,
     /// How often each task's usage is sampled.
     #[arg(long, default_value = "1secs", value_parser = duration::parse)]
     usage_interval: Duration,
@@ -134,11 +139,16 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             None
         }
     };
+    let run_stats = match args.ebpf_stats.as_str() {
+        "on" => true,
+        "off" => false,
+        other => anyhow::bail!("--ebpf-stats must be `on` or `off`, not {other:?}"),
+    };
     // eBPF accounting, or why not; the agent runs either way.
     let ebpf = match (args.ebpf.as_str(), cg.as_ref().and_then(|c| c.identity_dir())) {
         ("off", _) => Err("disabled with --ebpf off".to_string()),
         ("on", None) => Err("tasks have no v2 cgroup (isolation off, or no unified hierarchy)".to_string()),
-        ("on", Some(dir)) => agora_agent::ebpf::Ebpf::load(&dir),
+        ("on", Some(dir)) => agora_agent::ebpf::Ebpf::load(&dir, run_stats),
         (other, _) => anyhow::bail!("--ebpf must be `on` or `off`, not {other:?}"),
     };
     match &ebpf {

@@ -51,7 +51,7 @@ async fn programs_load_attach_and_count_a_real_task() {
     };
     let cg = &guard.cg;
     let identity = cg.identity_dir().expect("a v2 identity directory");
-    let mut ebpf = Ebpf::load(&identity).expect("eBPF programs load and attach");
+    let mut ebpf = Ebpf::load(&identity, true).expect("eBPF programs load and attach");
     assert!(ebpf.programs_loaded() >= 7, "{}", ebpf.programs_loaded());
 
     let sandbox = guard.sandbox.clone();

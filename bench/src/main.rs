@@ -9,6 +9,11 @@
 //!
 //! The simulated tasks finish at once: this measures the master, the
 //! protocol and the framework loop, not process start-up.
+//!
+//! Scenario `ebpf` (root): the cost of the agent's eBPF programs; see
+//! `ebpf.rs`.
+
+mod ebpf;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -34,7 +39,7 @@ use tokio::sync::mpsc;
 #[derive(Parser, Debug)]
 #[command(name = "agora-bench", about = "Load generator for Agora")]
 struct Args {
-    /// Scenario to run: `launch`.
+    /// Scenario to run: `launch` or `ebpf`.
     scenario: String,
     /// An existing master; by default one is started (`agora-master` next to this binary).
     #[arg(long)]
@@ -49,6 +54,15 @@ struct Args {
     /// A CI-sized run.
     #[arg(long)]
     quick: bool,
+    /// `ebpf`: runs of each configuration in the overhead comparison.
+    #[arg(long, default_value_t = 30)]
+    rounds: usize,
+    /// `ebpf`: ping-pong round trips per run.
+    #[arg(long, default_value_t = 100_000)]
+    round_trips: u64,
+    /// `ebpf`: tasks registered, read and attached to.
+    #[arg(long, default_value_t = 1_000)]
+    ebpf_tasks: usize,
     /// Where results go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -59,16 +73,31 @@ const AGENT_RESOURCES: &str = "cpus:32;mem:131072;disk:100000;ports:[31000-32000
 const TASK_RESOURCES: &str = "cpus:0.32;mem:1024";
 
 fn main() -> Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(ebpf::PINGPONG) {
+        let n = argv.get(2).and_then(|n| n.parse().ok()).context("round trips")?;
+        return ebpf::pingpong_main(n);
+    }
     let mut args = Args::parse();
     if args.quick {
         args.agents = args.agents.min(20);
         args.tasks = args.tasks.min(2_000);
+        args.rounds = args.rounds.min(6);
+        args.round_trips = args.round_trips.min(50_000);
+    }
+    if args.scenario == "ebpf" {
+        return ebpf::run(&ebpf::Opts {
+            rounds: args.rounds,
+            round_trips: args.round_trips,
+            tasks: args.ebpf_tasks,
+            out: args.out.clone(),
+        });
     }
     raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     match args.scenario.as_str() {
         "launch" => rt.block_on(launch(&args)),
-        other => bail!("unknown scenario {other:?} (known: launch)"),
+        other => bail!("unknown scenario {other:?} (known: launch, ebpf)"),
     }
 }
 

@@ -135,6 +135,10 @@ async fn cpu_time_matches_the_limit_and_the_cgroup() {
     }
     let _turn = serial().await;
     let (m, a) = cluster("cpus:2;mem:1024;disk:1024;ports:[31000-31999]", &[]);
+    assert_eq!(metric(&a, "ebpf_enabled"), 1.0);
+    // The kernel's run-time statistics are host-wide and cost every BPF
+    // program: off unless asked for.
+    assert_eq!(metric(&a, "agora_agent_ebpf_run_stats_enabled"), 0.0);
     let mut fw = TestFramework::start(&m.addr, info("spinner")).await;
     fw.launch(vec![Spec::new("spin", "while :; do :; done", "cpus:0.5;mem:64")], LONG).await;
     fw.until(LONG, "running", |f| f.last_state("spin") == Some(TaskState::Running)).await;
@@ -395,18 +399,8 @@ async fn without_ebpf_the_agent_falls_back_to_cgroups() {
 /// Kernel ids of the loaded eBPF programs and maps that carry the names of
 /// the agent's (names are cut to 15 characters by the kernel).
 fn our_bpf_objects() -> (std::collections::BTreeSet<u32>, std::collections::BTreeSet<u32>) {
-    const PROGRAMS: [&str; 9] = [
-        "sched_switch",
-        "sched_wakeup",
-        "sched_wakeup_ne",
-        "mark_victim",
-        "ingress",
-        "egress",
-        "bind4",
-        "bind6",
-        "tcp_pacing",
-    ];
-    const MAPS: [&str; 7] = ["COUNTERS", "POLICY", "EGRESS", "WAKEUPS", "OFFSETS", "CPU_STATE", "STATS"];
+    const PROGRAMS: [&str; 7] = ["sched_switch", "mark_victim", "ingress", "egress", "bind4", "bind6", "tcp_pacing"];
+    const MAPS: [&str; 5] = ["COUNTERS", "POLICY", "EGRESS", "CPU_STATE", "STATS"];
     let programs = aya::programs::loaded_programs()
         .flatten()
         .filter(|p| p.name_as_str().is_some_and(|n| PROGRAMS.contains(&n)))
@@ -420,18 +414,25 @@ fn our_bpf_objects() -> (std::collections::BTreeSet<u32>, std::collections::BTre
     (programs, maps)
 }
 
-/// `agora_agent_ebpf_map_entries{map="..."}` from the agent's metrics.
-fn map_entries(a: &Agent, map: &str) -> f64 {
-    let key = format!("agora_agent_ebpf_map_entries{{map=\"{map}\"}} ");
+/// One series of the agent's metrics, e.g. `ebpf_enabled` or
+/// `agora_agent_ebpf_map_entries{map="POLICY"}`.
+fn metric(a: &Agent, series: &str) -> f64 {
+    let key = format!("{series} ");
     let text = a.metrics_text();
     text.lines()
         .find_map(|l| l.strip_prefix(&key))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in the metrics:\n{text}"))
+        .unwrap_or_else(|| panic!("no {series} in the metrics:\n{text}"))
+}
+
+fn map_entries(a: &Agent, map: &str) -> f64 {
+    metric(a, &format!("agora_agent_ebpf_map_entries{{map=\"{map}\"}}"))
 }
 
 /// Acceptance 8: a task's map entries go when it ends; after the agent stops,
-/// none of its programs, attachments, maps or task cgroups remain.
+/// none of its programs, attachments, maps or task cgroups remain. On the
+/// way, the agent's self-monitoring (run with `--ebpf-stats on`) shows its
+/// programs, their runs and run time, and its maps' fill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_stop_leaves_nothing_behind() {
     if !require_root("agent_stop_leaves_nothing_behind") {
@@ -439,14 +440,17 @@ async fn agent_stop_leaves_nothing_behind() {
     }
     let _turn = serial().await;
     let (programs_before, maps_before) = our_bpf_objects();
-    let (m, mut a) = cluster("cpus:2;mem:1024;disk:1024;ports:[31000-31999];egress_mbps:100", &[]);
+    let (m, mut a) = cluster("cpus:2;mem:1024;disk:1024;ports:[31000-31999];egress_mbps:100", &["--ebpf-stats", "on"]);
     let (programs, maps) = our_bpf_objects();
     let programs: Vec<u32> = programs.difference(&programs_before).copied().collect();
     let maps: Vec<u32> = maps.difference(&maps_before).copied().collect();
-    // The three scheduler tracepoints, ingress, egress, bind4, bind6 and
-    // pacing at least; mark_victim where the kernel has it.
-    assert!(programs.len() >= 8, "the agent's programs are not all loaded: {programs:?}");
-    assert!(maps.len() >= 7, "the agent's maps are not all there: {maps:?}");
+    // sched_switch, ingress, egress, bind4, bind6 and pacing at least;
+    // mark_victim where the kernel has it.
+    assert!(programs.len() >= 6, "the agent's programs are not all loaded: {programs:?}");
+    assert!(maps.len() >= 5, "the agent's maps are not all there: {maps:?}");
+    assert_eq!(metric(&a, "agora_agent_ebpf_programs_loaded"), programs.len() as f64);
+    assert_eq!(metric(&a, "agora_agent_ebpf_run_stats_enabled"), 1.0);
+    assert_eq!(metric(&a, "agora_agent_ebpf_map_max_entries{map=\"POLICY\"}"), 16384.0);
 
     // A task that ends: its entries go.
     let mut fw = TestFramework::start(&m.addr, info("cleanup")).await;
@@ -459,6 +463,9 @@ async fn agent_stop_leaves_nothing_behind() {
     for map in ["POLICY", "COUNTERS", "EGRESS"] {
         assert_eq!(map_entries(&a, map), 0.0, "{map} after the task ended");
     }
+    let runs = metric(&a, "agora_agent_ebpf_program_runs_total{program=\"sched_switch\"}");
+    let secs = metric(&a, "agora_agent_ebpf_program_run_seconds_total{program=\"sched_switch\"}");
+    assert!(runs > 0.0 && secs > 0.0, "sched_switch ran {runs} times in {secs} s");
 
     // A task still running when the agent stops.
     fw.launch(vec![Spec::new("long", "sleep 1000", "cpus:0.1;mem:64;egress_mbps:10")], LONG).await;

@@ -17,13 +17,11 @@ pub const MAX_PORT_RANGES: usize = 16;
 
 /// Map sizes: fixed bounds, set here so both sides agree.
 pub const MAX_TASKS: u32 = 16_384;
-pub const MAX_WAKEUPS: u32 = 65_536;
 
 /// Indexes of the global statistics array (`STATS`).
-pub const STAT_WAKEUPS_FULL: u32 = 0;
-pub const STAT_EGRESS_FULL: u32 = 1;
-pub const STAT_READ_ERRORS: u32 = 2;
-pub const N_STATS: u32 = 4;
+/// A kernel object pointer read as null where one was expected.
+pub const STAT_READ_ERRORS: u32 = 0;
+pub const N_STATS: u32 = 2;
 
 /// Counters of one task, per CPU (the agent sums them); keyed by the task's
 /// v2 cgroup id. The agent creates the entry when the task starts and
@@ -137,8 +135,10 @@ pub struct EgressState {
 }
 
 /// Offsets into kernel structures, read by the agent from the kernel's BTF
-/// (the programs have no CO-RE), so that a task's cgroup id and pid can be
-/// read from a `task_struct` pointer.
+/// (the programs have no CO-RE), so that a task's cgroup id, thread id and
+/// the scheduler's own per-thread accounting can be read from a
+/// `task_struct` pointer. The agent sets them as a read-only global of the
+/// programs before loading them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KernelOffsets {
@@ -147,19 +147,30 @@ pub struct KernelOffsets {
     pub css_set_dfl_cgrp: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
-    /// 1 once the agent has filled this in.
-    pub ready: u32,
+    /// `task_struct.se.sum_exec_runtime`: the thread's on-CPU time, ns.
+    pub task_sum_exec_runtime: u32,
+    /// `task_struct.sched_info.run_delay`: the thread's time waiting on a
+    /// run queue, ns (`CONFIG_SCHED_INFO`).
+    pub task_run_delay: u32,
+    /// 1 when the kernel has `sched_info` (run-queue latency can be known).
+    pub has_run_delay: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 24);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32);
 
-/// Per-CPU scheduler state.
+/// Per-CPU scheduler state: the thread switched in on this CPU and its
+/// accounting at that moment, so that when it leaves the CPU its run (and
+/// the wait before it) are the differences.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuState {
-    /// When the running task was switched in.
-    pub last_switch_ns: u64,
+    pub tid: u32,
+    pub _pad: u32,
+    pub sum_exec_runtime: u64,
+    pub run_delay: u64,
 }
+
+const _: () = assert!(core::mem::size_of::<CpuState>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {

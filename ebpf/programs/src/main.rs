@@ -3,14 +3,15 @@
 //! Tasks are identified by their v2 cgroup id. The agent registers each task
 //! (a `POLICY` entry and a zeroed `COUNTERS` entry) when it starts and removes
 //! them when it ends; the programs only read policies and update existing
-//! counters, so they never allocate map entries of their own except for
-//! wakeup timestamps, which are bounded and counted when full.
+//! counters, so they never allocate map entries of their own.
 //!
-//! - `sched_switch` (BTF tracepoint): on-CPU time, preemptions by who took
-//!   the CPU, and run-queue latency of the task switched in: from its wakeup,
-//!   or from when it was switched out still runnable (preempted or
-//!   throttled).
-//! - `sched_wakeup`, `sched_wakeup_new`: when a task's thread became runnable.
+//! - `sched_switch` (BTF tracepoint): per run of a task's thread, its on-CPU
+//!   time and the run-queue wait before the run, and preemptions by who took
+//!   the CPU. The kernel keeps both figures per thread
+//!   (`se.sum_exec_runtime`, `sched_info.run_delay`); the program records
+//!   them for the thread switched in and takes the differences when it
+//!   leaves the CPU (a running thread cannot change CPU). One program, no
+//!   clock reads and no locks on the scheduler's hot path.
 //! - `ingress`, `egress` (cgroup_skb): network bytes and packets; egress
 //!   applies the task's rate limit: congestion notification past half the
 //!   burst, drop (with notification) past the burst.
@@ -27,16 +28,16 @@
 #![no_main]
 
 use agora_ebpf_common::{
-    CpuState, EgressState, KernelOffsets, TaskCounters, TaskPolicy, MAX_PORT_RANGES, MAX_TASKS, MAX_WAKEUPS,
-    N_STATS, RQ_BUCKETS, STAT_READ_ERRORS, STAT_WAKEUPS_FULL,
+    CpuState, EgressState, KernelOffsets, TaskCounters, TaskPolicy, MAX_PORT_RANGES, MAX_TASKS, N_STATS,
+    RQ_BUCKETS, STAT_READ_ERRORS,
 };
 use aya_ebpf::{
     bindings::{
         __sk_buff, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, SOL_SOCKET, SO_MAX_PACING_RATE,
     },
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_setsockopt, bpf_skb_cgroup_id},
+    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_setsockopt, bpf_skb_cgroup_id},
     macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, map, sock_ops},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, SkBuffContext, SockAddrContext, SockOpsContext},
 };
 
@@ -49,12 +50,22 @@ static POLICY: HashMap<u64, TaskPolicy> = HashMap::with_max_entries(MAX_TASKS, 0
 #[map]
 static EGRESS: HashMap<u64, EgressState> = HashMap::with_max_entries(MAX_TASKS, 0);
 
-/// Thread id -> when it was woken (only threads of tasks).
-#[map]
-static WAKEUPS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_WAKEUPS, 0);
-
-#[map]
-static OFFSETS: Array<KernelOffsets> = Array::with_max_entries(1, 0);
+/// Field offsets of the running kernel's structures, from its BTF. The
+/// agent writes them into this read-only global before loading: the
+/// verifier then knows them as constants, so the programs read kernel fields
+/// with direct loads (one instruction each) and the verifier checks each
+/// offset against the kernel's BTF; wrong offsets fail the load.
+#[no_mangle]
+static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
+    task_pid: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
+    task_sum_exec_runtime: 0,
+    task_run_delay: 0,
+    has_run_delay: 0,
+};
 
 #[map]
 static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
@@ -76,34 +87,35 @@ fn bump_stat(idx: u32) {
     }
 }
 
+/// The agent-written value of one offset.
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: a plain read of a read-only global; volatile so that the
+        // compiler does not fold the placeholder zero.
+        unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS.$field) } as usize
+    };
+}
+
+/// A field of a kernel object at a BTF-checked offset. The verifier turns
+/// the load into one that cannot fault (a bad address reads as zero).
 #[inline(always)]
-fn read<T>(base: *const u8, off: u32) -> Option<T> {
-    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
-    match unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) } {
-        Ok(v) => Some(v),
-        Err(_) => {
-            bump_stat(STAT_READ_ERRORS);
-            None
-        }
-    }
+fn field<T: Copy>(base: *const u8, off: usize) -> T {
+    // SAFETY: `base` is a kernel object pointer the verifier types from BTF
+    // and `off` a constant it checks against that type.
+    unsafe { *(base.wrapping_add(off) as *const T) }
 }
 
 /// The v2 cgroup id of a task: task->cgroups->dfl_cgrp->kn->id.
 #[inline(always)]
-fn task_cgroup_id(task: *const u8, o: &KernelOffsets) -> Option<u64> {
-    let css: *const u8 = read(task, o.task_cgroups)?;
-    let cgrp: *const u8 = read(css, o.css_set_dfl_cgrp)?;
-    let kn: *const u8 = read(cgrp, o.cgroup_kn)?;
-    read(kn, o.kernfs_node_id)
-}
-
-#[inline(always)]
-fn offsets() -> Option<&'static KernelOffsets> {
-    let o = OFFSETS.get(0)?;
-    if o.ready == 0 {
+fn task_cgroup_id(task: *const u8) -> Option<u64> {
+    let css: *const u8 = field(task, offset!(task_cgroups));
+    let cgrp: *const u8 = if css.is_null() { core::ptr::null() } else { field(css, offset!(css_set_dfl_cgrp)) };
+    let kn: *const u8 = if cgrp.is_null() { core::ptr::null() } else { field(cgrp, offset!(cgroup_kn)) };
+    if kn.is_null() {
+        bump_stat(STAT_READ_ERRORS);
         return None;
     }
-    Some(o)
+    Some(field(kn, offset!(kernfs_node_id)))
 }
 
 /// log2 of microseconds, without a count-leading-zeros instruction.
@@ -125,27 +137,39 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
 }
 
 fn try_sched_switch(ctx: &BtfTracePointContext) -> Option<()> {
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let state = CPU_STATE.get_ptr_mut(0)?;
-    // SAFETY: this CPU's slot of a per-CPU array.
-    let last = unsafe { core::mem::replace(&mut (*state).last_switch_ns, now) };
-    let o = offsets()?;
     // SAFETY: sched_switch(bool preempt, task_struct *prev, task_struct *next,
     // unsigned int prev_state).
-    let (next, prev_state): (*const u8, u32) = unsafe { (ctx.arg(2), ctx.arg(3)) };
-    // The switch happens in the context of the task leaving the CPU.
-    // SAFETY: no preconditions.
-    let prev_cg = unsafe { bpf_get_current_cgroup_id() };
-    let next_cg = task_cgroup_id(next, o).unwrap_or(0);
+    let (prev, next, prev_state): (*const u8, *const u8, u32) = unsafe { (ctx.arg(1), ctx.arg(2), ctx.arg(3)) };
+    let state = CPU_STATE.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot of a per-CPU array; nothing else runs here now.
+    let state = unsafe { &mut *state };
+    let prev_tid: u32 = field(prev, offset!(task_pid));
+    let prev_cg = task_cgroup_id(prev).unwrap_or(0);
     if let Some(c) = COUNTERS.get_ptr_mut(&prev_cg) {
         // SAFETY: this CPU's copy of the entry.
         let c = unsafe { &mut *c };
-        if last != 0 && now > last {
-            c.cpu_ns += now - last;
+        // The run that ends now began when `prev` was switched in here.
+        if state.tid == prev_tid && prev_tid != 0 {
+            let ran: u64 = field(prev, offset!(task_sum_exec_runtime));
+            if ran > state.sum_exec_runtime {
+                c.cpu_ns += ran - state.sum_exec_runtime;
+            }
+            if offset!(has_run_delay) != 0 {
+                let delay: u64 = field(prev, offset!(task_run_delay));
+                if delay >= state.run_delay {
+                    let wait = delay - state.run_delay;
+                    c.rq_count += 1;
+                    c.rq_sum_ns += wait;
+                    let b = bucket(wait);
+                    if b < RQ_BUCKETS {
+                        c.rq_hist[b] += 1;
+                    }
+                }
+            }
         }
         // Still runnable when switched out: preempted. By whom?
         if prev_state == 0 {
+            let next_cg = task_cgroup_id(next).unwrap_or(0);
             if next_cg == prev_cg {
                 c.preempted_by_self += 1;
             } else if unsafe { POLICY.get(&next_cg) }.is_some() {
@@ -153,62 +177,14 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Option<()> {
             } else {
                 c.preempted_by_system += 1;
             }
-            // It waits in the run queue from now until it runs again (like
-            // a wakeup); that wait includes any CFS throttling, which the
-            // agent reports beside it.
-            // SAFETY: no preconditions.
-            let tid = unsafe { bpf_get_current_pid_tgid() } as u32;
-            if WAKEUPS.insert(&tid, &now, 0).is_err() {
-                bump_stat(STAT_WAKEUPS_FULL);
-            }
         }
     }
-    let c = COUNTERS.get_ptr_mut(&next_cg)?;
-    let pid: u32 = read(next, o.task_pid)?;
-    // SAFETY: a value copied out of the map.
-    let woken = unsafe { WAKEUPS.get(&pid) }.copied()?;
-    let _ = WAKEUPS.remove(&pid);
-    if now > woken {
-        let lat = now - woken;
-        // SAFETY: this CPU's copy of the entry.
-        let c = unsafe { &mut *c };
-        c.rq_count += 1;
-        c.rq_sum_ns += lat;
-        let b = bucket(lat);
-        if b < RQ_BUCKETS {
-            c.rq_hist[b] += 1;
-        }
-    }
+    // `next` arrives: its accounting so far. The kernel adds the wait that
+    // ends now to its run delay just after this tracepoint.
+    state.tid = field(next, offset!(task_pid));
+    state.sum_exec_runtime = field(next, offset!(task_sum_exec_runtime));
+    state.run_delay = if offset!(has_run_delay) != 0 { field(next, offset!(task_run_delay)) } else { 0 };
     Some(())
-}
-
-#[inline(always)]
-fn record_wakeup(ctx: &BtfTracePointContext) -> Option<()> {
-    let o = offsets()?;
-    // SAFETY: sched_wakeup(task_struct *p) / sched_wakeup_new(task_struct *p).
-    let p: *const u8 = unsafe { ctx.arg(0) };
-    let cg = task_cgroup_id(p, o)?;
-    // Only threads of tasks are timed.
-    unsafe { POLICY.get(&cg) }?;
-    let pid: u32 = read(p, o.task_pid)?;
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if WAKEUPS.insert(&pid, &now, 0).is_err() {
-        bump_stat(STAT_WAKEUPS_FULL);
-    }
-    Some(())
-}
-
-#[btf_tracepoint(function = "sched_wakeup")]
-pub fn sched_wakeup(ctx: BtfTracePointContext) -> u32 {
-    let _ = record_wakeup(&ctx);
-    0
-}
-
-#[btf_tracepoint(function = "sched_wakeup_new")]
-pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
-    let _ = record_wakeup(&ctx);
-    0
 }
 
 #[btf_tracepoint(function = "mark_victim")]
@@ -218,10 +194,9 @@ pub fn mark_victim(ctx: BtfTracePointContext) -> u32 {
 }
 
 fn try_mark_victim(ctx: &BtfTracePointContext) -> Option<()> {
-    let o = offsets()?;
     // SAFETY: mark_victim(task_struct *task, ...).
     let task: *const u8 = unsafe { ctx.arg(0) };
-    let cg = task_cgroup_id(task, o)?;
+    let cg = task_cgroup_id(task)?;
     let c = COUNTERS.get_ptr_mut(&cg)?;
     // SAFETY: this CPU's copy of the entry.
     unsafe { (*c).oom_kills += 1 };
