@@ -412,8 +412,9 @@ fn test(args: &[String]) -> Result<()> {
 
 /// The daemons run `unsafe` code of their own and of their runtimes (io_uring,
 /// cross-thread channels, fork/exec); the integration tests run again with
-/// master and agent built with AddressSanitizer (nightly), so memory errors
-/// fail CI instead of corrupting a cluster.
+/// every binary they start (master, agent, CLI, load generator) built with
+/// AddressSanitizer (nightly), so memory errors fail CI instead of
+/// corrupting a cluster.
 fn sanitized_tests() -> Result<()> {
     const TARGET: &str = "x86_64-unknown-linux-gnu";
     if !succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
@@ -422,7 +423,8 @@ fn sanitized_tests() -> Result<()> {
     let asan_target = target_dir().join("asan");
     // Through rustup, with the toolchain chosen for xtask itself cleared.
     run(Command::new("rustup")
-        .args(["run", "nightly", "cargo", "build", "--target", TARGET, "-p", "agora-master", "-p", "agora-agent"])
+        .args(["run", "nightly", "cargo", "build", "--target", TARGET, "--bins"])
+        .args(["-p", "agora-master", "-p", "agora-agent", "-p", "agora-cli", "-p", "agora-bench"])
         .current_dir(root())
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("RUSTC")
@@ -454,5 +456,16 @@ fn bench(args: &[String]) -> Result<()> {
     if quick {
         load.arg("--quick");
     }
-    run(&mut load)
+    run(&mut load)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED the ebpf benchmark: it needs root (cgroups and eBPF programs)");
+        return Ok(());
+    }
+    let mut ebpf = Command::new(target_dir().join("release/agora-bench"));
+    ebpf.arg("ebpf").arg("--out").arg(target_dir().join("bench"));
+    if quick {
+        ebpf.arg("--quick");
+    }
+    run(&mut ebpf)
 }
