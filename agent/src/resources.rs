@@ -1,5 +1,7 @@
-//! What the agent offers: detected cpus, memory, disk and a ports range,
-//! overridden per name by `--resources` (Mesos's text syntax or a JSON array).
+//! What the agent offers: detected cpus, memory, disk, a ports range and
+//! egress bandwidth (`egress_mbps`, when a network interface reports its
+//! speed), overridden per name by `--resources` (Mesos's text syntax or a
+//! JSON array).
 
 use std::path::Path;
 
@@ -34,6 +36,25 @@ fn after_reserve(total: f64, reserve: f64) -> f64 {
     }
 }
 
+/// The speed in Mbit/s of the fastest physical network interface that is up,
+/// from `<sys_class_net>/<if>/{device,operstate,speed}`. Virtual interfaces
+/// (loopback, bridges, veths) have no `device`; a speed of -1 is unknown.
+pub fn link_speed_mbps(sys_class_net: &Path) -> Option<f64> {
+    let mut best: Option<f64> = None;
+    for e in std::fs::read_dir(sys_class_net).ok()?.flatten() {
+        let dir = e.path();
+        if !dir.join("device").exists() {
+            continue;
+        }
+        let up = std::fs::read_to_string(dir.join("operstate")).is_ok_and(|s| s.trim() == "up");
+        let speed = std::fs::read_to_string(dir.join("speed")).ok().and_then(|s| s.trim().parse::<f64>().ok());
+        if let (true, Some(mbps)) = (up, speed.filter(|&v| v > 0.0)) {
+            best = Some(best.map_or(mbps, |b: f64| b.max(mbps)));
+        }
+    }
+    best
+}
+
 pub fn detect(work_dir: &Path) -> Resources {
     let mut r = Resources::new();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
@@ -45,6 +66,9 @@ pub fn detect(work_dir: &Path) -> Resources {
         r.add_one(Resource::scalar("disk", after_reserve(disk, 5120.0).floor()));
     }
     r.add_one(Resource::ranges("ports", Ranges::single(DEFAULT_PORTS.0, DEFAULT_PORTS.1)));
+    if let Some(mbps) = link_speed_mbps(Path::new("/sys/class/net")) {
+        r.add_one(Resource::scalar(crate::usage::EGRESS_RESOURCE, mbps));
+    }
     r
 }
 
@@ -102,6 +126,29 @@ mod tests {
         assert_eq!(r.cpus(), 2.0);
         assert!(parse_flag("cpus:x").is_err());
         assert!(validate(&Resources::parse("cpus:1;gpus:1.5").unwrap()).is_err());
+    }
+
+    #[test]
+    fn link_speed_of_the_fastest_physical_interface_that_is_up() {
+        let root = std::env::temp_dir().join(format!("agora-net-{}", std::process::id()));
+        let nic = |name: &str, physical: bool, state: &str, speed: &str| {
+            let d = root.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            if physical {
+                std::fs::create_dir_all(d.join("device")).unwrap();
+            }
+            std::fs::write(d.join("operstate"), format!("{state}\n")).unwrap();
+            std::fs::write(d.join("speed"), format!("{speed}\n")).unwrap();
+        };
+        nic("lo", false, "unknown", "-1");
+        assert_eq!(link_speed_mbps(&root), None);
+        nic("eth0", true, "up", "-1");
+        assert_eq!(link_speed_mbps(&root), None, "unknown speed");
+        nic("eth1", true, "up", "10000");
+        nic("eth2", true, "down", "25000");
+        nic("veth0", false, "up", "100000");
+        assert_eq!(link_speed_mbps(&root), Some(10000.0));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

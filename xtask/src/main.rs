@@ -306,7 +306,11 @@ fn up(args: &[String]) -> Result<()> {
         cmd.args(["--master", &addr, "--ip", "127.0.0.1", "--port", "0", "--isolation", isolation])
             .args([
                 "--resources",
-                &format!("cpus:{cpus};mem:2048;disk:10240;ports:[{}-{}]", 31000 + i * 1000, 31999 + i * 1000),
+                &format!(
+                    "cpus:{cpus};mem:2048;disk:10240;ports:[{}-{}];egress_mbps:1000",
+                    31000 + i * 1000,
+                    31999 + i * 1000
+                ),
             ])
             .args(["--attributes", &format!("agent:{i}")])
             .arg("--work-dir")
