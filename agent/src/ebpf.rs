@@ -75,6 +75,9 @@ impl Ebpf {
     /// choice (see docs/benchmarks.md for what it costs).
     pub fn load(cgroup_v2_dir: &Path, run_stats: bool) -> Result<Ebpf, String> {
         let offsets: KernelOffsets = crate::btf::Btf::from_sys_fs()?.kernel_offsets()?;
+        if offsets.has_run_delay == 0 {
+            tracing::warn!("the kernel has no sched_info (CONFIG_SCHED_INFO): run-queue latency is not measured");
+        }
         let btf = aya::Btf::from_sys_fs().map_err(err("reading the kernel's BTF"))?;
         let mut bpf = aya::EbpfLoader::new()
             .set_global("KERNEL_OFFSETS", &offsets, true)

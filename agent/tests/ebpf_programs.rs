@@ -112,3 +112,38 @@ except PermissionError:
         assert!(!d.exists(), "{} left behind", d.display());
     }
 }
+
+/// The task maps have a fixed bound: registering past it fails with a clear
+/// error, is counted, and leaves the registered tasks as they were.
+#[tokio::test]
+async fn a_full_map_refuses_registration_and_counts_it() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED a_full_map_refuses_registration_and_counts_it: needs root");
+        return;
+    }
+    let name = format!("agora_ebpf_full_{}", std::process::id());
+    let guard = CleanUp {
+        cg: Cgroups::setup(&name).expect("cgroups"),
+        sandbox: std::env::temp_dir().join(format!("{name}-sandbox")),
+    };
+    let identity = guard.cg.identity_dir().expect("a v2 identity directory");
+    let mut ebpf = Ebpf::load(&identity, false).expect("eBPF programs load and attach");
+    // Ids that no cgroup has: registration only fills the maps.
+    let ids = (1u64 << 62)..(1u64 << 62) + agora_ebpf_common::MAX_TASKS as u64;
+    for id in ids.clone() {
+        ebpf.register(id, policy(&[])).expect("room for MAX_TASKS tasks");
+    }
+    let err = ebpf.register(7, policy(&[])).expect_err("the map is full");
+    assert!(err.contains("map full"), "{err}");
+    let stats = ebpf.stats();
+    assert_eq!(stats.registrations_failed, 1);
+    let policy_fill = stats.maps.iter().find(|m| m.name == "POLICY").expect("POLICY");
+    assert_eq!((policy_fill.entries, policy_fill.max_entries), (agora_ebpf_common::MAX_TASKS as u64, 16384));
+    assert!(ebpf.read(ids.start).is_some(), "earlier registrations are untouched");
+    assert!(ebpf.read(7).is_none(), "a failed registration leaves nothing behind");
+    for id in ids {
+        ebpf.unregister(id);
+    }
+    assert!(ebpf.stats().maps.iter().all(|m| m.entries == 0));
+}
