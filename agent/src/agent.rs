@@ -69,6 +69,11 @@ pub enum Ev {
     Tick,
     /// Sample every task's usage.
     Sample,
+    /// A finished task's processes are gone and its cgroup removed: its
+    /// eBPF registration can go.
+    CgroupRemoved {
+        cgroup_id: u64,
+    },
     Shutdown(String),
 }
 
@@ -210,6 +215,14 @@ impl Agent {
                 }
             }
             Ev::Tick => self.tick(),
+            Ev::CgroupRemoved { cgroup_id } => {
+                // Cgroup ids are not reused while the kernel runs, but a
+                // live task's registration is never removed here regardless.
+                let live = self.tasks.values().any(|t| t.ebpf_registered && t.cgroup_id == Some(cgroup_id));
+                if let (false, Some(ebpf)) = (live, self.ebpf.as_mut()) {
+                    ebpf.unregister(cgroup_id);
+                }
+            }
             Ev::Sample => {
                 self.sample_all();
                 if self.last_usage_report.elapsed() >= self.cfg.usage_report_interval {
@@ -454,13 +467,13 @@ impl Agent {
             return;
         }
         t.exited = true;
-        // A last sample while the cgroup still exists, then stop accounting.
+        // A last sample while the cgroup still exists. The task stays
+        // registered (its ports and egress limit enforced) until whatever it
+        // left behind is killed and its cgroup removed.
         let sample = sample_task(t, self.ebpf.as_ref());
         t.usage.push(sample);
-        if let (true, Some(id), Some(ebpf)) = (t.ebpf_registered, t.cgroup_id, self.ebpf.as_mut()) {
-            ebpf.unregister(id);
-            t.ebpf_registered = false;
-        }
+        let registered = t.ebpf_registered.then_some(t.cgroup_id).flatten();
+        t.ebpf_registered = false;
         let outcome = match status {
             Ok(s) => containerizer::classify(s, t.kill_requested, t.cgroup.as_ref()),
             Err(e) => containerizer::Outcome {
@@ -473,7 +486,15 @@ impl Agent {
         if let Some(pid) = t.pid {
             // Removing cgroups can wait on dying processes: not on this loop.
             let cgroup = t.cgroup.clone();
-            tokio::task::spawn_blocking(move || containerizer::cleanup(pid, cgroup.as_ref()));
+            let events = self.events.clone();
+            tokio::task::spawn_blocking(move || {
+                containerizer::cleanup(pid, cgroup.as_ref());
+                if let Some(cgroup_id) = registered {
+                    let _ = events.blocking_send(Ev::CgroupRemoved { cgroup_id });
+                }
+            });
+        } else if let (Some(id), Some(ebpf)) = (registered, self.ebpf.as_mut()) {
+            ebpf.unregister(id);
         }
         tracing::info!(task = %key.1, state = %outcome.state, "{}", outcome.message);
         let source = if outcome.reason == Some(Reason::ReasonContainerLimitationMemory) {
@@ -620,7 +641,11 @@ impl Agent {
             return;
         }
         tracing::info!("stopping: {why}");
-        if self.registered && self.send(&AgentToMaster::Unregister { reason: why.to_string() }) {
+        // Sent whenever the link is up, even before the master's answer to
+        // the registration has arrived: frames arrive in order, so the master
+        // registers the agent and then removes it, and an Unregister on a
+        // connection it never registered is ignored.
+        if self.link.is_some() && self.send(&AgentToMaster::Unregister { reason: why.to_string() }) {
             let (tx, rx) = tokio::sync::oneshot::channel();
             if self.link.as_ref().is_some_and(|l| l.try_send(LinkOut::Flush(tx)).is_ok()) {
                 self.flushed = Some(rx);
@@ -640,9 +665,13 @@ impl Agent {
 
     /// Samples every running task's usage.
     fn sample_all(&mut self) {
-        let ebpf = self.ebpf.as_ref();
-        for t in self.tasks.values_mut().filter(|t| !t.exited && t.cgroup.is_some()) {
-            let s = sample_task(t, ebpf);
+        let live = |t: &TaskRun| !t.exited && t.cgroup.is_some();
+        let ids: Vec<u64> =
+            self.tasks.values().filter(|t| live(t) && t.ebpf_registered).filter_map(|t| t.cgroup_id).collect();
+        let mut counters = self.ebpf.as_ref().map(|e| e.read_many(&ids)).unwrap_or_default();
+        for t in self.tasks.values_mut().filter(|t| live(t)) {
+            let c = if t.ebpf_registered { t.cgroup_id.and_then(|id| counters.remove(&id)) } else { None };
+            let s = sample(t, c);
             t.usage.push(s);
         }
     }
@@ -734,6 +763,15 @@ pub fn task_policy(resources: &agora_proto::resources::Resources) -> Result<agor
 }
 
 fn sample_task(t: &TaskRun, ebpf: Option<&Ebpf>) -> Sample {
+    let counters = match (t.ebpf_registered, t.cgroup_id, ebpf) {
+        (true, Some(id), Some(e)) => e.read_many(&[id]).remove(&id),
+        _ => None,
+    };
+    sample(t, counters)
+}
+
+/// A sample of the task's cgroup, with its eBPF counters when it has them.
+fn sample(t: &TaskRun, counters: Option<agora_ebpf_common::TaskCounters>) -> Sample {
     Sample {
         at: Instant::now(),
         timestamp: std::time::SystemTime::now()
@@ -741,10 +779,7 @@ fn sample_task(t: &TaskRun, ebpf: Option<&Ebpf>) -> Sample {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0),
         cgroup: t.cgroup.as_ref().map(|c| c.stats()).unwrap_or_default(),
-        ebpf: match (t.ebpf_registered, t.cgroup_id, ebpf) {
-            (true, Some(id), Some(e)) => e.read(id),
-            _ => None,
-        },
+        ebpf: counters,
     }
 }
 

@@ -1,10 +1,12 @@
 //! Reads struct member offsets from the kernel's BTF (`/sys/kernel/btf/vmlinux`).
 //!
 //! The eBPF programs are written in Rust without CO-RE relocations, so the
-//! few kernel struct offsets they need (to get a task's pid and cgroup from a
-//! `task_struct` pointer) are looked up here at start-up, on the running
-//! kernel, and handed to them through a map. Only what that needs is parsed:
-//! the type section's layout and struct members.
+//! few kernel struct offsets they need (a thread's id, cgroup, run time and
+//! run-queue wait from a `task_struct` pointer) are looked up here at
+//! start-up, on the running kernel, and set as a read-only global of the
+//! programs before they load (the verifier then knows them as constants).
+//! Only what that needs is parsed: the type section's layout and struct
+//! members.
 
 use std::collections::HashMap;
 

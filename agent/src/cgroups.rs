@@ -114,6 +114,39 @@ fn join_rel(mount: &Path, rel: &str) -> PathBuf {
     mount.join(rel.trim_start_matches('/'))
 }
 
+/// The agent's directories in the v1 hierarchies, one per mount, each named
+/// by the controllers it serves: co-mounted controllers (`cpu,cpuacct`, as
+/// systemd mounts them) share a directory.
+fn v1_bases(mounts: &[Mount], own: &[(Vec<String>, String)], name: &str) -> Result<Vec<(String, PathBuf)>, String> {
+    let mut bases: Vec<(String, PathBuf)> = Vec::new();
+    for ctrl in V1_CONTROLLERS {
+        let Some(mnt) = mounts.iter().find(|m| m.fstype == "cgroup" && m.options.iter().any(|x| x == ctrl)) else {
+            if ctrl == "cpu" || ctrl == "memory" {
+                return Err(format!("the v1 {ctrl} controller is not mounted"));
+            }
+            continue;
+        };
+        let Some((_, rel)) = own.iter().find(|(c, _)| c.iter().any(|x| x == ctrl)) else {
+            return Err(format!("/proc/self/cgroup has no line for the {ctrl} controller"));
+        };
+        let dir = mnt.dir_of(rel).join(name);
+        match bases.iter_mut().find(|(_, d)| d == &dir) {
+            Some((served, _)) => {
+                served.push(',');
+                served.push_str(ctrl);
+            }
+            None => bases.push((ctrl.to_string(), dir)),
+        }
+    }
+    Ok(bases)
+}
+
+/// Whether a base or task directory named `served` (controllers joined by
+/// commas) serves controller `ctrl`.
+fn serves(served: &str, ctrl: &str) -> bool {
+    served.split(',').any(|c| c == ctrl)
+}
+
 /// The directory of the agent's own v2 cgroup, if the unified hierarchy is
 /// mounted (on hybrid hosts it holds no controllers but gives cgroup ids).
 pub fn own_unified_dir() -> Option<PathBuf> {
@@ -132,24 +165,7 @@ impl Cgroups {
         let own = own_cgroups().map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
         let v1_memory = mounts.iter().any(|m| m.fstype == "cgroup" && m.options.iter().any(|x| x == "memory"));
         let (mode, bases) = if v1_memory {
-            let mut bases = Vec::new();
-            for ctrl in V1_CONTROLLERS {
-                let Some(mnt) = mounts.iter().find(|m| m.fstype == "cgroup" && m.options.iter().any(|x| x == ctrl))
-                else {
-                    if ctrl == "cpu" || ctrl == "memory" {
-                        return Err(format!("the v1 {ctrl} controller is not mounted"));
-                    }
-                    continue;
-                };
-                let Some((_, rel)) = own.iter().find(|(c, _)| c.iter().any(|x| x == ctrl)) else {
-                    return Err(format!("/proc/self/cgroup has no line for the {ctrl} controller"));
-                };
-                // Co-mounted controllers (cpu,cpuacct) share one directory.
-                let dir = mnt.dir_of(rel).join(name);
-                if !bases.iter().any(|(_, d)| d == &dir) {
-                    bases.push((ctrl.to_string(), dir));
-                }
-            }
+            let mut bases = v1_bases(&mounts, &own, name)?;
             if let Some(unified) = own_unified_dir() {
                 bases.push((IDENTITY.to_string(), unified.join(name)));
             }
@@ -176,7 +192,7 @@ impl Cgroups {
         for (_, dir) in &bases {
             fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        if let Some((_, dir)) = bases.iter().find(|(c, _)| c == "blkio") {
+        if let Some((_, dir)) = bases.iter().find(|(c, _)| serves(c, "blkio")) {
             activate_blkio_accounting(dir);
         }
         if mode == Mode::V2 {
@@ -204,7 +220,7 @@ impl Cgroups {
     pub fn identity_dir(&self) -> Option<PathBuf> {
         match self.mode {
             Mode::V2 => self.bases.first().map(|(_, d)| d.clone()),
-            Mode::V1 => self.bases.iter().find(|(c, _)| c == IDENTITY).map(|(_, d)| d.clone()),
+            Mode::V1 => self.bases.iter().find(|(c, _)| serves(c, IDENTITY)).map(|(_, d)| d.clone()),
         }
     }
 
@@ -302,20 +318,27 @@ fn read_u64(path: &Path) -> Option<u64> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// A `key value` line of a flat-keyed cgroup file.
-fn read_keyed(path: &Path, key: &str) -> Option<u64> {
-    let text = fs::read_to_string(path).ok()?;
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok()).flatten()
-    })
+/// A flat-keyed cgroup file (`key value` lines), read once.
+struct Keyed(String);
+
+impl Keyed {
+    fn read(path: &Path) -> Keyed {
+        Keyed(fs::read_to_string(path).unwrap_or_default())
+    }
+
+    fn get(&self, key: &str) -> Option<u64> {
+        self.0.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok()).flatten()
+        })
+    }
 }
 
 impl TaskCgroup {
     fn dir(&self, ctrl: &str) -> Option<&Path> {
         match self.mode {
             Mode::V2 => self.dirs.first().map(|(_, d)| d.as_path()),
-            Mode::V1 => self.dirs.iter().find(|(c, _)| c == ctrl).map(|(_, d)| d.as_path()),
+            Mode::V1 => self.dirs.iter().find(|(c, _)| serves(c, ctrl)).map(|(_, d)| d.as_path()),
         }
     }
 
@@ -400,8 +423,8 @@ impl TaskCgroup {
     /// Whether the kernel's OOM killer fired in this cgroup.
     pub fn oom_killed(&self) -> bool {
         match self.mode {
-            Mode::V1 => self.dir("memory").and_then(|d| read_keyed(&d.join("memory.oom_control"), "oom_kill")),
-            Mode::V2 => self.dir("unified").and_then(|d| read_keyed(&d.join("memory.events"), "oom_kill")),
+            Mode::V1 => self.dir("memory").and_then(|d| Keyed::read(&d.join("memory.oom_control")).get("oom_kill")),
+            Mode::V2 => self.dir("unified").and_then(|d| Keyed::read(&d.join("memory.events")).get("oom_kill")),
         }
         .is_some_and(|n| n > 0)
     }
@@ -431,7 +454,7 @@ impl TaskCgroup {
         use std::os::unix::fs::MetadataExt;
         let dir = match self.mode {
             Mode::V2 => self.dirs.first().map(|(_, d)| d),
-            Mode::V1 => self.dirs.iter().find(|(c, _)| c == IDENTITY).map(|(_, d)| d),
+            Mode::V1 => self.dirs.iter().find(|(c, _)| serves(c, IDENTITY)).map(|(_, d)| d),
         }?;
         fs::metadata(dir).ok().map(|m| m.ino())
     }
@@ -444,23 +467,24 @@ impl TaskCgroup {
                 if let Some(d) = self.dir("cpuacct") {
                     s.cpu_usage_ns = read_u64(&d.join("cpuacct.usage"));
                     // USER_HZ ticks; 100 per second on Linux.
-                    s.cpu_user_ns = read_keyed(&d.join("cpuacct.stat"), "user").map(|t| t * 10_000_000);
-                    s.cpu_system_ns = read_keyed(&d.join("cpuacct.stat"), "system").map(|t| t * 10_000_000);
+                    let st = Keyed::read(&d.join("cpuacct.stat"));
+                    s.cpu_user_ns = st.get("user").map(|t| t * 10_000_000);
+                    s.cpu_system_ns = st.get("system").map(|t| t * 10_000_000);
                 }
                 if let Some(d) = self.dir("cpu") {
-                    let st = d.join("cpu.stat");
-                    s.nr_periods = read_keyed(&st, "nr_periods");
-                    s.nr_throttled = read_keyed(&st, "nr_throttled");
-                    s.throttled_ns = read_keyed(&st, "throttled_time");
+                    let st = Keyed::read(&d.join("cpu.stat"));
+                    s.nr_periods = st.get("nr_periods");
+                    s.nr_throttled = st.get("nr_throttled");
+                    s.throttled_ns = st.get("throttled_time");
                 }
                 if let Some(d) = self.dir("memory") {
                     s.mem_usage_bytes = read_u64(&d.join("memory.usage_in_bytes"));
                     s.mem_peak_bytes = read_u64(&d.join("memory.max_usage_in_bytes"));
                     s.mem_limit_bytes = read_u64(&d.join("memory.limit_in_bytes"));
-                    let st = d.join("memory.stat");
-                    s.mem_rss_bytes = read_keyed(&st, "total_rss").or_else(|| read_keyed(&st, "rss"));
-                    s.mem_file_bytes = read_keyed(&st, "total_cache").or_else(|| read_keyed(&st, "cache"));
-                    s.oom_kills = read_keyed(&d.join("memory.oom_control"), "oom_kill");
+                    let st = Keyed::read(&d.join("memory.stat"));
+                    s.mem_rss_bytes = st.get("total_rss").or_else(|| st.get("rss"));
+                    s.mem_file_bytes = st.get("total_cache").or_else(|| st.get("cache"));
+                    s.oom_kills = Keyed::read(&d.join("memory.oom_control")).get("oom_kill");
                 }
                 if let Some(d) = self.dir("blkio") {
                     let (r, w) = blkio_v1(&d.join("blkio.throttle.io_service_bytes"));
@@ -470,20 +494,20 @@ impl TaskCgroup {
             }
             Mode::V2 => {
                 if let Some(d) = self.dir("unified") {
-                    let st = d.join("cpu.stat");
-                    s.cpu_usage_ns = read_keyed(&st, "usage_usec").map(|u| u * 1000);
-                    s.cpu_user_ns = read_keyed(&st, "user_usec").map(|u| u * 1000);
-                    s.cpu_system_ns = read_keyed(&st, "system_usec").map(|u| u * 1000);
-                    s.nr_periods = read_keyed(&st, "nr_periods");
-                    s.nr_throttled = read_keyed(&st, "nr_throttled");
-                    s.throttled_ns = read_keyed(&st, "throttled_usec").map(|u| u * 1000);
+                    let st = Keyed::read(&d.join("cpu.stat"));
+                    s.cpu_usage_ns = st.get("usage_usec").map(|u| u * 1000);
+                    s.cpu_user_ns = st.get("user_usec").map(|u| u * 1000);
+                    s.cpu_system_ns = st.get("system_usec").map(|u| u * 1000);
+                    s.nr_periods = st.get("nr_periods");
+                    s.nr_throttled = st.get("nr_throttled");
+                    s.throttled_ns = st.get("throttled_usec").map(|u| u * 1000);
                     s.mem_usage_bytes = read_u64(&d.join("memory.current"));
                     s.mem_peak_bytes = read_u64(&d.join("memory.peak"));
                     s.mem_limit_bytes = read_u64(&d.join("memory.max"));
-                    let ms = d.join("memory.stat");
-                    s.mem_rss_bytes = read_keyed(&ms, "anon");
-                    s.mem_file_bytes = read_keyed(&ms, "file");
-                    s.oom_kills = read_keyed(&d.join("memory.events"), "oom_kill");
+                    let ms = Keyed::read(&d.join("memory.stat"));
+                    s.mem_rss_bytes = ms.get("anon");
+                    s.mem_file_bytes = ms.get("file");
+                    s.oom_kills = Keyed::read(&d.join("memory.events")).get("oom_kill");
                     let (r, w) = io_v2(&d.join("io.stat"));
                     s.io_read_bytes = r;
                     s.io_write_bytes = w;
@@ -589,5 +613,69 @@ pub fn record(work_dir: &Path, cg: &Cgroups) {
         for d in cg.dirs() {
             let _ = writeln!(f, "{}", d.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(point: &str, root: &str, options: &[&str]) -> Mount {
+        Mount {
+            point: point.into(),
+            root: root.into(),
+            fstype: "cgroup".into(),
+            options: options.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn own(lines: &[(&[&str], &str)]) -> Vec<(Vec<String>, String)> {
+        lines.iter().map(|(c, p)| (c.iter().map(|s| s.to_string()).collect(), p.to_string())).collect()
+    }
+
+    #[test]
+    fn co_mounted_controllers_share_one_directory_named_by_both() {
+        let mounts = [
+            mount("/sys/fs/cgroup/cpu,cpuacct", "/", &["rw", "cpu", "cpuacct"]),
+            mount("/sys/fs/cgroup/memory", "/", &["rw", "memory"]),
+            mount("/sys/fs/cgroup/pids", "/", &["rw", "pids"]),
+        ];
+        let own = own(&[(&["cpu", "cpuacct"], "/svc"), (&["memory"], "/svc"), (&["pids"], "/")]);
+        let bases = v1_bases(&mounts, &own, "agora_x").unwrap();
+        assert_eq!(
+            bases,
+            vec![
+                ("cpu,cpuacct".to_string(), PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/svc/agora_x")),
+                ("memory".to_string(), PathBuf::from("/sys/fs/cgroup/memory/svc/agora_x")),
+                ("pids".to_string(), PathBuf::from("/sys/fs/cgroup/pids/agora_x")),
+            ]
+        );
+        // Lookups by either controller find the shared directory.
+        assert!(serves(&bases[0].0, "cpu") && serves(&bases[0].0, "cpuacct"));
+        assert!(!serves(&bases[0].0, "cpuset") && !serves(&bases[1].0, "mem"));
+    }
+
+    #[test]
+    fn separately_mounted_controllers_get_a_directory_each() {
+        let mounts = [
+            mount("/sys/fs/cgroup/cpu", "/", &["rw", "cpu"]),
+            mount("/sys/fs/cgroup/cpuacct", "/", &["rw", "cpuacct"]),
+            mount("/sys/fs/cgroup/memory", "/", &["rw", "memory"]),
+            mount("/sys/fs/cgroup/blkio", "/", &["rw", "blkio"]),
+        ];
+        let own = own(&[(&["cpu"], "/"), (&["cpuacct"], "/"), (&["memory"], "/"), (&["blkio"], "/")]);
+        let bases = v1_bases(&mounts, &own, "a").unwrap();
+        let names: Vec<&str> = bases.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(names, ["cpu", "cpuacct", "memory", "blkio"]);
+    }
+
+    #[test]
+    fn a_missing_required_controller_is_a_clear_error() {
+        let mounts = [mount("/sys/fs/cgroup/memory", "/", &["memory"])];
+        let own = own(&[(&["memory"], "/")]);
+        assert_eq!(v1_bases(&mounts, &own, "a").unwrap_err(), "the v1 cpu controller is not mounted");
+        let mounts = [mount("/c", "/", &["cpu"]), mount("/m", "/", &["memory"])];
+        let own = self::own(&[(&["memory"], "/")]);
+        assert_eq!(v1_bases(&mounts, &own, "a").unwrap_err(), "/proc/self/cgroup has no line for the cpu controller");
     }
 }

@@ -15,8 +15,11 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use agora_ebpf_common::{EgressState, KernelOffsets, TaskCounters, TaskPolicy, MAX_TASKS, STAT_READ_ERRORS};
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use agora_ebpf_common::{
+    CpuState, EgressState, KernelOffsets, TaskCounters, TaskPolicy, ThreadSlot, MAX_TASKS, STAT_READ_ERRORS,
+    THREAD_SLOTS,
+};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps};
 
 /// The compiled eBPF object (built by the agent's build script).
@@ -64,6 +67,17 @@ pub struct Ebpf {
 
 fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
     move |e| format!("{what}: {e}")
+}
+
+/// The error of an insert into a task map: a full map (the kernel's E2BIG)
+/// says so plainly.
+fn insert_err(what: &str) -> impl FnOnce(aya::maps::MapError) -> String + '_ {
+    move |e| match &e {
+        aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
+            format!("the eBPF task maps are full ({MAX_TASKS} tasks)")
+        }
+        _ => format!("{what}: {e}"),
+    }
 }
 
 impl Ebpf {
@@ -163,15 +177,15 @@ impl Ebpf {
 
     fn try_register(&mut self, id: u64, policy: TaskPolicy) -> Result<(), String> {
         let zeros = PerCpuValues::try_from(vec![TaskCounters::ZERO; self.n_cpus]).map_err(err("per-CPU values"))?;
-        self.counters()?.insert(id, zeros, 0).map_err(err("registering the task's counters (map full?)"))?;
+        self.counters()?.insert(id, zeros, 0).map_err(insert_err("registering the task's counters"))?;
         if policy.egress_bytes_per_sec > 0 {
             let mut eg: HashMap<&mut MapData, u64, EgressState> =
                 HashMap::try_from(self.bpf.map_mut("EGRESS").ok_or("map EGRESS missing")?).map_err(err("EGRESS"))?;
-            eg.insert(id, EgressState::default(), 0).map_err(err("registering the egress limit"))?;
+            eg.insert(id, EgressState::default(), 0).map_err(insert_err("registering the egress limit"))?;
         }
         let mut pol: HashMap<&mut MapData, u64, TaskPolicy> =
             HashMap::try_from(self.bpf.map_mut("POLICY").ok_or("map POLICY missing")?).map_err(err("POLICY"))?;
-        pol.insert(id, policy, 0).map_err(err("registering the task's policy"))?;
+        pol.insert(id, policy, 0).map_err(insert_err("registering the task's policy"))?;
         Ok(())
     }
 
@@ -196,7 +210,70 @@ impl Ebpf {
         }
     }
 
+    /// What each CPU is running now, as `sched_switch` left it: the thread,
+    /// its task's cgroup id (0 when not a task) and its on-CPU time when it
+    /// was switched in.
+    pub fn running(&self) -> Vec<CpuState> {
+        self.bpf
+            .map("CPU_STATE")
+            .and_then(|m| PerCpuArray::<&MapData, CpuState>::try_from(m).ok())
+            .and_then(|a| a.get(&0, 0).ok())
+            .map(|v| v.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The counters of the tasks in cgroups `ids` (registered ones only),
+    /// their on-CPU time including the runs still in progress: the counters
+    /// have a run only once it ends, and a task that keeps a CPU for long
+    /// must not look idle meanwhile.
+    ///
+    /// The counters are read between two looks at what each CPU runs. A run
+    /// in progress at the second look is in no counter read before it, so
+    /// it is added whole. A run in progress at the first look that ended
+    /// before the second may or may not be in the counters: those tasks are
+    /// read again, between two new looks (a few attempts; the last is taken
+    /// as it is). What is left is a run that both began and ended between
+    /// two looks, at most the time the read took.
+    pub fn read_many(&self, ids: &[u64]) -> std::collections::HashMap<u64, TaskCounters> {
+        const ATTEMPTS: usize = 4;
+        let mut out = std::collections::HashMap::with_capacity(ids.len());
+        let mut todo = ids.to_vec();
+        for attempt in 1..=ATTEMPTS {
+            let before = self.running();
+            let read: Vec<(u64, Option<TaskCounters>)> = todo.iter().map(|&id| (id, self.read(id))).collect();
+            let after = self.running();
+            let unsure: std::collections::HashSet<u64> = before
+                .iter()
+                .zip(&after)
+                .filter(|(b, a)| b.cgroup_id != 0 && (b.tid, b.sum_exec_runtime) != (a.tid, a.sum_exec_runtime))
+                .map(|(b, _)| b.cgroup_id)
+                .collect();
+            todo.clear();
+            for (id, counters) in read {
+                let Some(mut c) = counters else { continue };
+                if unsure.contains(&id) && attempt < ATTEMPTS {
+                    todo.push(id);
+                    continue;
+                }
+                c.cpu_ns += runs_in_progress(&after, id, |tid| self.last_out(tid));
+                out.insert(id, c);
+            }
+            if todo.is_empty() {
+                break;
+            }
+        }
+        out
+    }
+
+    /// A task thread's run time when it last left a CPU, if its slot holds it.
+    fn last_out(&self, tid: u32) -> Option<u64> {
+        let slots: Array<&MapData, ThreadSlot> = Array::try_from(self.bpf.map("THREADS")?).ok()?;
+        let s = slots.get(&(tid & (THREAD_SLOTS - 1)), 0).ok()?;
+        (s.tid == tid).then_some(s.sum_exec_runtime)
+    }
+
     /// The task's counters, summed over CPUs; `None` for an unregistered id.
+    /// Without the runs in progress; see `read_many`.
     pub fn read(&self, id: u64) -> Option<TaskCounters> {
         // aya 0.13's per-CPU lookup returns zeroed values for a missing key,
         // so registration is checked in the (plain) policy map first.
@@ -260,4 +337,23 @@ impl Ebpf {
             registrations_failed: self.registrations_failed,
         }
     }
+}
+
+/// The on-CPU time of the runs in progress on the CPUs that `after` (from
+/// `Ebpf::running`) shows running a thread of cgroup `id`: the thread's run
+/// time now (`/proc/<tid>/schedstat`, which includes the run in progress)
+/// minus what the counters have of it, its run time when it was switched in
+/// or, if later, when it last left a CPU (`last_out`: a CPU whose thread
+/// changed without a traced switch still shows the thread that left).
+/// Thread ids are the kernel's, so this needs the agent in the host's PID
+/// namespace; elsewhere the lookups fail and add nothing.
+fn runs_in_progress(after: &[CpuState], id: u64, last_out: impl Fn(u32) -> Option<u64>) -> u64 {
+    let mut extra = 0;
+    for a in after.iter().filter(|a| a.tid != 0 && a.cgroup_id == id) {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{}/schedstat", a.tid)) else { continue };
+        let Some(now) = text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) else { continue };
+        let base = a.sum_exec_runtime.max(last_out(a.tid).unwrap_or(0));
+        extra += now.saturating_sub(base);
+    }
+    extra
 }

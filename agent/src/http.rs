@@ -323,15 +323,20 @@ fn prometheus(a: &Agent) -> String {
                 }
                 "agora_task_runq_latency_seconds" => {
                     if let Some(e) = s.ebpf {
+                        // The last bucket has no upper bound: it is only
+                        // in +Inf. Count is the buckets' total, so that it
+                        // always equals +Inf.
+                        let (bounded, _) = e.rq_hist.split_at(e.rq_hist.len() - 1);
                         let mut cum = 0u64;
-                        for (i, n) in e.rq_hist.iter().enumerate() {
+                        for (i, n) in bounded.iter().enumerate() {
                             cum += n;
                             let le = agora_ebpf_common::rq_bucket_upper_us(i) as f64 / 1e6;
                             let _ = writeln!(o, "{name}_bucket{{{l},le=\"{le}\"}} {cum}");
                         }
-                        let _ = writeln!(o, "{name}_bucket{{{l},le=\"+Inf\"}} {}", e.rq_count);
+                        let total: u64 = e.rq_hist.iter().sum();
+                        let _ = writeln!(o, "{name}_bucket{{{l},le=\"+Inf\"}} {total}");
                         let _ = writeln!(o, "{name}_sum{{{l}}} {}", e.rq_sum_ns as f64 / 1e9);
-                        let _ = writeln!(o, "{name}_count{{{l}}} {}", e.rq_count);
+                        let _ = writeln!(o, "{name}_count{{{l}}} {total}");
                     }
                 }
                 _ => {

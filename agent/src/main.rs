@@ -40,7 +40,7 @@ struct Args {
     #[arg(long, default_value_t = 5051)]
     port: u16,
     /// `cgroups` (default) or `none` (no limits; for unprivileged runs).
-    #[arg(long, default_value = "cgroups")]
+    #[arg(long, default_value = "cgroups", value_parser = ["cgroups", "none"])]
     isolation: String,
     /// Time between SIGTERM and SIGKILL when a task is killed.
     #[arg(long, default_value = "3secs", value_parser = duration::parse)]
@@ -58,12 +58,12 @@ struct Args {
     /// `on` (default): per-task accounting and enforcement with eBPF, falling
     /// back to cgroupfs accounting (and no port or egress enforcement) when
     /// the kernel or privileges do not allow it; `off`: always the fallback.
-    #[arg(long, default_value = "on")]
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     ebpf: String,
     /// `on`: turn on the kernel's BPF run-time statistics (host-wide) for
     /// per-program run counts and times in /metrics; each BPF program run on
     /// the host then costs two clock reads more. `off` (default).
-    #[arg(long, default_value = "off")]
+    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
     ebpf_stats: String,
     /// How often each task's usage is sampled.
     #[arg(long, default_value = "1secs", value_parser = duration::parse)]
@@ -114,11 +114,8 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         Some(text) => agora_proto::resources::parse_attributes(text)?,
         None => Vec::new(),
     };
-    let isolation = match args.isolation.as_str() {
-        "cgroups" => Isolation::Cgroups,
-        "none" => Isolation::None,
-        other => anyhow::bail!("--isolation must be `cgroups` or `none`, not {other:?}"),
-    };
+    // `cgroups` or `none` (checked by the parser).
+    let isolation = if args.isolation == "none" { Isolation::None } else { Isolation::Cgroups };
     let cg = match isolation {
         Isolation::Cgroups => {
             let cg = cgroups::Cgroups::setup(&cgroup_name(&work_dir)).map_err(|e| {
@@ -139,17 +136,13 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             None
         }
     };
-    let run_stats = match args.ebpf_stats.as_str() {
-        "on" => true,
-        "off" => false,
-        other => anyhow::bail!("--ebpf-stats must be `on` or `off`, not {other:?}"),
-    };
+    // Both flags are `on` or `off` (checked by the parser).
+    let run_stats = args.ebpf_stats == "on";
     // eBPF accounting, or why not; the agent runs either way.
-    let ebpf = match (args.ebpf.as_str(), cg.as_ref().and_then(|c| c.identity_dir())) {
-        ("off", _) => Err("disabled with --ebpf off".to_string()),
-        ("on", None) => Err("tasks have no v2 cgroup (isolation off, or no unified hierarchy)".to_string()),
-        ("on", Some(dir)) => agora_agent::ebpf::Ebpf::load(&dir, run_stats),
-        (other, _) => anyhow::bail!("--ebpf must be `on` or `off`, not {other:?}"),
+    let ebpf = match (args.ebpf == "on", cg.as_ref().and_then(|c| c.identity_dir())) {
+        (false, _) => Err("disabled with --ebpf off".to_string()),
+        (true, None) => Err("tasks have no v2 cgroup (isolation off, or no unified hierarchy)".to_string()),
+        (true, Some(dir)) => agora_agent::ebpf::Ebpf::load(&dir, run_stats),
     };
     match &ebpf {
         Ok(e) => tracing::info!(programs = e.programs_loaded(), "eBPF accounting and enforcement on"),

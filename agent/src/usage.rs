@@ -131,7 +131,14 @@ pub fn statistics_json(u: &Usage, cpus_limit: f64, mem_limit_mb: f64) -> Value {
             m.insert("preemptions_by_task".into(), json!(e.preempted_by_task));
             m.insert("preemptions_by_system".into(), json!(e.preempted_by_system));
             m.insert("bind_denied".into(), json!(e.bind_denied));
+            // Either source alone can miss a kill (no mark_victim hook, or
+            // a v1 kernel without the oom_kill count): report the larger,
+            // and each one too.
             m.insert("oom_kills".into(), json!(e.oom_kills.max(oom_cgroup)));
+            m.insert("oom_kills_ebpf".into(), json!(e.oom_kills));
+            if let Some(n) = c.oom_kills {
+                m.insert("oom_kills_cgroup".into(), json!(n));
+            }
         }
         None => {
             m.insert("oom_kills".into(), json!(oom_cgroup));

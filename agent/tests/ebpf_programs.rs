@@ -37,22 +37,29 @@ impl Drop for CleanUp {
     }
 }
 
-#[tokio::test]
-async fn programs_load_attach_and_count_a_real_task() {
+/// Agent-like cgroups for test `test`, or `None` (said why) without root.
+fn set_up(test: &str) -> Option<CleanUp> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED programs_load_attach_and_count_a_real_task: needs root");
-        return;
+        eprintln!("SKIPPED {test}: needs root");
+        return None;
     }
-    let name = format!("agora_ebpf_test_{}", std::process::id());
-    let guard = CleanUp {
+    let name = format!("agora_ebpf_{test}_{}", std::process::id());
+    Some(CleanUp {
         cg: Cgroups::setup(&name).expect("cgroups"),
         sandbox: std::env::temp_dir().join(format!("{name}-sandbox")),
-    };
+    })
+}
+
+#[tokio::test]
+async fn programs_load_attach_and_count_a_real_task() {
+    let Some(guard) = set_up("programs_load_attach_and_count_a_real_task") else { return };
     let cg = &guard.cg;
     let identity = cg.identity_dir().expect("a v2 identity directory");
     let mut ebpf = Ebpf::load(&identity, true).expect("eBPF programs load and attach");
-    assert!(ebpf.programs_loaded() >= 7, "{}", ebpf.programs_loaded());
+    // sched_switch, ingress, egress, bind4, bind6, tcp_pacing; mark_victim
+    // where the kernel has it.
+    assert!(ebpf.programs_loaded() >= 6, "{}", ebpf.programs_loaded());
 
     let sandbox = guard.sandbox.clone();
     // Spin for a second, then bind an allowed and a forbidden port.
@@ -117,16 +124,7 @@ except PermissionError:
 /// error, is counted, and leaves the registered tasks as they were.
 #[tokio::test]
 async fn a_full_map_refuses_registration_and_counts_it() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED a_full_map_refuses_registration_and_counts_it: needs root");
-        return;
-    }
-    let name = format!("agora_ebpf_full_{}", std::process::id());
-    let guard = CleanUp {
-        cg: Cgroups::setup(&name).expect("cgroups"),
-        sandbox: std::env::temp_dir().join(format!("{name}-sandbox")),
-    };
+    let Some(guard) = set_up("a_full_map_refuses_registration_and_counts_it") else { return };
     let identity = guard.cg.identity_dir().expect("a v2 identity directory");
     let mut ebpf = Ebpf::load(&identity, false).expect("eBPF programs load and attach");
     // Ids that no cgroup has: registration only fills the maps.
@@ -135,7 +133,7 @@ async fn a_full_map_refuses_registration_and_counts_it() {
         ebpf.register(id, policy(&[])).expect("room for MAX_TASKS tasks");
     }
     let err = ebpf.register(7, policy(&[])).expect_err("the map is full");
-    assert!(err.contains("map full"), "{err}");
+    assert_eq!(err, "the eBPF task maps are full (16384 tasks)");
     let stats = ebpf.stats();
     assert_eq!(stats.registrations_failed, 1);
     let policy_fill = stats.maps.iter().find(|m| m.name == "POLICY").expect("POLICY");

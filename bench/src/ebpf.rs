@@ -3,8 +3,8 @@
 //! makes is removed when it ends, also on failure.
 //!
 //! - **Overhead.** A pipe ping-pong between two processes pinned to one CPU,
-//!   in a task cgroup: every round trip is two context switches and two
-//!   wakeups, which is what the scheduler programs run on. Runs rotate
+//!   in a task cgroup: every round trip is two context switches, which is
+//!   what the scheduler program runs on. Runs rotate
 //!   between nothing loaded, the programs loaded, attached and the task
 //!   registered (as the agent runs them), and the same with the kernel's BPF
 //!   run-time statistics on (`--ebpf-stats on`), within one invocation. The
@@ -15,12 +15,13 @@
 //!   map updates.
 //! - **Per-task attachment**, the design not taken: attaching the five
 //!   cgroup programs to each of 1,000 cgroups, and detaching them.
-//! - **Reading.** One sampling interval's map reads for 1,000 tasks, and the
+//! - **Reading.** One sampling interval's map reads for 1,000 tasks (with
+//!   the runs in progress, as the agent reads them), beside the cgroupfs
+//!   figures the agent samples for each task as well, and the
 //!   self-monitoring figures (`/metrics` computes them per scrape).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -140,20 +141,35 @@ pub fn run(o: &Opts) -> Result<()> {
         println!("  {name}: {runs} runs, {:.0} ns per run", *ns as f64 / *runs as f64);
     }
 
-    // Registration, reading, and per-task attachment, on real cgroups.
-    let dirs: Vec<PathBuf> = (0..o.tasks).map(|i| identity.join(format!("bench-task-{i}"))).collect();
-    for d in &dirs {
-        std::fs::create_dir(d).with_context(|| format!("creating {}", d.display()))?;
+    // Registration, reading, and per-task attachment, on real task cgroups
+    // (every controller the agent uses, as the agent makes them).
+    let mut tasks = Vec::with_capacity(o.tasks);
+    let mut made = Ok(());
+    for i in 0..o.tasks {
+        match cg.create(&format!("bench-task-{i}"), Limits::default()) {
+            Ok(t) => tasks.push(t),
+            Err(e) => {
+                made = Err(anyhow::anyhow!(e));
+                break;
+            }
+        }
     }
-    let result = costs(&identity, &dirs, policy);
-    for d in &dirs {
-        let _ = std::fs::remove_dir(d);
+    let result = made.and_then(|()| costs(&identity, &tasks, policy));
+    for t in &tasks {
+        let _ = t.destroy(Duration::from_secs(1));
     }
     let costs = result?;
     println!(
         "{} tasks: register {:.2} ms, unregister {:.2} ms; reading every task's counters {:.2} ms per interval \
-         (median of {} intervals), self-monitoring figures {:.2} ms per scrape",
-        o.tasks, costs.register_ms, costs.unregister_ms, costs.read_ms, costs.intervals, costs.stats_ms
+         (median of {} intervals; the cgroupfs figures the agent also samples: {:.2} ms), self-monitoring \
+         figures {:.2} ms per scrape",
+        o.tasks,
+        costs.register_ms,
+        costs.unregister_ms,
+        costs.read_ms,
+        costs.intervals,
+        costs.cgroupfs_ms,
+        costs.stats_ms
     );
     println!(
         "per-task attachment (not used): attaching 5 programs to each of {} cgroups {:.1} ms, detaching {:.1} ms",
@@ -184,6 +200,7 @@ pub fn run(o: &Opts) -> Result<()> {
             "register_ms": costs.register_ms,
             "unregister_ms": costs.unregister_ms,
             "read_per_interval_ms": costs.read_ms,
+            "cgroupfs_per_interval_ms": costs.cgroupfs_ms,
             "stats_per_scrape_ms": costs.stats_ms,
             "per_task_attach_ms": costs.attach_ms,
             "per_task_detach_ms": costs.detach_ms,
@@ -198,14 +215,19 @@ struct Costs {
     register_ms: f64,
     unregister_ms: f64,
     read_ms: f64,
+    cgroupfs_ms: f64,
     intervals: usize,
     stats_ms: f64,
     attach_ms: f64,
     detach_ms: f64,
 }
 
-fn costs(identity: &Path, dirs: &[PathBuf], policy: agora_ebpf_common::TaskPolicy) -> Result<Costs> {
-    let ids: Vec<u64> = dirs.iter().map(|d| std::fs::metadata(d).map(|m| m.ino())).collect::<Result<_, _>>()?;
+fn costs(identity: &Path, tasks: &[TaskCgroup], policy: agora_ebpf_common::TaskPolicy) -> Result<Costs> {
+    let ids: Vec<u64> = tasks.iter().map(|t| t.cgroup_id().context("task cgroup id")).collect::<Result<_>>()?;
+    let dirs: Vec<PathBuf> = tasks
+        .iter()
+        .map(|t| t.dirs().into_iter().find(|d| d.starts_with(identity)).context("task's v2 directory"))
+        .collect::<Result<_>>()?;
     let mut ebpf = Ebpf::load(identity, false).map_err(anyhow::Error::msg)?;
     let t = Instant::now();
     for &id in &ids {
@@ -213,15 +235,16 @@ fn costs(identity: &Path, dirs: &[PathBuf], policy: agora_ebpf_common::TaskPolic
     }
     let register_ms = ms(t.elapsed());
     let intervals = 20;
-    let mut reads = Vec::new();
+    let (mut reads, mut cgroupfs) = (Vec::new(), Vec::new());
     for _ in 0..intervals {
         let t = Instant::now();
-        let mut seen = 0;
-        for &id in &ids {
-            seen += ebpf.read(id).is_some() as usize;
-        }
+        let seen = ebpf.read_many(&ids).len();
         reads.push(ms(t.elapsed()));
         anyhow::ensure!(seen == ids.len(), "read {seen} of {} registered tasks", ids.len());
+        let t = Instant::now();
+        let limits: u64 = tasks.iter().map(|t| t.stats().mem_limit_bytes.unwrap_or(0) / (1 << 20)).sum();
+        cgroupfs.push(ms(t.elapsed()));
+        std::hint::black_box(limits);
     }
     let t = Instant::now();
     let stats = ebpf.stats();
@@ -237,8 +260,17 @@ fn costs(identity: &Path, dirs: &[PathBuf], policy: agora_ebpf_common::TaskPolic
     }
     let unregister_ms = ms(t.elapsed());
     drop(ebpf);
-    let (attach_ms, detach_ms) = per_task_attach(dirs)?;
-    Ok(Costs { register_ms, unregister_ms, read_ms: median(&reads), intervals, stats_ms, attach_ms, detach_ms })
+    let (attach_ms, detach_ms) = per_task_attach(&dirs)?;
+    Ok(Costs {
+        register_ms,
+        unregister_ms,
+        read_ms: median(&reads),
+        cgroupfs_ms: median(&cgroupfs),
+        intervals,
+        stats_ms,
+        attach_ms,
+        detach_ms,
+    })
 }
 
 /// Attaches the cgroup programs to every directory, as a per-task design

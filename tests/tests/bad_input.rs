@@ -165,3 +165,23 @@ async fn bad_input_gets_clear_errors_and_others_are_unaffected() {
     assert!(m.metrics()["master/invalid_scheduler_calls"].as_f64().unwrap() >= 3.0);
     assert_eq!(m.state()["frameworks"].as_array().unwrap().len(), 3);
 }
+
+/// A bad flag value stops the agent at once with a message naming the flag
+/// and the values it takes, before it touches cgroups or the kernel.
+#[test]
+fn agent_refuses_bad_flag_values() {
+    for (flag, value) in [("--ebpf", "maybe"), ("--ebpf-stats", "yes"), ("--isolation", "chroot")] {
+        let work = std::env::temp_dir().join(format!("agora-test-bad-flag-{}-{value}", std::process::id()));
+        let out = std::process::Command::new(agora_tests::bin("agora-agent"))
+            .args(["--master", "127.0.0.1:1", "--work-dir"])
+            .arg(&work)
+            .args([flag, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        assert!(stderr.contains(flag) && stderr.contains(value), "{flag} {value}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!work.exists(), "{flag} {value}: the agent made its work dir before refusing");
+    }
+}

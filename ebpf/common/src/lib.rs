@@ -17,6 +17,10 @@ pub const MAX_PORT_RANGES: usize = 16;
 
 /// Map sizes: fixed bounds, set here so both sides agree.
 pub const MAX_TASKS: u32 = 16_384;
+/// Slots of `ThreadSlot`, indexed by thread id modulo this (a power of
+/// two). Threads whose ids share a slot fall back to a baseline taken when
+/// the thread was switched in.
+pub const THREAD_SLOTS: u32 = 32_768;
 
 /// Indexes of the global statistics array (`STATS`).
 /// A kernel object pointer read as null where one was expected.
@@ -158,19 +162,41 @@ pub struct KernelOffsets {
 
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32);
 
-/// Per-CPU scheduler state: the thread switched in on this CPU and its
-/// accounting at that moment, so that when it leaves the CPU its run (and
-/// the wait before it) are the differences.
+/// Per-CPU scheduler state: the thread switched in on this CPU, its task's
+/// cgroup id (0 when not a task) and its accounting at that moment, so that
+/// when it leaves the CPU its run is the difference. The agent reads it too,
+/// to add the runs still in progress to its samples.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuState {
     pub tid: u32,
     pub _pad: u32,
+    pub cgroup_id: u64,
     pub sum_exec_runtime: u64,
     pub run_delay: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<CpuState>() == 24);
+const _: () = assert!(core::mem::size_of::<CpuState>() == 32);
+
+/// A task thread's accounting when it last left a CPU, in a slot chosen by
+/// its thread id. Its next run-queue wait is the run delay's difference,
+/// even when the wait was split by a migration; its on-CPU time since is
+/// the run time's difference, even for a run whose start the programs did
+/// not see (a CPU can change threads without a traced switch: some
+/// virtualised kernels do). The thread id and task pointer tell a reused
+/// thread id, or another thread sharing the slot, from the thread that left
+/// it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThreadSlot {
+    pub task: u64,
+    pub run_delay: u64,
+    pub sum_exec_runtime: u64,
+    pub tid: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ThreadSlot>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -182,6 +208,7 @@ mod pod {
     unsafe impl aya::Pod for super::EgressState {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::CpuState {}
+    unsafe impl aya::Pod for super::ThreadSlot {}
 }
 
 /// The histogram bucket of a latency in nanoseconds.

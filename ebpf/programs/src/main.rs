@@ -8,47 +8,65 @@
 //! - `sched_switch` (BTF tracepoint): per run of a task's thread, its on-CPU
 //!   time and the run-queue wait before the run, and preemptions by who took
 //!   the CPU. The kernel keeps both figures per thread
-//!   (`se.sum_exec_runtime`, `sched_info.run_delay`); the program records
-//!   them for the thread switched in and takes the differences when it
-//!   leaves the CPU (a running thread cannot change CPU). One program, no
-//!   clock reads and no locks on the scheduler's hot path.
+//!   (`se.sum_exec_runtime`, `sched_info.run_delay`): the program records
+//!   both for each task thread when it leaves a CPU (in slots by thread id)
+//!   and for the thread switched in (per CPU; a running thread cannot change
+//!   CPU), and takes differences. One program, no clock reads and no locks
+//!   on the scheduler's hot path.
 //! - `ingress`, `egress` (cgroup_skb): network bytes and packets; egress
 //!   applies the task's rate limit: congestion notification past half the
 //!   burst, drop (with notification) past the burst.
-//! - `tcp_pacing` (sock_ops): TCP sockets of a limited task pace themselves at
-//!   its rate (`SO_MAX_PACING_RATE`, set at connect and listen, inherited by
-//!   accepted sockets), so TCP rarely meets the egress drops, each of which
-//!   would stall it for a retransmission timeout.
+//! - `tcp_pacing` (sock_ops): each TCP socket of a limited task paces itself
+//!   at 95% of the task's rate (`SO_MAX_PACING_RATE`, set at connect and
+//!   listen, inherited by accepted sockets; pacing counts payload, the limit
+//!   counts headers too), so a task with one connection stays under its
+//!   limit instead of meeting drops, each of which would stall TCP for a
+//!   retransmission timeout. Several connections together can exceed it;
+//!   then the egress policy holds the task to its rate.
 //! - `bind4`, `bind6` (cgroup sock_addr): binds only to the task's ports.
 //! - `mark_victim`: the OOM killer chose one of the task's processes.
 //!
 //! Each program is a thin entry point around a `try_*` function.
+//!
+//! Counters are per-CPU copies updated with plain adds. A program
+//! interrupted on its CPU by another that updates the same copy (a softirq's
+//! `ingress` over a task's `egress`) can lose one increment; that is
+//! accepted rather than paying for atomic adds on every packet.
 
 #![no_std]
 #![no_main]
 
 use agora_ebpf_common::{
-    CpuState, EgressState, KernelOffsets, TaskCounters, TaskPolicy, MAX_PORT_RANGES, MAX_TASKS, N_STATS,
-    RQ_BUCKETS, STAT_READ_ERRORS,
+    CpuState, EgressState, KernelOffsets, TaskCounters, TaskPolicy, ThreadSlot, MAX_PORT_RANGES, MAX_TASKS, N_STATS,
+    RQ_BUCKETS, STAT_READ_ERRORS, THREAD_SLOTS,
 };
 use aya_ebpf::{
     bindings::{
-        __sk_buff, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, SOL_SOCKET, SO_MAX_PACING_RATE,
+        __sk_buff, BPF_F_NO_PREALLOC, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, SOL_SOCKET,
+        SO_MAX_PACING_RATE,
     },
     helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_setsockopt, bpf_skb_cgroup_id},
     macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, map, sock_ops},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, SkBuffContext, SockAddrContext, SockOpsContext},
 };
 
-#[map]
-static COUNTERS: PerCpuHashMap<u64, TaskCounters> = PerCpuHashMap::with_max_entries(MAX_TASKS, 0);
+// The task maps are not preallocated: only the agent inserts, so their
+// memory follows the tasks registered (a preallocated per-CPU map would hold
+// MAX_TASKS entries on every CPU), and a looked-up entry stays valid (RCU)
+// even if the agent removes it meanwhile.
 
 #[map]
-static POLICY: HashMap<u64, TaskPolicy> = HashMap::with_max_entries(MAX_TASKS, 0);
+static COUNTERS: PerCpuHashMap<u64, TaskCounters> = PerCpuHashMap::with_max_entries(MAX_TASKS, BPF_F_NO_PREALLOC);
 
 #[map]
-static EGRESS: HashMap<u64, EgressState> = HashMap::with_max_entries(MAX_TASKS, 0);
+static POLICY: HashMap<u64, TaskPolicy> = HashMap::with_max_entries(MAX_TASKS, BPF_F_NO_PREALLOC);
+
+#[map]
+static EGRESS: HashMap<u64, EgressState> = HashMap::with_max_entries(MAX_TASKS, BPF_F_NO_PREALLOC);
+
+#[map]
+static THREADS: Array<ThreadSlot> = Array::with_max_entries(THREAD_SLOTS, 0);
 
 /// Field offsets of the running kernel's structures, from its BTF. The
 /// agent writes them into this read-only global before loading: the
@@ -138,37 +156,66 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
 
 fn try_sched_switch(ctx: &BtfTracePointContext) -> Option<()> {
     // SAFETY: sched_switch(bool preempt, task_struct *prev, task_struct *next,
-    // unsigned int prev_state).
-    let (prev, next, prev_state): (*const u8, *const u8, u32) = unsafe { (ctx.arg(1), ctx.arg(2), ctx.arg(3)) };
+    // unsigned int prev_state); each argument is a u64 slot of the context.
+    let (preempt, prev, next, prev_state): (u64, *const u8, *const u8, u32) =
+        unsafe { (ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3)) };
     let state = CPU_STATE.get_ptr_mut(0)?;
-    // SAFETY: this CPU's slot of a per-CPU array; nothing else runs here now.
+    // SAFETY: this CPU's slot; only this program uses it, under the run
+    // queue's lock with interrupts off.
     let state = unsafe { &mut *state };
     let prev_tid: u32 = field(prev, offset!(task_pid));
-    let prev_cg = task_cgroup_id(prev).unwrap_or(0);
+    // The run that ends now began when `prev` was switched in here, unless
+    // the programs were attached since, or the CPU changed threads without
+    // a traced switch.
+    let seen_in = state.tid == prev_tid && prev_tid != 0;
+    let prev_cg = if seen_in { state.cgroup_id } else { task_cgroup_id(prev).unwrap_or(0) };
     if let Some(c) = COUNTERS.get_ptr_mut(&prev_cg) {
-        // SAFETY: this CPU's copy of the entry.
+        // SAFETY: this CPU's copy of the entry (see the module's note).
         let c = unsafe { &mut *c };
-        // The run that ends now began when `prev` was switched in here.
-        if state.tid == prev_tid && prev_tid != 0 {
-            let ran: u64 = field(prev, offset!(task_sum_exec_runtime));
-            if ran > state.sum_exec_runtime {
-                c.cpu_ns += ran - state.sum_exec_runtime;
-            }
-            if offset!(has_run_delay) != 0 {
-                let delay: u64 = field(prev, offset!(task_run_delay));
-                if delay >= state.run_delay {
-                    let wait = delay - state.run_delay;
-                    c.rq_count += 1;
-                    c.rq_sum_ns += wait;
-                    let b = bucket(wait);
-                    if b < RQ_BUCKETS {
-                        c.rq_hist[b] += 1;
-                    }
+        let ran: u64 = field(prev, offset!(task_sum_exec_runtime));
+        let delay: u64 = if offset!(has_run_delay) != 0 { field(prev, offset!(task_run_delay)) } else { 0 };
+        let task = prev as usize as u64;
+        let slot = THREADS.get_ptr_mut(prev_tid & (THREAD_SLOTS - 1));
+        // SAFETY: a slot of the array; another CPU may write it at the same
+        // time only for another thread with the same slot, which at worst
+        // spoils one sample.
+        let last = slot.map(|s| unsafe { *s }).filter(|s| s.task == task && s.tid == prev_tid);
+        // On-CPU time since the thread last left a CPU, which counts a run
+        // whose switch-in was not seen; else since it was switched in here.
+        let ran_base = match last {
+            Some(s) => Some(s.sum_exec_runtime),
+            None if seen_in => Some(state.sum_exec_runtime),
+            None => None,
+        };
+        if let Some(base) = ran_base.filter(|&b| ran > b) {
+            c.cpu_ns += ran - base;
+        }
+        if offset!(has_run_delay) != 0 {
+            // The wait before this run: the run delay now minus its value
+            // when the thread last left a CPU (which counts a wait split by
+            // a migration whole), or else when it was switched in here.
+            let wait_base = match last {
+                Some(s) => Some(s.run_delay),
+                None if seen_in => Some(state.run_delay),
+                None => None,
+            };
+            if let Some(base) = wait_base.filter(|&b| delay >= b) {
+                let wait = delay - base;
+                c.rq_count += 1;
+                c.rq_sum_ns += wait;
+                let b = bucket(wait);
+                if b < RQ_BUCKETS {
+                    c.rq_hist[b] += 1;
                 }
             }
         }
-        // Still runnable when switched out: preempted. By whom?
-        if prev_state == 0 {
+        if let Some(s) = slot {
+            // SAFETY: as above.
+            unsafe { *s = ThreadSlot { task, run_delay: delay, sum_exec_runtime: ran, tid: prev_tid, _pad: 0 } };
+        }
+        // Taken off the CPU while still runnable (or preempted on its way to
+        // sleep): preempted. By whom?
+        if preempt != 0 || prev_state == 0 {
             let next_cg = task_cgroup_id(next).unwrap_or(0);
             if next_cg == prev_cg {
                 c.preempted_by_self += 1;
@@ -179,9 +226,11 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Option<()> {
             }
         }
     }
-    // `next` arrives: its accounting so far. The kernel adds the wait that
-    // ends now to its run delay just after this tracepoint.
-    state.tid = field(next, offset!(task_pid));
+    // `next` arrives: its cgroup and its accounting so far. The kernel adds
+    // the wait that ends now to its run delay just after this tracepoint.
+    let next_tid: u32 = field(next, offset!(task_pid));
+    state.tid = next_tid;
+    state.cgroup_id = if next_tid == 0 { 0 } else { task_cgroup_id(next).unwrap_or(0) };
     state.sum_exec_runtime = field(next, offset!(task_sum_exec_runtime));
     state.run_delay = if offset!(has_run_delay) != 0 { field(next, offset!(task_run_delay)) } else { 0 };
     Some(())
@@ -327,13 +376,12 @@ pub fn tcp_pacing(ctx: SockOpsContext) -> u32 {
         // SAFETY: a value read from the map.
         if let Some(p) = unsafe { POLICY.get(&cg) } {
             if p.egress_bytes_per_sec > 0 {
-                // The kernel takes this option from BPF as a 32-bit int of
-                // bytes per second; u32::MAX would mean "unlimited".
-                let mut rate: u32 = if p.egress_bytes_per_sec >= u32::MAX as u64 {
-                    u32::MAX - 1
-                } else {
-                    p.egress_bytes_per_sec as u32
-                };
+                // 95%: pacing counts payload, the limit counts IP and TCP
+                // headers too (about 3.6% more at a 1500-byte MTU). The
+                // kernel takes this option from BPF as a 32-bit int of bytes
+                // per second; u32::MAX would mean "unlimited".
+                let paced = p.egress_bytes_per_sec / 100 * 95;
+                let mut rate: u32 = if paced >= u32::MAX as u64 { u32::MAX - 1 } else { paced as u32 };
                 // SAFETY: the context's own socket; optval points at a u32.
                 unsafe {
                     bpf_setsockopt(
@@ -353,6 +401,10 @@ pub fn tcp_pacing(ctx: SockOpsContext) -> u32 {
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // SAFETY: the verifier rejects programs that could reach a panic.
+    // SAFETY: no path in these programs can panic: indexes are checked
+    // against their bounds before use and arithmetic does not overflow-check
+    // in the release profile they are built with. (A reachable panic would
+    // be undefined behaviour here; an infinite loop instead would be refused
+    // by the verifier.)
     unsafe { core::hint::unreachable_unchecked() }
 }
