@@ -409,6 +409,58 @@ fn check_runq_histogram(text: &str, task: &str) {
     assert!(count > 100.0, "{count}");
 }
 
+/// Block IO and memory come from the task's cgroup: a task that writes and
+/// reads back 32 MiB with direct IO reports at least that much, one that
+/// holds 96 MiB reports it as resident and peak memory, an idle task about
+/// nothing; user CPU time follows the work done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_io_and_memory_are_the_tasks_own() {
+    if !require_root("block_io_and_memory_are_the_tasks_own") {
+        return;
+    }
+    let _turn = serial().await;
+    let (m, a) = cluster("cpus:2;mem:1024;disk:1024;ports:[31000-31999]", &[]);
+    let mut fw = TestFramework::start(&m.addr, info("io")).await;
+    let io = "dd if=/dev/zero of=data bs=1M count=32 oflag=direct status=none && \
+              dd if=data of=/dev/null bs=1M iflag=direct status=none && sleep 1000";
+    let mem =
+        "python3 -c 'import time\nb=bytearray(96<<20)\nfor i in range(0, len(b), 4096): b[i]=1\ntime.sleep(1000)'";
+    fw.launch(
+        vec![
+            Spec::new("io", io, "cpus:0.5;mem:128"),
+            Spec::new("mem", mem, "cpus:0.5;mem:256"),
+            Spec::new("idle", "sleep 1000", "cpus:0.1;mem:32"),
+        ],
+        LONG,
+    )
+    .await;
+    let mib = (1u64 << 20) as f64;
+    wait_until(LONG, "the IO task's 32 MiB written and read", || {
+        a.statistics("io").is_some_and(|s| {
+            s["blkio_write_bytes"].as_f64().unwrap_or(0.0) >= 32.0 * mib
+                && s["blkio_read_bytes"].as_f64().unwrap_or(0.0) >= 32.0 * mib
+        })
+    });
+    wait_until(LONG, "the memory task's 96 MiB", || {
+        a.statistics("mem").is_some_and(|s| s["mem_rss_bytes"].as_f64().unwrap_or(0.0) >= 96.0 * mib)
+    });
+    let (io, mem, idle) = (stats_of(&a, "io"), stats_of(&a, "mem"), stats_of(&a, "idle"));
+    eprintln!("io: {io}\nmem: {mem}\nidle: {idle}");
+    // Nothing else is counted to them: their own figures stay near what
+    // they did.
+    assert!(f(&io, "blkio_write_bytes") < 40.0 * mib, "{io}");
+    assert!(f(&mem, "mem_peak_bytes") >= 96.0 * mib && f(&mem, "mem_total_bytes") < 160.0 * mib, "{mem}");
+    assert!(f(&mem, "blkio_write_bytes") < mib, "{mem}");
+    assert!(f(&idle, "blkio_read_bytes") + f(&idle, "blkio_write_bytes") < mib, "{idle}");
+    assert!(f(&idle, "mem_rss_bytes") < 8.0 * mib, "{idle}");
+    assert!(f(&idle, "cpus_user_time_secs") < 0.1, "{idle}");
+    assert!(f(&mem, "cpus_user_time_secs") + f(&mem, "cpus_system_time_secs") > 0.0, "{mem}");
+    for t in ["io", "mem", "idle"] {
+        fw.driver.kill(t.into(), None).await.unwrap();
+    }
+    fw.wait_terminal(&["io".into(), "mem".into(), "idle".into()], LONG).await;
+}
+
 /// Acceptance 6: an OOM-killed task is FAILED with the memory reason and the
 /// OOM event is in its statistics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
