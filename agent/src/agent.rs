@@ -85,6 +85,8 @@ pub struct TaskRun {
     pub state: TaskState,
     pub pid: Option<i32>,
     pub cgroup: Option<TaskCgroup>,
+    /// Its cgroup's files that samples read, kept open while it runs.
+    pub stat_files: crate::cgroups::StatFiles,
     /// The task's v2 cgroup id, when it has cgroups.
     pub cgroup_id: Option<u64>,
     /// Whether it is registered with the eBPF programs.
@@ -317,6 +319,7 @@ impl Agent {
                 state: TaskState::Staging,
                 pid: None,
                 cgroup: None,
+                stat_files: Default::default(),
                 cgroup_id: None,
                 ebpf_registered: false,
                 usage: Usage::default(),
@@ -472,6 +475,8 @@ impl Agent {
         // left behind is killed and its cgroup removed.
         let sample = sample_task(t, self.ebpf.as_ref());
         t.usage.push(sample);
+        // Nothing is sampled from here on; the cgroup is about to go.
+        t.stat_files = Default::default();
         let registered = t.ebpf_registered.then_some(t.cgroup_id).flatten();
         t.ebpf_registered = false;
         let outcome = match status {
@@ -762,7 +767,7 @@ pub fn task_policy(resources: &agora_proto::resources::Resources) -> Result<agor
     })
 }
 
-fn sample_task(t: &TaskRun, ebpf: Option<&Ebpf>) -> Sample {
+fn sample_task(t: &mut TaskRun, ebpf: Option<&Ebpf>) -> Sample {
     let counters = match (t.ebpf_registered, t.cgroup_id, ebpf) {
         (true, Some(id), Some(e)) => e.read_many(&[id]).remove(&id),
         _ => None,
@@ -771,14 +776,14 @@ fn sample_task(t: &TaskRun, ebpf: Option<&Ebpf>) -> Sample {
 }
 
 /// A sample of the task's cgroup, with its eBPF counters when it has them.
-fn sample(t: &TaskRun, counters: Option<agora_ebpf_common::TaskCounters>) -> Sample {
+fn sample(t: &mut TaskRun, counters: Option<agora_ebpf_common::TaskCounters>) -> Sample {
     Sample {
         at: Instant::now(),
         timestamp: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0),
-        cgroup: t.cgroup.as_ref().map(|c| c.stats()).unwrap_or_default(),
+        cgroup: t.cgroup.as_ref().map(|c| c.stats_from(&mut t.stat_files)).unwrap_or_default(),
         ebpf: counters,
     }
 }

@@ -314,16 +314,101 @@ fn write_file(path: &Path, value: &str) -> Result<(), String> {
     fs::write(path, value).map_err(|e| format!("cannot write {value:?} to {}: {e}", path.display()))
 }
 
-fn read_u64(path: &Path) -> Option<u64> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
+/// How a sample reads a cgroup file: by path, to its text.
+type Read<'a> = dyn FnMut(&Path) -> Option<String> + 'a;
+
+fn read_text(path: &Path) -> Option<String> {
+    fs::read_to_string(path).ok()
+}
+
+/// The cgroup files a task's samples read, kept open between samples: on
+/// the machines measured, reading an open cgroup file again (from offset 0,
+/// where the kernel regenerates it) costs a tenth of opening, reading and
+/// closing it (docs/benchmarks.md). About nine descriptors per task; a file
+/// that cannot be kept open (the descriptor limit reached) is read by path
+/// instead, as is every file of `StatFiles::unkept()`.
+#[derive(Debug, Default)]
+pub struct StatFiles {
+    files: Vec<(PathBuf, Kept)>,
+    unkept: bool,
+}
+
+#[derive(Debug)]
+enum Kept {
+    Open(fs::File),
+    Missing,
+    ByPath,
+}
+
+impl StatFiles {
+    /// Reads every file by path, keeping nothing open.
+    pub fn unkept() -> StatFiles {
+        StatFiles { files: Vec::new(), unkept: true }
+    }
+
+    /// Descriptors kept open.
+    pub fn open_files(&self) -> usize {
+        self.files.iter().filter(|(_, k)| matches!(k, Kept::Open(_))).count()
+    }
+
+    fn read(&mut self, path: &Path) -> Option<String> {
+        use std::os::unix::fs::FileExt;
+        if self.unkept {
+            return read_text(path);
+        }
+        let i = match self.files.iter().position(|(p, _)| p == path) {
+            Some(i) => i,
+            None => {
+                let kept = match fs::File::open(path) {
+                    Ok(f) => Kept::Open(f),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Kept::Missing,
+                    Err(_) => Kept::ByPath,
+                };
+                self.files.push((path.to_path_buf(), kept));
+                self.files.len() - 1
+            }
+        };
+        match &self.files[i].1 {
+            Kept::Missing => None,
+            Kept::ByPath => read_text(path),
+            Kept::Open(f) => {
+                let mut buf = vec![0u8; 4096];
+                let mut len = 0;
+                loop {
+                    if len == buf.len() {
+                        buf.resize(len * 2, 0);
+                    }
+                    let want = buf.len() - len;
+                    match f.read_at(&mut buf[len..], len as u64) {
+                        Ok(n) => {
+                            len += n;
+                            // The kernel fills what it can: a short read
+                            // is the end.
+                            if n < want {
+                                break;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => return None,
+                    }
+                }
+                buf.truncate(len);
+                String::from_utf8(buf).ok()
+            }
+        }
+    }
+}
+
+fn read_u64(rd: &mut Read, path: &Path) -> Option<u64> {
+    rd(path)?.trim().parse().ok()
 }
 
 /// A flat-keyed cgroup file (`key value` lines), read once.
 struct Keyed(String);
 
 impl Keyed {
-    fn read(path: &Path) -> Keyed {
-        Keyed(fs::read_to_string(path).unwrap_or_default())
+    fn read(rd: &mut Read, path: &Path) -> Keyed {
+        Keyed(rd(path).unwrap_or_default())
     }
 
     fn get(&self, key: &str) -> Option<u64> {
@@ -423,8 +508,12 @@ impl TaskCgroup {
     /// Whether the kernel's OOM killer fired in this cgroup.
     pub fn oom_killed(&self) -> bool {
         match self.mode {
-            Mode::V1 => self.dir("memory").and_then(|d| Keyed::read(&d.join("memory.oom_control")).get("oom_kill")),
-            Mode::V2 => self.dir("unified").and_then(|d| Keyed::read(&d.join("memory.events")).get("oom_kill")),
+            Mode::V1 => self
+                .dir("memory")
+                .and_then(|d| Keyed::read(&mut read_text, &d.join("memory.oom_control")).get("oom_kill")),
+            Mode::V2 => {
+                self.dir("unified").and_then(|d| Keyed::read(&mut read_text, &d.join("memory.events")).get("oom_kill"))
+            }
         }
         .is_some_and(|n| n > 0)
     }
@@ -432,15 +521,15 @@ impl TaskCgroup {
     /// The most memory the task used, in bytes.
     pub fn memory_peak_bytes(&self) -> Option<u64> {
         match self.mode {
-            Mode::V1 => self.dir("memory").and_then(|d| read_u64(&d.join("memory.max_usage_in_bytes"))),
-            Mode::V2 => self.dir("unified").and_then(|d| read_u64(&d.join("memory.peak"))),
+            Mode::V1 => self.dir("memory").and_then(|d| read_u64(&mut read_text, &d.join("memory.max_usage_in_bytes"))),
+            Mode::V2 => self.dir("unified").and_then(|d| read_u64(&mut read_text, &d.join("memory.peak"))),
         }
     }
 
     pub fn memory_limit_bytes(&self) -> Option<u64> {
         match self.mode {
-            Mode::V1 => self.dir("memory").and_then(|d| read_u64(&d.join("memory.limit_in_bytes"))),
-            Mode::V2 => self.dir("unified").and_then(|d| read_u64(&d.join("memory.max"))),
+            Mode::V1 => self.dir("memory").and_then(|d| read_u64(&mut read_text, &d.join("memory.limit_in_bytes"))),
+            Mode::V2 => self.dir("unified").and_then(|d| read_u64(&mut read_text, &d.join("memory.max"))),
         }
     }
 
@@ -461,54 +550,60 @@ impl TaskCgroup {
 
     /// What the cgroups account for the task.
     pub fn stats(&self) -> CgroupStats {
+        self.stats_from(&mut StatFiles::unkept())
+    }
+
+    /// The same, read through `files`, which keeps them open between samples.
+    pub fn stats_from(&self, files: &mut StatFiles) -> CgroupStats {
+        let mut rd = |p: &Path| files.read(p);
         let mut s = CgroupStats::default();
         match self.mode {
             Mode::V1 => {
                 if let Some(d) = self.dir("cpuacct") {
-                    s.cpu_usage_ns = read_u64(&d.join("cpuacct.usage"));
+                    s.cpu_usage_ns = read_u64(&mut rd, &d.join("cpuacct.usage"));
                     // USER_HZ ticks; 100 per second on Linux.
-                    let st = Keyed::read(&d.join("cpuacct.stat"));
+                    let st = Keyed::read(&mut rd, &d.join("cpuacct.stat"));
                     s.cpu_user_ns = st.get("user").map(|t| t * 10_000_000);
                     s.cpu_system_ns = st.get("system").map(|t| t * 10_000_000);
                 }
                 if let Some(d) = self.dir("cpu") {
-                    let st = Keyed::read(&d.join("cpu.stat"));
+                    let st = Keyed::read(&mut rd, &d.join("cpu.stat"));
                     s.nr_periods = st.get("nr_periods");
                     s.nr_throttled = st.get("nr_throttled");
                     s.throttled_ns = st.get("throttled_time");
                 }
                 if let Some(d) = self.dir("memory") {
-                    s.mem_usage_bytes = read_u64(&d.join("memory.usage_in_bytes"));
-                    s.mem_peak_bytes = read_u64(&d.join("memory.max_usage_in_bytes"));
-                    s.mem_limit_bytes = read_u64(&d.join("memory.limit_in_bytes"));
-                    let st = Keyed::read(&d.join("memory.stat"));
+                    s.mem_usage_bytes = read_u64(&mut rd, &d.join("memory.usage_in_bytes"));
+                    s.mem_peak_bytes = read_u64(&mut rd, &d.join("memory.max_usage_in_bytes"));
+                    s.mem_limit_bytes = read_u64(&mut rd, &d.join("memory.limit_in_bytes"));
+                    let st = Keyed::read(&mut rd, &d.join("memory.stat"));
                     s.mem_rss_bytes = st.get("total_rss").or_else(|| st.get("rss"));
                     s.mem_file_bytes = st.get("total_cache").or_else(|| st.get("cache"));
-                    s.oom_kills = Keyed::read(&d.join("memory.oom_control")).get("oom_kill");
+                    s.oom_kills = Keyed::read(&mut rd, &d.join("memory.oom_control")).get("oom_kill");
                 }
                 if let Some(d) = self.dir("blkio") {
-                    let (r, w) = blkio_v1(&d.join("blkio.throttle.io_service_bytes"));
+                    let (r, w) = blkio_v1(&mut rd, &d.join("blkio.throttle.io_service_bytes"));
                     s.io_read_bytes = r;
                     s.io_write_bytes = w;
                 }
             }
             Mode::V2 => {
                 if let Some(d) = self.dir("unified") {
-                    let st = Keyed::read(&d.join("cpu.stat"));
+                    let st = Keyed::read(&mut rd, &d.join("cpu.stat"));
                     s.cpu_usage_ns = st.get("usage_usec").map(|u| u * 1000);
                     s.cpu_user_ns = st.get("user_usec").map(|u| u * 1000);
                     s.cpu_system_ns = st.get("system_usec").map(|u| u * 1000);
                     s.nr_periods = st.get("nr_periods");
                     s.nr_throttled = st.get("nr_throttled");
                     s.throttled_ns = st.get("throttled_usec").map(|u| u * 1000);
-                    s.mem_usage_bytes = read_u64(&d.join("memory.current"));
-                    s.mem_peak_bytes = read_u64(&d.join("memory.peak"));
-                    s.mem_limit_bytes = read_u64(&d.join("memory.max"));
-                    let ms = Keyed::read(&d.join("memory.stat"));
+                    s.mem_usage_bytes = read_u64(&mut rd, &d.join("memory.current"));
+                    s.mem_peak_bytes = read_u64(&mut rd, &d.join("memory.peak"));
+                    s.mem_limit_bytes = read_u64(&mut rd, &d.join("memory.max"));
+                    let ms = Keyed::read(&mut rd, &d.join("memory.stat"));
                     s.mem_rss_bytes = ms.get("anon");
                     s.mem_file_bytes = ms.get("file");
-                    s.oom_kills = Keyed::read(&d.join("memory.events")).get("oom_kill");
-                    let (r, w) = io_v2(&d.join("io.stat"));
+                    s.oom_kills = Keyed::read(&mut rd, &d.join("memory.events")).get("oom_kill");
+                    let (r, w) = io_v2(&mut rd, &d.join("io.stat"));
                     s.io_read_bytes = r;
                     s.io_write_bytes = w;
                 }
@@ -560,8 +655,8 @@ pub struct CgroupStats {
 }
 
 /// v1 `blkio.throttle.io_service_bytes`: `MAJ:MIN Read N` lines, summed.
-fn blkio_v1(path: &Path) -> (Option<u64>, Option<u64>) {
-    let Ok(text) = fs::read_to_string(path) else { return (None, None) };
+fn blkio_v1(rd: &mut Read, path: &Path) -> (Option<u64>, Option<u64>) {
+    let Some(text) = rd(path) else { return (None, None) };
     let (mut r, mut w) = (0u64, 0u64);
     for l in text.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
@@ -578,8 +673,8 @@ fn blkio_v1(path: &Path) -> (Option<u64>, Option<u64>) {
 }
 
 /// v2 `io.stat`: `MAJ:MIN rbytes=N wbytes=N ...` lines, summed.
-fn io_v2(path: &Path) -> (Option<u64>, Option<u64>) {
-    let Ok(text) = fs::read_to_string(path) else { return (None, None) };
+fn io_v2(rd: &mut Read, path: &Path) -> (Option<u64>, Option<u64>) {
+    let Some(text) = rd(path) else { return (None, None) };
     let (mut r, mut w) = (0u64, 0u64);
     for field in text.split_whitespace() {
         if let Some(v) = field.strip_prefix("rbytes=") {
@@ -667,6 +762,30 @@ mod tests {
         let bases = v1_bases(&mounts, &own, "a").unwrap();
         let names: Vec<&str> = bases.iter().map(|(c, _)| c.as_str()).collect();
         assert_eq!(names, ["cpu", "cpuacct", "memory", "blkio"]);
+    }
+
+    #[test]
+    fn kept_files_are_read_whole_and_afresh_each_time() {
+        let dir = std::env::temp_dir().join(format!("agora-statfiles-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let (small, big, missing) = (dir.join("small"), dir.join("big"), dir.join("missing"));
+        fs::write(&small, "1\n").unwrap();
+        let long: String = (0..2000).map(|i| format!("key{i} {i}\n")).collect();
+        fs::write(&big, &long).unwrap();
+        let mut files = StatFiles::default();
+        assert_eq!(files.read(&small).as_deref(), Some("1\n"));
+        assert_eq!(files.read(&big).as_deref(), Some(long.as_str()), "longer than the first buffer");
+        assert_eq!(files.read(&missing), None);
+        assert_eq!(files.open_files(), 2);
+        // Rewritten in place: the next read sees the new content, through
+        // the same descriptor.
+        fs::OpenOptions::new().write(true).truncate(true).open(&small).unwrap().write_all(b"22\n").unwrap();
+        assert_eq!(files.read(&small).as_deref(), Some("22\n"));
+        assert_eq!(files.open_files(), 2);
+        let mut unkept = StatFiles::unkept();
+        assert_eq!(unkept.read(&small).as_deref(), Some("22\n"));
+        assert_eq!(unkept.open_files(), 0);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

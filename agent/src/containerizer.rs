@@ -97,13 +97,17 @@ fn spawn(spec: &LaunchSpec, cgroup: Option<&TaskCgroup>) -> Result<(i32, tokio::
         None => Vec::new(),
     };
     let fds = TaskCgroup::procs_fds(&files);
+    let nofile = TASK_NOFILE.get().copied();
     // SAFETY: the closure runs between fork and exec; it only makes
-    // async-signal-safe system calls (setsid, write) on fds the parent keeps
-    // open until spawn returns, and allocates nothing.
+    // async-signal-safe system calls (setsid, setrlimit, write) on fds the
+    // parent keeps open until spawn returns, and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(lim) = nofile {
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
             }
             cgroups::join_fds(&fds)
         });
@@ -112,6 +116,31 @@ fn spawn(spec: &LaunchSpec, cgroup: Option<&TaskCgroup>) -> Result<(i32, tokio::
     drop(files);
     let pid = child.id().map(|p| p as i32).ok_or("the task exited before it could be tracked")?;
     Ok((pid, child))
+}
+
+/// The open-file limit tasks start with: the one the agent was started
+/// with, before it raised its own (`raise_open_file_limit`).
+static TASK_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Raises the agent's open-file limit to the hard limit (it keeps about nine
+/// cgroup files open per running task), and remembers the limit it had for
+/// the tasks, which get that one back. Returns the limit now in force.
+pub fn raise_open_file_limit() -> Option<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with valid pointers.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        let _ = TASK_NOFILE.set(lim);
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return Some(raised.rlim_cur);
+            }
+        }
+    }
+    Some(lim.rlim_cur)
 }
 
 /// Signals a task's process group and everything in its cgroup.

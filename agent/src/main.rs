@@ -101,6 +101,9 @@ fn cgroup_name(work_dir: &std::path::Path) -> String {
 }
 
 async fn run(args: Args) -> anyhow::Result<i32> {
+    if let Some(n) = agora_agent::containerizer::raise_open_file_limit() {
+        tracing::debug!(limit = n, "open files");
+    }
     std::fs::create_dir_all(&args.work_dir)
         .map_err(|e| anyhow::anyhow!("cannot create work dir {}: {e}", args.work_dir.display()))?;
     let work_dir = args.work_dir.canonicalize()?;

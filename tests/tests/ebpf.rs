@@ -239,18 +239,7 @@ async fn binds_are_limited_to_the_tasks_ports() {
     )
     .await;
     fw.wait_terminal(&["a".into(), "b".into()], LONG).await;
-    let out = |t: &str| -> String {
-        let st = a.state();
-        let sandbox = st["completed_tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["id"] == t)
-            .and_then(|c| c["sandbox"].as_str())
-            .expect("sandbox")
-            .to_string();
-        std::fs::read_to_string(std::path::Path::new(&sandbox).join("stdout")).unwrap_or_default()
-    };
+    let out = |t: &str| stdout_of(&a, t);
     assert_eq!(out("a").split_whitespace().collect::<Vec<_>>(), vec!["bound", "EPERM"], "task a");
     assert_eq!(out("b").trim(), "bound", "task b may bind its own port");
     assert_eq!(f(&stats_of(&a, "a"), "bind_denied"), 1.0);
@@ -407,6 +396,78 @@ fn check_runq_histogram(text: &str, task: &str) {
     let count = series.iter().find(|l| l.starts_with(&format!("{name}_count"))).map(|l| value(l)).expect("count");
     assert_eq!(cums.last().copied(), Some(count), "+Inf differs from the count");
     assert!(count > 100.0, "{count}");
+}
+
+/// A finished task's stdout.
+fn stdout_of(a: &Agent, task: &str) -> String {
+    let st = a.state();
+    let sandbox = st["completed_tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == task)
+        .and_then(|c| c["sandbox"].as_str())
+        .expect("sandbox")
+        .to_string();
+    std::fs::read_to_string(std::path::Path::new(&sandbox).join("stdout")).unwrap_or_default()
+}
+
+/// The agent's descriptors open on files under `dir`.
+fn open_files_under(agent_pid: u32, dir: &std::path::Path) -> usize {
+    std::fs::read_dir(format!("/proc/{agent_pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.starts_with(dir)))
+        .count()
+}
+
+/// The agent keeps a running task's cgroup files open between samples and
+/// closes them when the task ends; it raises its own open-file limit for
+/// them, and tasks start with the limit the agent was started with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cgroup_files_stay_open_while_the_task_runs() {
+    if !require_root("cgroup_files_stay_open_while_the_task_runs") {
+        return;
+    }
+    let _turn = serial().await;
+    // The agent starts with a soft limit below its hard one (the tests take
+    // turns, so no other test starts a process meanwhile).
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with valid pointers.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    let soft = 1024.min(lim.rlim_max);
+    // SAFETY: as above.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &libc::rlimit { rlim_cur: soft, rlim_max: lim.rlim_max }) };
+    let started = std::panic::catch_unwind(|| cluster("cpus:2;mem:1024;disk:1024;ports:[31000-31999]", &[]));
+    // SAFETY: as above.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    let (m, a) = started.expect("the cluster starts");
+    let pid = a.proc.as_ref().expect("agent").child.id();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let agent_soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .expect("Max open files");
+    assert_eq!(agent_soft, lim.rlim_max, "the agent raises its soft limit to the hard one");
+
+    let mut fw = TestFramework::start(&m.addr, info("files")).await;
+    fw.launch(vec![Spec::new("t", "ulimit -Sn; sleep 3", "cpus:0.1;mem:64")], LONG).await;
+    fw.until(LONG, "running", |f| f.last_state("t") == Some(TaskState::Running)).await;
+    stats_of(&a, "t");
+    let task_dirs: Vec<std::path::PathBuf> = a
+        .cgroup_dirs()
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap().flatten().map(|e| e.path()).filter(|p| p.is_dir()))
+        .collect();
+    let open: usize = task_dirs.iter().map(|d| open_files_under(pid, d)).sum();
+    assert!(open >= 5, "{open} of the task's cgroup files are open: {task_dirs:?}");
+    fw.wait_terminal(&["t".into()], LONG).await;
+    assert_eq!(stdout_of(&a, "t").trim(), soft.to_string(), "the task's soft limit");
+    wait_until(Duration::from_secs(5), "the task's cgroup files to be closed", || {
+        task_dirs.iter().map(|d| open_files_under(pid, d)).sum::<usize>() == 0
+    });
 }
 
 /// Block IO and memory come from the task's cgroup: a task that writes and
