@@ -191,8 +191,12 @@ async fn network_bytes_sent_are_counted() {
     let sink = Sink::start();
     let n: u64 = 10_000_000;
     let mut fw = TestFramework::start(&m.addr, info("sender")).await;
+    // After the sink has everything (it closes when it reads our end), the
+    // task prints what its socket put on the wire: payload bytes including
+    // retransmissions, and the retransmitted ones (tcp_info's bytes_sent and
+    // bytes_retrans, Linux 5.5).
     let send = format!(
-        "python3 -c 'import socket; s=socket.create_connection((\"127.0.0.1\", {})); s.sendall(b\"x\" * {n}); s.close()'",
+        "python3 -c 'import socket,struct\ns=socket.create_connection((\"127.0.0.1\", {}))\ns.sendall(b\"x\" * {n})\ns.shutdown(socket.SHUT_WR)\ns.recv(1)\ni=s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232)\nprint(*struct.unpack_from(\"<QQ\", i, 200))'",
         sink.port
     );
     fw.launch(
@@ -206,10 +210,16 @@ async fn network_bytes_sent_are_counted() {
     let s = stats_of(&a, "send");
     let tx = f(&s, "net_tx_bytes");
     let packets = f(&s, "net_tx_packets");
-    eprintln!("sent {n} bytes in {packets} packets; counted {tx}");
-    assert!(tx >= n as f64, "{tx} < {n}");
+    let out = stdout_of(&a, "send");
+    let wire: Vec<f64> = out.split_whitespace().map(|v| v.parse().expect("a number")).collect();
+    let [on_wire, retransmitted] = wire[..] else { panic!("the task printed {out:?}") };
+    eprintln!(
+        "sent {n} bytes ({on_wire} on the wire, {retransmitted} of them again) in {packets} packets; counted {tx}"
+    );
+    assert!(on_wire >= n as f64, "{out}");
+    assert!(tx >= on_wire, "{tx} < {on_wire}");
     // Headers of at most ~100 bytes per packet (IP + TCP with options).
-    assert!(tx <= n as f64 + 100.0 * packets, "{tx} bytes in {packets} packets for {n}");
+    assert!(tx <= on_wire + 100.0 * packets, "{tx} bytes in {packets} packets for {on_wire}");
     let idle = stats_of(&a, "idle");
     assert!(f(&idle, "net_tx_bytes") < 1000.0 && f(&idle, "net_rx_bytes") < 1000.0, "{idle}");
 }
