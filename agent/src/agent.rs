@@ -493,9 +493,14 @@ impl Agent {
             let cgroup = t.cgroup.clone();
             let events = self.events.clone();
             tokio::task::spawn_blocking(move || {
-                containerizer::cleanup(pid, cgroup.as_ref());
-                if let Some(cgroup_id) = registered {
-                    let _ = events.blocking_send(Ev::CgroupRemoved { cgroup_id });
+                let removed = containerizer::cleanup(pid, cgroup.as_ref());
+                match registered {
+                    Some(cgroup_id) if removed => {
+                        let _ = events.blocking_send(Ev::CgroupRemoved { cgroup_id });
+                    }
+                    // Whatever is left in it stays enforced.
+                    Some(cgroup_id) => tracing::warn!(cgroup_id, "task cgroup not removed; it stays registered"),
+                    None => {}
                 }
             });
         } else if let (Some(id), Some(ebpf)) = (registered, self.ebpf.as_mut()) {
@@ -776,7 +781,13 @@ fn sample_task(t: &mut TaskRun, ebpf: Option<&Ebpf>) -> Sample {
 }
 
 /// A sample of the task's cgroup, with its eBPF counters when it has them.
-fn sample(t: &mut TaskRun, counters: Option<agora_ebpf_common::TaskCounters>) -> Sample {
+fn sample(t: &mut TaskRun, mut counters: Option<agora_ebpf_common::TaskCounters>) -> Sample {
+    // A run counted in progress by the last sample may, rarely, be in
+    // neither the counters nor the runs in progress of this one: CPU time
+    // never goes back.
+    if let (Some(c), Some(last)) = (counters.as_mut(), t.usage.latest.as_ref().and_then(|s| s.ebpf)) {
+        c.cpu_ns = c.cpu_ns.max(last.cpu_ns);
+    }
     Sample {
         at: Instant::now(),
         timestamp: std::time::SystemTime::now()

@@ -99,8 +99,9 @@ fn spawn(spec: &LaunchSpec, cgroup: Option<&TaskCgroup>) -> Result<(i32, tokio::
     let fds = TaskCgroup::procs_fds(&files);
     let nofile = TASK_NOFILE.get().copied();
     // SAFETY: the closure runs between fork and exec; it only makes
-    // async-signal-safe system calls (setsid, setrlimit, write) on fds the
-    // parent keeps open until spawn returns, and allocates nothing.
+    // async-signal-safe system calls (setsid, setrlimit, write, nanosleep)
+    // on fds the parent keeps open until spawn returns, and allocates
+    // nothing.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
@@ -109,7 +110,13 @@ fn spawn(spec: &LaunchSpec, cgroup: Option<&TaskCgroup>) -> Result<(i32, tokio::
             if let Some(lim) = nofile {
                 libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
             }
-            cgroups::join_fds(&fds)
+            cgroups::join_fds(&fds)?;
+            // A moment off the CPU: the scheduler programs see the process
+            // leave it and come back in its task's cgroup, so that a
+            // process that then keeps its CPU is counted from the start.
+            let pause = libc::timespec { tv_sec: 0, tv_nsec: 1 };
+            libc::nanosleep(&pause, std::ptr::null_mut());
+            Ok(())
         });
     }
     let child = cmd.spawn().map_err(|e| format!("cannot start the command: {e}"))?;
@@ -233,18 +240,23 @@ pub fn classify(status: ExitStatus, killed_by_request: bool, cgroup: Option<&Tas
 /// it is killed and it is removed; the process group is not signalled, since
 /// its leader was reaped and its id may belong to someone else by now.
 /// Without isolation the group is all there is to go by.
-pub fn cleanup(pid: i32, cgroup: Option<&TaskCgroup>) {
+///
+/// Returns whether the task's cgroup is gone (true without cgroups).
+pub fn cleanup(pid: i32, cgroup: Option<&TaskCgroup>) -> bool {
     match cgroup {
-        Some(c) => {
-            if let Err(e) = c.destroy(Duration::from_secs(2)) {
+        Some(c) => match c.destroy(Duration::from_secs(2)) {
+            Ok(()) => true,
+            Err(e) => {
                 tracing::warn!("task cgroup cleanup: {e}");
+                false
             }
-        }
+        },
         None => {
             // SAFETY: kill(2) on the task's process group.
             unsafe {
                 libc::kill(-pid, libc::SIGKILL);
             }
+            true
         }
     }
 }

@@ -63,6 +63,18 @@ pub struct Ebpf {
     /// Kernel BPF run-time statistics stay enabled while this is open.
     _stats: Option<OwnedFd>,
     registrations_failed: u64,
+    /// Whether the kernel's thread ids are this process's (the host's PID
+    /// namespace), which adding the runs in progress needs.
+    host_pids: bool,
+}
+
+/// Whether this process sees the host's PID namespace: `/proc/self/status`
+/// lists one PID per namespace level (`NSpid`).
+fn in_host_pid_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("NSpid:")).map(|l| l.split_whitespace().count() == 2))
+        .unwrap_or(false)
 }
 
 fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
@@ -148,7 +160,11 @@ impl Ebpf {
             }
         };
         let n_cpus = aya::util::nr_cpus().map_err(|(_, e)| format!("counting CPUs: {e}"))?;
-        Ok(Ebpf { bpf, loaded, n_cpus, _stats: stats, registrations_failed: 0 })
+        let host_pids = in_host_pid_namespace();
+        if !host_pids {
+            tracing::warn!("not in the host's PID namespace: task CPU time counts runs only once they end");
+        }
+        Ok(Ebpf { bpf, loaded, n_cpus, _stats: stats, registrations_failed: 0, host_pids })
     }
 
     /// Whether the kernel's BPF run-time statistics are on at this agent's
@@ -242,6 +258,10 @@ impl Ebpf {
             let before = self.running();
             let read: Vec<(u64, Option<TaskCounters>)> = todo.iter().map(|&id| (id, self.read(id))).collect();
             let after = self.running();
+            // A copy torn by a switch at that instant: look again.
+            if before.iter().chain(&after).any(|c| !c.whole()) && attempt < ATTEMPTS {
+                continue;
+            }
             let unsure: std::collections::HashSet<u64> = before
                 .iter()
                 .zip(&after)
@@ -255,7 +275,9 @@ impl Ebpf {
                     todo.push(id);
                     continue;
                 }
-                c.cpu_ns += runs_in_progress(&after, id, |tid| self.last_out(tid));
+                if self.host_pids {
+                    c.cpu_ns += runs_in_progress(&after, id, |tid| self.last_out(tid), schedstat_run_time);
+                }
                 out.insert(id, c);
             }
             if todo.is_empty() {
@@ -269,7 +291,7 @@ impl Ebpf {
     fn last_out(&self, tid: u32) -> Option<u64> {
         let slots: Array<&MapData, ThreadSlot> = Array::try_from(self.bpf.map("THREADS")?).ok()?;
         let s = slots.get(&(tid & (THREAD_SLOTS - 1)), 0).ok()?;
-        (s.tid == tid).then_some(s.sum_exec_runtime)
+        (s.tid == tid && s.whole()).then_some(s.sum_exec_runtime)
     }
 
     /// The task's counters, summed over CPUs; `None` for an unregistered id.
@@ -341,19 +363,73 @@ impl Ebpf {
 
 /// The on-CPU time of the runs in progress on the CPUs that `after` (from
 /// `Ebpf::running`) shows running a thread of cgroup `id`: the thread's run
-/// time now (`/proc/<tid>/schedstat`, which includes the run in progress)
-/// minus what the counters have of it, its run time when it was switched in
-/// or, if later, when it last left a CPU (`last_out`: a CPU whose thread
-/// changed without a traced switch still shows the thread that left).
-/// Thread ids are the kernel's, so this needs the agent in the host's PID
-/// namespace; elsewhere the lookups fail and add nothing.
-fn runs_in_progress(after: &[CpuState], id: u64, last_out: impl Fn(u32) -> Option<u64>) -> u64 {
+/// time now (`run_time`, from `/proc/<tid>/schedstat`, which includes the
+/// run in progress) minus what the counters have of it, its run time when it
+/// was switched in or, if later, when it last left a CPU (`last_out`). A CPU
+/// whose thread changed without a traced switch still shows the thread that
+/// left, so a thread shown on several CPUs counts once, from its latest
+/// switch-in; torn copies are left out.
+fn runs_in_progress(
+    after: &[CpuState],
+    id: u64,
+    last_out: impl Fn(u32) -> Option<u64>,
+    run_time: impl Fn(u32) -> Option<u64>,
+) -> u64 {
+    let mut threads: Vec<(u32, u64)> = Vec::new();
+    for a in after.iter().filter(|a| a.tid != 0 && a.cgroup_id == id && a.whole()) {
+        match threads.iter_mut().find(|(t, _)| *t == a.tid) {
+            Some((_, base)) => *base = (*base).max(a.sum_exec_runtime),
+            None => threads.push((a.tid, a.sum_exec_runtime)),
+        }
+    }
     let mut extra = 0;
-    for a in after.iter().filter(|a| a.tid != 0 && a.cgroup_id == id) {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{}/schedstat", a.tid)) else { continue };
-        let Some(now) = text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) else { continue };
-        let base = a.sum_exec_runtime.max(last_out(a.tid).unwrap_or(0));
+    for (tid, switched_in) in threads {
+        let Some(now) = run_time(tid) else { continue };
+        let base = switched_in.max(last_out(tid).unwrap_or(0));
         extra += now.saturating_sub(base);
     }
     extra
+}
+
+/// A thread's run time so far, including the run in progress.
+fn schedstat_run_time(tid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{tid}/schedstat")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on_cpu(tid: u32, cgroup_id: u64, sum: u64) -> CpuState {
+        CpuState::new(tid, 0xffff_8880_0000_0000 + tid as u64, cgroup_id, sum, 0)
+    }
+
+    #[test]
+    fn runs_in_progress_count_each_thread_once_from_what_the_counters_lack() {
+        let run_time = |tid: u32| {
+            Some(match tid {
+                10 => 5_000,
+                11 => 9_000,
+                _ => return None,
+            })
+        };
+        // Thread 10 of task 7 runs on CPU 0 since run time 1000: 4000 more.
+        let after = [on_cpu(10, 7, 1_000), on_cpu(20, 8, 0)];
+        assert_eq!(runs_in_progress(&after, 7, |_| None, run_time), 4_000);
+        // Other tasks, the idle thread and unknown threads add nothing.
+        assert_eq!(runs_in_progress(&after, 9, |_| None, run_time), 0);
+        assert_eq!(runs_in_progress(&[on_cpu(0, 7, 0)], 7, |_| None, run_time), 0);
+        // A stale CPU still shows thread 10 from an earlier switch-in; it
+        // counts once, from the latest.
+        let after = [on_cpu(10, 7, 1_000), on_cpu(10, 7, 3_000), on_cpu(11, 7, 8_000)];
+        assert_eq!(runs_in_progress(&after, 7, |_| None, run_time), 2_000 + 1_000);
+        // It left a CPU since (its slot says at 4500): only what came after.
+        assert_eq!(runs_in_progress(&after, 7, |t| (t == 10).then_some(4_500), run_time), 500 + 1_000);
+        // A torn copy is left out.
+        let mut torn = on_cpu(11, 7, 8_000);
+        torn.sum_exec_runtime = 0;
+        assert!(!torn.whole());
+        assert_eq!(runs_in_progress(&[torn], 7, |_| None, run_time), 0);
+    }
 }

@@ -162,21 +162,46 @@ pub struct KernelOffsets {
 
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32);
 
-/// Per-CPU scheduler state: the thread switched in on this CPU, its task's
-/// cgroup id (0 when not a task) and its accounting at that moment, so that
-/// when it leaves the CPU its run is the difference. The agent reads it too,
-/// to add the runs still in progress to its samples.
+/// Per-CPU scheduler state: the thread switched in on this CPU, its
+/// `css_set` (`task->cgroups`: a thread that changes cgroup while it runs
+/// gets a new one), its task's cgroup id (0 when not a task) and its
+/// accounting at that moment, so that when it leaves the CPU its run is the
+/// difference. The agent reads it too, to add the runs still in progress to
+/// its samples; `check` tells it a copy torn by a concurrent switch.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuState {
     pub tid: u32,
-    pub _pad: u32,
+    pub check: u32,
+    pub css: u64,
     pub cgroup_id: u64,
     pub sum_exec_runtime: u64,
     pub run_delay: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<CpuState>() == 32);
+/// A fold of a record's words, to tell a torn copy from a whole one.
+#[inline(always)]
+pub fn check_of(words: [u64; 4], tid: u32) -> u32 {
+    let x = words[0] ^ words[1].rotate_left(16) ^ words[2].rotate_left(32) ^ words[3].rotate_left(48) ^ tid as u64;
+    (x ^ (x >> 32)) as u32 ^ 0x9e37_79b9
+}
+
+impl CpuState {
+    #[inline(always)]
+    pub fn new(tid: u32, css: u64, cgroup_id: u64, sum_exec_runtime: u64, run_delay: u64) -> CpuState {
+        // Pointers stay out of the fold: the verifier allows no arithmetic
+        // on them.
+        let check = check_of([cgroup_id, sum_exec_runtime, run_delay, 0], tid);
+        CpuState { tid, check, css, cgroup_id, sum_exec_runtime, run_delay }
+    }
+
+    /// Whether this copy is one record, not parts of two.
+    pub fn whole(&self) -> bool {
+        self.check == check_of([self.cgroup_id, self.sum_exec_runtime, self.run_delay, 0], self.tid)
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<CpuState>() == 40);
 
 /// A task thread's accounting when it last left a CPU, in a slot chosen by
 /// its thread id. Its next run-queue wait is the run delay's difference,
@@ -186,6 +211,8 @@ const _: () = assert!(core::mem::size_of::<CpuState>() == 32);
 /// virtualised kernels do). The thread id and task pointer tell a reused
 /// thread id, or another thread sharing the slot, from the thread that left
 /// it.
+/// `check` tells a copy torn by two CPUs writing the slot at once (threads
+/// whose ids share it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ThreadSlot {
@@ -193,7 +220,23 @@ pub struct ThreadSlot {
     pub run_delay: u64,
     pub sum_exec_runtime: u64,
     pub tid: u32,
-    pub _pad: u32,
+    pub check: u32,
+}
+
+impl ThreadSlot {
+    #[inline(always)]
+    pub fn new(task: u64, tid: u32, sum_exec_runtime: u64, run_delay: u64) -> ThreadSlot {
+        // The task pointer stays out of the fold (no arithmetic on pointers
+        // in the verifier); threads sharing a slot have different ids.
+        let check = check_of([run_delay, sum_exec_runtime, 0, 0], tid);
+        ThreadSlot { task, run_delay, sum_exec_runtime, tid, check }
+    }
+
+    /// Whether this copy is one record, not parts of two.
+    #[inline(always)]
+    pub fn whole(&self) -> bool {
+        self.check == check_of([self.run_delay, self.sum_exec_runtime, 0, 0], self.tid)
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<ThreadSlot>() == 32);

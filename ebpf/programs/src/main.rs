@@ -126,7 +126,12 @@ fn field<T: Copy>(base: *const u8, off: usize) -> T {
 /// The v2 cgroup id of a task: task->cgroups->dfl_cgrp->kn->id.
 #[inline(always)]
 fn task_cgroup_id(task: *const u8) -> Option<u64> {
-    let css: *const u8 = field(task, offset!(task_cgroups));
+    css_cgroup_id(field(task, offset!(task_cgroups)))
+}
+
+/// The v2 cgroup id of a css_set: css->dfl_cgrp->kn->id.
+#[inline(always)]
+fn css_cgroup_id(css: *const u8) -> Option<u64> {
     let cgrp: *const u8 = if css.is_null() { core::ptr::null() } else { field(css, offset!(css_set_dfl_cgrp)) };
     let kn: *const u8 = if cgrp.is_null() { core::ptr::null() } else { field(cgrp, offset!(cgroup_kn)) };
     if kn.is_null() {
@@ -168,7 +173,18 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Option<()> {
     // the programs were attached since, or the CPU changed threads without
     // a traced switch.
     let seen_in = state.tid == prev_tid && prev_tid != 0;
-    let prev_cg = if seen_in { state.cgroup_id } else { task_cgroup_id(prev).unwrap_or(0) };
+    // Its cgroup now: the one it had when switched in unless its css_set
+    // changed meanwhile (a task's first process joins its cgroup while it
+    // runs, between fork and exec).
+    let prev_css: *const u8 = field(prev, offset!(task_cgroups));
+    let prev_cg = if seen_in && prev_css as usize as u64 == state.css {
+        state.cgroup_id
+    } else {
+        css_cgroup_id(prev_css).unwrap_or(0)
+    };
+    let next_tid: u32 = field(next, offset!(task_pid));
+    let next_css: *const u8 = field(next, offset!(task_cgroups));
+    let next_cg = if next_tid == 0 { 0 } else { css_cgroup_id(next_css).unwrap_or(0) };
     if let Some(c) = COUNTERS.get_ptr_mut(&prev_cg) {
         // SAFETY: this CPU's copy of the entry (see the module's note).
         let c = unsafe { &mut *c };
@@ -177,9 +193,9 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Option<()> {
         let task = prev as usize as u64;
         let slot = THREADS.get_ptr_mut(prev_tid & (THREAD_SLOTS - 1));
         // SAFETY: a slot of the array; another CPU may write it at the same
-        // time only for another thread with the same slot, which at worst
-        // spoils one sample.
-        let last = slot.map(|s| unsafe { *s }).filter(|s| s.task == task && s.tid == prev_tid);
+        // time only for another thread with the same slot, and a copy torn
+        // that way fails its check.
+        let last = slot.map(|s| unsafe { *s }).filter(|s| s.task == task && s.tid == prev_tid && s.whole());
         // On-CPU time since the thread last left a CPU, which counts a run
         // whose switch-in was not seen; else since it was switched in here.
         let ran_base = match last {
@@ -211,12 +227,11 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Option<()> {
         }
         if let Some(s) = slot {
             // SAFETY: as above.
-            unsafe { *s = ThreadSlot { task, run_delay: delay, sum_exec_runtime: ran, tid: prev_tid, _pad: 0 } };
+            unsafe { *s = ThreadSlot::new(task, prev_tid, ran, delay) };
         }
         // Taken off the CPU while still runnable (or preempted on its way to
         // sleep): preempted. By whom?
         if preempt != 0 || prev_state == 0 {
-            let next_cg = task_cgroup_id(next).unwrap_or(0);
             if next_cg == prev_cg {
                 c.preempted_by_self += 1;
             } else if unsafe { POLICY.get(&next_cg) }.is_some() {
@@ -228,11 +243,9 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Option<()> {
     }
     // `next` arrives: its cgroup and its accounting so far. The kernel adds
     // the wait that ends now to its run delay just after this tracepoint.
-    let next_tid: u32 = field(next, offset!(task_pid));
-    state.tid = next_tid;
-    state.cgroup_id = if next_tid == 0 { 0 } else { task_cgroup_id(next).unwrap_or(0) };
-    state.sum_exec_runtime = field(next, offset!(task_sum_exec_runtime));
-    state.run_delay = if offset!(has_run_delay) != 0 { field(next, offset!(task_run_delay)) } else { 0 };
+    let ran: u64 = field(next, offset!(task_sum_exec_runtime));
+    let delay: u64 = if offset!(has_run_delay) != 0 { field(next, offset!(task_run_delay)) } else { 0 };
+    *state = CpuState::new(next_tid, next_css as usize as u64, next_cg, ran, delay);
     Some(())
 }
 
