@@ -9,9 +9,17 @@
 //!
 //! Shares are computed over the four scalar kinds (`cpus`, `mem`, `disk`,
 //! `gpus`) of all active agents. Offered and used resources both count as
-//! allocated. Roles are modelled (each framework has one or more, resources
-//! reserved to a role only go to that role) so that hierarchical roles,
-//! weights and quota can be layered on later without changing the interface.
+//! allocated. Each framework has one or more roles; resources reserved to a
+//! role only go to that role.
+//!
+//! **Hierarchical DRF.** Roles form a tree by their `/`-separated names
+//! (`eng`, `eng/dev`). Resources go first to the sibling role with the lowest
+//! weighted share (the dominant share of everything allocated in its subtree,
+//! divided by its weight, 1 unless set), level by level down the tree, then
+//! to the framework with the lowest share within that role. Frameworks
+//! subscribed to a role that also has child roles compete with those
+//! children as if in a leaf of their own beside them (`eng/.`), with the
+//! role's weight.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -39,6 +47,27 @@ impl Scalars {
             }
         }
         Scalars(s)
+    }
+
+    /// The share kinds of `r` per allocation role (unallocated resources
+    /// are left out).
+    pub fn by_role(r: &Resources) -> Vec<(String, Scalars)> {
+        let mut out: Vec<(String, Scalars)> = Vec::new();
+        for res in r.iter() {
+            let (Some(role), agora_proto::resources::Value::Scalar(v)) = (&res.allocation_role, &res.value) else {
+                continue;
+            };
+            let Some(i) = SHARE_KINDS.iter().position(|k| *k == res.name) else { continue };
+            match out.iter_mut().find(|(r, _)| r == role) {
+                Some((_, s)) => s.0[i] += v.0,
+                None => {
+                    let mut s = Scalars::default();
+                    s.0[i] = v.0;
+                    out.push((role.clone(), s));
+                }
+            }
+        }
+        out
     }
 
     fn add(&mut self, o: Scalars) {
@@ -125,6 +154,8 @@ struct FrameworkSlot {
     suppressed: HashSet<String>,
     active: bool,
     allocated: Scalars,
+    /// `allocated` per role.
+    by_role: HashMap<String, Scalars>,
     /// Agents this framework has allocations on.
     agents: HashSet<usize>,
     filters: HashMap<usize, Vec<Filter>>,
@@ -149,6 +180,13 @@ pub struct Allocator {
     free_framework_slots: Vec<usize>,
     /// Sum of active agents' totals.
     total: Scalars,
+    /// What is allocated in each role's subtree (the role and its
+    /// descendants), for every role with an allocation or an ancestor of one.
+    subtree: HashMap<String, Scalars>,
+    /// What is allocated to each role itself.
+    direct: HashMap<String, Scalars>,
+    /// Role weights; 1 when not set.
+    weights: HashMap<String, f64>,
     rng: SmallRng,
     pub stats: Stats,
 }
@@ -165,6 +203,9 @@ impl Allocator {
             framework_index: HashMap::new(),
             free_framework_slots: Vec::new(),
             total: Scalars::default(),
+            subtree: HashMap::new(),
+            direct: HashMap::new(),
+            weights: HashMap::new(),
             rng,
             stats: Stats::default(),
         }
@@ -226,6 +267,7 @@ impl Allocator {
             if let Some(fw) = self.frameworks[f].as_mut() {
                 fw.allocated.sub(Scalars::of(&r));
             }
+            self.account(f, &r, false);
         }
         // The slot will be reused for another agent: nothing about this one
         // (filters included) may stick to it.
@@ -267,6 +309,7 @@ impl Allocator {
             suppressed: suppressed.iter().cloned().collect(),
             active: true,
             allocated: Scalars::default(),
+            by_role: HashMap::new(),
             agents: HashSet::new(),
             filters: HashMap::new(),
         };
@@ -287,6 +330,9 @@ impl Allocator {
     pub fn remove_framework(&mut self, id: &FrameworkId) {
         let Some(idx) = self.framework_index.remove(id) else { return };
         let Some(slot) = self.frameworks[idx].take() else { return };
+        for (role, s) in &slot.by_role {
+            self.role_add(role, *s, false);
+        }
         for a in slot.agents {
             if let Some(agent) = self.agents[a].as_mut() {
                 if let Some(r) = agent.allocated.remove(&idx) {
@@ -334,6 +380,78 @@ impl Allocator {
         fw.agents.insert(a);
         agent.allocated.entry(f).or_default().add(r);
         agent.allocated_sum.add(&r.unallocated());
+        self.account(f, r, true);
+    }
+
+    /// Adds (or takes away) `r`, allocated to framework `f`, to the role
+    /// figures: the framework's per role, and the roles' own and subtrees'.
+    fn account(&mut self, f: usize, r: &Resources, add: bool) {
+        for (role, s) in Scalars::by_role(r) {
+            if let Some(fw) = self.frameworks[f].as_mut() {
+                let e = fw.by_role.entry(role.clone()).or_default();
+                if add {
+                    e.add(s)
+                } else {
+                    e.sub(s)
+                }
+                if e.0 == [0; 4] {
+                    fw.by_role.remove(&role);
+                }
+            }
+            self.role_add(&role, s, add);
+        }
+    }
+
+    fn role_add(&mut self, role: &str, s: Scalars, add: bool) {
+        let bump = |map: &mut HashMap<String, Scalars>, key: &str| {
+            let e = map.entry(key.to_string()).or_default();
+            if add {
+                e.add(s)
+            } else {
+                e.sub(s)
+            }
+            if e.0 == [0; 4] {
+                map.remove(key);
+            }
+        };
+        bump(&mut self.direct, role);
+        for (i, _) in role.match_indices('/') {
+            bump(&mut self.subtree, &role[..i]);
+        }
+        bump(&mut self.subtree, role);
+    }
+
+    /// Sets a role's weight (positive and finite; 1 restores the default).
+    pub fn set_weight(&mut self, role: &str, weight: f64) {
+        if weight.is_finite() && weight > 0.0 {
+            if weight == 1.0 {
+                self.weights.remove(role);
+            } else {
+                self.weights.insert(role.to_string(), weight);
+            }
+        }
+    }
+
+    pub fn weight(&self, role: &str) -> f64 {
+        self.weights.get(role).copied().unwrap_or(1.0)
+    }
+
+    /// What is allocated in a role's subtree, and its weighted dominant share.
+    pub fn role_share(&self, role: &str) -> (Scalars, f64) {
+        let s = self.subtree.get(role).copied().unwrap_or_default();
+        (s, s.dominant_share(&self.total) / self.weight(role))
+    }
+
+    /// A role's place among its siblings: the weighted dominant share of
+    /// `s` (its subtree's, or its own leaf's, allocations).
+    fn role_key(&self, role: &str, s: Option<&Scalars>) -> u64 {
+        share_key(s.copied().unwrap_or_default().dominant_share(&self.total) / self.weight(role))
+    }
+
+    /// A framework's place among the role's frameworks: its share in it.
+    fn framework_key(&self, f: usize, role: &str) -> u64 {
+        let own = self.frameworks[f].as_ref().and_then(|fw| fw.by_role.get(role).copied()).unwrap_or_default();
+        share_key(own.dominant_share(&self.total))
     }
 
     /// Marks resources of an agent as used by a framework outside of an offer
@@ -361,7 +479,9 @@ impl Allocator {
             }
             slot.allocated_sum.subtract_saturating(&give.unallocated());
             fw.allocated.sub(Scalars::of(&give));
+            self.account(f, &give, false);
         }
+        let Some(fw) = self.frameworks[f].as_mut() else { return };
         if refuse_ms > 0 {
             fw.filters
                 .entry(a)
@@ -398,19 +518,21 @@ impl Allocator {
         // Shuffle so that no agent is always offered first.
         agents.shuffle(&mut self.rng);
 
-        let total = self.total;
-        let mut order: BTreeSet<(u64, usize)> = BTreeSet::new();
+        let mut tree = Tree::default();
         for (idx, f) in self.frameworks.iter().enumerate() {
-            if let Some(f) = f {
-                if f.active && f.roles.iter().any(|r| !f.suppressed.contains(r)) {
-                    order.insert((share_key(f.allocated.dominant_share(&total)), idx));
-                }
+            let Some(f) = f else { continue };
+            if !f.active {
+                continue;
+            }
+            for role in f.roles.iter().filter(|r| !f.suppressed.contains(*r)) {
+                tree.add(self, idx, role);
             }
         }
         let mut out = Vec::new();
-        if order.is_empty() {
+        if tree.leaves.is_empty() {
             return out;
         }
+        tree.rank_all(self);
         for a in agents {
             let Some(slot) = self.agents[a].as_ref() else { continue };
             if !slot.active {
@@ -420,54 +542,41 @@ impl Allocator {
             if !self.offerable(&available) {
                 continue;
             }
-            // Walk frameworks from the lowest dominant share; each gets all of
-            // what its role may use. Leftovers reserved to other roles go on to
-            // the next framework.
-            let mut cursor = order.iter().copied().collect::<Vec<_>>();
-            let mut i = 0;
-            while i < cursor.len() && !available.is_empty() {
-                let (key, f) = cursor[i];
-                i += 1;
-                let Some(fw) = self.frameworks[f].as_mut() else { continue };
-                let mut granted = None;
-                for role in fw.roles.clone() {
-                    if fw.suppressed.contains(&role) {
-                        continue;
-                    }
-                    let usable = available.usable_by(&role);
+            // Walk (framework, role) pairs down the role tree, lowest share
+            // first; each gets all of what its role may use. Leftovers
+            // reserved to other roles go on to the next. After a grant the
+            // shares along its path change: re-rank them, start again.
+            while !available.is_empty() {
+                let mut try_grant = |f: usize, role: &str| -> bool {
+                    let usable = available.usable_by(role);
                     if usable.is_empty() {
-                        continue;
+                        return false;
                     }
+                    let Some(fw) = self.frameworks[f].as_mut() else { return false };
                     if Self::is_filtered(fw, a, &usable, now_ms) {
                         self.stats.filtered += 1;
-                        continue;
+                        return false;
                     }
-                    granted = Some((role, usable));
-                    break;
-                }
-                let Some((role, usable)) = granted else { continue };
-                if !(usable.scalar("cpus") >= self.config.min_offer_cpus
-                    || usable.scalar("mem") >= self.config.min_offer_mem_mb)
-                {
-                    continue;
-                }
-                let _ = available.subtract(&usable);
-                let r = usable.allocate_to(&role);
-                self.charge(f, a, &r);
-                self.stats.allocations += 1;
-                let fw = self.frameworks[f].as_ref().expect("charged above");
-                out.push(Allocation {
-                    framework_id: fw.id.clone(),
-                    agent_id: self.agents[a].as_ref().expect("slot checked").id.clone(),
-                    role,
-                    resources: r,
-                });
-                // Re-rank the framework with its new share.
-                let new_key = share_key(fw.allocated.dominant_share(&total));
-                order.remove(&(key, f));
-                order.insert((new_key, f));
-                cursor = order.iter().copied().collect();
-                i = 0;
+                    if !(usable.scalar("cpus") >= self.config.min_offer_cpus
+                        || usable.scalar("mem") >= self.config.min_offer_mem_mb)
+                    {
+                        return false;
+                    }
+                    let _ = available.subtract(&usable);
+                    let r = usable.allocate_to(role);
+                    self.charge(f, a, &r);
+                    self.stats.allocations += 1;
+                    let fw = self.frameworks[f].as_ref().expect("charged above");
+                    out.push(Allocation {
+                        framework_id: fw.id.clone(),
+                        agent_id: self.agents[a].as_ref().expect("slot checked").id.clone(),
+                        role: role.to_string(),
+                        resources: r,
+                    });
+                    true
+                };
+                let Some((leaf, f)) = tree.walk(0, &mut try_grant) else { break };
+                tree.rerank(self, leaf, f);
             }
         }
         out
@@ -517,6 +626,149 @@ fn intersect(a: &Resources, b: &Resources) -> Resources {
     out
 }
 
+/// The role tree of one allocation round, in the order resources are
+/// offered: each role node's items (child roles, and the leaf of frameworks
+/// subscribed to the role itself) by weighted share, each leaf's frameworks
+/// by their share within the role. A grant changes shares along one path
+/// only, which `rerank` updates: O(log frameworks + depth × siblings) per
+/// grant, plus the walk to the first framework that takes the resources.
+#[derive(Default)]
+struct Tree {
+    /// `nodes[0]` is the root, above the top-level roles.
+    nodes: Vec<RoleNode>,
+    leaves: Vec<Leaf>,
+    index: HashMap<String, usize>,
+}
+
+struct RoleNode {
+    name: String,
+    parent: usize,
+    items: Vec<(u64, Item)>,
+    leaf: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Item {
+    Role(usize),
+    Leaf(usize),
+}
+
+struct Leaf {
+    role: String,
+    node: usize,
+    frameworks: BTreeSet<(u64, usize)>,
+    keys: HashMap<usize, u64>,
+}
+
+impl Tree {
+    fn node(&mut self, name: &str) -> usize {
+        if self.nodes.is_empty() {
+            self.nodes.push(RoleNode { name: String::new(), parent: 0, items: Vec::new(), leaf: None });
+        }
+        if let Some(&n) = self.index.get(name) {
+            return n;
+        }
+        let parent = match name.rfind('/') {
+            Some(i) => self.node(&name[..i]),
+            None => 0,
+        };
+        let n = self.nodes.len();
+        self.nodes.push(RoleNode { name: name.to_string(), parent, items: Vec::new(), leaf: None });
+        self.nodes[parent].items.push((0, Item::Role(n)));
+        self.index.insert(name.to_string(), n);
+        n
+    }
+
+    /// Framework `f` takes part for `role`.
+    fn add(&mut self, a: &Allocator, f: usize, role: &str) {
+        let n = self.node(role);
+        let l = match self.nodes[n].leaf {
+            Some(l) => l,
+            None => {
+                let l = self.leaves.len();
+                self.leaves.push(Leaf {
+                    role: role.to_string(),
+                    node: n,
+                    frameworks: BTreeSet::new(),
+                    keys: HashMap::new(),
+                });
+                self.nodes[n].leaf = Some(l);
+                self.nodes[n].items.push((0, Item::Leaf(l)));
+                l
+            }
+        };
+        let key = a.framework_key(f, role);
+        self.leaves[l].frameworks.insert((key, f));
+        self.leaves[l].keys.insert(f, key);
+    }
+
+    fn item_key(&self, a: &Allocator, item: Item) -> u64 {
+        match item {
+            Item::Role(n) => a.role_key(&self.nodes[n].name, a.subtree.get(&self.nodes[n].name)),
+            Item::Leaf(l) => a.role_key(&self.leaves[l].role, a.direct.get(&self.leaves[l].role)),
+        }
+    }
+
+    fn rank_all(&mut self, a: &Allocator) {
+        for n in 0..self.nodes.len() {
+            let mut items = std::mem::take(&mut self.nodes[n].items);
+            for (k, item) in items.iter_mut() {
+                *k = self.item_key(a, *item);
+            }
+            items.sort_unstable();
+            self.nodes[n].items = items;
+        }
+    }
+
+    /// The first (leaf, framework) in order for which `grant` succeeds.
+    fn walk(&self, n: usize, grant: &mut dyn FnMut(usize, &str) -> bool) -> Option<(usize, usize)> {
+        for &(_, item) in &self.nodes[n].items {
+            match item {
+                Item::Role(c) => {
+                    if let Some(hit) = self.walk(c, grant) {
+                        return Some(hit);
+                    }
+                }
+                Item::Leaf(l) => {
+                    let leaf = &self.leaves[l];
+                    for &(_, f) in &leaf.frameworks {
+                        if grant(f, &leaf.role) {
+                            return Some((l, f));
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// After a grant to framework `f` in leaf `l`: its share, the leaf's and
+    /// those of the roles above it changed.
+    fn rerank(&mut self, a: &Allocator, l: usize, f: usize) {
+        let new = a.framework_key(f, &self.leaves[l].role);
+        let leaf = &mut self.leaves[l];
+        if let Some(old) = leaf.keys.insert(f, new) {
+            leaf.frameworks.remove(&(old, f));
+        }
+        leaf.frameworks.insert((new, f));
+        let mut item = Item::Leaf(l);
+        let mut n = self.leaves[l].node;
+        loop {
+            let key = self.item_key(a, item);
+            let items = &mut self.nodes[n].items;
+            if let Some(e) = items.iter_mut().find(|(_, i)| *i == item) {
+                e.0 = key;
+            }
+            items.sort_unstable();
+            if n == 0 {
+                break;
+            }
+            item = Item::Role(n);
+            n = self.nodes[n].parent;
+        }
+    }
+}
+
 /// Orders shares as integers so that ties are broken by slot index.
 fn share_key(share: f64) -> u64 {
     (share.clamp(0.0, 1e6) * 1e12) as u64
@@ -558,6 +810,89 @@ mod tests {
             v.sort();
             v
         }
+    }
+
+    /// `n` identical agents named a0.. .
+    fn agents(n: usize) -> Vec<(String, &'static str)> {
+        (0..n).map(|i| (format!("a{i}"), "cpus:1;mem:100")).collect()
+    }
+
+    fn count(out: &[String], f: &str) -> usize {
+        out.iter().filter(|l| l.starts_with(&format!("{f} ->"))).count()
+    }
+
+    #[test]
+    fn sibling_roles_share_first_then_frameworks_within_a_role() {
+        let agents = agents(12);
+        let agents: Vec<(&str, &str)> = agents.iter().map(|(a, r)| (a.as_str(), *r)).collect();
+        // Three frameworks in `eng`, one in `ops`: the roles split the cluster,
+        // then `eng`'s half is split among its three.
+        let mut c = Check::new(&agents, &[("e1", &["eng"]), ("e2", &["eng"]), ("e3", &["eng"]), ("o1", &["ops"])]);
+        let out = c.run(0);
+        assert_eq!(count(&out, "o1"), 6, "{out:?}");
+        for f in ["e1", "e2", "e3"] {
+            assert_eq!(count(&out, f), 2, "{out:?}");
+        }
+        let (_, eng) = c.a.role_share("eng");
+        let (_, ops) = c.a.role_share("ops");
+        assert!((eng - 0.5).abs() < 1e-9 && (ops - 0.5).abs() < 1e-9, "{eng} {ops}");
+    }
+
+    #[test]
+    fn weights_split_siblings_in_proportion() {
+        let agents = agents(12);
+        let agents: Vec<(&str, &str)> = agents.iter().map(|(a, r)| (a.as_str(), *r)).collect();
+        let mut c = Check::new(&agents, &[("e1", &["eng"]), ("o1", &["ops"])]);
+        c.a.set_weight("eng", 3.0);
+        let out = c.run(0);
+        assert_eq!((count(&out, "e1"), count(&out, "o1")), (9, 3), "{out:?}");
+        assert_eq!(c.a.weight("eng"), 3.0);
+        assert_eq!(c.a.weight("ops"), 1.0);
+        // Nonsense weights are ignored.
+        for w in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            c.a.set_weight("ops", w);
+            assert_eq!(c.a.weight("ops"), 1.0);
+        }
+    }
+
+    #[test]
+    fn the_tree_is_fair_level_by_level() {
+        let agents = agents(16);
+        let agents: Vec<(&str, &str)> = agents.iter().map(|(a, r)| (a.as_str(), *r)).collect();
+        // `eng` and `ops` halve the cluster; within `eng`, `eng/dev`,
+        // `eng/ci` and a framework of `eng` itself (its own leaf) take a
+        // third each of eng's half... as near as 8 agents allow.
+        let mut c = Check::new(
+            &agents,
+            &[("dev", &["eng/dev"]), ("ci", &["eng/ci"]), ("lead", &["eng"]), ("o1", &["ops"]), ("o2", &["ops"])],
+        );
+        let out = c.run(0);
+        assert_eq!(count(&out, "o1") + count(&out, "o2"), 8, "{out:?}");
+        assert_eq!((count(&out, "o1"), count(&out, "o2")), (4, 4), "{out:?}");
+        let eng: Vec<usize> = ["dev", "ci", "lead"].iter().map(|f| count(&out, f)).collect();
+        assert_eq!(eng.iter().sum::<usize>(), 8, "{out:?}");
+        assert!(eng.iter().all(|&n| (2..=3).contains(&n)), "{eng:?}");
+        // The subtree of `eng` holds what its children and own leaf hold.
+        let (eng_total, _) = c.a.role_share("eng");
+        let parts: i64 = ["eng/dev", "eng/ci"].iter().map(|r| c.a.role_share(r).0 .0[0]).sum::<i64>()
+            + c.a.direct.get("eng").map(|s| s.0[0]).unwrap_or(0);
+        assert_eq!(eng_total.0[0], parts);
+    }
+
+    #[test]
+    fn role_figures_follow_recover_and_removal() {
+        let mut c = Check::new(&[("a1", "cpus:2;mem:100"), ("a2", "cpus:2;mem:100")], &[("d", &["eng/dev"])]);
+        assert_eq!(c.run(0).len(), 2);
+        assert_eq!(c.a.role_share("eng").0 .0[0], 4000);
+        let held = c.a.allocated(&FrameworkId::new("d"), &AgentId::new("a1"));
+        c.a.recover(&FrameworkId::new("d"), &AgentId::new("a1"), &held, 0, 0);
+        assert_eq!(c.a.role_share("eng").0 .0[0], 2000);
+        assert_eq!(c.a.role_share("eng/dev").0 .0[0], 2000);
+        c.a.remove_agent(&AgentId::new("a2"));
+        assert!(c.a.subtree.is_empty() && c.a.direct.is_empty(), "{:?} {:?}", c.a.subtree, c.a.direct);
+        assert_eq!(c.run(0).len(), 1);
+        c.a.remove_framework(&FrameworkId::new("d"));
+        assert!(c.a.subtree.is_empty() && c.a.direct.is_empty(), "{:?} {:?}", c.a.subtree, c.a.direct);
     }
 
     #[test]
