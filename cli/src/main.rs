@@ -54,6 +54,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Role weights: shows them, or sets them with `--set ROLE=WEIGHT`
+    /// (repeatable; weight 1 is the default). Also lists the roles.
+    Weights {
+        #[arg(long, default_value = "127.0.0.1:5050")]
+        master: String,
+        #[arg(long = "set", value_name = "ROLE=WEIGHT")]
+        set: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// The frameworks subscribed to the master.
     Frameworks {
         #[arg(long, default_value = "127.0.0.1:5050")]
@@ -104,6 +114,7 @@ fn main() -> ExitCode {
             }
             Cmd::Agents { master, json } => agents(&master, json).await.map(|_| 0),
             Cmd::Frameworks { master, json } => frameworks(&master, json).await.map(|_| 0),
+            Cmd::Weights { master, set, json } => weights(&master, &set, json).await.map(|_| 0),
             Cmd::Tasks { master, all, json } => tasks(&master, all, json).await.map(|_| 0),
             Cmd::Top { master, sort, interval, once, json, limit } => {
                 top::run(top::Options { master, sort, interval, once, json, limit }).await.map(|_| 0)
@@ -309,6 +320,56 @@ async fn agents(master: &str, json: bool) -> anyhow::Result<()> {
         })
         .collect();
     table(&["ID", "HOSTNAME", "CPUS", "MEM (MB)", "PORTS", "ACTIVE"], rows);
+    Ok(())
+}
+
+/// An operator call (`POST /api/v1`); the response body.
+async fn operator(master: &str, call: &Value) -> anyhow::Result<Vec<u8>> {
+    let mut conn = agora_sdk::http::Connection::open(master).await?;
+    let (status, body) =
+        conn.post("/api/v1", &[("Content-Type", "application/json")], &serde_json::to_vec(call)?).await?;
+    if status != 200 {
+        anyhow::bail!("the master refused the call ({status}): {}", String::from_utf8_lossy(&body).trim());
+    }
+    Ok(body)
+}
+
+async fn weights(master: &str, set: &[String], json: bool) -> anyhow::Result<()> {
+    if !set.is_empty() {
+        let mut infos = Vec::new();
+        for s in set {
+            let (role, w) = s.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {s:?}: expected ROLE=WEIGHT"))?;
+            let weight: f64 = w.parse().map_err(|_| anyhow::anyhow!("--set {s:?}: {w:?} is not a number"))?;
+            infos.push(serde_json::json!({"role": role, "weight": weight}));
+        }
+        let call = serde_json::json!({"type": "UPDATE_WEIGHTS", "update_weights": {"weight_infos": infos}});
+        operator(master, &call).await?;
+    }
+    let body = operator(master, &serde_json::json!({"type": "GET_ROLES"})).await?;
+    let roles: Value = serde_json::from_slice(&body)?;
+    let roles = roles["get_roles"]["roles"].as_array().cloned().unwrap_or_default();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&roles)?);
+        return Ok(());
+    }
+    let rows = roles
+        .iter()
+        .map(|r| {
+            let cpus = r["resources"]
+                .as_array()
+                .and_then(|v| v.iter().find(|x| x["name"] == "cpus"))
+                .and_then(|x| x["scalar"]["value"].as_f64())
+                .unwrap_or(0.0);
+            vec![
+                s(&r["name"]),
+                s(&r["weight"]),
+                format!("{:.3}", r["dominant_share"].as_f64().unwrap_or(0.0)),
+                cpus.to_string(),
+                r["frameworks"].as_array().map(|f| f.len()).unwrap_or(0).to_string(),
+            ]
+        })
+        .collect();
+    table(&["ROLE", "WEIGHT", "SHARE", "CPUS", "FRAMEWORKS"], rows);
     Ok(())
 }
 

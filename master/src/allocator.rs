@@ -432,6 +432,11 @@ impl Allocator {
         }
     }
 
+    /// Roles that have something allocated to them.
+    pub fn roles_allocated(&self) -> impl Iterator<Item = String> + '_ {
+        self.direct.keys().cloned()
+    }
+
     pub fn weight(&self, role: &str) -> f64 {
         self.weights.get(role).copied().unwrap_or(1.0)
     }

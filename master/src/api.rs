@@ -12,9 +12,11 @@ use agora_proto::resources::Resources;
 use agora_proto::scheduler::{Call, CallType, Event};
 use serde_json::{json, Map, Value as Json};
 
-use crate::core::{Framework, Master, Task};
+use crate::core::{Framework, Master, OperatorCall, OperatorReply, RoleView, Task};
 
 pub const SCHEDULER_PATH: &str = "/api/v1/scheduler";
+/// Mesos's v1 operator API.
+pub const OPERATOR_PATH: &str = "/api/v1";
 
 /// What a request to the master asks for.
 #[derive(Debug)]
@@ -23,6 +25,8 @@ pub enum Route {
     Subscribe(Call),
     /// Any other scheduler call, with the stream id header if present.
     Call(Call, Option<String>),
+    /// An operator call, served by the core.
+    Operator(OperatorCall),
     /// A read of the master's state, rendered on the core's shard.
     Render(RenderKind),
     /// Answered on the spot.
@@ -54,6 +58,11 @@ pub fn route(req: &Request, redirect_to: &str) -> Route {
             Err(resp) => Route::Local(resp),
         },
         (_, SCHEDULER_PATH) => Route::Local(error(405, "Expecting 'POST'")),
+        ("POST", OPERATOR_PATH) => match decode_operator(req) {
+            Ok(c) => Route::Operator(c),
+            Err(resp) => Route::Local(resp),
+        },
+        (_, OPERATOR_PATH) => Route::Local(error(405, "Expecting 'POST'")),
         ("GET", "/master/state" | "/state" | "/master/state.json" | "/state.json") => Route::Render(RenderKind::State),
         ("GET", "/metrics/snapshot") => Route::Render(RenderKind::MetricsJson),
         ("GET", "/metrics") => Route::Render(RenderKind::MetricsPrometheus),
@@ -74,15 +83,91 @@ pub fn route(req: &Request, redirect_to: &str) -> Route {
     }
 }
 
-fn decode_call(req: &Request) -> Result<Route, Response> {
+/// An operator call in JSON (`POST /api/v1`, Mesos's v1 `master::Call`).
+/// Unknown or unsupported types, bad roles and bad weights are errors with
+/// Mesos's wording where it has one.
+fn decode_operator(req: &Request) -> Result<OperatorCall, Response> {
+    json_content_type(req)?;
+    let v: Json =
+        serde_json::from_slice(&req.body).map_err(|e| error(400, format!("Failed to parse body into JSON: {e}")))?;
+    let kind = v
+        .get("type")
+        .and_then(Json::as_str)
+        .ok_or_else(|| error(400, "Failed to validate master::Call: Expecting 'type' to be present"))?;
+    match kind {
+        "GET_WEIGHTS" => Ok(OperatorCall::GetWeights),
+        "GET_ROLES" => Ok(OperatorCall::GetRoles),
+        "UPDATE_WEIGHTS" => {
+            let infos = v
+                .pointer("/update_weights/weight_infos")
+                .and_then(Json::as_array)
+                .ok_or_else(|| error(400, "Expecting 'update_weights.weight_infos' to be present"))?;
+            let mut weights = Vec::with_capacity(infos.len().min(crate::core::MAX_WEIGHT_UPDATES + 1));
+            for w in infos {
+                let role = w
+                    .get("role")
+                    .and_then(Json::as_str)
+                    .ok_or_else(|| error(400, "Expecting 'role' to be present in each weight_info"))?;
+                let weight = w
+                    .get("weight")
+                    .and_then(Json::as_f64)
+                    .ok_or_else(|| error(400, format!("Expecting a numeric 'weight' for role {role:?}")))?;
+                weights.push((role.to_string(), weight));
+            }
+            OperatorCall::update_weights(weights).map_err(|e| error(e.status, e.message))
+        }
+        other => Err(error(501, format!("the operator call {other} is not supported by this master"))),
+    }
+}
+
+/// The JSON of an operator call's answer (Mesos's v1 `master::Response`).
+pub fn render_operator(reply: &OperatorReply) -> Vec<u8> {
+    let v = match reply {
+        OperatorReply::Weights(w) => json!({
+            "type": "GET_WEIGHTS",
+            "get_weights": { "weight_infos": weights_json(w.iter().map(|(r, w)| (r.as_str(), *w))) },
+        }),
+        OperatorReply::Roles(roles) => json!({
+            "type": "GET_ROLES",
+            "get_roles": { "roles": roles.iter().map(role_json).collect::<Vec<_>>() },
+        }),
+    };
+    serde_json::to_vec(&v).expect("JSON values serialize")
+}
+
+fn weights_json<'a>(w: impl Iterator<Item = (&'a str, f64)>) -> Vec<Json> {
+    w.map(|(role, weight)| json!({"role": role, "weight": weight})).collect()
+}
+
+fn role_json(r: &RoleView) -> Json {
+    let resources: Vec<Json> = crate::allocator::SHARE_KINDS
+        .iter()
+        .zip(r.allocated.0)
+        .filter(|(_, v)| *v != 0)
+        .map(|(k, v)| json!({"name": k, "type": "SCALAR", "scalar": {"value": v as f64 / 1000.0}}))
+        .collect();
+    json!({
+        "name": r.name,
+        "weight": r.weight,
+        "frameworks": r.frameworks.iter().map(|f| json!({"value": f})).collect::<Vec<_>>(),
+        "resources": resources,
+        "dominant_share": r.dominant_share,
+    })
+}
+
+fn json_content_type(req: &Request) -> Result<(), Response> {
     let ct = req.header("content-type").ok_or_else(|| error(400, "Expecting 'Content-Type' to be present"))?;
     match media_type(ct).as_str() {
-        "application/json" => {}
+        "application/json" => Ok(()),
         "application/x-protobuf" => {
-            return Err(error(415, "Content-Type application/x-protobuf is not supported; use application/json"))
+            Err(error(415, "Content-Type application/x-protobuf is not supported; use application/json"))
         }
-        other => return Err(error(415, format!("Content-Type {other:?} is not supported; use application/json"))),
+        other => Err(error(415, format!("Content-Type {other:?} is not supported; use application/json"))),
     }
+}
+
+fn decode_call(req: &Request) -> Result<Route, Response> {
+    json_content_type(req)?;
     let value: Json =
         serde_json::from_slice(&req.body).map_err(|e| error(400, format!("Failed to parse body into JSON: {e}")))?;
     let call: Call = serde_json::from_value(value)
@@ -327,6 +412,8 @@ pub fn render_state(m: &Master, flags: &BTreeMap<String, String>) -> Vec<u8> {
         "completed_frameworks": m.completed_frameworks.iter().map(|f| framework_json(m, f)).collect::<Vec<_>>(),
         "orphan_tasks": [],
         "unregistered_frameworks": [],
+        "roles": m.roles().iter().map(role_json).collect::<Vec<_>>(),
+        "weights": weights_json(m.weights.iter().map(|(r, w)| (r.as_str(), *w))),
     });
     serde_json::to_vec(&state).expect("state always serializes")
 }
@@ -426,6 +513,10 @@ pub fn metrics(m: &Master, s: &ShellStats) -> BTreeMap<String, f64> {
     put("allocator/mesos/allocation_runs", st.allocation_runs as f64);
     put("allocator/agora/allocations", st.allocations as f64);
     put("allocator/agora/filtered", st.filtered as f64);
+    for r in m.roles() {
+        out.insert(format!("allocator/roles/{}/shares/dominant", r.name), r.dominant_share);
+        out.insert(format!("allocator/roles/{}/weight", r.name), r.weight);
+    }
     out
 }
 
@@ -442,10 +533,24 @@ fn label(v: &str) -> String {
 /// becomes `agora_master_tasks_running`), plus usage per framework.
 pub fn render_metrics_prometheus(m: &Master, s: &ShellStats) -> Vec<u8> {
     let mut out = String::new();
-    for (k, v) in metrics(m, s) {
+    for (k, v) in metrics(m, s).into_iter().filter(|(k, _)| !k.starts_with("allocator/roles/")) {
         let name: String =
             format!("agora_{k}").chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
         out.push_str(&format!("# TYPE {name} gauge\n{name} {v}\n"));
+    }
+    let roles = m.roles();
+    type RoleGetter = fn(&RoleView) -> f64;
+    let role_series: [(&str, &str, RoleGetter); 2] = [
+        ("agora_role_dominant_share", "The role's dominant share of the cluster, divided by its weight", |r| {
+            r.dominant_share
+        }),
+        ("agora_role_weight", "The role's weight in hierarchical DRF", |r| r.weight),
+    ];
+    for (name, help, get) in role_series {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for r in &roles {
+            out.push_str(&format!("{name}{{role=\"{}\"}} {}\n", label(&r.name), get(r)));
+        }
     }
     let mut fws: Vec<&Framework> = m.frameworks.values().collect();
     fws.sort_by(|a, b| a.id.cmp(&b.id));
@@ -519,6 +624,32 @@ mod tests {
             route(&post(r#"{"type":"REVIVE","framework_id":{"value":"f"}}"#, &format!("{ct}Mesos-Stream-Id: s\r\n")), "h:1"),
             Route::Call(_, Some(ref s)) if s == "s"
         ));
+    }
+
+    #[test]
+    fn operator_api_calls() {
+        let op = |body: &str, ct: &str| {
+            route(&req(&format!("POST /api/v1 HTTP/1.1\r\n{ct}Content-Length: {}\r\n\r\n{body}", body.len())), "h:1")
+        };
+        let ct = "Content-Type: application/json\r\n";
+        assert!(matches!(op(r#"{"type":"GET_WEIGHTS"}"#, ct), Route::Operator(crate::core::OperatorCall::GetWeights)));
+        let update = r#"{"type":"UPDATE_WEIGHTS","update_weights":{"weight_infos":[{"role":"eng/dev","weight":2.5}]}}"#;
+        assert!(matches!(
+            op(update, ct),
+            Route::Operator(crate::core::OperatorCall::UpdateWeights(ref w)) if w == &[("eng/dev".to_string(), 2.5)]
+        ));
+        assert_eq!(status(op(r#"{"type":"GET_WEIGHTS"}"#, "")).0, 400);
+        assert_eq!(status(op(r#"{"type":"GET_WEIGHTS"}"#, "Content-Type: text/plain\r\n")).0, 415);
+        assert_eq!(status(op("{nope", ct)).0, 400);
+        assert_eq!(status(op(r#"{"kind":"GET_WEIGHTS"}"#, ct)).0, 400);
+        assert_eq!(status(op(r#"{"type":"GET_AGENTS"}"#, ct)).0, 501);
+        let (s, m) = status(op(
+            r#"{"type":"UPDATE_WEIGHTS","update_weights":{"weight_infos":[{"role":"eng","weight":"heavy"}]}}"#,
+            ct,
+        ));
+        assert_eq!(s, 400);
+        assert!(m.contains("numeric 'weight'"), "{m}");
+        assert_eq!(status(route(&req("GET /api/v1 HTTP/1.1\r\n\r\n"), "h:1")).0, 405);
     }
 
     #[test]

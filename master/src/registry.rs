@@ -1,7 +1,7 @@
 //! The registry: the small durable state the master must not lose across
-//! restarts. Today that is the set of admitted agents (so that, after a
-//! restart, reconciliation can tell "still coming back" from "unknown");
-//! weights, quota and reservations join it later.
+//! restarts: the set of admitted agents (so that, after a restart,
+//! reconciliation can tell "still coming back" from "unknown") and the role
+//! weights operators set; quota and reservations join it later.
 //!
 //! The master core emits [`RegistryState`] snapshots; the shell stores them
 //! through a [`Registry`]. The standalone master keeps it in a local file,
@@ -20,10 +20,19 @@ pub struct RegistryAgent {
     pub hostname: String,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A role's weight, as an operator set it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegistryWeight {
+    pub role: String,
+    pub weight: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RegistryState {
     #[serde(default)]
     pub agents: Vec<RegistryAgent>,
+    #[serde(default)]
+    pub weights: Vec<RegistryWeight>,
 }
 
 /// Where the registry lives.
@@ -82,7 +91,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("agora-registry-test-{}", std::process::id()));
         let r = FileRegistry::new(dir.join("registry.json"));
         assert_eq!(r.load().unwrap(), RegistryState::default());
-        let s = RegistryState { agents: vec![RegistryAgent { id: "a".into(), hostname: "h".into() }] };
+        let s = RegistryState {
+            agents: vec![RegistryAgent { id: "a".into(), hostname: "h".into() }],
+            weights: vec![RegistryWeight { role: "eng/dev".into(), weight: 2.5 }],
+        };
         r.store(&s).unwrap();
         assert_eq!(r.load().unwrap(), s);
         fs::write(r.path(), b"{not json").unwrap();

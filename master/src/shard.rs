@@ -82,6 +82,7 @@ enum ToCore {
     Subscribe { call: Box<Call>, stream: ConnId, req: u64 },
     Call { call: Box<Call>, stream_id: Option<String>, req: u64 },
     Render { kind: RenderKind, req: u64 },
+    Operator { call: Box<crate::core::OperatorCall>, req: u64 },
 }
 
 #[derive(Debug)]
@@ -646,6 +647,14 @@ async fn serve_http(shard: Rc<Shard>, stream: TcpStream, prefix: Vec<u8>, conn: 
                 }
                 _ => api::error(503, "the master's core is unavailable"),
             },
+            Route::Operator(call) => match shard.request(|req| ToCore::Operator { call: Box::new(call), req }).await {
+                Some(Reply::Body { content_type, bytes }) => {
+                    Response::new(200).header("Content-Type", content_type).body(bytes)
+                }
+                Some(Reply::Call(Ok(status))) => Response::new(status),
+                Some(Reply::Call(Err(e))) => api::error(e.status, e.message),
+                _ => api::error(503, "the master's core is unavailable"),
+            },
             Route::Call(call, stream_id) => {
                 match shard.request(|req| ToCore::Call { call: Box::new(call), stream_id, req }).await {
                     Some(Reply::Call(Ok(status))) => Response::new(status),
@@ -753,7 +762,7 @@ async fn run_core(
         let mut next = Some(first);
         let mut handled = 0;
         while let Some(msg) = next.take() {
-            handle(&shard, &mut master, msg, start).await;
+            handle(&shard, &mut master, msg, start, &registry_writer).await;
             handled += 1;
             if handled >= 1024 {
                 break;
@@ -765,7 +774,7 @@ async fn run_core(
     }
 }
 
-async fn handle(shard: &Rc<Shard>, master: &mut Master, msg: ToCore, start: Instant) {
+async fn handle(shard: &Rc<Shard>, master: &mut Master, msg: ToCore, start: Instant, registry: &RegistryWriter) {
     let t = now(start);
     match msg {
         ToCore::Input(i) => master.step(t, i),
@@ -777,6 +786,30 @@ async fn handle(shard: &Rc<Shard>, master: &mut Master, msg: ToCore, start: Inst
         ToCore::Call { call, stream_id, req } => {
             let r = master.call(t, *call, stream_id.as_deref());
             send_to_shard(shard, shard_of(req), FromCore::Reply { req, reply: Reply::Call(r) }).await;
+        }
+        ToCore::Operator { call, req } => {
+            let reply = match master.operator(t, *call) {
+                Ok(Some(answer)) => {
+                    Reply::Body { content_type: "application/json", bytes: api::render_operator(&answer) }
+                }
+                Ok(None) => {
+                    // A change is acknowledged once it is on disk.
+                    let actions = master.take_actions(t);
+                    perform(shard, actions, registry).await;
+                    if registry.durable(Duration::from_secs(10)).await {
+                        Reply::Call(Ok(200))
+                    } else {
+                        Reply::Call(Err(crate::core::ApiError {
+                            status: 503,
+                            message: "the change applies, but the registry could not be written: it may not survive a \
+                                      restart"
+                                .into(),
+                        }))
+                    }
+                }
+                Err(e) => Reply::Call(Err(e)),
+            };
+            send_to_shard(shard, shard_of(req), FromCore::Reply { req, reply }).await;
         }
         ToCore::Render { kind, req } => {
             let stats = ShellStats {
@@ -890,43 +923,72 @@ async fn perform(shard: &Rc<Shard>, actions: Vec<core::Action>, registry: &Regis
 /// block), one at a time, always the newest: a snapshot that arrives while a
 /// write is running replaces any still waiting. The hand-off is one slot under
 /// a mutex, so it is bounded by construction.
+/// The latest registry snapshot not yet written, with its generation.
+type Pending = Arc<(std::sync::Mutex<Option<(u64, crate::registry::RegistryState)>>, std::sync::Condvar)>;
+
 struct RegistryWriter {
-    slot: Option<Arc<(std::sync::Mutex<Option<crate::registry::RegistryState>>, std::sync::Condvar)>>,
+    slot: Option<Pending>,
+    /// Generation of the last snapshot handed over.
+    stored: Cell<u64>,
+    /// Generation of the last snapshot written (snapshots are whole, so a
+    /// later one written covers the earlier ones it replaced).
+    written: Arc<AtomicU64>,
 }
 
 impl RegistryWriter {
     fn new(registry: Option<FileRegistry>) -> RegistryWriter {
-        let Some(reg) = registry else { return RegistryWriter { slot: None } };
-        let slot = Arc::new((std::sync::Mutex::new(None), std::sync::Condvar::new()));
-        let s = slot.clone();
+        let written = Arc::new(AtomicU64::new(0));
+        let Some(reg) = registry else { return RegistryWriter { slot: None, stored: Cell::new(0), written } };
+        let slot: Pending = Arc::new((std::sync::Mutex::new(None), std::sync::Condvar::new()));
+        let (s, w) = (slot.clone(), written.clone());
         let spawned = std::thread::Builder::new().name("agora-registry".into()).spawn(move || loop {
-            let state = {
+            let (gen, state) = {
                 let (lock, cv) = &*s;
                 let mut pending = lock.lock().unwrap_or_else(|p| p.into_inner());
                 loop {
-                    if let Some(state) = pending.take() {
-                        break state;
+                    if let Some(next) = pending.take() {
+                        break next;
                     }
                     pending = cv.wait(pending).unwrap_or_else(|p| p.into_inner());
                 }
             };
-            if let Err(e) = reg.store(&state) {
-                tracing::error!("cannot write the registry: {e:#}");
+            match reg.store(&state) {
+                Ok(()) => w.store(gen, Ordering::Release),
+                Err(e) => tracing::error!("cannot write the registry: {e:#}"),
             }
         });
         match spawned {
-            Ok(_) => RegistryWriter { slot: Some(slot) },
+            Ok(_) => RegistryWriter { slot: Some(slot), stored: Cell::new(0), written },
             Err(e) => {
                 tracing::error!("cannot start the registry writer: {e}; the registry will not be updated");
-                RegistryWriter { slot: None }
+                RegistryWriter { slot: None, stored: Cell::new(0), written }
             }
         }
     }
 
     fn store(&self, state: crate::registry::RegistryState) {
         let Some(slot) = &self.slot else { return };
+        let gen = self.stored.get() + 1;
+        self.stored.set(gen);
         let (lock, cv) = &**slot;
-        *lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = Some((gen, state));
         cv.notify_one();
+    }
+
+    /// Waits until everything handed over so far is on disk (at once
+    /// without a registry file); false if that did not happen in `timeout`.
+    async fn durable(&self, timeout: Duration) -> bool {
+        if self.slot.is_none() {
+            return true;
+        }
+        let gen = self.stored.get();
+        let deadline = Instant::now() + timeout;
+        while self.written.load(Ordering::Acquire) < gen {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        true
     }
 }

@@ -269,3 +269,57 @@ async fn framework_past_its_failover_timeout_loses_its_tasks() {
     wait_until(LONG, "the task's process to be killed", || unsafe { libc::kill(pid, 0) } != 0);
     wait_until(LONG, "the agent to forget the task", || agents[0].state()["tasks"].as_array().unwrap().is_empty());
 }
+
+/// Role weights set by an operator (`agora weights --set`, the v1 operator
+/// API underneath) show in GET_WEIGHTS, `/master/state` and `/metrics`, and
+/// survive a master killed with SIGKILL right after the call returned: the
+/// call is answered once the registry is on disk. Bad weights are refused
+/// with a clear error.
+#[test]
+fn operator_weights_are_durable_and_shown() {
+    let mut m = Master::start(MasterOpts::default());
+    let agora = |args: &[&str]| {
+        std::process::Command::new(agora_tests::bin("agora"))
+            .arg("weights")
+            .args(["--master", &m.addr])
+            .args(args)
+            .output()
+            .expect("agora runs")
+    };
+    let out = agora(&["--set", "eng=3", "--set", "eng/dev=0.5"]);
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().any(|l| l.split_whitespace().take(2).eq(["eng", "3.0"])), "{table}");
+
+    let bad = agora(&["--set", "eng=0"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("weights must be positive"), "{bad:?}");
+    let bad = agora(&["--set", "*=2"]);
+    assert!(!bad.status.success(), "{bad:?}");
+
+    let get_weights = |addr: &str| -> serde_json::Value {
+        let (status, _, body) = agora_tests::http(
+            addr,
+            "POST",
+            "/api/v1",
+            &[("Content-Type", "application/json")],
+            br#"{"type":"GET_WEIGHTS"}"#,
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v["get_weights"]["weight_infos"].clone()
+    };
+    let expected = serde_json::json!([{"role": "eng", "weight": 3.0}, {"role": "eng/dev", "weight": 0.5}]);
+    assert_eq!(get_weights(&m.addr), expected);
+    assert_eq!(m.state()["weights"], expected);
+    let eng = m.state()["roles"].as_array().unwrap().iter().find(|r| r["name"] == "eng").cloned().expect("eng");
+    assert_eq!(eng["weight"], 3.0);
+    let (_, _, metrics) = agora_tests::http(&m.addr, "GET", "/metrics", &[], &[]);
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(metrics.contains("agora_role_weight{role=\"eng\"} 3\n"), "{metrics}");
+
+    // SIGKILL at once, then the same work dir.
+    m.restart();
+    wait_until(Duration::from_secs(20), "the master to serve again", || std::net::TcpStream::connect(&m.addr).is_ok());
+    assert_eq!(get_weights(&m.addr), expected);
+}

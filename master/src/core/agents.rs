@@ -468,7 +468,7 @@ impl Master {
         self.send(fid, Event::update(status));
     }
 
-    /// The registry's view: the agents admitted.
+    /// The registry's view: the agents admitted and the role weights.
     pub(super) fn persist(&mut self) {
         // Agents still expected back from before a restart stay admitted.
         let mut agents: Vec<RegistryAgent> = self
@@ -482,7 +482,12 @@ impl Master {
             )
             .collect();
         agents.sort_by(|a, b| a.id.cmp(&b.id));
+        let weights = self
+            .weights
+            .iter()
+            .map(|(role, &weight)| crate::registry::RegistryWeight { role: role.clone(), weight })
+            .collect();
         self.actions.retain(|a| !matches!(a, Action::Persist(_)));
-        self.actions.push(Action::Persist(RegistryState { agents }));
+        self.actions.push(Action::Persist(RegistryState { agents, weights }));
     }
 }

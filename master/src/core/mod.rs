@@ -10,9 +10,12 @@
 
 mod agents;
 mod frameworks;
+mod roles;
 mod tasks;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+pub use roles::{OperatorCall, OperatorReply, RoleView, MAX_WEIGHT_UPDATES};
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use agora_proto::mesos::{
     AgentId, FrameworkId, FrameworkInfo, OfferId, Reason, Source, TaskId, TaskInfo, TaskState, TaskStatus, TimeInfo,
@@ -318,6 +321,8 @@ pub struct Master {
     pub completed_frameworks: VecDeque<Framework>,
     pub offers: HashMap<OfferId, OfferRecord>,
     pub allocator: Allocator,
+    /// Role weights set by operators (the ones that are not 1), persisted.
+    pub weights: BTreeMap<String, f64>,
     pub counters: Counters,
     actions: Vec<Action>,
     alloc_dirty: HashSet<AgentId>,
@@ -346,6 +351,7 @@ impl Master {
             completed_frameworks: VecDeque::new(),
             offers: HashMap::new(),
             allocator,
+            weights: BTreeMap::new(),
             counters: Counters::default(),
             actions: Vec::new(),
             alloc_dirty: HashSet::new(),
@@ -360,9 +366,15 @@ impl Master {
         }
     }
 
-    /// Loads what the registry remembers: agents admitted before a restart
-    /// get `agent_reregister_timeout_ms` to come back.
+    /// Loads what the registry remembers: role weights, and agents admitted
+    /// before a restart, which get `agent_reregister_timeout_ms` to come back.
     pub fn recover(&mut self, state: &RegistryState, now: Now) {
+        for w in &state.weights {
+            if w.weight.is_finite() && w.weight > 0.0 && w.weight != 1.0 {
+                self.allocator.set_weight(&w.role, w.weight);
+                self.weights.insert(w.role.clone(), w.weight);
+            }
+        }
         for a in &state.agents {
             self.recovered_agents.insert(
                 AgentId::new(&a.id),

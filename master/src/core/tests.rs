@@ -479,7 +479,10 @@ fn reconcile_unknown_agent_and_recovering_agent() {
     s.call(rc("nowhere"), &sid).unwrap();
     assert_eq!(s.updates(FW_STREAM)[0].state, TaskState::Lost);
     s.m.recover(
-        &RegistryState { agents: vec![crate::registry::RegistryAgent { id: "back".into(), hostname: "h".into() }] },
+        &RegistryState {
+            agents: vec![crate::registry::RegistryAgent { id: "back".into(), hostname: "h".into() }],
+            ..Default::default()
+        },
         s.now,
     );
     s.call(rc("back"), &sid).unwrap();
@@ -637,7 +640,10 @@ fn absurd_failover_timeouts_are_clamped() {
 fn registry_keeps_agents_still_expected_back() {
     let mut s = Sim::new();
     s.m.recover(
-        &RegistryState { agents: vec![crate::registry::RegistryAgent { id: "old".into(), hostname: "h".into() }] },
+        &RegistryState {
+            agents: vec![crate::registry::RegistryAgent { id: "old".into(), hostname: "h".into() }],
+            ..Default::default()
+        },
         s.now,
     );
     s.register_agent(1, "cpus:1;mem:128");
@@ -726,4 +732,61 @@ fn launching_on_another_frameworks_offer_is_refused() {
     // The owner's offer is untouched.
     assert!(s.m.offers.contains_key(&theirs.id));
     assert!(s.sent_to_agent(1).iter().all(|m| !matches!(m, MasterToAgent::RunTask { .. })));
+}
+
+/// UPDATE_WEIGHTS: a role weighted 3 is offered three times what its
+/// sibling is; the weights are persisted, come back with the registry, and
+/// show in GET_WEIGHTS and GET_ROLES. Bad weights are refused.
+#[test]
+fn role_weights_split_offers_and_survive_a_restart() {
+    let mut s = Sim::new();
+    let update = |role: &str, weight: f64| OperatorCall::update_weights(vec![(role.to_string(), weight)]);
+    let call = update("eng", 3.0).unwrap();
+    assert_eq!(s.m.operator(s.now, call).unwrap(), None);
+    for bad in [update("eng", 0.0), update("eng", -2.0), update("eng", f64::NAN), update("*", 2.0), update("/x", 2.0)] {
+        assert_eq!(bad.unwrap_err().status, 400);
+    }
+    let twice = OperatorCall::update_weights(vec![("a".into(), 2.0), ("a".into(), 3.0)]);
+    assert!(twice.unwrap_err().message.contains("twice"));
+    // Both frameworks are there before the agents come, one by one.
+    let role = |r: &str| FrameworkInfo { role: Some(r.into()), ..Default::default() };
+    s.subscribe_with(FW_STREAM, role("eng"));
+    s.subscribe_with(FW_STREAM + 1, role("ops"));
+    for i in 0..8 {
+        s.register_agent(i + 1, "cpus:1;mem:128");
+    }
+    let (eng, ops) = (s.offers(FW_STREAM).len(), s.offers(FW_STREAM + 1).len());
+    assert_eq!((eng, ops), (6, 2));
+
+    let registry = s
+        .actions
+        .iter()
+        .rev()
+        .find_map(|a| match a {
+            Action::Persist(r) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("registry written");
+    assert_eq!(registry.weights, vec![crate::registry::RegistryWeight { role: "eng".into(), weight: 3.0 }]);
+    let mut fresh = Sim::new();
+    fresh.m.recover(&registry, fresh.now);
+    assert_eq!(fresh.m.allocator.weight("eng"), 3.0);
+    let weights = fresh.m.operator(fresh.now, OperatorCall::GetWeights).unwrap();
+    assert_eq!(weights, Some(OperatorReply::Weights(vec![("eng".into(), 3.0)])));
+
+    let Some(OperatorReply::Roles(roles)) = s.m.operator(s.now, OperatorCall::GetRoles).unwrap() else {
+        panic!("roles")
+    };
+    let eng = roles.iter().find(|r| r.name == "eng").expect("eng");
+    assert_eq!((eng.weight, eng.frameworks.len(), eng.allocated.0[0]), (3.0, 1, 6000));
+    assert!((eng.dominant_share - 0.75 / 3.0).abs() < 1e-9, "{eng:?}");
+    // Back to 1: no longer persisted.
+    let call = update("eng", 1.0).unwrap();
+    s.m.operator(s.now, call).unwrap();
+    s.flush();
+    let last = s.actions.iter().rev().find_map(|a| match a {
+        Action::Persist(r) => Some(r.clone()),
+        _ => None,
+    });
+    assert!(last.expect("registry written").weights.is_empty());
 }

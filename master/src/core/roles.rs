@@ -1,0 +1,119 @@
+//! Operator calls about roles: their weights (`GET_WEIGHTS`,
+//! `UPDATE_WEIGHTS`, persisted in the registry) and the roles view
+//! (`GET_ROLES`, also in `/master/state` and the metrics). Typed here;
+//! `api` reads and writes their JSON.
+
+use std::collections::BTreeSet;
+
+use super::{ApiError, Master, Now};
+use crate::allocator::Scalars;
+
+/// At most this many weights in one UPDATE_WEIGHTS.
+pub const MAX_WEIGHT_UPDATES: usize = 1024;
+
+/// An operator call (`POST /api/v1`) this master serves.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OperatorCall {
+    GetWeights,
+    /// (role, weight) pairs; build with `update_weights`, which checks them.
+    UpdateWeights(Vec<(String, f64)>),
+    GetRoles,
+}
+
+/// What an operator call answers, when it answers more than "done".
+#[derive(Clone, Debug, PartialEq)]
+pub enum OperatorReply {
+    Weights(Vec<(String, f64)>),
+    Roles(Vec<RoleView>),
+}
+
+/// A role as operators see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoleView {
+    pub name: String,
+    pub weight: f64,
+    /// Frameworks subscribed to exactly this role.
+    pub frameworks: Vec<String>,
+    /// Allocated (offered or used) in the role's subtree.
+    pub allocated: Scalars,
+    /// The subtree's dominant share divided by the weight.
+    pub dominant_share: f64,
+}
+
+impl OperatorCall {
+    /// An UPDATE_WEIGHTS, if every role can have a weight (valid, not `*`,
+    /// given once) and every weight is positive and finite.
+    pub fn update_weights(weights: Vec<(String, f64)>) -> Result<OperatorCall, ApiError> {
+        if weights.len() > MAX_WEIGHT_UPDATES {
+            return Err(ApiError::bad_request(format!(
+                "at most {MAX_WEIGHT_UPDATES} weights in one UPDATE_WEIGHTS, not {}",
+                weights.len()
+            )));
+        }
+        let mut seen = BTreeSet::new();
+        for (role, weight) in &weights {
+            if !agora_proto::resources::valid_role(role) || role == "*" {
+                return Err(ApiError::bad_request(format!("{role:?} is not a role that can have a weight")));
+            }
+            if !(weight.is_finite() && *weight > 0.0) {
+                return Err(ApiError::bad_request(format!(
+                    "Invalid weight '{weight}' for role {role:?}: weights must be positive"
+                )));
+            }
+            if !seen.insert(role.as_str()) {
+                return Err(ApiError::bad_request(format!("role {role:?} is given twice")));
+            }
+        }
+        Ok(OperatorCall::UpdateWeights(weights))
+    }
+}
+
+impl Master {
+    /// Serves an operator call: its answer, if it has one beyond "done".
+    pub fn operator(&mut self, _now: Now, call: OperatorCall) -> Result<Option<OperatorReply>, ApiError> {
+        match call {
+            OperatorCall::GetWeights => {
+                Ok(Some(OperatorReply::Weights(self.weights.iter().map(|(r, w)| (r.clone(), *w)).collect())))
+            }
+            OperatorCall::GetRoles => Ok(Some(OperatorReply::Roles(self.roles()))),
+            OperatorCall::UpdateWeights(updates) => {
+                for (role, weight) in updates {
+                    self.allocator.set_weight(&role, weight);
+                    if weight == 1.0 {
+                        self.weights.remove(&role);
+                    } else {
+                        self.weights.insert(role, weight);
+                    }
+                }
+                self.persist();
+                // New weights change who goes first: a full round next.
+                self.alloc_full = true;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Every role with a weight, a framework or an allocation, and the
+    /// roles above them, by name.
+    pub fn roles(&self) -> Vec<RoleView> {
+        let mut names: BTreeSet<String> = self.weights.keys().cloned().collect();
+        for f in self.frameworks.values() {
+            names.extend(f.roles.iter().cloned());
+        }
+        names.extend(self.allocator.roles_allocated());
+        let with_parents: BTreeSet<String> = names
+            .iter()
+            .flat_map(|r| r.match_indices('/').map(|(i, _)| r[..i].to_string()).chain(std::iter::once(r.clone())))
+            .collect();
+        with_parents
+            .into_iter()
+            .map(|name| {
+                let (allocated, dominant_share) = self.allocator.role_share(&name);
+                let mut frameworks: Vec<String> =
+                    self.frameworks.values().filter(|f| f.roles.contains(&name)).map(|f| f.id.value.clone()).collect();
+                frameworks.sort_unstable();
+                RoleView { weight: self.allocator.weight(&name), name, frameworks, allocated, dominant_share }
+            })
+            .collect()
+    }
+}
