@@ -25,6 +25,18 @@ impl Sim {
         Sim { m: Master::new(config, now), now, actions: Vec::new() }
     }
 
+    /// The last registry snapshot the core asked to write.
+    fn last_persisted(&self) -> RegistryState {
+        self.actions
+            .iter()
+            .rev()
+            .find_map(|a| match a {
+                Action::Persist(r) => Some(r.clone()),
+                _ => None,
+            })
+            .expect("registry written")
+    }
+
     fn advance(&mut self, ms: u64) {
         self.now.mono_ms += ms;
         self.now.wall_secs += ms as f64 / 1000.0;
@@ -422,15 +434,7 @@ fn master_restart_agent_reregisters_and_framework_reconciles() {
     let offer = s.offers(FW_STREAM).remove(0);
     let t = task("t", &agent, "cpus:0.5;mem:64", "sleep 1000");
     s.launch(&fid, &sid, &offer, vec![t.clone()]);
-    let registry = s
-        .actions
-        .iter()
-        .rev()
-        .find_map(|a| match a {
-            Action::Persist(r) => Some(r.clone()),
-            _ => None,
-        })
-        .expect("registry written");
+    let registry = s.last_persisted();
     let fw_info = s.m.frameworks[&fid].info.clone();
     let launched = match &s.sent_to_agent(1)[0] {
         MasterToAgent::RunTask { task, .. } => (**task).clone(),
@@ -647,15 +651,7 @@ fn registry_keeps_agents_still_expected_back() {
         s.now,
     );
     s.register_agent(1, "cpus:1;mem:128");
-    let reg = s
-        .actions
-        .iter()
-        .rev()
-        .find_map(|a| match a {
-            Action::Persist(r) => Some(r.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let reg = s.last_persisted();
     assert_eq!(reg.agents.len(), 2, "{reg:?}");
     assert!(reg.agents.iter().any(|a| a.id == "old"));
 }
@@ -758,15 +754,7 @@ fn role_weights_split_offers_and_survive_a_restart() {
     let (eng, ops) = (s.offers(FW_STREAM).len(), s.offers(FW_STREAM + 1).len());
     assert_eq!((eng, ops), (6, 2));
 
-    let registry = s
-        .actions
-        .iter()
-        .rev()
-        .find_map(|a| match a {
-            Action::Persist(r) => Some(r.clone()),
-            _ => None,
-        })
-        .expect("registry written");
+    let registry = s.last_persisted();
     assert_eq!(registry.weights, vec![crate::registry::RegistryWeight { role: "eng".into(), weight: 3.0 }]);
     let mut fresh = Sim::new();
     fresh.m.recover(&registry, fresh.now);
@@ -784,9 +772,5 @@ fn role_weights_split_offers_and_survive_a_restart() {
     let call = update("eng", 1.0).unwrap();
     s.m.operator(s.now, call).unwrap();
     s.flush();
-    let last = s.actions.iter().rev().find_map(|a| match a {
-        Action::Persist(r) => Some(r.clone()),
-        _ => None,
-    });
-    assert!(last.expect("registry written").weights.is_empty());
+    assert!(s.last_persisted().weights.is_empty());
 }
