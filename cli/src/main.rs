@@ -64,6 +64,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Role quota limits: shows them against what each role holds, or sets
+    /// them with `--set 'ROLE=cpus:4;mem:8192'` (repeatable; cpus, mem,
+    /// disk, gpus) and clears them with `--clear ROLE`.
+    Quota {
+        #[arg(long, default_value = "127.0.0.1:5050")]
+        master: String,
+        #[arg(long = "set", value_name = "ROLE=LIMITS")]
+        set: Vec<String>,
+        #[arg(long = "clear", value_name = "ROLE")]
+        clear: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// The frameworks subscribed to the master.
     Frameworks {
         #[arg(long, default_value = "127.0.0.1:5050")]
@@ -115,6 +128,7 @@ fn main() -> ExitCode {
             Cmd::Agents { master, json } => agents(&master, json).await.map(|_| 0),
             Cmd::Frameworks { master, json } => frameworks(&master, json).await.map(|_| 0),
             Cmd::Weights { master, set, json } => weights(&master, &set, json).await.map(|_| 0),
+            Cmd::Quota { master, set, clear, json } => quota(&master, &set, &clear, json).await.map(|_| 0),
             Cmd::Tasks { master, all, json } => tasks(&master, all, json).await.map(|_| 0),
             Cmd::Top { master, sort, interval, once, json, limit } => {
                 top::run(top::Options { master, sort, interval, once, json, limit }).await.map(|_| 0)
@@ -370,6 +384,62 @@ async fn weights(master: &str, set: &[String], json: bool) -> anyhow::Result<()>
         })
         .collect();
     table(&["ROLE", "WEIGHT", "SHARE", "CPUS", "FRAMEWORKS"], rows);
+    Ok(())
+}
+
+const QUOTA_KINDS: [&str; 4] = ["cpus", "mem", "disk", "gpus"];
+
+async fn quota(master: &str, set: &[String], clear: &[String], json: bool) -> anyhow::Result<()> {
+    if !set.is_empty() || !clear.is_empty() {
+        let mut configs = Vec::new();
+        for s in set {
+            let (role, text) =
+                s.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {s:?}: expected ROLE=cpus:N;mem:N..."))?;
+            let parsed =
+                agora_proto::resources::Resources::parse(text).map_err(|e| anyhow::anyhow!("--set {s:?}: {e}"))?;
+            let mut limits = serde_json::Map::new();
+            for r in parsed.iter() {
+                if !QUOTA_KINDS.contains(&r.name.as_str()) {
+                    anyhow::bail!("--set {s:?}: quota limits apply to cpus, mem, disk and gpus, not {}", r.name);
+                }
+                limits.insert(r.name.clone(), serde_json::json!({"value": parsed.scalar(&r.name).0 as f64 / 1000.0}));
+            }
+            configs.push(serde_json::json!({"role": role, "limits": limits}));
+        }
+        for role in clear {
+            configs.push(serde_json::json!({"role": role, "limits": {}}));
+        }
+        let call = serde_json::json!({"type": "UPDATE_QUOTA", "update_quota": {"quota_configs": configs}});
+        operator(master, &call).await?;
+    }
+    let body = operator(master, &serde_json::json!({"type": "GET_ROLES"})).await?;
+    let roles: Value = serde_json::from_slice(&body)?;
+    let roles: Vec<Value> = roles["get_roles"]["roles"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r["quota"]["limit"].as_object().is_some_and(|l| !l.is_empty()))
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&roles)?);
+        return Ok(());
+    }
+    let rows = roles
+        .iter()
+        .map(|r| {
+            let mut row = vec![s(&r["name"])];
+            for k in QUOTA_KINDS {
+                let used = num(r, &["quota", "consumed", k]);
+                row.push(match r["quota"]["limit"][k].as_f64() {
+                    Some(l) => format!("{used}/{l}"),
+                    None => format!("{used}/-"),
+                });
+            }
+            row
+        })
+        .collect();
+    table(&["ROLE", "CPUS", "MEM (MB)", "DISK (MB)", "GPUS"], rows);
     Ok(())
 }
 

@@ -20,6 +20,10 @@
 //! subscribed to a role that also has child roles compete with those
 //! children as if in a leaf of their own beside them (`eng/.`), with the
 //! role's weight.
+//!
+//! **Quota limits.** A role with a limit on a share kind is never allocated
+//! beyond it, counting its whole subtree: what a role is offered is cut down
+//! to what is left under its own limit and those of the roles above it.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -109,6 +113,11 @@ impl Default for Config {
     }
 }
 
+/// A role's quota limits per share kind (`SHARE_KINDS` order), in
+/// thousandths; `None` is no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuotaLimits(pub [Option<i64>; 4]);
+
 /// Resources of one agent allocated to one framework under one role.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Allocation {
@@ -187,6 +196,8 @@ pub struct Allocator {
     direct: HashMap<String, Scalars>,
     /// Role weights; 1 when not set.
     weights: HashMap<String, f64>,
+    /// Quota limits per role and share kind, in thousandths.
+    limits: HashMap<String, QuotaLimits>,
     rng: SmallRng,
     pub stats: Stats,
 }
@@ -206,6 +217,7 @@ impl Allocator {
             subtree: HashMap::new(),
             direct: HashMap::new(),
             weights: HashMap::new(),
+            limits: HashMap::new(),
             rng,
             stats: Stats::default(),
         }
@@ -437,6 +449,60 @@ impl Allocator {
         self.direct.keys().cloned()
     }
 
+    /// Sets (or, with no limit on any kind, clears) a role's quota limits.
+    pub fn set_limits(&mut self, role: &str, limits: QuotaLimits) {
+        if limits.0.iter().all(Option::is_none) {
+            self.limits.remove(role);
+        } else {
+            self.limits.insert(role.to_string(), limits);
+        }
+    }
+
+    pub fn limits(&self, role: &str) -> QuotaLimits {
+        self.limits.get(role).copied().unwrap_or_default()
+    }
+
+    /// `usable`, cut down so that `role` and the roles above it stay within
+    /// their quota limits (only the share kinds are limited).
+    fn within_limits(&self, role: &str, usable: Resources) -> Resources {
+        if self.limits.is_empty() {
+            return usable;
+        }
+        let mut room: [Option<i64>; 4] = [None; 4];
+        let nodes = role.match_indices('/').map(|(i, _)| &role[..i]).chain(std::iter::once(role));
+        for node in nodes {
+            let Some(limit) = self.limits.get(node) else { continue };
+            let used = self.subtree.get(node).copied().unwrap_or_default();
+            for ((room, l), used) in room.iter_mut().zip(limit.0).zip(used.0) {
+                if let Some(l) = l {
+                    let left = (l - used).max(0);
+                    *room = Some(room.map_or(left, |r| r.min(left)));
+                }
+            }
+        }
+        if room.iter().all(Option::is_none) {
+            return usable;
+        }
+        let mut out = Resources::new();
+        for r in usable.iter() {
+            let mut r = r.clone();
+            if let (Some(i), agora_proto::resources::Value::Scalar(v)) =
+                (SHARE_KINDS.iter().position(|k| *k == r.name), &mut r.value)
+            {
+                if let Some(left) = room[i].as_mut() {
+                    let take = v.0.min(*left);
+                    *left -= take;
+                    if take == 0 {
+                        continue;
+                    }
+                    v.0 = take;
+                }
+            }
+            out.add_one(r);
+        }
+        out
+    }
+
     pub fn weight(&self, role: &str) -> f64 {
         self.weights.get(role).copied().unwrap_or(1.0)
     }
@@ -553,7 +619,7 @@ impl Allocator {
             // shares along its path change: re-rank them, start again.
             while !available.is_empty() {
                 let mut try_grant = |f: usize, role: &str| -> bool {
-                    let usable = available.usable_by(role);
+                    let usable = self.within_limits(role, available.usable_by(role));
                     if usable.is_empty() {
                         return false;
                     }
@@ -882,6 +948,34 @@ mod tests {
         let parts: i64 = ["eng/dev", "eng/ci"].iter().map(|r| c.a.role_share(r).0 .0[0]).sum::<i64>()
             + c.a.direct.get("eng").map(|s| s.0[0]).unwrap_or(0);
         assert_eq!(eng_total.0[0], parts);
+    }
+
+    #[test]
+    fn quota_limits_cap_a_role_and_its_subtree() {
+        let agents = agents(10);
+        let agents: Vec<(&str, &str)> = agents.iter().map(|(a, r)| (a.as_str(), *r)).collect();
+        let mut c = Check::new(&agents, &[("dev", &["eng/dev"]), ("ci", &["eng/ci"]), ("o1", &["ops"])]);
+        // eng (both children together) at most 2.5 cpus; ops at most 300 MB
+        // (and 3 cpus: a role limited only on memory may still take cpus).
+        c.a.set_limits("eng", QuotaLimits([Some(2500), None, None, None]));
+        c.a.set_limits("ops", QuotaLimits([Some(3000), Some(300_000), None, None]));
+        c.run(0);
+        let (eng, _) = c.a.role_share("eng");
+        let (ops, _) = c.a.role_share("ops");
+        assert_eq!(eng.0[0], 2500, "eng gets up to its limit, a part of an agent included");
+        assert_eq!(ops.0[1], 300_000, "ops up to its memory limit");
+        // Agents are left, but nothing more for them, however long we go on.
+        assert!(c.a.total().0[0] - eng.0[0] - ops.0[0] >= 3000);
+        assert!(c.run(1).is_empty());
+        assert_eq!(c.a.role_share("eng").0 .0[0], 2500);
+        // Raising the limit lets eng grow; clearing it removes the cap.
+        c.a.set_limits("eng", QuotaLimits([Some(3000), None, None, None]));
+        c.run(2);
+        assert_eq!(c.a.role_share("eng").0 .0[0], 3000);
+        c.a.set_limits("eng", QuotaLimits::default());
+        assert_eq!(c.a.limits("eng"), QuotaLimits::default());
+        c.run(3);
+        assert!(c.a.role_share("eng").0 .0[0] > 3000);
     }
 
     #[test]

@@ -102,7 +102,7 @@ fn decode_operator(req: &Request) -> Result<OperatorCall, Response> {
                 .pointer("/update_weights/weight_infos")
                 .and_then(Json::as_array)
                 .ok_or_else(|| error(400, "Expecting 'update_weights.weight_infos' to be present"))?;
-            let mut weights = Vec::with_capacity(infos.len().min(crate::core::MAX_WEIGHT_UPDATES + 1));
+            let mut weights = Vec::with_capacity(infos.len().min(crate::core::MAX_ROLE_UPDATES + 1));
             for w in infos {
                 let role = w
                     .get("role")
@@ -116,8 +116,59 @@ fn decode_operator(req: &Request) -> Result<OperatorCall, Response> {
             }
             OperatorCall::update_weights(weights).map_err(|e| error(e.status, e.message))
         }
+        "GET_QUOTA" => Ok(OperatorCall::GetQuota),
+        "UPDATE_QUOTA" => {
+            let configs = v
+                .pointer("/update_quota/quota_configs")
+                .and_then(Json::as_array)
+                .ok_or_else(|| error(400, "Expecting 'update_quota.quota_configs' to be present"))?;
+            let mut quota = Vec::with_capacity(configs.len().min(crate::core::MAX_ROLE_UPDATES + 1));
+            for c in configs {
+                let role = c
+                    .get("role")
+                    .and_then(Json::as_str)
+                    .ok_or_else(|| error(400, "Expecting 'role' to be present in each quota_config"))?;
+                if c.get("guarantees").and_then(Json::as_object).is_some_and(|g| !g.is_empty()) {
+                    return Err(error(
+                        400,
+                        format!("quota guarantees are not supported yet (role {role:?}): set limits only"),
+                    ));
+                }
+                quota.push((role.to_string(), quota_limits(role, c.get("limits"))?));
+            }
+            OperatorCall::update_quota(quota).map_err(|e| error(e.status, e.message))
+        }
         other => Err(error(501, format!("the operator call {other} is not supported by this master"))),
     }
+}
+
+/// Quota limits in Mesos's JSON: `{"cpus": {"value": 2.5}, "mem": ...}`.
+fn quota_limits(role: &str, v: Option<&Json>) -> Result<crate::allocator::QuotaLimits, Response> {
+    let mut l = crate::allocator::QuotaLimits::default();
+    let Some(v) = v else { return Ok(l) };
+    let obj = v.as_object().ok_or_else(|| error(400, format!("'limits' of role {role:?} must be an object")))?;
+    for (name, value) in obj {
+        let i = crate::allocator::SHARE_KINDS.iter().position(|k| k == name).ok_or_else(|| {
+            error(400, format!("quota limits apply to cpus, mem, disk and gpus, not {name:?} (role {role:?})"))
+        })?;
+        let x = value.get("value").and_then(Json::as_f64).filter(|x| x.is_finite() && *x >= 0.0).ok_or_else(|| {
+            error(400, format!("the {name} limit of role {role:?} must be {{\"value\": a non-negative number}}"))
+        })?;
+        if x > 1e12 {
+            return Err(error(400, format!("the {name} limit of role {role:?} is too large")));
+        }
+        l.0[i] = Some((x * 1000.0).round() as i64);
+    }
+    Ok(l)
+}
+
+fn limits_json(l: &crate::allocator::QuotaLimits) -> Json {
+    crate::allocator::SHARE_KINDS
+        .iter()
+        .zip(l.0)
+        .filter_map(|(k, v)| v.map(|v| (k.to_string(), json!({"value": v as f64 / 1000.0}))))
+        .collect::<Map<_, _>>()
+        .into()
 }
 
 /// The JSON of an operator call's answer (Mesos's v1 `master::Response`).
@@ -130,6 +181,13 @@ pub fn render_operator(reply: &OperatorReply) -> Vec<u8> {
         OperatorReply::Roles(roles) => json!({
             "type": "GET_ROLES",
             "get_roles": { "roles": roles.iter().map(role_json).collect::<Vec<_>>() },
+        }),
+        OperatorReply::Quota(quota) => json!({
+            "type": "GET_QUOTA",
+            "get_quota": { "status": { "configs": quota
+                .iter()
+                .map(|(role, l)| json!({"role": role, "limits": limits_json(l)}))
+                .collect::<Vec<_>>() } },
         }),
     };
     serde_json::to_vec(&v).expect("JSON values serialize")
@@ -146,12 +204,23 @@ fn role_json(r: &RoleView) -> Json {
         .filter(|(_, v)| *v != 0)
         .map(|(k, v)| json!({"name": k, "type": "SCALAR", "scalar": {"value": v as f64 / 1000.0}}))
         .collect();
+    let consumed: Map<String, Json> = crate::allocator::SHARE_KINDS
+        .iter()
+        .zip(r.allocated.0)
+        .map(|(k, v)| (k.to_string(), json!(v as f64 / 1000.0)))
+        .collect();
+    let limit: Map<String, Json> = crate::allocator::SHARE_KINDS
+        .iter()
+        .zip(r.limits.0)
+        .filter_map(|(k, v)| v.map(|v| (k.to_string(), json!(v as f64 / 1000.0))))
+        .collect();
     json!({
         "name": r.name,
         "weight": r.weight,
         "frameworks": r.frameworks.iter().map(|f| json!({"value": f})).collect::<Vec<_>>(),
         "resources": resources,
         "dominant_share": r.dominant_share,
+        "quota": {"role": r.name, "limit": limit, "consumed": consumed},
     })
 }
 
@@ -552,6 +621,23 @@ pub fn render_metrics_prometheus(m: &Master, s: &ShellStats) -> Vec<u8> {
             out.push_str(&format!("{name}{{role=\"{}\"}} {}\n", label(&r.name), get(r)));
         }
     }
+    // Consumed against quota, per resource (cpus in cores, mem and disk in MB).
+    type KindGetter = fn(&RoleView, usize) -> Option<i64>;
+    let kind_series: [(&str, &str, KindGetter); 2] = [
+        ("agora_role_allocated", "Offered or used in the role's subtree", |r, i| Some(r.allocated.0[i])),
+        ("agora_role_quota_limit", "The role's quota limit", |r, i| r.limits.0[i]),
+    ];
+    for (name, help, get) in kind_series {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for r in &roles {
+            for (i, kind) in crate::allocator::SHARE_KINDS.iter().enumerate() {
+                if let Some(v) = get(r, i) {
+                    let role = label(&r.name);
+                    out.push_str(&format!("{name}{{role=\"{role}\",resource=\"{kind}\"}} {}\n", v as f64 / 1000.0));
+                }
+            }
+        }
+    }
     let mut fws: Vec<&Framework> = m.frameworks.values().collect();
     fws.sort_by(|a, b| a.id.cmp(&b.id));
     let usage: Vec<(String, FrameworkUsage)> = fws
@@ -650,6 +736,31 @@ mod tests {
         assert_eq!(s, 400);
         assert!(m.contains("numeric 'weight'"), "{m}");
         assert_eq!(status(route(&req("GET /api/v1 HTTP/1.1\r\n\r\n"), "h:1")).0, 405);
+        let quota = r#"{"type":"UPDATE_QUOTA","update_quota":{"quota_configs":[{"role":"eng","limits":{"cpus":{"value":2.5},"mem":{"value":1024}}}]}}"#;
+        assert!(matches!(
+            op(quota, ct),
+            Route::Operator(crate::core::OperatorCall::UpdateQuota(ref q))
+                if q == &[("eng".to_string(), crate::allocator::QuotaLimits([Some(2500), Some(1_024_000), None, None]))]
+        ));
+        for (bad, says) in [
+            (
+                r#"{"type":"UPDATE_QUOTA","update_quota":{"quota_configs":[{"role":"eng","limits":{"ports":{"value":2}}}]}}"#,
+                "not \"ports\"",
+            ),
+            (
+                r#"{"type":"UPDATE_QUOTA","update_quota":{"quota_configs":[{"role":"eng","limits":{"cpus":{"value":-1}}}]}}"#,
+                "non-negative",
+            ),
+            (
+                r#"{"type":"UPDATE_QUOTA","update_quota":{"quota_configs":[{"role":"eng","guarantees":{"cpus":{"value":1}}}]}}"#,
+                "not supported",
+            ),
+            (r#"{"type":"UPDATE_QUOTA"}"#, "quota_configs"),
+        ] {
+            let (s, m) = status(op(bad, ct));
+            assert_eq!(s, 400, "{bad}");
+            assert!(m.contains(says), "{bad}: {m}");
+        }
     }
 
     #[test]

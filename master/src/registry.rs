@@ -27,12 +27,44 @@ pub struct RegistryWeight {
     pub weight: f64,
 }
 
+/// A role's quota limits, by resource name (cpus, mem in MB, disk in MB,
+/// gpus).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegistryQuota {
+    pub role: String,
+    pub limits: std::collections::BTreeMap<String, f64>,
+}
+
+impl RegistryQuota {
+    pub fn new(role: &str, l: &crate::allocator::QuotaLimits) -> RegistryQuota {
+        let limits = crate::allocator::SHARE_KINDS
+            .iter()
+            .zip(l.0)
+            .filter_map(|(k, v)| v.map(|v| (k.to_string(), v as f64 / 1000.0)))
+            .collect();
+        RegistryQuota { role: role.to_string(), limits }
+    }
+
+    /// The limits; unknown names and bad values are left out.
+    pub fn limits(&self) -> crate::allocator::QuotaLimits {
+        let mut l = crate::allocator::QuotaLimits::default();
+        for (i, k) in crate::allocator::SHARE_KINDS.iter().enumerate() {
+            if let Some(&v) = self.limits.get(*k).filter(|v| v.is_finite() && **v >= 0.0) {
+                l.0[i] = Some((v * 1000.0).round() as i64);
+            }
+        }
+        l
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RegistryState {
     #[serde(default)]
     pub agents: Vec<RegistryAgent>,
     #[serde(default)]
     pub weights: Vec<RegistryWeight>,
+    #[serde(default)]
+    pub quota: Vec<RegistryQuota>,
 }
 
 /// Where the registry lives.
@@ -94,7 +126,13 @@ mod tests {
         let s = RegistryState {
             agents: vec![RegistryAgent { id: "a".into(), hostname: "h".into() }],
             weights: vec![RegistryWeight { role: "eng/dev".into(), weight: 2.5 }],
+            quota: vec![RegistryQuota::new(
+                "eng",
+                &crate::allocator::QuotaLimits([Some(2500), Some(1_024_000), None, None]),
+            )],
         };
+        assert_eq!(s.quota[0].limits, [("cpus".to_string(), 2.5), ("mem".to_string(), 1024.0)].into());
+        assert_eq!(s.quota[0].limits(), crate::allocator::QuotaLimits([Some(2500), Some(1_024_000), None, None]));
         r.store(&s).unwrap();
         assert_eq!(r.load().unwrap(), s);
         fs::write(r.path(), b"{not json").unwrap();

@@ -323,3 +323,58 @@ fn operator_weights_are_durable_and_shown() {
     wait_until(Duration::from_secs(20), "the master to serve again", || std::net::TcpStream::connect(&m.addr).is_ok());
     assert_eq!(get_weights(&m.addr), expected);
 }
+
+/// A quota limit set with `agora quota` caps what the role is offered (on a
+/// real agent with more to give), shows in `agora quota` against what the
+/// role holds and in `/metrics`, and survives a SIGKILL restart. Guarantees
+/// are refused as not supported, rather than accepted and ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_quota_caps_offers_and_is_durable() {
+    let mut m = Master::start(MasterOpts::default());
+    let quota = |addr: &str, args: &[&str]| {
+        std::process::Command::new(agora_tests::bin("agora"))
+            .arg("quota")
+            .args(["--master", addr])
+            .args(args)
+            .output()
+            .expect("agora runs")
+    };
+    let out = quota(&m.addr, &["--set", "eng=cpus:0.5;mem:100"]);
+    assert!(out.status.success(), "{out:?}");
+    let bad = quota(&m.addr, &["--set", "eng=ports:[1-2]"]);
+    assert!(!bad.status.success(), "{bad:?}");
+    let (status, _, body) = agora_tests::http(
+        &m.addr,
+        "POST",
+        "/api/v1",
+        &[("Content-Type", "application/json")],
+        br#"{"type":"UPDATE_QUOTA","update_quota":{"quota_configs":[{"role":"eng","guarantees":{"cpus":{"value":1}}}]}}"#,
+    );
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("guarantees are not supported"));
+
+    let _agent = Agent::start(&m.addr, AgentOpts::default());
+    wait_until(Duration::from_secs(30), "the agent to register", || active_agents(&m.state()) == 1);
+    let mut eng = info("eng");
+    eng.role = Some("eng".into());
+    let mut fw = TestFramework::start(&m.addr, eng).await;
+    fw.until(Duration::from_secs(30), "an offer", |f| !f.offers.is_empty()).await;
+    let offered = &fw.offers[0].resources;
+    assert_eq!((offered.cpus(), offered.mem_mb()), (0.5, 100.0), "the offer is cut to the quota: {offered}");
+    let table = String::from_utf8(quota(&m.addr, &[]).stdout).unwrap();
+    assert!(table.lines().any(|l| l.starts_with("eng ") && l.contains("0.5/0.5") && l.contains("100/100")), "{table}");
+    let (_, _, metrics) = agora_tests::http(&m.addr, "GET", "/metrics", &[], &[]);
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(metrics.contains("agora_role_quota_limit{role=\"eng\",resource=\"cpus\"} 0.5\n"), "{metrics}");
+    assert!(metrics.contains("agora_role_allocated{role=\"eng\",resource=\"mem\"} 100\n"), "{metrics}");
+
+    m.restart();
+    wait_until(Duration::from_secs(20), "the master to serve again", || std::net::TcpStream::connect(&m.addr).is_ok());
+    let json = String::from_utf8(quota(&m.addr, &["--json"]).stdout).unwrap();
+    let roles: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(roles[0]["quota"]["limit"], serde_json::json!({"cpus": 0.5, "mem": 100.0}), "{json}");
+    // Cleared, it is gone.
+    assert!(quota(&m.addr, &["--clear", "eng"]).status.success());
+    let json = String::from_utf8(quota(&m.addr, &["--json"]).stdout).unwrap();
+    assert_eq!(json.trim(), "[]");
+}

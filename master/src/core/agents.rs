@@ -468,7 +468,7 @@ impl Master {
         self.send(fid, Event::update(status));
     }
 
-    /// The registry's view: the agents admitted and the role weights.
+    /// The registry's view: the agents admitted, role weights and quota.
     pub(super) fn persist(&mut self) {
         // Agents still expected back from before a restart stay admitted.
         let mut agents: Vec<RegistryAgent> = self
@@ -487,7 +487,8 @@ impl Master {
             .iter()
             .map(|(role, &weight)| crate::registry::RegistryWeight { role: role.clone(), weight })
             .collect();
+        let quota = self.quota.iter().map(|(role, l)| crate::registry::RegistryQuota::new(role, l)).collect();
         self.actions.retain(|a| !matches!(a, Action::Persist(_)));
-        self.actions.push(Action::Persist(RegistryState { agents, weights }));
+        self.actions.push(Action::Persist(RegistryState { agents, weights, quota }));
     }
 }

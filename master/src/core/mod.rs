@@ -13,7 +13,7 @@ mod frameworks;
 mod roles;
 mod tasks;
 
-pub use roles::{OperatorCall, OperatorReply, RoleView, MAX_WEIGHT_UPDATES};
+pub use roles::{OperatorCall, OperatorReply, RoleView, MAX_ROLE_UPDATES};
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -323,6 +323,8 @@ pub struct Master {
     pub allocator: Allocator,
     /// Role weights set by operators (the ones that are not 1), persisted.
     pub weights: BTreeMap<String, f64>,
+    /// Role quota limits set by operators, persisted.
+    pub quota: BTreeMap<String, allocator::QuotaLimits>,
     pub counters: Counters,
     actions: Vec<Action>,
     alloc_dirty: HashSet<AgentId>,
@@ -352,6 +354,7 @@ impl Master {
             offers: HashMap::new(),
             allocator,
             weights: BTreeMap::new(),
+            quota: BTreeMap::new(),
             counters: Counters::default(),
             actions: Vec::new(),
             alloc_dirty: HashSet::new(),
@@ -366,13 +369,20 @@ impl Master {
         }
     }
 
-    /// Loads what the registry remembers: role weights, and agents admitted
+    /// Loads what the registry remembers: role weights and quota, and agents admitted
     /// before a restart, which get `agent_reregister_timeout_ms` to come back.
     pub fn recover(&mut self, state: &RegistryState, now: Now) {
         for w in &state.weights {
             if w.weight.is_finite() && w.weight > 0.0 && w.weight != 1.0 {
                 self.allocator.set_weight(&w.role, w.weight);
                 self.weights.insert(w.role.clone(), w.weight);
+            }
+        }
+        for q in &state.quota {
+            let limits = q.limits();
+            if limits != allocator::QuotaLimits::default() {
+                self.allocator.set_limits(&q.role, limits);
+                self.quota.insert(q.role.clone(), limits);
             }
         }
         for a in &state.agents {

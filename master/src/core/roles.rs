@@ -1,15 +1,16 @@
 //! Operator calls about roles: their weights (`GET_WEIGHTS`,
-//! `UPDATE_WEIGHTS`, persisted in the registry) and the roles view
-//! (`GET_ROLES`, also in `/master/state` and the metrics). Typed here;
-//! `api` reads and writes their JSON.
+//! `UPDATE_WEIGHTS`) and quota limits (`GET_QUOTA`, `UPDATE_QUOTA`), both
+//! persisted in the registry, and the roles view (`GET_ROLES`, also in
+//! `/master/state` and the metrics). Typed here; `api` reads and writes
+//! their JSON.
 
 use std::collections::BTreeSet;
 
 use super::{ApiError, Master, Now};
-use crate::allocator::Scalars;
+use crate::allocator::{QuotaLimits, Scalars};
 
-/// At most this many weights in one UPDATE_WEIGHTS.
-pub const MAX_WEIGHT_UPDATES: usize = 1024;
+/// At most this many roles in one UPDATE_WEIGHTS or UPDATE_QUOTA.
+pub const MAX_ROLE_UPDATES: usize = 1024;
 
 /// An operator call (`POST /api/v1`) this master serves.
 #[derive(Clone, Debug, PartialEq)]
@@ -18,6 +19,10 @@ pub enum OperatorCall {
     /// (role, weight) pairs; build with `update_weights`, which checks them.
     UpdateWeights(Vec<(String, f64)>),
     GetRoles,
+    GetQuota,
+    /// (role, limits) pairs; no limit on any kind clears the role's quota.
+    /// Build with `update_quota`, which checks them.
+    UpdateQuota(Vec<(String, QuotaLimits)>),
 }
 
 /// What an operator call answers, when it answers more than "done".
@@ -25,6 +30,7 @@ pub enum OperatorCall {
 pub enum OperatorReply {
     Weights(Vec<(String, f64)>),
     Roles(Vec<RoleView>),
+    Quota(Vec<(String, QuotaLimits)>),
 }
 
 /// A role as operators see it.
@@ -38,33 +44,61 @@ pub struct RoleView {
     pub allocated: Scalars,
     /// The subtree's dominant share divided by the weight.
     pub dominant_share: f64,
+    pub limits: QuotaLimits,
+}
+
+/// Whether an operator may give `role` a weight or quota: a valid role
+/// other than `*`.
+fn configurable(role: &str) -> Result<(), ApiError> {
+    if !agora_proto::resources::valid_role(role) || role == "*" {
+        return Err(ApiError::bad_request(format!("{role:?} is not a role that can have a weight or quota")));
+    }
+    Ok(())
+}
+
+/// At most `MAX_ROLE_UPDATES` entries, each role once.
+fn distinct<'a>(roles: impl ExactSizeIterator<Item = &'a str>, call: &str) -> Result<(), ApiError> {
+    if roles.len() > MAX_ROLE_UPDATES {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_ROLE_UPDATES} roles in one {call}, not {}",
+            roles.len()
+        )));
+    }
+    let mut seen = BTreeSet::new();
+    for role in roles {
+        configurable(role)?;
+        if !seen.insert(role) {
+            return Err(ApiError::bad_request(format!("role {role:?} is given twice")));
+        }
+    }
+    Ok(())
 }
 
 impl OperatorCall {
     /// An UPDATE_WEIGHTS, if every role can have a weight (valid, not `*`,
     /// given once) and every weight is positive and finite.
     pub fn update_weights(weights: Vec<(String, f64)>) -> Result<OperatorCall, ApiError> {
-        if weights.len() > MAX_WEIGHT_UPDATES {
-            return Err(ApiError::bad_request(format!(
-                "at most {MAX_WEIGHT_UPDATES} weights in one UPDATE_WEIGHTS, not {}",
-                weights.len()
-            )));
-        }
-        let mut seen = BTreeSet::new();
+        distinct(weights.iter().map(|(r, _)| r.as_str()), "UPDATE_WEIGHTS")?;
         for (role, weight) in &weights {
-            if !agora_proto::resources::valid_role(role) || role == "*" {
-                return Err(ApiError::bad_request(format!("{role:?} is not a role that can have a weight")));
-            }
             if !(weight.is_finite() && *weight > 0.0) {
                 return Err(ApiError::bad_request(format!(
                     "Invalid weight '{weight}' for role {role:?}: weights must be positive"
                 )));
             }
-            if !seen.insert(role.as_str()) {
-                return Err(ApiError::bad_request(format!("role {role:?} is given twice")));
-            }
         }
         Ok(OperatorCall::UpdateWeights(weights))
+    }
+
+    /// An UPDATE_QUOTA, if every role can have a quota and is given once,
+    /// and no limit is negative.
+    pub fn update_quota(quota: Vec<(String, QuotaLimits)>) -> Result<OperatorCall, ApiError> {
+        distinct(quota.iter().map(|(r, _)| r.as_str()), "UPDATE_QUOTA")?;
+        for (role, limits) in &quota {
+            if limits.0.iter().flatten().any(|&v| v < 0) {
+                return Err(ApiError::bad_request(format!("quota limits of role {role:?} must not be negative")));
+            }
+        }
+        Ok(OperatorCall::UpdateQuota(quota))
     }
 }
 
@@ -76,6 +110,22 @@ impl Master {
                 Ok(Some(OperatorReply::Weights(self.weights.iter().map(|(r, w)| (r.clone(), *w)).collect())))
             }
             OperatorCall::GetRoles => Ok(Some(OperatorReply::Roles(self.roles()))),
+            OperatorCall::GetQuota => {
+                Ok(Some(OperatorReply::Quota(self.quota.iter().map(|(r, l)| (r.clone(), *l)).collect())))
+            }
+            OperatorCall::UpdateQuota(updates) => {
+                for (role, limits) in updates {
+                    self.allocator.set_limits(&role, limits);
+                    if limits == QuotaLimits::default() {
+                        self.quota.remove(&role);
+                    } else {
+                        self.quota.insert(role, limits);
+                    }
+                }
+                self.persist();
+                self.alloc_full = true;
+                Ok(None)
+            }
             OperatorCall::UpdateWeights(updates) => {
                 for (role, weight) in updates {
                     self.allocator.set_weight(&role, weight);
@@ -96,7 +146,7 @@ impl Master {
     /// Every role with a weight, a framework or an allocation, and the
     /// roles above them, by name.
     pub fn roles(&self) -> Vec<RoleView> {
-        let mut names: BTreeSet<String> = self.weights.keys().cloned().collect();
+        let mut names: BTreeSet<String> = self.weights.keys().chain(self.quota.keys()).cloned().collect();
         for f in self.frameworks.values() {
             names.extend(f.roles.iter().cloned());
         }
@@ -112,7 +162,14 @@ impl Master {
                 let mut frameworks: Vec<String> =
                     self.frameworks.values().filter(|f| f.roles.contains(&name)).map(|f| f.id.value.clone()).collect();
                 frameworks.sort_unstable();
-                RoleView { weight: self.allocator.weight(&name), name, frameworks, allocated, dominant_share }
+                RoleView {
+                    weight: self.allocator.weight(&name),
+                    limits: self.allocator.limits(&name),
+                    name,
+                    frameworks,
+                    allocated,
+                    dominant_share,
+                }
             })
             .collect()
     }

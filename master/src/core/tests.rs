@@ -774,3 +774,36 @@ fn role_weights_split_offers_and_survive_a_restart() {
     s.flush();
     assert!(s.last_persisted().weights.is_empty());
 }
+
+/// UPDATE_QUOTA limits what a role is offered, is persisted and comes back
+/// with the registry; a limit of nothing clears it.
+#[test]
+fn quota_limits_offers_and_survives_a_restart() {
+    use crate::allocator::QuotaLimits;
+    let mut s = Sim::new();
+    let limits = QuotaLimits([Some(1500), None, None, None]);
+    let call = OperatorCall::update_quota(vec![("eng".into(), limits)]).unwrap();
+    assert_eq!(s.m.operator(s.now, call).unwrap(), None);
+    assert_eq!(OperatorCall::update_quota(vec![("*".into(), limits)]).unwrap_err().status, 400);
+    let negative = QuotaLimits([Some(-1), None, None, None]);
+    assert_eq!(OperatorCall::update_quota(vec![("eng".into(), negative)]).unwrap_err().status, 400);
+    s.subscribe_with(FW_STREAM, FrameworkInfo { role: Some("eng".into()), ..Default::default() });
+    for i in 0..3 {
+        s.register_agent(i + 1, "cpus:1;mem:128");
+    }
+    let cpus: f64 = s.offers(FW_STREAM).iter().map(|o| o.resources.cpus()).sum();
+    assert_eq!(cpus, 1.5);
+    let registry = s.last_persisted();
+    let mut fresh = Sim::new();
+    fresh.m.recover(&registry, fresh.now);
+    assert_eq!(fresh.m.allocator.limits("eng"), limits);
+    assert_eq!(
+        fresh.m.operator(fresh.now, OperatorCall::GetQuota).unwrap(),
+        Some(OperatorReply::Quota(vec![("eng".into(), limits)]))
+    );
+    let clear = OperatorCall::update_quota(vec![("eng".into(), QuotaLimits::default())]).unwrap();
+    s.m.operator(s.now, clear).unwrap();
+    s.flush();
+    assert!(s.last_persisted().quota.is_empty());
+    assert_eq!(s.m.allocator.limits("eng"), QuotaLimits::default());
+}
