@@ -21,6 +21,11 @@
 //! children as if in a leaf of their own beside them (`eng/.`), with the
 //! role's weight.
 //!
+//! **Offer constraints.** A framework may ask, per role, for the agents
+//! whose attributes (or hostname) satisfy any of its groups of constraints
+//! (each group all of its constraints); other agents' resources are not
+//! offered to it for that role.
+//!
 //! **Quota limits.** A role with a limit on a share kind is never allocated
 //! beyond it, counting its whole subtree: what a role is offered is cut down
 //! to what is left under its own limit and those of the roles above it.
@@ -113,6 +118,55 @@ impl Default for Config {
     }
 }
 
+/// What an attribute constraint looks at.
+#[derive(Clone, Debug)]
+pub enum Selector {
+    Hostname,
+    Attribute(String),
+}
+
+/// What it requires. Text predicates compare an attribute's text (a scalar
+/// attribute's value as written); an absent attribute satisfies only
+/// `NotExists`, `TextNotEquals` and `TextNotMatches`.
+#[derive(Clone, Debug)]
+pub enum Predicate {
+    Exists,
+    NotExists,
+    TextEquals(String),
+    TextNotEquals(String),
+    /// Matches the whole text.
+    TextMatches(regex::Regex),
+    TextNotMatches(regex::Regex),
+}
+
+#[derive(Clone, Debug)]
+pub struct AttributeConstraint {
+    pub selector: Selector,
+    pub predicate: Predicate,
+}
+
+/// Groups of constraints: an agent qualifies if it satisfies every
+/// constraint of at least one group.
+pub type ConstraintGroups = Vec<Vec<AttributeConstraint>>;
+
+impl AttributeConstraint {
+    fn holds(&self, hostname: &str, attributes: &[(String, String)]) -> bool {
+        let value = match &self.selector {
+            Selector::Hostname => Some(hostname),
+            Selector::Attribute(name) => attributes.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()),
+        };
+        match (&self.predicate, value) {
+            (Predicate::Exists, v) => v.is_some(),
+            (Predicate::NotExists, v) => v.is_none(),
+            (Predicate::TextEquals(want), Some(v)) => v == want,
+            (Predicate::TextNotEquals(want), v) => v != Some(want.as_str()),
+            (Predicate::TextMatches(re), Some(v)) => re.is_match(v),
+            (Predicate::TextNotMatches(re), v) => !v.is_some_and(|v| re.is_match(v)),
+            (Predicate::TextEquals(_) | Predicate::TextMatches(_), None) => false,
+        }
+    }
+}
+
 /// A role's quota limits per share kind (`SHARE_KINDS` order), in
 /// thousandths; `None` is no limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -138,6 +192,9 @@ struct Filter {
 #[derive(Debug)]
 struct AgentSlot {
     id: AgentId,
+    hostname: String,
+    /// Attributes as text, for offer constraints.
+    attributes: Vec<(String, String)>,
     total: Resources,
     /// Everything offered or used, with allocation markers, per framework.
     allocated: HashMap<usize, Resources>,
@@ -165,6 +222,8 @@ struct FrameworkSlot {
     allocated: Scalars,
     /// `allocated` per role.
     by_role: HashMap<String, Scalars>,
+    /// Offer constraints per role (none: every agent).
+    constraints: HashMap<String, ConstraintGroups>,
     /// Agents this framework has allocations on.
     agents: HashSet<usize>,
     filters: HashMap<usize, Vec<Filter>>,
@@ -245,6 +304,8 @@ impl Allocator {
         }
         let slot = AgentSlot {
             id: id.clone(),
+            hostname: String::new(),
+            attributes: Vec::new(),
             total: total.unallocated(),
             allocated: HashMap::new(),
             allocated_sum: Resources::new(),
@@ -290,6 +351,32 @@ impl Allocator {
         self.free_agent_slots.push(idx);
     }
 
+    /// The agent's hostname and attributes (as text), which offer
+    /// constraints look at.
+    pub fn set_agent_attributes(&mut self, id: &AgentId, hostname: &str, attributes: Vec<(String, String)>) {
+        let Some(&idx) = self.agent_index.get(id) else { return };
+        if let Some(a) = self.agents[idx].as_mut() {
+            a.hostname = hostname.to_string();
+            a.attributes = attributes;
+        }
+    }
+
+    /// Replaces a framework's offer constraints (per role).
+    pub fn set_offer_constraints(&mut self, id: &FrameworkId, constraints: HashMap<String, ConstraintGroups>) {
+        if let Some(f) = self.framework_idx(id).and_then(|i| self.frameworks[i].as_mut()) {
+            f.constraints = constraints;
+        }
+    }
+
+    /// Whether framework `f` wants agent `a`'s resources for `role`.
+    fn wants(&self, f: usize, role: &str, a: usize) -> bool {
+        let (Some(fw), Some(agent)) = (self.frameworks[f].as_ref(), self.agents[a].as_ref()) else { return false };
+        match fw.constraints.get(role) {
+            None => true,
+            Some(groups) => groups.iter().any(|g| g.iter().all(|c| c.holds(&agent.hostname, &agent.attributes))),
+        }
+    }
+
     /// Inactive agents are not offered, and do not count toward the total.
     pub fn set_agent_active(&mut self, id: &AgentId, active: bool) {
         let Some(&idx) = self.agent_index.get(id) else { return };
@@ -322,6 +409,7 @@ impl Allocator {
             active: true,
             allocated: Scalars::default(),
             by_role: HashMap::new(),
+            constraints: HashMap::new(),
             agents: HashSet::new(),
             filters: HashMap::new(),
         };
@@ -619,6 +707,9 @@ impl Allocator {
             // shares along its path change: re-rank them, start again.
             while !available.is_empty() {
                 let mut try_grant = |f: usize, role: &str| -> bool {
+                    if !self.wants(f, role, a) {
+                        return false;
+                    }
                     let usable = self.within_limits(role, available.usable_by(role));
                     if usable.is_empty() {
                         return false;
@@ -948,6 +1039,44 @@ mod tests {
         let parts: i64 = ["eng/dev", "eng/ci"].iter().map(|r| c.a.role_share(r).0 .0[0]).sum::<i64>()
             + c.a.direct.get("eng").map(|s| s.0[0]).unwrap_or(0);
         assert_eq!(eng_total.0[0], parts);
+    }
+
+    #[test]
+    fn offer_constraints_choose_agents_per_role() {
+        let mut c = Check::new(
+            &[("a1", "cpus:1;mem:100"), ("a2", "cpus:1;mem:100"), ("a3", "cpus:1;mem:100")],
+            &[("picky", &["eng"]), ("any", &["ops"])],
+        );
+        let attrs = |zone: Option<&str>| zone.map(|z| vec![("zone".to_string(), z.to_string())]).unwrap_or_default();
+        c.a.set_agent_attributes(&AgentId::new("a1"), "h1", attrs(Some("z1")));
+        c.a.set_agent_attributes(&AgentId::new("a2"), "h2", attrs(Some("z2")));
+        c.a.set_agent_attributes(&AgentId::new("a3"), "h3", attrs(None));
+        let z1 = AttributeConstraint {
+            selector: Selector::Attribute("zone".into()),
+            predicate: Predicate::TextEquals("z1".into()),
+        };
+        c.a.set_offer_constraints(&FrameworkId::new("picky"), [("eng".to_string(), vec![vec![z1]])].into());
+        let out = c.run(0);
+        assert!(out.contains(&"picky -> a1: cpus:1; mem:100".to_string()), "{out:?}");
+        assert_eq!(count(&out, "picky"), 1, "{out:?}");
+        assert_eq!(count(&out, "any"), 2, "{out:?}");
+        // Predicates on present and absent attributes, and the hostname.
+        let holds = |p: Predicate, host: &str, zone: Option<&str>| {
+            let sel = if matches!(p, Predicate::TextMatches(_)) {
+                Selector::Hostname
+            } else {
+                Selector::Attribute("zone".into())
+            };
+            AttributeConstraint { selector: sel, predicate: p }.holds(host, &attrs(zone))
+        };
+        assert!(holds(Predicate::Exists, "h", Some("z1")) && !holds(Predicate::Exists, "h", None));
+        assert!(holds(Predicate::NotExists, "h", None) && !holds(Predicate::NotExists, "h", Some("z1")));
+        assert!(holds(Predicate::TextNotEquals("z1".into()), "h", None));
+        assert!(!holds(Predicate::TextNotEquals("z1".into()), "h", Some("z1")));
+        assert!(!holds(Predicate::TextEquals("z1".into()), "h", None));
+        let re = regex::Regex::new("^(?:web-[0-9]+)$").unwrap();
+        assert!(holds(Predicate::TextMatches(re.clone()), "web-12", None));
+        assert!(!holds(Predicate::TextMatches(re), "web-12x", None));
     }
 
     #[test]

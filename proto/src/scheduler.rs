@@ -63,6 +63,76 @@ pub struct Subscribe {
     pub framework_info: FrameworkInfo,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suppressed_roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer_constraints: Option<OfferConstraints>,
+}
+
+/// `OfferConstraints`: per role, the agents whose resources the framework
+/// wants offered, by their attributes. A role's groups are ORed, the
+/// constraints within a group ANDed; a role without constraints is offered
+/// every agent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OfferConstraints {
+    #[serde(default)]
+    pub role_constraints: std::collections::BTreeMap<String, RoleConstraints>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoleConstraints {
+    #[serde(default)]
+    pub groups: Vec<AttributeConstraintGroup>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AttributeConstraintGroup {
+    #[serde(default)]
+    pub attribute_constraints: Vec<AttributeConstraint>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AttributeConstraint {
+    #[serde(default)]
+    pub selector: ConstraintSelector,
+    #[serde(default)]
+    pub predicate: ConstraintPredicate,
+}
+
+/// One of: a pseudo-attribute (`HOSTNAME`) or an attribute name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConstraintSelector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pseudoattribute_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribute_name: Option<String>,
+}
+
+/// One of the predicates (Mesos's names; `{}` marks the empty ones).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConstraintPredicate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exists: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_exists: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_equals: Option<TextValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_not_equals: Option<TextValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_matches: Option<TextRegex>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_not_matches: Option<TextRegex>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TextValue {
+    #[serde(default)]
+    pub value: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TextRegex {
+    #[serde(default)]
+    pub regex: String,
 }
 
 /// `Offer.Operation.Type`.
@@ -223,6 +293,8 @@ pub struct UpdateFramework {
     pub framework_info: FrameworkInfo,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suppressed_roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer_constraints: Option<OfferConstraints>,
 }
 
 /// `Call`: one request from a framework.

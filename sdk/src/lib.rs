@@ -107,7 +107,7 @@ impl Driver {
         let fid = self.framework_id();
         info.id = fid.clone();
         let mut call = Call::new(CallType::Subscribe, fid);
-        call.subscribe = Some(Subscribe { framework_info: info, suppressed_roles: vec![] });
+        call.subscribe = Some(Subscribe { framework_info: info, suppressed_roles: vec![], offer_constraints: None });
         let mut stream = http::subscribe(&self.master, &serde_json::to_vec(&call).expect("calls serialize")).await?;
         // The first event says whether it worked.
         match stream.next_event().await? {

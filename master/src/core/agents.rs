@@ -69,6 +69,7 @@ impl Master {
         self.next_agent_seq += 1;
         let id = AgentId::new(format!("{}-S{}", self.config.master_id, self.next_agent_seq));
         self.allocator.add_agent(id.clone(), info.resources.clone(), &[]);
+        self.allocator.set_agent_attributes(&id, &info.hostname, attribute_texts(&info));
         self.agents.insert(id.clone(), Agent::new(id.clone(), info, Some(conn), now));
         self.agents_by_conn.insert(conn, id.clone());
         self.counters.agent_registrations += 1;
@@ -165,6 +166,7 @@ impl Master {
         agent.tasks.clear();
         self.agents_by_conn.insert(conn, agent_id.clone());
         self.allocator.add_agent(agent_id.clone(), info.resources.clone(), &[]);
+        self.allocator.set_agent_attributes(&agent_id, &info.hostname, attribute_texts(&info));
 
         for report in reports {
             let fid = report.framework_id.clone();
@@ -491,4 +493,9 @@ impl Master {
         self.actions.retain(|a| !matches!(a, Action::Persist(_)));
         self.actions.push(Action::Persist(RegistryState { agents, weights, quota }));
     }
+}
+
+/// An agent's attributes as (name, value as written), for offer constraints.
+fn attribute_texts(info: &AgentInfo) -> Vec<(String, String)> {
+    info.attributes.iter().map(|a| (a.name.clone(), a.value.to_string())).collect()
 }

@@ -76,6 +76,10 @@ impl Master {
                 };
             }
         }
+        let constraints = match offer_constraints(sub.offer_constraints.as_ref(), &roles) {
+            Ok(c) => c,
+            Err(message) => return Subscription::Refused { message },
+        };
         let stream_id = self.random_uuid().to_string();
         let framework_id = match info.id.clone() {
             Some(id) if self.is_removed_framework(&id) => {
@@ -122,6 +126,7 @@ impl Master {
         fw.stream = Some(Stream { conn: stream, id: stream_id.clone() });
         self.frameworks_by_stream.insert(stream, framework_id.clone());
         self.allocator.add_framework(framework_id.clone(), roles, &sub.suppressed_roles);
+        self.allocator.set_offer_constraints(&framework_id, constraints);
         self.allocator.set_framework_active(&framework_id, true);
         self.counters.framework_subscriptions += 1;
         self.alloc_full = true;
@@ -253,10 +258,13 @@ impl Master {
                     ));
                 }
                 let roles = Self::validate_framework_info(&mut u.framework_info).map_err(ApiError::bad_request)?;
+                let constraints =
+                    offer_constraints(u.offer_constraints.as_ref(), &roles).map_err(ApiError::bad_request)?;
                 let fw = self.frameworks.get_mut(&fid).expect("authorized");
                 fw.info = u.framework_info;
                 fw.roles = roles.clone();
                 self.allocator.add_framework(fid.clone(), roles, &u.suppressed_roles);
+                self.allocator.set_offer_constraints(&fid, constraints);
                 self.alloc_full = true;
                 return Ok(200);
             }
@@ -362,4 +370,88 @@ impl Master {
         }
         self.completed_frameworks.push_back(fw);
     }
+}
+
+/// At most this many attribute constraints in a framework's offer
+/// constraints, and this long a regular expression (compiled size is
+/// bounded too).
+pub const MAX_OFFER_CONSTRAINTS: usize = 1024;
+pub const MAX_CONSTRAINT_REGEX_BYTES: usize = 1024;
+
+/// Checks and compiles a framework's offer constraints: roles must be the
+/// framework's, each constraint has exactly one selector and one predicate.
+fn offer_constraints(
+    c: Option<&agora_proto::scheduler::OfferConstraints>,
+    roles: &[String],
+) -> Result<HashMap<String, crate::allocator::ConstraintGroups>, String> {
+    use crate::allocator::{AttributeConstraint, Predicate, Selector};
+    let mut out = HashMap::new();
+    let Some(c) = c else { return Ok(out) };
+    let mut count = 0;
+    for (role, rc) in &c.role_constraints {
+        if !roles.contains(role) {
+            return Err(format!("offer constraints for role {role:?}, which is not one of the framework's roles"));
+        }
+        let mut groups = Vec::with_capacity(rc.groups.len());
+        for g in &rc.groups {
+            if g.attribute_constraints.is_empty() {
+                return Err(format!("an empty group of offer constraints for role {role:?}"));
+            }
+            let mut group = Vec::with_capacity(g.attribute_constraints.len());
+            for a in &g.attribute_constraints {
+                count += 1;
+                if count > MAX_OFFER_CONSTRAINTS {
+                    return Err(format!("more than {MAX_OFFER_CONSTRAINTS} offer constraints"));
+                }
+                let selector = match (&a.selector.pseudoattribute_type, &a.selector.attribute_name) {
+                    (Some(p), None) if p == "HOSTNAME" => Selector::Hostname,
+                    (Some(p), None) => return Err(format!("pseudoattribute {p:?} is not supported (HOSTNAME is)")),
+                    (None, Some(n)) if !n.is_empty() => Selector::Attribute(n.clone()),
+                    _ => return Err("each offer constraint needs exactly one selector".into()),
+                };
+                let p = &a.predicate;
+                let regex = |r: &str| -> Result<regex::Regex, String> {
+                    if r.len() > MAX_CONSTRAINT_REGEX_BYTES {
+                        return Err(format!("an offer constraint's regex is over {MAX_CONSTRAINT_REGEX_BYTES} bytes"));
+                    }
+                    regex::RegexBuilder::new(&format!("^(?:{r})$"))
+                        .size_limit(1 << 20)
+                        .build()
+                        .map_err(|e| format!("invalid offer constraint regex {r:?}: {e}"))
+                };
+                let given = [
+                    p.exists.is_some(),
+                    p.not_exists.is_some(),
+                    p.text_equals.is_some(),
+                    p.text_not_equals.is_some(),
+                    p.text_matches.is_some(),
+                    p.text_not_matches.is_some(),
+                ];
+                if given.iter().filter(|g| **g).count() != 1 {
+                    return Err("each offer constraint needs exactly one predicate".into());
+                }
+                let predicate = if p.exists.is_some() {
+                    Predicate::Exists
+                } else if p.not_exists.is_some() {
+                    Predicate::NotExists
+                } else if let Some(t) = &p.text_equals {
+                    Predicate::TextEquals(t.value.clone())
+                } else if let Some(t) = &p.text_not_equals {
+                    Predicate::TextNotEquals(t.value.clone())
+                } else if let Some(t) = &p.text_matches {
+                    Predicate::TextMatches(regex(&t.regex)?)
+                } else if let Some(t) = &p.text_not_matches {
+                    Predicate::TextNotMatches(regex(&t.regex)?)
+                } else {
+                    unreachable!("one predicate is given")
+                };
+                group.push(AttributeConstraint { selector, predicate });
+            }
+            groups.push(group);
+        }
+        if !groups.is_empty() {
+            out.insert(role.clone(), groups);
+        }
+    }
+    Ok(out)
 }

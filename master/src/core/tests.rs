@@ -67,7 +67,7 @@ impl Sim {
 
     fn subscribe_with(&mut self, stream: ConnId, info: FrameworkInfo) -> (FrameworkId, String) {
         let mut call = Call::new(CallType::Subscribe, info.id.clone());
-        call.subscribe = Some(Subscribe { framework_info: info, suppressed_roles: vec![] });
+        call.subscribe = Some(Subscribe { framework_info: info, suppressed_roles: vec![], offer_constraints: None });
         let s = self.m.subscribe(self.now, call, stream);
         self.flush();
         match s {
@@ -393,6 +393,7 @@ fn framework_failover_and_timeout() {
     call.subscribe = Some(Subscribe {
         framework_info: FrameworkInfo { id: Some(fid.clone()), ..Default::default() },
         suppressed_roles: vec![],
+        offer_constraints: None,
     });
     assert!(matches!(s.m.subscribe(s.now, call, 3000), Subscription::Refused { .. }));
 }
@@ -545,7 +546,7 @@ fn invalid_subscriptions_are_refused() {
         FrameworkInfo { failover_timeout: Some(-1.0), ..Default::default() },
     ] {
         let mut call = Call::new(CallType::Subscribe, None);
-        call.subscribe = Some(Subscribe { framework_info: info, suppressed_roles: vec![] });
+        call.subscribe = Some(Subscribe { framework_info: info, suppressed_roles: vec![], offer_constraints: None });
         assert!(matches!(s.m.subscribe(s.now, call, 1), Subscription::Refused { .. }));
     }
     assert!(s.m.frameworks.is_empty());
@@ -631,7 +632,11 @@ fn absurd_failover_timeouts_are_clamped() {
     assert!(info.failover_timeout.unwrap() <= 365.0 * 86400.0);
     info.failover_timeout = Some(f64::INFINITY);
     let up = Call {
-        update_framework: Some(UpdateFramework { framework_info: info, suppressed_roles: vec![] }),
+        update_framework: Some(UpdateFramework {
+            framework_info: info,
+            suppressed_roles: vec![],
+            offer_constraints: None,
+        }),
         ..Call::new(CallType::UpdateFramework, Some(fid.clone()))
     };
     assert_eq!(s.call(up, &sid), Ok(200));
@@ -806,4 +811,67 @@ fn quota_limits_offers_and_survives_a_restart() {
     s.flush();
     assert!(s.last_persisted().quota.is_empty());
     assert_eq!(s.m.allocator.limits("eng"), QuotaLimits::default());
+}
+
+/// Offer constraints from a SUBSCRIBE in Mesos's JSON: a framework that
+/// wants `zone` z1 (or a host named `special`) is offered only those
+/// agents; bad constraints refuse the subscription with the reason.
+#[test]
+fn offer_constraints_pick_the_agents_a_framework_is_offered() {
+    let mut s = Sim::new();
+    let subscribe = |s: &mut Sim, stream: ConnId, constraints: serde_json::Value| {
+        let sub: Subscribe = serde_json::from_value(serde_json::json!({
+            "framework_info": {"user": "u", "name": "n", "roles": ["eng"], "capabilities": [{"type": "MULTI_ROLE"}]},
+            "offer_constraints": constraints,
+        }))
+        .expect("Mesos JSON");
+        let mut call = Call::new(CallType::Subscribe, None);
+        call.subscribe = Some(sub);
+        let r = s.m.subscribe(s.now, call, stream);
+        s.flush();
+        r
+    };
+    let z1_or_special = serde_json::json!({"role_constraints": {"eng": {"groups": [
+        {"attribute_constraints": [{"selector": {"attribute_name": "zone"}, "predicate": {"text_equals": {"value": "z1"}}}]},
+        {"attribute_constraints": [{"selector": {"pseudoattribute_type": "HOSTNAME"}, "predicate": {"text_matches": {"regex": "spec.*"}}}]}
+    ]}}});
+    assert!(matches!(subscribe(&mut s, FW_STREAM, z1_or_special), Subscription::Accepted { .. }));
+    for (i, (host, zone)) in
+        [("h1", Some("z1")), ("h2", Some("z2")), ("special", None), ("h4", None)].iter().enumerate()
+    {
+        let mut info = agent_info("cpus:1;mem:128");
+        info.hostname = host.to_string();
+        if let Some(z) = zone {
+            info.attributes = agora_proto::resources::parse_attributes(&format!("zone:{z}")).unwrap();
+        }
+        s.input(Input::Agent { conn: 10 + i as u64, msg: AgentToMaster::Register { info: Box::new(info) } });
+    }
+    s.advance(s.m.config.allocation_interval_ms);
+    let hosts: Vec<String> = s.offers(FW_STREAM).into_iter().map(|o| o.hostname).collect();
+    assert_eq!(hosts.len(), 2, "{hosts:?}");
+    assert!(hosts.contains(&"h1".to_string()) && hosts.contains(&"special".to_string()), "{hosts:?}");
+
+    for (bad, says) in [
+        (serde_json::json!({"role_constraints": {"ops": {"groups": []}}}), "not one of the framework's roles"),
+        (
+            serde_json::json!({"role_constraints": {"eng": {"groups": [{"attribute_constraints": [
+                {"selector": {"attribute_name": "zone"}, "predicate": {"text_matches": {"regex": "("}}}]}]}}}),
+            "invalid offer constraint regex",
+        ),
+        (
+            serde_json::json!({"role_constraints": {"eng": {"groups": [{"attribute_constraints": [
+                {"selector": {"attribute_name": "zone"}, "predicate": {}}]}]}}}),
+            "exactly one predicate",
+        ),
+        (
+            serde_json::json!({"role_constraints": {"eng": {"groups": [{"attribute_constraints": [
+                {"selector": {"pseudoattribute_type": "REGION"}, "predicate": {"exists": {}}}]}]}}}),
+            "REGION",
+        ),
+    ] {
+        match subscribe(&mut s, FW_STREAM + 1, bad.clone()) {
+            Subscription::Refused { message } => assert!(message.contains(says), "{bad}: {message}"),
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
 }
