@@ -26,9 +26,11 @@
 //! (each group all of its constraints); other agents' resources are not
 //! offered to it for that role.
 //!
-//! **Quota limits.** A role with a limit on a share kind is never allocated
+//! **Quota limits.** A role with a limit on a share kind is not offered
 //! beyond it, counting its whole subtree: what a role is offered is cut down
 //! to what is left under its own limit and those of the roles above it.
+//! Limits bound offers; resources charged otherwise (`add_used`, tasks an
+//! agent reports on re-registering) are counted, not refused.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -551,7 +553,11 @@ impl Allocator {
     }
 
     /// `usable`, cut down so that `role` and the roles above it stay within
-    /// their quota limits (only the share kinds are limited).
+    /// their quota limits (only the share kinds are limited). Resources
+    /// reserved to the role are kept before unreserved ones (no other role
+    /// could use them). Nothing at all when a limited kind the agent offers
+    /// has no room left: a role at its cpu limit is not sent the agent's
+    /// memory alone.
     fn within_limits(&self, role: &str, usable: Resources) -> Resources {
         if self.limits.is_empty() {
             return usable;
@@ -571,8 +577,14 @@ impl Allocator {
         if room.iter().all(Option::is_none) {
             return usable;
         }
+        let offered = Scalars::of(&usable);
+        if room.iter().zip(offered.0).any(|(room, has)| *room == Some(0) && has > 0) {
+            return Resources::new();
+        }
         let mut out = Resources::new();
-        for r in usable.iter() {
+        let reserved_first =
+            usable.iter().filter(|r| r.reservation.is_some()).chain(usable.iter().filter(|r| r.reservation.is_none()));
+        for r in reserved_first {
             let mut r = r.clone();
             if let (Some(i), agora_proto::resources::Value::Scalar(v)) =
                 (SHARE_KINDS.iter().position(|k| *k == r.name), &mut r.value)
@@ -928,6 +940,27 @@ impl Tree {
             item = Item::Role(n);
             n = self.nodes[n].parent;
         }
+        #[cfg(test)]
+        self.check(a);
+    }
+
+    /// In tests: the incremental re-ranking leaves exactly what ranking
+    /// everything afresh would.
+    #[cfg(test)]
+    fn check(&self, a: &Allocator) {
+        for node in &self.nodes {
+            for &(key, item) in &node.items {
+                assert_eq!(key, self.item_key(a, item), "stale key of {item:?} under {:?}", node.name);
+            }
+            assert!(node.items.windows(2).all(|w| w[0] <= w[1]), "{:?} out of order", node.name);
+        }
+        for leaf in &self.leaves {
+            assert_eq!(leaf.frameworks.len(), leaf.keys.len());
+            for &(key, f) in &leaf.frameworks {
+                assert_eq!(key, a.framework_key(f, &leaf.role), "stale key of framework {f} in {:?}", leaf.role);
+                assert_eq!(leaf.keys.get(&f), Some(&key));
+            }
+        }
     }
 }
 
@@ -1093,6 +1126,9 @@ mod tests {
         let (ops, _) = c.a.role_share("ops");
         assert_eq!(eng.0[0], 2500, "eng gets up to its limit, a part of an agent included");
         assert_eq!(ops.0[1], 300_000, "ops up to its memory limit");
+        // A role at its cpu limit gets no memory-only offers: eng holds the
+        // memory of the three agents whose cpus it got, no more.
+        assert_eq!(eng.0[1], 300_000, "{eng:?}");
         // Agents are left, but nothing more for them, however long we go on.
         assert!(c.a.total().0[0] - eng.0[0] - ops.0[0] >= 3000);
         assert!(c.run(1).is_empty());
@@ -1105,6 +1141,19 @@ mod tests {
         assert_eq!(c.a.limits("eng"), QuotaLimits::default());
         c.run(3);
         assert!(c.a.role_share("eng").0 .0[0] > 3000);
+    }
+
+    #[test]
+    fn quota_keeps_a_roles_reserved_resources_before_unreserved_ones() {
+        let mut c = Check::new(&[("a1", "cpus:1;cpus(eng):2;mem:100")], &[("e", &["eng"]), ("o", &["ops"])]);
+        c.a.set_limits("eng", QuotaLimits([Some(1000), None, None, None]));
+        let out = c.a.allocate(0, None);
+        let eng = out.iter().find(|x| x.role == "eng").expect("eng offered");
+        let reserved: Resources = eng.resources.filter(|r| r.reservation.is_some());
+        assert_eq!(reserved.scalar("cpus").0, 1000, "{}", eng.resources);
+        assert_eq!(eng.resources.scalar("cpus").0, 1000, "{}", eng.resources);
+        let ops = out.iter().find(|x| x.role == "ops").expect("the unreserved cpu goes to ops");
+        assert_eq!(ops.resources.scalar("cpus").0, 1000);
     }
 
     #[test]
@@ -1121,6 +1170,56 @@ mod tests {
         assert_eq!(c.run(0).len(), 1);
         c.a.remove_framework(&FrameworkId::new("d"));
         assert!(c.a.subtree.is_empty() && c.a.direct.is_empty(), "{:?} {:?}", c.a.subtree, c.a.direct);
+    }
+
+    proptest::proptest! {
+        /// Random role trees, weights and clusters: every round re-ranks
+        /// incrementally what a full ranking would give (checked inside
+        /// `rerank`), and the role figures always add up.
+        #[test]
+        fn ranking_and_role_figures_stay_consistent(
+            roles in proptest::collection::vec(0usize..6, 1..8),
+            weights in proptest::collection::vec(1u32..5, 6),
+            agents in 1usize..12,
+            rounds in 1usize..4,
+        ) {
+            const TREE: [&str; 6] = ["a", "a/b", "a/c", "b", "b/x/y", "c"];
+            let mut a = Allocator::new(Config::default());
+            for (i, w) in weights.iter().enumerate() {
+                a.set_weight(TREE[i], *w as f64);
+            }
+            for (f, r) in roles.iter().enumerate() {
+                a.add_framework(FrameworkId::new(format!("f{f}")), vec![TREE[*r].to_string()], &[]);
+            }
+            for i in 0..agents {
+                a.add_agent(AgentId::new(format!("a{i}")), res(&format!("cpus:{};mem:{}", 1 + i % 3, 100 * (1 + i % 2))), &[]);
+            }
+            for round in 0..rounds {
+                let out = a.allocate(round as u64, None);
+                // Give some back, to move shares both ways.
+                for x in out.iter().step_by(2) {
+                    a.recover(&x.framework_id, &x.agent_id, &x.resources, 0, round as u64);
+                }
+            }
+            let mut direct_sum = Scalars::default();
+            for s in a.direct.values() {
+                direct_sum.add(*s);
+            }
+            let mut fw_sum = Scalars::default();
+            for f in a.frameworks.iter().flatten() {
+                fw_sum.add(f.allocated);
+            }
+            proptest::prop_assert_eq!(direct_sum, fw_sum);
+            for (role, s) in &a.subtree {
+                let mut under = Scalars::default();
+                for (r, d) in &a.direct {
+                    if r == role || r.starts_with(&format!("{role}/")) {
+                        under.add(*d);
+                    }
+                }
+                proptest::prop_assert_eq!(*s, under, "subtree of {}", role);
+            }
+        }
     }
 
     #[test]

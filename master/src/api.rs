@@ -138,7 +138,10 @@ fn decode_operator(req: &Request) -> Result<OperatorCall, Response> {
             }
             OperatorCall::update_quota(quota).map_err(|e| error(e.status, e.message))
         }
-        other => Err(error(501, format!("the operator call {other} is not supported by this master"))),
+        other if MESOS_OPERATOR_CALLS.contains(&other) => {
+            Err(error(501, format!("the operator call {other} is not supported by this master")))
+        }
+        other => Err(error(400, format!("Failed to validate master::Call: unknown type {other:?}"))),
     }
 }
 
@@ -170,6 +173,50 @@ fn limits_json(l: &crate::allocator::QuotaLimits) -> Json {
         .collect::<Map<_, _>>()
         .into()
 }
+
+/// Mesos's v1 `master::Call` types: the ones this master does not serve are
+/// 501, anything else 400.
+const MESOS_OPERATOR_CALLS: &[&str] = &[
+    "GET_HEALTH",
+    "GET_FLAGS",
+    "GET_VERSION",
+    "GET_METRICS",
+    "GET_LOGGING_LEVEL",
+    "SET_LOGGING_LEVEL",
+    "LIST_FILES",
+    "READ_FILE",
+    "GET_STATE",
+    "GET_AGENTS",
+    "GET_FRAMEWORKS",
+    "GET_EXECUTORS",
+    "GET_OPERATIONS",
+    "GET_TASKS",
+    "GET_ROLES",
+    "GET_WEIGHTS",
+    "UPDATE_WEIGHTS",
+    "GET_MASTER",
+    "SUBSCRIBE",
+    "RESERVE_RESOURCES",
+    "UNRESERVE_RESOURCES",
+    "CREATE_VOLUMES",
+    "DESTROY_VOLUMES",
+    "GROW_VOLUME",
+    "SHRINK_VOLUME",
+    "GET_MAINTENANCE_STATUS",
+    "GET_MAINTENANCE_SCHEDULE",
+    "UPDATE_MAINTENANCE_SCHEDULE",
+    "START_MAINTENANCE",
+    "STOP_MAINTENANCE",
+    "DRAIN_AGENT",
+    "DEACTIVATE_AGENT",
+    "REACTIVATE_AGENT",
+    "GET_QUOTA",
+    "UPDATE_QUOTA",
+    "SET_QUOTA",
+    "REMOVE_QUOTA",
+    "TEARDOWN",
+    "MARK_AGENT_GONE",
+];
 
 /// The JSON of an operator call's answer (Mesos's v1 `master::Response`).
 pub fn render_operator(reply: &OperatorReply) -> Vec<u8> {
@@ -729,6 +776,7 @@ mod tests {
         assert_eq!(status(op("{nope", ct)).0, 400);
         assert_eq!(status(op(r#"{"kind":"GET_WEIGHTS"}"#, ct)).0, 400);
         assert_eq!(status(op(r#"{"type":"GET_AGENTS"}"#, ct)).0, 501);
+        assert_eq!(status(op(r#"{"type":"MAKE_COFFEE"}"#, ct)).0, 400);
         let (s, m) = status(op(
             r#"{"type":"UPDATE_WEIGHTS","update_weights":{"weight_infos":[{"role":"eng","weight":"heavy"}]}}"#,
             ct,

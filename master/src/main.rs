@@ -28,7 +28,8 @@ struct Args {
     /// Executors (one per core); defaults to every online CPU.
     #[arg(long)]
     shards: Option<usize>,
-    /// Directory for the registry (admitted agents). Without it the registry
+    /// Directory for the registry (admitted agents, role weights and quota).
+    /// Without it the registry
     /// lives in memory and is lost on restart.
     #[arg(long)]
     work_dir: Option<PathBuf>,

@@ -1,7 +1,7 @@
 //! The registry: the small durable state the master must not lose across
 //! restarts: the set of admitted agents (so that, after a restart,
 //! reconciliation can tell "still coming back" from "unknown") and the role
-//! weights operators set; quota and reservations join it later.
+//! weights and quota limits operators set; reservations join it later.
 //!
 //! The master core emits [`RegistryState`] snapshots; the shell stores them
 //! through a [`Registry`]. The standalone master keeps it in a local file,

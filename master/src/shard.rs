@@ -793,19 +793,27 @@ async fn handle(shard: &Rc<Shard>, master: &mut Master, msg: ToCore, start: Inst
                     Reply::Body { content_type: "application/json", bytes: api::render_operator(&answer) }
                 }
                 Ok(None) => {
-                    // A change is acknowledged once it is on disk.
+                    // A change is acknowledged once it is on disk. The core
+                    // goes on meanwhile; a task of its own waits and replies.
                     let actions = master.take_actions(t);
                     perform(shard, actions, registry).await;
-                    if registry.durable(Duration::from_secs(10)).await {
-                        Reply::Call(Ok(200))
-                    } else {
-                        Reply::Call(Err(crate::core::ApiError {
-                            status: 503,
-                            message: "the change applies, but the registry could not be written: it may not survive a \
-                                      restart"
-                                .into(),
-                        }))
-                    }
+                    let wait = registry.durable(Duration::from_secs(10));
+                    let shard = shard.clone();
+                    glommio::spawn_local(async move {
+                        let reply = if wait.await {
+                            Reply::Call(Ok(200))
+                        } else {
+                            Reply::Call(Err(crate::core::ApiError {
+                                status: 503,
+                                message: "the change applies, but the registry could not be written: it may not \
+                                          survive a restart"
+                                    .into(),
+                            }))
+                        };
+                        send_to_shard(&shard, shard_of(req), FromCore::Reply { req, reply }).await;
+                    })
+                    .detach();
+                    return;
                 }
                 Err(e) => Reply::Call(Err(e)),
             };
@@ -926,8 +934,18 @@ async fn perform(shard: &Rc<Shard>, actions: Vec<core::Action>, registry: &Regis
 /// The latest registry snapshot not yet written, with its generation.
 type Pending = Arc<(std::sync::Mutex<Option<(u64, crate::registry::RegistryState)>>, std::sync::Condvar)>;
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WriterState {
+    /// No registry file: nothing to wait for.
+    InMemory,
+    Running,
+    /// A registry file, but the writer thread could not start.
+    Broken,
+}
+
 struct RegistryWriter {
     slot: Option<Pending>,
+    state: WriterState,
     /// Generation of the last snapshot handed over.
     stored: Cell<u64>,
     /// Generation of the last snapshot written (snapshots are whole, so a
@@ -938,7 +956,9 @@ struct RegistryWriter {
 impl RegistryWriter {
     fn new(registry: Option<FileRegistry>) -> RegistryWriter {
         let written = Arc::new(AtomicU64::new(0));
-        let Some(reg) = registry else { return RegistryWriter { slot: None, stored: Cell::new(0), written } };
+        let Some(reg) = registry else {
+            return RegistryWriter { slot: None, state: WriterState::InMemory, stored: Cell::new(0), written };
+        };
         let slot: Pending = Arc::new((std::sync::Mutex::new(None), std::sync::Condvar::new()));
         let (s, w) = (slot.clone(), written.clone());
         let spawned = std::thread::Builder::new().name("agora-registry".into()).spawn(move || loop {
@@ -958,10 +978,10 @@ impl RegistryWriter {
             }
         });
         match spawned {
-            Ok(_) => RegistryWriter { slot: Some(slot), stored: Cell::new(0), written },
+            Ok(_) => RegistryWriter { slot: Some(slot), state: WriterState::Running, stored: Cell::new(0), written },
             Err(e) => {
                 tracing::error!("cannot start the registry writer: {e}; the registry will not be updated");
-                RegistryWriter { slot: None, stored: Cell::new(0), written }
+                RegistryWriter { slot: None, state: WriterState::Broken, stored: Cell::new(0), written }
             }
         }
     }
@@ -975,20 +995,26 @@ impl RegistryWriter {
         cv.notify_one();
     }
 
-    /// Waits until everything handed over so far is on disk (at once
-    /// without a registry file); false if that did not happen in `timeout`.
-    async fn durable(&self, timeout: Duration) -> bool {
-        if self.slot.is_none() {
-            return true;
-        }
-        let gen = self.stored.get();
-        let deadline = Instant::now() + timeout;
-        while self.written.load(Ordering::Acquire) < gen {
-            if Instant::now() >= deadline {
-                return false;
+    /// A future that resolves once everything handed over so far is on
+    /// disk: true then (and at once when the master keeps its registry in
+    /// memory), false if that did not happen in `timeout` or the writer
+    /// never started.
+    fn durable(&self, timeout: Duration) -> impl std::future::Future<Output = bool> + 'static {
+        let (gen, written, state) = (self.stored.get(), self.written.clone(), self.state);
+        async move {
+            match state {
+                WriterState::InMemory => return true,
+                WriterState::Broken => return false,
+                WriterState::Running => {}
             }
-            glommio::timer::sleep(Duration::from_millis(1)).await;
+            let deadline = Instant::now() + timeout;
+            while written.load(Ordering::Acquire) < gen {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            true
         }
-        true
     }
 }

@@ -271,63 +271,59 @@ async fn framework_past_its_failover_timeout_loses_its_tasks() {
 }
 
 /// Role weights set by an operator (`agora weights --set`, the v1 operator
-/// API underneath) show in GET_WEIGHTS, `/master/state` and `/metrics`, and
-/// survive a master killed with SIGKILL right after the call returned: the
-/// call is answered once the registry is on disk. Bad weights are refused
+/// API underneath) survive a master killed with SIGKILL right after the
+/// call returned (it is answered once the registry is on disk), and show in
+/// GET_WEIGHTS, `/master/state` and `/metrics`. Bad weights are refused
 /// with a clear error.
 #[test]
 fn operator_weights_are_durable_and_shown() {
     let mut m = Master::start(MasterOpts::default());
-    let agora = |args: &[&str]| {
+    let agora = |addr: &str, args: &[&str]| {
         std::process::Command::new(agora_tests::bin("agora"))
             .arg("weights")
-            .args(["--master", &m.addr])
+            .args(["--master", addr])
             .args(args)
             .output()
             .expect("agora runs")
     };
-    let out = agora(&["--set", "eng=3", "--set", "eng/dev=0.5"]);
+    let out = agora(&m.addr, &["--set", "eng=3", "--set", "eng/dev=0.5"]);
     assert!(out.status.success(), "{out:?}");
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.lines().any(|l| l.split_whitespace().take(2).eq(["eng", "3.0"])), "{table}");
+    // SIGKILL at once: the call was answered, so the weights are on disk.
+    m.restart();
+    wait_until(Duration::from_secs(20), "the master to serve again", || std::net::TcpStream::connect(&m.addr).is_ok());
 
-    let bad = agora(&["--set", "eng=0"]);
+    let bad = agora(&m.addr, &["--set", "eng=0"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("weights must be positive"), "{bad:?}");
-    let bad = agora(&["--set", "*=2"]);
+    let bad = agora(&m.addr, &["--set", "*=2"]);
     assert!(!bad.status.success(), "{bad:?}");
 
-    let get_weights = |addr: &str| -> serde_json::Value {
-        let (status, _, body) = agora_tests::http(
-            addr,
-            "POST",
-            "/api/v1",
-            &[("Content-Type", "application/json")],
-            br#"{"type":"GET_WEIGHTS"}"#,
-        );
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        v["get_weights"]["weight_infos"].clone()
-    };
+    let (status, _, body) = agora_tests::http(
+        &m.addr,
+        "POST",
+        "/api/v1",
+        &[("Content-Type", "application/json")],
+        br#"{"type":"GET_WEIGHTS"}"#,
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let expected = serde_json::json!([{"role": "eng", "weight": 3.0}, {"role": "eng/dev", "weight": 0.5}]);
-    assert_eq!(get_weights(&m.addr), expected);
+    assert_eq!(v["get_weights"]["weight_infos"], expected);
     assert_eq!(m.state()["weights"], expected);
     let eng = m.state()["roles"].as_array().unwrap().iter().find(|r| r["name"] == "eng").cloned().expect("eng");
     assert_eq!(eng["weight"], 3.0);
     let (_, _, metrics) = agora_tests::http(&m.addr, "GET", "/metrics", &[], &[]);
     let metrics = String::from_utf8(metrics).unwrap();
     assert!(metrics.contains("agora_role_weight{role=\"eng\"} 3\n"), "{metrics}");
-
-    // SIGKILL at once, then the same work dir.
-    m.restart();
-    wait_until(Duration::from_secs(20), "the master to serve again", || std::net::TcpStream::connect(&m.addr).is_ok());
-    assert_eq!(get_weights(&m.addr), expected);
 }
 
-/// A quota limit set with `agora quota` caps what the role is offered (on a
-/// real agent with more to give), shows in `agora quota` against what the
-/// role holds and in `/metrics`, and survives a SIGKILL restart. Guarantees
-/// are refused as not supported, rather than accepted and ignored.
+/// A quota limit set with `agora quota` survives a SIGKILL right after the
+/// call returned, caps what the role is offered (on a real agent with more
+/// to give), and shows in `agora quota` against what the role holds and in
+/// `/metrics`. Guarantees are refused as not supported, rather than
+/// accepted and ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_quota_caps_offers_and_is_durable() {
     let mut m = Master::start(MasterOpts::default());
@@ -341,6 +337,13 @@ async fn operator_quota_caps_offers_and_is_durable() {
     };
     let out = quota(&m.addr, &["--set", "eng=cpus:0.5;mem:100"]);
     assert!(out.status.success(), "{out:?}");
+    // SIGKILL at once: the call was answered, so the limits are on disk.
+    m.restart();
+    wait_until(Duration::from_secs(20), "the master to serve again", || std::net::TcpStream::connect(&m.addr).is_ok());
+    let json = String::from_utf8(quota(&m.addr, &["--json"]).stdout).unwrap();
+    let roles: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(roles[0]["quota"]["limit"], serde_json::json!({"cpus": 0.5, "mem": 100.0}), "{json}");
+
     let bad = quota(&m.addr, &["--set", "eng=ports:[1-2]"]);
     assert!(!bad.status.success(), "{bad:?}");
     let (status, _, body) = agora_tests::http(
@@ -367,12 +370,6 @@ async fn operator_quota_caps_offers_and_is_durable() {
     let metrics = String::from_utf8(metrics).unwrap();
     assert!(metrics.contains("agora_role_quota_limit{role=\"eng\",resource=\"cpus\"} 0.5\n"), "{metrics}");
     assert!(metrics.contains("agora_role_allocated{role=\"eng\",resource=\"mem\"} 100\n"), "{metrics}");
-
-    m.restart();
-    wait_until(Duration::from_secs(20), "the master to serve again", || std::net::TcpStream::connect(&m.addr).is_ok());
-    let json = String::from_utf8(quota(&m.addr, &["--json"]).stdout).unwrap();
-    let roles: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(roles[0]["quota"]["limit"], serde_json::json!({"cpus": 0.5, "mem": 100.0}), "{json}");
     // Cleared, it is gone.
     assert!(quota(&m.addr, &["--clear", "eng"]).status.success());
     let json = String::from_utf8(quota(&m.addr, &["--json"]).stdout).unwrap();

@@ -200,15 +200,24 @@ impl Master {
                 .find_map(|r| r.allocation_role.clone())
                 .unwrap_or_else(|| fw.roles.first().cloned().unwrap_or_else(|| DEFAULT_ROLE.to_string()));
             let was_unreachable_task = fw.tasks.get(&tid).is_some_and(|t| t.state == TaskState::Unreachable);
-            let task = fw.tasks.entry(tid.clone()).or_insert_with(|| Task {
-                info: report.task.clone(),
-                framework_id: fid.clone(),
-                agent_id: agent_id.clone(),
-                state: report.state,
-                role,
-                statuses: vec![StatusRecord { state: report.state, timestamp: now.wall_secs }],
-                unreachable_time: None,
-                usage: None,
+            let task = fw.tasks.entry(tid.clone()).or_insert_with(|| {
+                // Allocated to its role, so that the role figures (and
+                // quota) count it and recovering it later gives back what
+                // was charged.
+                let mut info = report.task.clone();
+                if info.resources.iter().all(|r| r.allocation_role.is_none()) {
+                    info.resources = info.resources.allocate_to(&role);
+                }
+                Task {
+                    info,
+                    framework_id: fid.clone(),
+                    agent_id: agent_id.clone(),
+                    state: report.state,
+                    role,
+                    statuses: vec![StatusRecord { state: report.state, timestamp: now.wall_secs }],
+                    unreachable_time: None,
+                    usage: None,
+                }
             });
             // A task that ended while the agent was away keeps its state (and
             // its resources) until its terminal update arrives and completes it.

@@ -373,10 +373,12 @@ impl Master {
 }
 
 /// At most this many attribute constraints in a framework's offer
-/// constraints, and this long a regular expression (compiled size is
-/// bounded too).
+/// constraints, and this many bytes of regular expressions in all of them;
+/// each regex compiles to at most `REGEX_SIZE_LIMIT` bytes, with a lazy
+/// DFA cache of as much.
 pub const MAX_OFFER_CONSTRAINTS: usize = 1024;
-pub const MAX_CONSTRAINT_REGEX_BYTES: usize = 1024;
+pub const MAX_CONSTRAINT_REGEX_BYTES: usize = 16 << 10;
+const REGEX_SIZE_LIMIT: usize = 64 << 10;
 
 /// Checks and compiles a framework's offer constraints: roles must be the
 /// framework's, each constraint has exactly one selector and one predicate.
@@ -387,7 +389,7 @@ fn offer_constraints(
     use crate::allocator::{AttributeConstraint, Predicate, Selector};
     let mut out = HashMap::new();
     let Some(c) = c else { return Ok(out) };
-    let mut count = 0;
+    let (mut count, mut regex_bytes) = (0, 0);
     for (role, rc) in &c.role_constraints {
         if !roles.contains(role) {
             return Err(format!("offer constraints for role {role:?}, which is not one of the framework's roles"));
@@ -410,14 +412,22 @@ fn offer_constraints(
                     _ => return Err("each offer constraint needs exactly one selector".into()),
                 };
                 let p = &a.predicate;
-                let regex = |r: &str| -> Result<regex::Regex, String> {
-                    if r.len() > MAX_CONSTRAINT_REGEX_BYTES {
-                        return Err(format!("an offer constraint's regex is over {MAX_CONSTRAINT_REGEX_BYTES} bytes"));
+                let mut regex = |r: &str| -> Result<regex::Regex, String> {
+                    regex_bytes += r.len();
+                    if regex_bytes > MAX_CONSTRAINT_REGEX_BYTES {
+                        return Err(format!("offer constraints' regexes are over {MAX_CONSTRAINT_REGEX_BYTES} bytes"));
                     }
-                    regex::RegexBuilder::new(&format!("^(?:{r})$"))
-                        .size_limit(1 << 20)
-                        .build()
-                        .map_err(|e| format!("invalid offer constraint regex {r:?}: {e}"))
+                    let build = |pattern: &str| {
+                        regex::RegexBuilder::new(pattern)
+                            .size_limit(REGEX_SIZE_LIMIT)
+                            .dfa_size_limit(REGEX_SIZE_LIMIT)
+                            .build()
+                            .map_err(|e| format!("invalid offer constraint regex {r:?}: {e}"))
+                    };
+                    // Whole on its own first, so that wrapping it for a full
+                    // match cannot change what it means (`a)|(b`).
+                    build(r)?;
+                    build(&format!("^(?:{r})$"))
                 };
                 let given = [
                     p.exists.is_some(),

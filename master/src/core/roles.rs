@@ -9,6 +9,11 @@ use std::collections::BTreeSet;
 use super::{ApiError, Master, Now};
 use crate::allocator::{QuotaLimits, Scalars};
 
+/// Weights are kept within these bounds (a share divided by a weight must
+/// stay a sane number).
+pub const MIN_WEIGHT: f64 = 1e-6;
+pub const MAX_WEIGHT: f64 = 1e6;
+
 /// At most this many roles in one UPDATE_WEIGHTS or UPDATE_QUOTA.
 pub const MAX_ROLE_UPDATES: usize = 1024;
 
@@ -80,9 +85,9 @@ impl OperatorCall {
     pub fn update_weights(weights: Vec<(String, f64)>) -> Result<OperatorCall, ApiError> {
         distinct(weights.iter().map(|(r, _)| r.as_str()), "UPDATE_WEIGHTS")?;
         for (role, weight) in &weights {
-            if !(weight.is_finite() && *weight > 0.0) {
+            if !(MIN_WEIGHT..=MAX_WEIGHT).contains(weight) {
                 return Err(ApiError::bad_request(format!(
-                    "Invalid weight '{weight}' for role {role:?}: weights must be positive"
+                    "Invalid weight '{weight}' for role {role:?}: weights must be positive, from {MIN_WEIGHT} to {MAX_WEIGHT}"
                 )));
             }
         }

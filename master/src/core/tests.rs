@@ -744,7 +744,15 @@ fn role_weights_split_offers_and_survive_a_restart() {
     let update = |role: &str, weight: f64| OperatorCall::update_weights(vec![(role.to_string(), weight)]);
     let call = update("eng", 3.0).unwrap();
     assert_eq!(s.m.operator(s.now, call).unwrap(), None);
-    for bad in [update("eng", 0.0), update("eng", -2.0), update("eng", f64::NAN), update("*", 2.0), update("/x", 2.0)] {
+    for bad in [
+        update("eng", 0.0),
+        update("eng", -2.0),
+        update("eng", f64::NAN),
+        update("eng", 5e-324),
+        update("eng", 1e9),
+        update("*", 2.0),
+        update("/x", 2.0),
+    ] {
         assert_eq!(bad.unwrap_err().status, 400);
     }
     let twice = OperatorCall::update_weights(vec![("a".into(), 2.0), ("a".into(), 3.0)]);
@@ -856,6 +864,11 @@ fn offer_constraints_pick_the_agents_a_framework_is_offered() {
         (
             serde_json::json!({"role_constraints": {"eng": {"groups": [{"attribute_constraints": [
                 {"selector": {"attribute_name": "zone"}, "predicate": {"text_matches": {"regex": "("}}}]}]}}}),
+            "invalid offer constraint regex",
+        ),
+        (
+            serde_json::json!({"role_constraints": {"eng": {"groups": [{"attribute_constraints": [
+                {"selector": {"attribute_name": "zone"}, "predicate": {"text_matches": {"regex": "a)|(b"}}}]}]}}}),
             "invalid offer constraint regex",
         ),
         (
