@@ -88,7 +88,27 @@ fn insert_err(what: &str) -> impl FnOnce(aya::maps::MapError) -> String + '_ {
         aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
             format!("the eBPF task maps are full ({MAX_TASKS} tasks)")
         }
+        aya::maps::MapError::SyscallError(s) => format!("{what}: {e} ({})", s.io_error),
         _ => format!("{what}: {e}"),
+    }
+}
+
+/// Runs a task map insert again while the kernel answers ENOMEM: the maps
+/// are not preallocated, and the kernel's per-CPU element caches refill
+/// asynchronously, so a burst of registrations can find one empty for a
+/// moment. Gives up after about 25 ms.
+fn insert_retrying(mut insert: impl FnMut() -> Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    let mut attempt = 0;
+    loop {
+        match insert() {
+            Err(aya::maps::MapError::SyscallError(s))
+                if s.io_error.raw_os_error() == Some(libc::ENOMEM) && attempt < 8 =>
+            {
+                std::thread::sleep(std::time::Duration::from_micros(100 << attempt));
+                attempt += 1;
+            }
+            r => return r,
+        }
     }
 }
 
@@ -192,16 +212,24 @@ impl Ebpf {
     }
 
     fn try_register(&mut self, id: u64, policy: TaskPolicy) -> Result<(), String> {
-        let zeros = PerCpuValues::try_from(vec![TaskCounters::ZERO; self.n_cpus]).map_err(err("per-CPU values"))?;
-        self.counters()?.insert(id, zeros, 0).map_err(insert_err("registering the task's counters"))?;
+        let n_cpus = self.n_cpus;
+        let mut counters = self.counters()?;
+        insert_retrying(|| {
+            let zeros = PerCpuValues::try_from(vec![TaskCounters::ZERO; n_cpus]).map_err(|e| {
+                aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "per-CPU values", io_error: e })
+            })?;
+            counters.insert(id, zeros, 0)
+        })
+        .map_err(insert_err("registering the task's counters"))?;
         if policy.egress_bytes_per_sec > 0 {
             let mut eg: HashMap<&mut MapData, u64, EgressState> =
                 HashMap::try_from(self.bpf.map_mut("EGRESS").ok_or("map EGRESS missing")?).map_err(err("EGRESS"))?;
-            eg.insert(id, EgressState::default(), 0).map_err(insert_err("registering the egress limit"))?;
+            insert_retrying(|| eg.insert(id, EgressState::default(), 0))
+                .map_err(insert_err("registering the egress limit"))?;
         }
         let mut pol: HashMap<&mut MapData, u64, TaskPolicy> =
             HashMap::try_from(self.bpf.map_mut("POLICY").ok_or("map POLICY missing")?).map_err(err("POLICY"))?;
-        pol.insert(id, policy, 0).map_err(insert_err("registering the task's policy"))?;
+        insert_retrying(|| pol.insert(id, policy, 0)).map_err(insert_err("registering the task's policy"))?;
         Ok(())
     }
 
