@@ -415,17 +415,18 @@ fn check_runq_histogram(text: &str, task: &str) {
     assert!(count > 100.0, "{count}");
 }
 
-/// A finished task's stdout.
+/// A finished task's stdout. The agent lists a task as completed once its
+/// terminal update is acknowledged, which can come just after the framework
+/// saw the update.
 fn stdout_of(a: &Agent, task: &str) -> String {
-    let st = a.state();
-    let sandbox = st["completed_tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == task)
-        .and_then(|c| c["sandbox"].as_str())
-        .expect("sandbox")
-        .to_string();
+    let mut sandbox = None;
+    wait_until(LONG, "the task among the agent's completed tasks", || {
+        sandbox = a.state()["completed_tasks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["id"] == task).and_then(|c| c["sandbox"].as_str().map(String::from)));
+        sandbox.is_some()
+    });
+    let sandbox = sandbox.expect("waited for above");
     std::fs::read_to_string(std::path::Path::new(&sandbox).join("stdout")).unwrap_or_default()
 }
 
