@@ -348,6 +348,13 @@ async fn operator(master: &str, call: &Value) -> anyhow::Result<Vec<u8>> {
     Ok(body)
 }
 
+/// The master's roles (GET_ROLES).
+async fn get_roles(master: &str) -> anyhow::Result<Vec<Value>> {
+    let body = operator(master, &serde_json::json!({"type": "GET_ROLES"})).await?;
+    let roles: Value = serde_json::from_slice(&body)?;
+    Ok(roles["get_roles"]["roles"].as_array().cloned().unwrap_or_default())
+}
+
 async fn weights(master: &str, set: &[String], json: bool) -> anyhow::Result<()> {
     if !set.is_empty() {
         let mut infos = Vec::new();
@@ -359,9 +366,7 @@ async fn weights(master: &str, set: &[String], json: bool) -> anyhow::Result<()>
         let call = serde_json::json!({"type": "UPDATE_WEIGHTS", "update_weights": {"weight_infos": infos}});
         operator(master, &call).await?;
     }
-    let body = operator(master, &serde_json::json!({"type": "GET_ROLES"})).await?;
-    let roles: Value = serde_json::from_slice(&body)?;
-    let roles = roles["get_roles"]["roles"].as_array().cloned().unwrap_or_default();
+    let roles = get_roles(master).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&roles)?);
         return Ok(());
@@ -369,16 +374,11 @@ async fn weights(master: &str, set: &[String], json: bool) -> anyhow::Result<()>
     let rows = roles
         .iter()
         .map(|r| {
-            let cpus = r["resources"]
-                .as_array()
-                .and_then(|v| v.iter().find(|x| x["name"] == "cpus"))
-                .and_then(|x| x["scalar"]["value"].as_f64())
-                .unwrap_or(0.0);
             vec![
                 s(&r["name"]),
                 s(&r["weight"]),
                 format!("{:.3}", r["dominant_share"].as_f64().unwrap_or(0.0)),
-                cpus.to_string(),
+                num(r, &["quota", "consumed", "cpus"]).to_string(),
                 r["frameworks"].as_array().map(|f| f.len()).unwrap_or(0).to_string(),
             ]
         })
@@ -412,15 +412,8 @@ async fn quota(master: &str, set: &[String], clear: &[String], json: bool) -> an
         let call = serde_json::json!({"type": "UPDATE_QUOTA", "update_quota": {"quota_configs": configs}});
         operator(master, &call).await?;
     }
-    let body = operator(master, &serde_json::json!({"type": "GET_ROLES"})).await?;
-    let roles: Value = serde_json::from_slice(&body)?;
-    let roles: Vec<Value> = roles["get_roles"]["roles"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r["quota"]["limit"].as_object().is_some_and(|l| !l.is_empty()))
-        .collect();
+    let mut roles = get_roles(master).await?;
+    roles.retain(|r| r["quota"]["limit"].as_object().is_some_and(|l| !l.is_empty()));
     if json {
         println!("{}", serde_json::to_string_pretty(&roles)?);
         return Ok(());

@@ -48,6 +48,11 @@ pub const SHARE_KINDS: [&str; 4] = ["cpus", "mem", "disk", "gpus"];
 pub struct Scalars(pub [i64; 4]);
 
 impl Scalars {
+    /// Each share kind with its amount in the resource's unit (cores, MB).
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+        SHARE_KINDS.iter().zip(self.0).map(|(k, v)| (*k, v as f64 / 1000.0))
+    }
+
     pub fn of(r: &Resources) -> Scalars {
         let mut s = [0i64; 4];
         for res in r.iter() {
@@ -173,6 +178,13 @@ impl AttributeConstraint {
 /// thousandths; `None` is no limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QuotaLimits(pub [Option<i64>; 4]);
+
+impl QuotaLimits {
+    /// Each limited share kind with its limit in the resource's unit.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+        SHARE_KINDS.iter().zip(self.0).filter_map(|(k, v)| v.map(|v| (*k, v as f64 / 1000.0)))
+    }
+}
 
 /// Resources of one agent allocated to one framework under one role.
 #[derive(Clone, Debug, PartialEq)]

@@ -166,12 +166,7 @@ fn quota_limits(role: &str, v: Option<&Json>) -> Result<crate::allocator::QuotaL
 }
 
 fn limits_json(l: &crate::allocator::QuotaLimits) -> Json {
-    crate::allocator::SHARE_KINDS
-        .iter()
-        .zip(l.0)
-        .filter_map(|(k, v)| v.map(|v| (k.to_string(), json!({"value": v as f64 / 1000.0}))))
-        .collect::<Map<_, _>>()
-        .into()
+    l.named().map(|(k, v)| (k.to_string(), json!({"value": v}))).collect::<Map<_, _>>().into()
 }
 
 /// Mesos's v1 `master::Call` types: the ones this master does not serve are
@@ -245,22 +240,14 @@ fn weights_json<'a>(w: impl Iterator<Item = (&'a str, f64)>) -> Vec<Json> {
 }
 
 fn role_json(r: &RoleView) -> Json {
-    let resources: Vec<Json> = crate::allocator::SHARE_KINDS
-        .iter()
-        .zip(r.allocated.0)
-        .filter(|(_, v)| *v != 0)
-        .map(|(k, v)| json!({"name": k, "type": "SCALAR", "scalar": {"value": v as f64 / 1000.0}}))
+    let resources: Vec<Json> = r
+        .allocated
+        .named()
+        .filter(|(_, v)| *v != 0.0)
+        .map(|(k, v)| json!({"name": k, "type": "SCALAR", "scalar": {"value": v}}))
         .collect();
-    let consumed: Map<String, Json> = crate::allocator::SHARE_KINDS
-        .iter()
-        .zip(r.allocated.0)
-        .map(|(k, v)| (k.to_string(), json!(v as f64 / 1000.0)))
-        .collect();
-    let limit: Map<String, Json> = crate::allocator::SHARE_KINDS
-        .iter()
-        .zip(r.limits.0)
-        .filter_map(|(k, v)| v.map(|v| (k.to_string(), json!(v as f64 / 1000.0))))
-        .collect();
+    let consumed: Map<String, Json> = r.allocated.named().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let limit: Map<String, Json> = r.limits.named().map(|(k, v)| (k.to_string(), json!(v))).collect();
     json!({
         "name": r.name,
         "weight": r.weight,

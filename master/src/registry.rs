@@ -37,11 +37,7 @@ pub struct RegistryQuota {
 
 impl RegistryQuota {
     pub fn new(role: &str, l: &crate::allocator::QuotaLimits) -> RegistryQuota {
-        let limits = crate::allocator::SHARE_KINDS
-            .iter()
-            .zip(l.0)
-            .filter_map(|(k, v)| v.map(|v| (k.to_string(), v as f64 / 1000.0)))
-            .collect();
+        let limits = l.named().map(|(k, v)| (k.to_string(), v)).collect();
         RegistryQuota { role: role.to_string(), limits }
     }
 
