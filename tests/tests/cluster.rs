@@ -279,6 +279,12 @@ fn agora_cli(subcommand: &str, addr: &str, args: &[&str]) -> std::process::Outpu
         .expect("agora runs")
 }
 
+/// A v1 operator call in JSON; the status and body.
+fn operator_call(addr: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let (status, _, body) = agora_tests::http(addr, "POST", "/api/v1", &[("Content-Type", "application/json")], body);
+    (status, body)
+}
+
 /// Role weights set by an operator (`agora weights --set`, the v1 operator
 /// API underneath) survive a master killed with SIGKILL right after the
 /// call returned (it is answered once the registry is on disk), and show in
@@ -301,13 +307,7 @@ fn operator_weights_are_durable_and_shown() {
     let bad = agora(&m.addr, &["--set", "*=2"]);
     assert!(!bad.status.success(), "{bad:?}");
 
-    let (status, _, body) = agora_tests::http(
-        &m.addr,
-        "POST",
-        "/api/v1",
-        &[("Content-Type", "application/json")],
-        br#"{"type":"GET_WEIGHTS"}"#,
-    );
+    let (status, body) = operator_call(&m.addr, br#"{"type":"GET_WEIGHTS"}"#);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let expected = serde_json::json!([{"role": "eng", "weight": 3.0}, {"role": "eng/dev", "weight": 0.5}]);
@@ -339,11 +339,8 @@ async fn operator_quota_caps_offers_and_is_durable() {
 
     let bad = quota(&m.addr, &["--set", "eng=ports:[1-2]"]);
     assert!(!bad.status.success(), "{bad:?}");
-    let (status, _, body) = agora_tests::http(
+    let (status, body) = operator_call(
         &m.addr,
-        "POST",
-        "/api/v1",
-        &[("Content-Type", "application/json")],
         br#"{"type":"UPDATE_QUOTA","update_quota":{"quota_configs":[{"role":"eng","guarantees":{"cpus":{"value":1}}}]}}"#,
     );
     assert_eq!(status, 400);
