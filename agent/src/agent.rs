@@ -18,7 +18,7 @@ use agora_proto::mesos::{
     AgentId, CapabilityType, FrameworkId, FrameworkInfo, KillPolicy, Reason, Source, TaskId, TaskInfo, TaskState,
     TaskStatus,
 };
-use agora_proto::resources::Attribute;
+use agora_proto::resources::{Attribute, Resources};
 use agora_proto::wire::{self, AgentInfo, AgentToMaster, MasterToAgent, StatusUpdate, TaskReport};
 use tokio::sync::mpsc;
 
@@ -27,6 +27,7 @@ use crate::containerizer::{self, LaunchSpec};
 use crate::ebpf::Ebpf;
 use crate::link::{LinkEvent, LinkOut};
 use crate::usage::{self, Sample, Usage};
+use crate::volumes;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Isolation {
@@ -38,7 +39,11 @@ pub enum Isolation {
 pub struct Config {
     pub master: String,
     pub work_dir: PathBuf,
+    /// What the agent offers: its flags' resources with the checkpointed
+    /// reservations and volumes carved out.
     pub info: AgentInfo,
+    /// Its flags' resources, before any operation.
+    pub base_resources: Resources,
     pub isolation: Isolation,
     /// SIGTERM to SIGKILL, when the framework gives no kill policy.
     pub kill_grace: Duration,
@@ -286,7 +291,51 @@ impl Agent {
                 self.acknowledge((framework_id, task_id), &uuid)
             }
             MasterToAgent::ShutdownFramework { framework_id } => self.shutdown_framework(framework_id),
+            MasterToAgent::CheckpointResources { resources } => self.checkpoint_resources(resources),
         }
+    }
+
+    /// Takes the master's reservations and volumes: kept on disk, volume
+    /// directories made or removed, and offered from now on (and after a
+    /// restart). A set that does not fit the agent's resources is refused
+    /// and logged; the master learns the agent's own at its next
+    /// re-registration.
+    fn checkpoint_resources(&mut self, resources: Resources) {
+        let total = match Resources::with_checkpointed(&self.cfg.base_resources, &resources) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("checkpointed resources from the master do not fit this agent ({e}); ignored");
+                return;
+            }
+        };
+        if let Err(e) = volumes::store(&self.cfg.work_dir, &resources) {
+            tracing::error!("{e}; the reservations and volumes apply but may not survive a restart");
+        }
+        let before = self.cfg.info.resources.checkpointed();
+        let work_dir = &self.cfg.work_dir;
+        let in_use: Vec<PathBuf> = self
+            .tasks
+            .values()
+            .filter(|t| !t.exited)
+            .flat_map(|t| volumes::volumes(work_dir, &t.info.resources).map(|(_, d)| d).collect::<Vec<_>>())
+            .collect();
+        for problem in volumes::sync(&self.cfg.work_dir, &before, &resources, &in_use) {
+            tracing::warn!("{problem}");
+        }
+        tracing::info!(resources = %resources, "checkpointed resources");
+        self.cfg.info.resources = total;
+    }
+
+    /// Bind mounts for the persistent volumes among a task's resources:
+    /// (volume directory, path in the sandbox, read only).
+    fn volume_mounts(&self, resources: &Resources) -> Vec<containerizer::Mount> {
+        volumes::volumes(&self.cfg.work_dir, resources)
+            .map(|(v, dir)| containerizer::Mount {
+                source: dir,
+                target: v.container_path.clone(),
+                read_only: v.read_only,
+            })
+            .collect()
     }
 
     fn run_task(&mut self, framework: FrameworkInfo, task: TaskInfo) {
@@ -357,6 +406,7 @@ impl Agent {
             sandbox,
             command: task.command.clone().unwrap_or_default(),
             env,
+            mounts: self.volume_mounts(&task.resources),
             limits: Limits {
                 cpus: task.resources.cpus(),
                 mem_bytes: (mem > 0.0).then_some((mem * 1024.0 * 1024.0) as u64),

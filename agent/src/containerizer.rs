@@ -8,6 +8,7 @@
 //! main process exits, whatever it left behind is killed and its cgroups are
 //! removed.
 
+use std::ffi::CString;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -24,7 +25,76 @@ pub struct LaunchSpec {
     pub sandbox: PathBuf,
     pub command: CommandInfo,
     pub env: Vec<(String, String)>,
+    /// Persistent volumes to bind-mount into the sandbox.
+    pub mounts: Vec<Mount>,
     pub limits: Limits,
+}
+
+/// A directory the task sees at `target` (relative to its sandbox).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub source: PathBuf,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// The mount points of a task's volumes, created in its sandbox, as C
+/// strings ready for the child: (source, target, read only).
+fn mount_points(spec: &LaunchSpec) -> Result<Vec<(CString, CString, bool)>, String> {
+    let mut out = Vec::with_capacity(spec.mounts.len());
+    for m in &spec.mounts {
+        if !agora_proto::resources::valid_container_path(&m.target) {
+            return Err(format!("volume container_path {:?} must be a relative path inside the sandbox", m.target));
+        }
+        fs::create_dir_all(&m.source)
+            .map_err(|e| format!("cannot create volume directory {}: {e}", m.source.display()))?;
+        let target = spec.sandbox.join(&m.target);
+        fs::create_dir_all(&target)
+            .map_err(|e| format!("cannot create the volume's mount point {}: {e}", target.display()))?;
+        let c = |p: &Path| CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| "a path holds a NUL".to_string());
+        out.push((c(&m.source)?, c(&target)?, m.read_only));
+    }
+    Ok(out)
+}
+
+/// In the child, before exec: a mount namespace of the task's own, where
+/// nothing propagates back to the host, with each volume bind-mounted.
+/// Only system calls, no allocation.
+fn mount_volumes(mounts: &[(CString, CString, bool)]) -> std::io::Result<()> {
+    if mounts.is_empty() {
+        return Ok(());
+    }
+    let check = |rc: libc::c_int| if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+    // SAFETY: unshare and mount with valid, NUL-terminated paths.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS))?;
+        check(libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        ))?;
+        for (source, target, read_only) in mounts {
+            check(libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ))?;
+            if *read_only {
+                check(libc::mount(
+                    std::ptr::null(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                    std::ptr::null(),
+                ))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A started task.
@@ -98,10 +168,11 @@ fn spawn(spec: &LaunchSpec, cgroup: Option<&TaskCgroup>) -> Result<(i32, tokio::
     };
     let fds = TaskCgroup::procs_fds(&files);
     let nofile = TASK_NOFILE.get().copied();
+    let mounts = mount_points(spec)?;
     // SAFETY: the closure runs between fork and exec; it only makes
-    // async-signal-safe system calls (setsid, setrlimit, write, nanosleep)
-    // on fds the parent keeps open until spawn returns, and allocates
-    // nothing.
+    // async-signal-safe system calls (setsid, setrlimit, write, unshare,
+    // mount, nanosleep) on fds and strings the parent keeps until spawn
+    // returns, and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
@@ -111,6 +182,7 @@ fn spawn(spec: &LaunchSpec, cgroup: Option<&TaskCgroup>) -> Result<(i32, tokio::
                 libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
             }
             cgroups::join_fds(&fds)?;
+            mount_volumes(&mounts)?;
             // A moment off the CPU: the scheduler programs see the process
             // leave it and come back in its task's cgroup, so that a
             // process that then keeps its CPU is counted from the start.

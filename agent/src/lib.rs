@@ -19,3 +19,4 @@ pub mod http;
 pub mod link;
 pub mod resources;
 pub mod usage;
+pub mod volumes;

@@ -9,8 +9,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use agora_agent::agent::{self, Agent, Ev, Isolation};
-use agora_agent::{cgroups, link, resources};
+use agora_agent::{cgroups, link, resources, volumes};
 use agora_proto::duration;
+use agora_proto::resources::Resources;
 use agora_proto::wire::AgentInfo;
 use clap::Parser;
 use tokio::sync::mpsc;
@@ -158,10 +159,22 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", args.ip, args.port))?;
     let http_addr = listener.local_addr()?;
     let hostname = args.hostname.clone().unwrap_or_else(|| args.ip.to_string());
+    // Reservations and volumes an earlier run was told of are offered again.
+    let checkpointed = volumes::load(&work_dir).map_err(anyhow::Error::msg)?;
+    let total = Resources::with_checkpointed(&offered, &checkpointed).map_err(|e| {
+        anyhow::anyhow!(
+            "the reservations and volumes kept in {} no longer fit this agent's resources ({e}); \
+             start it with the resources it had, or with a clean work directory",
+            work_dir.display()
+        )
+    })?;
+    for problem in volumes::sync(&work_dir, &Resources::new(), &checkpointed, &[]) {
+        tracing::warn!("{problem}");
+    }
     let info = AgentInfo {
         hostname,
         port: http_addr.port() as u32,
-        resources: offered.clone(),
+        resources: total,
         attributes,
         version: agora_proto::AGORA_VERSION.to_string(),
     };
@@ -170,6 +183,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         master: args.master.clone(),
         work_dir: work_dir.clone(),
         info,
+        base_resources: offered,
         isolation,
         kill_grace: args.kill_grace_period,
         status_retry_min: args.status_update_retry,
@@ -241,6 +255,6 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     }
     println!("agora-agent listening on http://{http_addr} (master: {})", args.master);
     std::io::stdout().flush()?;
-    tracing::info!(resources = %offered, "agent started");
+    tracing::info!(resources = %agent.borrow().cfg.info.resources, "agent started");
     Ok(agent::run_loop(agent, rx).await)
 }

@@ -84,6 +84,7 @@ except PermissionError:
             ..Default::default()
         },
         env: vec![],
+        mounts: vec![],
         limits: Limits { cpus: 0.0, mem_bytes: None },
     };
     // The task's cgroup exists and is registered before the process runs.

@@ -235,7 +235,9 @@ async fn sim_agent(master: String, idx: usize, counters: Arc<AgentCounters>) -> 
                         }
                     }
                 }
-                MasterToAgent::KillTask { .. } | MasterToAgent::ShutdownFramework { .. } => {}
+                MasterToAgent::KillTask { .. }
+                | MasterToAgent::ShutdownFramework { .. }
+                | MasterToAgent::CheckpointResources { .. } => {}
                 MasterToAgent::Refused { message } => bail!("agent {idx} refused: {message}"),
             }
         }

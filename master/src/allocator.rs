@@ -637,6 +637,24 @@ impl Allocator {
         share_key(own.dominant_share(&self.total))
     }
 
+    /// An operation changed part of an agent's resources into another form
+    /// of the same quantities (a reservation, a volume): `from` leaves its
+    /// total and `to` takes its place. When `holder` holds `from` (in an
+    /// offer), it holds `to` instead. Shares do not change.
+    pub fn convert(&mut self, agent: &AgentId, holder: Option<&FrameworkId>, from: &Resources, to: &Resources) {
+        let f = holder.and_then(|h| self.framework_idx(h));
+        let Some(&a) = self.agent_index.get(agent) else { return };
+        let Some(slot) = self.agents[a].as_mut() else { return };
+        slot.total.subtract_saturating(&from.unallocated());
+        slot.total.add(&to.unallocated());
+        if let Some(held) = f.and_then(|f| slot.allocated.get_mut(&f)) {
+            held.subtract_saturating(from);
+            held.add(to);
+            slot.allocated_sum.subtract_saturating(&from.unallocated());
+            slot.allocated_sum.add(&to.unallocated());
+        }
+    }
+
     /// Marks resources of an agent as used by a framework outside of an offer
     /// (e.g. tasks reported by a re-registering agent).
     pub fn add_used(&mut self, framework: &FrameworkId, agent: &AgentId, r: &Resources) {

@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 
 use agora_proto::http::{Request, Response};
 use agora_proto::mesos::flat_resources;
-use agora_proto::mesos::{CapabilityType, TaskState};
+use agora_proto::mesos::{AgentId, CapabilityType, TaskState};
 use agora_proto::resources::Resources;
 use agora_proto::scheduler::{Call, CallType, Event};
 use serde_json::{json, Map, Value as Json};
 
-use crate::core::{Framework, Master, OperatorCall, OperatorReply, RoleView, Task};
+use crate::core::{Framework, Master, OperatorCall, OperatorReply, ResourceOp, RoleView, Task};
 
 pub const SCHEDULER_PATH: &str = "/api/v1/scheduler";
 /// Mesos's v1 operator API.
@@ -137,6 +137,32 @@ fn decode_operator(req: &Request) -> Result<OperatorCall, Response> {
                 quota.push((role.to_string(), quota_limits(role, c.get("limits"))?));
             }
             OperatorCall::update_quota(quota).map_err(|e| error(e.status, e.message))
+        }
+        "RESERVE_RESOURCES" | "UNRESERVE_RESOURCES" | "CREATE_VOLUMES" | "DESTROY_VOLUMES" => {
+            let (field, list) = match kind {
+                "RESERVE_RESOURCES" => ("reserve_resources", "resources"),
+                "UNRESERVE_RESOURCES" => ("unreserve_resources", "resources"),
+                "CREATE_VOLUMES" => ("create_volumes", "volumes"),
+                _ => ("destroy_volumes", "volumes"),
+            };
+            let body = v.get(field).ok_or_else(|| error(400, format!("Expecting '{field}' to be present")))?;
+            let agent_id = body
+                .pointer("/agent_id/value")
+                .and_then(Json::as_str)
+                .ok_or_else(|| error(400, format!("Expecting '{field}.agent_id' to be present")))?;
+            let resources: Resources = serde_json::from_value(
+                body.get(list)
+                    .cloned()
+                    .ok_or_else(|| error(400, format!("Expecting '{field}.{list}' to be present")))?,
+            )
+            .map_err(|e| error(400, format!("Invalid '{field}.{list}': {e}")))?;
+            let op = match kind {
+                "RESERVE_RESOURCES" => ResourceOp::Reserve(resources),
+                "UNRESERVE_RESOURCES" => ResourceOp::Unreserve(resources),
+                "CREATE_VOLUMES" => ResourceOp::Create(resources),
+                _ => ResourceOp::Destroy(resources),
+            };
+            Ok(OperatorCall::Operate { agent_id: AgentId::new(agent_id), op })
         }
         other if MESOS_OPERATOR_CALLS.contains(&other) => {
             Err(error(501, format!("the operator call {other} is not supported by this master")))
@@ -480,6 +506,7 @@ pub fn render_state(m: &Master, flags: &BTreeMap<String, String>) -> Vec<u8> {
                 "used_resources": flat_resources(&used),
                 "offered_resources": flat_resources(&offered),
                 "reserved_resources": reserved.iter().map(|(k, v)| (k.clone(), flat_resources(v))).collect::<Map<_, _>>(),
+                "reserved_resources_full": reserved.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<Map<_, _>>(),
                 "unreserved_resources": flat_resources(&a.info.resources.filter(|r| r.reservation.is_none())),
                 "active": a.conn.is_some(),
                 "deactivated": false,

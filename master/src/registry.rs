@@ -1,7 +1,8 @@
 //! The registry: the small durable state the master must not lose across
 //! restarts: the set of admitted agents (so that, after a restart,
-//! reconciliation can tell "still coming back" from "unknown") and the role
-//! weights and quota limits operators set; reservations join it later.
+//! reconciliation can tell "still coming back" from "unknown") with their
+//! dynamic reservations and persistent volumes, and the role weights and
+//! quota limits operators set.
 //!
 //! The master core emits [`RegistryState`] snapshots; the shell stores them
 //! through a [`Registry`]. The standalone master keeps it in a local file,
@@ -12,12 +13,16 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use agora_proto::resources::Resources;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryAgent {
     pub id: String,
     pub hostname: String,
+    /// Its dynamic reservations and persistent volumes.
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
 }
 
 /// A role's weight, as an operator set it.
@@ -120,7 +125,11 @@ mod tests {
         let r = FileRegistry::new(dir.join("registry.json"));
         assert_eq!(r.load().unwrap(), RegistryState::default());
         let s = RegistryState {
-            agents: vec![RegistryAgent { id: "a".into(), hostname: "h".into() }],
+            agents: vec![RegistryAgent {
+                id: "a".into(),
+                hostname: "h".into(),
+                resources: Resources::parse("cpus(eng, ops):1.5").unwrap().checkpointed(),
+            }],
             weights: vec![RegistryWeight { role: "eng/dev".into(), weight: 2.5 }],
             quota: vec![RegistryQuota::new(
                 "eng",

@@ -788,6 +788,7 @@ async fn handle(shard: &Rc<Shard>, master: &mut Master, msg: ToCore, start: Inst
             send_to_shard(shard, shard_of(req), FromCore::Reply { req, reply: Reply::Call(r) }).await;
         }
         ToCore::Operator { call, req } => {
+            let done = call.done_status();
             let reply = match master.operator(t, *call) {
                 Ok(Some(answer)) => {
                     Reply::Body { content_type: "application/json", bytes: api::render_operator(&answer) }
@@ -801,7 +802,7 @@ async fn handle(shard: &Rc<Shard>, master: &mut Master, msg: ToCore, start: Inst
                     let shard = shard.clone();
                     glommio::spawn_local(async move {
                         let reply = if wait.await {
-                            Reply::Call(Ok(200))
+                            Reply::Call(Ok(done))
                         } else {
                             Reply::Call(Err(crate::core::ApiError {
                                 status: 503,

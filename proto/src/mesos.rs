@@ -14,7 +14,8 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::resources::{
-    Attribute, AttributeValue, Fixed, Ranges, Reservation, ReservationKind, Resource, Resources, Value, DEFAULT_ROLE,
+    Attribute, AttributeValue, Fixed, Ranges, Reservation, ReservationKind, Resource, Resources, Value, Volume,
+    DEFAULT_ROLE,
 };
 
 macro_rules! id_type {
@@ -820,6 +821,41 @@ struct JsonReservation {
 #[derive(Serialize, Deserialize, Default)]
 struct JsonRevocable {}
 
+#[derive(Serialize, Deserialize, Default)]
+struct JsonPersistence {
+    #[serde(default)]
+    id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    principal: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq)]
+enum JsonVolumeMode {
+    #[serde(rename = "RW")]
+    ReadWrite,
+    #[serde(rename = "RO")]
+    ReadOnly,
+}
+
+#[derive(Serialize, Deserialize)]
+struct JsonVolume {
+    #[serde(default)]
+    container_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mode: Option<JsonVolumeMode>,
+}
+
+/// `Resource.DiskInfo`: only persistent volumes (no disk sources).
+#[derive(Serialize, Deserialize, Default)]
+struct JsonDisk {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    persistence: Option<JsonPersistence>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    volume: Option<JsonVolume>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<serde_json::Value>,
+}
+
 #[derive(Serialize, Deserialize)]
 struct JsonResource {
     name: String,
@@ -843,6 +879,8 @@ struct JsonResource {
     allocation_info: Option<AllocationInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     revocable: Option<JsonRevocable>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    disk: Option<JsonDisk>,
 }
 
 fn labels_to_pairs(l: Option<Labels>) -> Vec<(String, String)> {
@@ -922,12 +960,39 @@ impl TryFrom<JsonResource> for Resource {
                 return Err(format!("resource {:?} is reserved to invalid role {:?}", j.name, r.role));
             }
         }
+        let volume = match j.disk {
+            None => None,
+            Some(d) => {
+                if d.source.is_some() {
+                    return Err(format!("resource {:?}: disk sources are not supported", j.name));
+                }
+                match (d.persistence, d.volume) {
+                    (None, None) => None,
+                    (Some(p), Some(v)) => Some(Volume {
+                        id: p.id,
+                        principal: p.principal,
+                        container_path: v.container_path,
+                        read_only: v.mode == Some(JsonVolumeMode::ReadOnly),
+                    }),
+                    (Some(_), None) => {
+                        return Err(format!("resource {:?}: a persistent volume needs 'disk.volume'", j.name))
+                    }
+                    (None, Some(_)) => {
+                        return Err(format!("resource {:?}: 'disk.volume' without 'disk.persistence'", j.name))
+                    }
+                }
+            }
+        };
+        if volume.is_some() && !matches!(value, Value::Scalar(_)) {
+            return Err(format!("resource {:?}: only a scalar can hold a persistent volume", j.name));
+        }
         Ok(Resource {
             name: j.name,
             value,
             reservation,
             revocable: j.revocable.is_some(),
             allocation_role: j.allocation_info.and_then(|a| a.role),
+            volume,
         })
     }
 }
@@ -970,6 +1035,14 @@ impl From<&Resource> for JsonResource {
             reservations,
             allocation_info: r.allocation_role.as_ref().map(|role| AllocationInfo { role: Some(role.clone()) }),
             revocable: r.revocable.then(JsonRevocable::default),
+            disk: r.volume.as_ref().map(|v| JsonDisk {
+                persistence: Some(JsonPersistence { id: v.id.clone(), principal: v.principal.clone() }),
+                volume: Some(JsonVolume {
+                    container_path: v.container_path.clone(),
+                    mode: Some(if v.read_only { JsonVolumeMode::ReadOnly } else { JsonVolumeMode::ReadWrite }),
+                }),
+                source: None,
+            }),
         }
     }
 }

@@ -244,6 +244,18 @@ pub struct Reservation {
     pub labels: Vec<(String, String)>,
 }
 
+/// A persistent volume made on reserved disk: `id` names it on its agent,
+/// `container_path` is where tasks that use it see it (relative to their
+/// sandbox), and it outlives every task that uses it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct Volume {
+    pub id: String,
+    pub principal: Option<String>,
+    pub container_path: String,
+    pub read_only: bool,
+}
+
 /// One resource: a name, a value, and what may use it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
@@ -256,6 +268,8 @@ pub struct Resource {
     pub revocable: bool,
     /// The role these resources are allocated to, once offered.
     pub allocation_role: Option<String>,
+    /// Set on `disk` that holds a persistent volume.
+    pub volume: Option<Volume>,
 }
 
 impl Resource {
@@ -266,6 +280,7 @@ impl Resource {
             reservation: None,
             revocable: false,
             allocation_role: None,
+            volume: None,
         }
     }
 
@@ -276,6 +291,7 @@ impl Resource {
             reservation: None,
             revocable: false,
             allocation_role: None,
+            volume: None,
         }
     }
 
@@ -289,6 +305,25 @@ impl Resource {
         self
     }
 
+    /// Whether the agent must keep this resource's form across restarts: a
+    /// dynamic reservation or a persistent volume (Mesos's "checkpointed
+    /// resources").
+    pub fn is_checkpointed(&self) -> bool {
+        self.volume.is_some() || self.reservation.as_ref().is_some_and(|r| r.kind == ReservationKind::Dynamic)
+    }
+
+    /// What this resource was before operations changed it: without its
+    /// volume, and unreserved if dynamically reserved. Static reservations
+    /// stay (they come from the agent's flags).
+    pub fn base(&self) -> Resource {
+        let mut r = self.clone();
+        r.volume = None;
+        if r.reservation.as_ref().is_some_and(|x| x.kind == ReservationKind::Dynamic) {
+            r.reservation = None;
+        }
+        r
+    }
+
     /// Two resources merge when everything but the value matches.
     fn same_kind(&self, other: &Resource) -> bool {
         self.name == other.name
@@ -296,6 +331,7 @@ impl Resource {
             && self.reservation == other.reservation
             && self.revocable == other.revocable
             && self.allocation_role == other.allocation_role
+            && self.volume == other.volume
     }
 }
 
@@ -307,6 +343,9 @@ impl fmt::Display for Resource {
                 Some(p) => write!(f, "({}, {})", r.role, p)?,
                 None => write!(f, "({})", r.role)?,
             }
+        }
+        if let Some(v) = &self.volume {
+            write!(f, "[{}:{}]", v.id, v.container_path)?;
         }
         if self.revocable {
             write!(f, "{{REV}}")?;
@@ -451,6 +490,7 @@ impl Resources {
             r.reservation = None;
             r.allocation_role = None;
             r.revocable = false;
+            r.volume = None;
             out.add_one(r);
         }
         out
@@ -475,6 +515,34 @@ impl Resources {
             r.allocation_role = None;
             out.add_one(r);
         }
+        out
+    }
+
+    /// The dynamically reserved resources and persistent volumes.
+    pub fn checkpointed(&self) -> Resources {
+        self.filter(Resource::is_checkpointed)
+    }
+
+    /// Each resource as it was before operations changed it ([`Resource::base`]).
+    pub fn base(&self) -> Resources {
+        Resources::from_vec(self.0.iter().map(Resource::base).collect())
+    }
+
+    /// An agent's total: `base` (what its flags give) with `checkpointed`
+    /// (reservations and volumes made by operations) carved out of it, or
+    /// why they do not fit.
+    pub fn with_checkpointed(base: &Resources, checkpointed: &Resources) -> Result<Resources, NotContained> {
+        let mut total = base.minus(&checkpointed.base())?;
+        total.add(checkpointed);
+        Ok(total)
+    }
+
+    /// What `self` (an agent's total) was before operations: the inverse of
+    /// [`Resources::with_checkpointed`].
+    pub fn without_checkpointed(&self) -> Resources {
+        let checkpointed = self.checkpointed();
+        let mut out = self.filter(|r| !r.is_checkpointed());
+        out.add(&checkpointed.base());
         out
     }
 
@@ -645,7 +713,7 @@ fn parse_item(item: &str) -> Result<Resource, ParseError> {
             return Err(perr(item, "negative scalar"));
         }
     }
-    Ok(Resource { name: name.to_string(), value, reservation, revocable: false, allocation_role: None })
+    Ok(Resource { name: name.to_string(), value, reservation, revocable: false, allocation_role: None, volume: None })
 }
 
 fn find_top_level(text: &str, sep: char) -> Option<usize> {
@@ -677,6 +745,26 @@ pub fn valid_role(role: &str) -> bool {
                 && !c.starts_with('-')
                 && c.chars().all(|ch| ch.is_ascii_graphic() && ch != '*' && ch != '(' && ch != ')')
         })
+}
+
+/// A volume id is one file name: letters, digits, `-`, `_` and `.`, not
+/// `.` or `..`, at most 255 bytes (the master checks this too).
+pub fn valid_volume_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 255
+        && id != "."
+        && id != ".."
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// A container path is relative to the sandbox, without `.` or `..`
+/// components (tasks have no image whose root an absolute path could name).
+pub fn valid_container_path(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 4096
+        && !p.starts_with('/')
+        && !p.contains('\0')
+        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 pub(crate) fn parse_value(value: &str) -> Result<Value, String> {
@@ -862,6 +950,22 @@ mod tests {
         }
         for bad in ["", "/eng", "eng/", "eng//dev", "..", "eng/.", "-x", "a b", "a*"] {
             assert!(!valid_role(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn volume_ids_and_container_paths() {
+        for ok in ["v1", "db-0.data", "a_b"] {
+            assert!(valid_volume_id(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(256)] {
+            assert!(!valid_volume_id(bad), "{bad}");
+        }
+        for ok in ["data", "a/b/c", "x.y"] {
+            assert!(valid_container_path(ok), "{ok}");
+        }
+        for bad in ["", "/abs", "a/../b", "./a", "a//b", "a/"] {
+            assert!(!valid_container_path(bad), "{bad}");
         }
     }
 

@@ -136,9 +136,10 @@ pub struct TextRegex {
 }
 
 /// `Offer.Operation.Type`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OperationType {
+    #[default]
     Unknown,
     Launch,
     LaunchGroup,
@@ -173,18 +174,37 @@ pub struct TaskGroup {
     pub tasks: Vec<TaskInfo>,
 }
 
+/// `Offer.Operation.Reserve` and `Unreserve`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReserveOp {
     #[serde(default)]
     pub resources: Resources,
 }
 
-/// `Offer.Operation`. Only LAUNCH is carried out for now; other operation
-/// types are refused with a reason.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// `Offer.Operation.Create` and `Destroy`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct VolumesOp {
+    #[serde(default)]
+    pub volumes: Resources,
+}
+
+/// `OperationID`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OperationId {
+    pub value: String,
+}
+
+/// `Offer.Operation`: LAUNCH, and RESERVE, UNRESERVE, CREATE and DESTROY,
+/// carried out in order on the offers' resources. LAUNCH_GROUP and the
+/// others are refused with a reason.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Operation {
     #[serde(rename = "type")]
     pub kind: OperationType,
+    /// With an id, the framework is told how the operation ended
+    /// (UPDATE_OPERATION_STATUS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<OperationId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch: Option<Launch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -193,17 +213,31 @@ pub struct Operation {
     pub reserve: Option<ReserveOp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreserve: Option<ReserveOp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create: Option<VolumesOp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroy: Option<VolumesOp>,
 }
 
 impl Operation {
     pub fn launch(tasks: Vec<TaskInfo>) -> Operation {
-        Operation {
-            kind: OperationType::Launch,
-            launch: Some(Launch { task_infos: tasks }),
-            launch_group: None,
-            reserve: None,
-            unreserve: None,
-        }
+        Operation { kind: OperationType::Launch, launch: Some(Launch { task_infos: tasks }), ..Default::default() }
+    }
+
+    pub fn reserve(resources: Resources) -> Operation {
+        Operation { kind: OperationType::Reserve, reserve: Some(ReserveOp { resources }), ..Default::default() }
+    }
+
+    pub fn unreserve(resources: Resources) -> Operation {
+        Operation { kind: OperationType::Unreserve, unreserve: Some(ReserveOp { resources }), ..Default::default() }
+    }
+
+    pub fn create(volumes: Resources) -> Operation {
+        Operation { kind: OperationType::Create, create: Some(VolumesOp { volumes }), ..Default::default() }
+    }
+
+    pub fn destroy(volumes: Resources) -> Operation {
+        Operation { kind: OperationType::Destroy, destroy: Some(VolumesOp { volumes }), ..Default::default() }
     }
 }
 
@@ -446,6 +480,33 @@ pub struct ErrorEvent {
     pub message: String,
 }
 
+/// `OperationState`: the ones operations on offers end in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OperationState {
+    OperationFinished,
+    OperationError,
+    OperationDropped,
+    #[serde(other)]
+    OperationUnknown,
+}
+
+/// `OperationStatus`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OperationStatus {
+    pub operation_id: OperationId,
+    pub state: OperationState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<AgentId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpdateOperationStatus {
+    pub status: OperationStatus,
+}
+
 /// `Event`: one record on a subscription stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -463,11 +524,29 @@ pub struct Event {
     pub failure: Option<Failure>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorEvent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_operation_status: Option<UpdateOperationStatus>,
 }
 
 impl Event {
     fn of(kind: EventType) -> Event {
-        Event { kind, subscribed: None, offers: None, rescind: None, update: None, failure: None, error: None }
+        Event {
+            kind,
+            subscribed: None,
+            offers: None,
+            rescind: None,
+            update: None,
+            failure: None,
+            error: None,
+            update_operation_status: None,
+        }
+    }
+
+    pub fn operation_status(status: OperationStatus) -> Event {
+        Event {
+            update_operation_status: Some(UpdateOperationStatus { status }),
+            ..Event::of(EventType::UpdateOperationStatus)
+        }
     }
 
     pub fn subscribed(s: Subscribed) -> Event {

@@ -19,7 +19,7 @@ use crate::resources::{Attribute, Resources};
 
 /// Bumped on every incompatible change of the messages below.
 /// 2: usage reports.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 pub const MAGIC: [u8; 4] = *b"AGRA";
 pub const HELLO_LEN: usize = 16;
 /// Default bound on one frame's payload.
@@ -205,6 +205,13 @@ pub enum MasterToAgent {
     /// Kill every task of a framework that has been removed.
     ShutdownFramework {
         framework_id: FrameworkId,
+    },
+    /// The agent's dynamic reservations and persistent volumes, all of them,
+    /// after an operation changed them. The agent keeps them in its work
+    /// directory, creates the volumes' directories and removes those of
+    /// destroyed volumes.
+    CheckpointResources {
+        resources: Resources,
     },
 }
 

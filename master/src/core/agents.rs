@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use agora_proto::mesos::{AgentId, FrameworkId, FrameworkInfo, Reason, TaskState};
-use agora_proto::resources::DEFAULT_ROLE;
+use agora_proto::resources::{Resources, DEFAULT_ROLE};
 use agora_proto::scheduler::Event;
 use agora_proto::wire::{AgentInfo, AgentToMaster, MasterToAgent, StatusUpdate, TaskReport};
 
@@ -99,6 +99,17 @@ impl Master {
             }
         }
         self.counters.agent_reregistrations += 1;
+        // The master's record of the agent's reservations and volumes wins
+        // over the agent's: an operation the agent missed is sent again.
+        let recorded = match self.agents.get(&agent_id) {
+            Some(a) => Some(a.info.resources.checkpointed()),
+            None => self.recovered_agents.get(&agent_id).map(|r| r.checkpointed.clone()),
+        };
+        let mut info = info;
+        let resend = recorded.and_then(|recorded| reconcile_checkpointed(&agent_id, &info.resources, recorded));
+        if let Some(total) = &resend {
+            info.resources = total.clone();
+        }
         self.recovered_agents.remove(&agent_id);
         let was_unreachable = self.unreachable_agents.iter().position(|(a, _)| a == &agent_id);
         if let Some(pos) = was_unreachable {
@@ -243,6 +254,10 @@ impl Master {
         }
         self.alloc_dirty.insert(agent_id.clone());
         self.actions.push(Action::ToAgent { conn, msg: self.registered(agent_id.clone()) });
+        if resend.is_some() {
+            let resources = info.resources.checkpointed();
+            self.actions.push(Action::ToAgent { conn, msg: MasterToAgent::CheckpointResources { resources } });
+        }
         let kills: Vec<_> =
             self.agents.get_mut(&agent_id).map(|a| a.pending_kills.drain().collect()).unwrap_or_default();
         for ((fid, tid), kill_policy) in kills {
@@ -485,12 +500,16 @@ impl Master {
         let mut agents: Vec<RegistryAgent> = self
             .agents
             .values()
-            .map(|a| RegistryAgent { id: a.id.value.clone(), hostname: a.info.hostname.clone() })
-            .chain(
-                self.recovered_agents
-                    .iter()
-                    .map(|(id, r)| RegistryAgent { id: id.value.clone(), hostname: r.hostname.clone() }),
-            )
+            .map(|a| RegistryAgent {
+                id: a.id.value.clone(),
+                hostname: a.info.hostname.clone(),
+                resources: a.info.resources.checkpointed(),
+            })
+            .chain(self.recovered_agents.iter().map(|(id, r)| RegistryAgent {
+                id: id.value.clone(),
+                hostname: r.hostname.clone(),
+                resources: r.checkpointed.clone(),
+            }))
             .collect();
         agents.sort_by(|a, b| a.id.cmp(&b.id));
         let weights = self
@@ -501,6 +520,26 @@ impl Master {
         let quota = self.quota.iter().map(|(role, l)| crate::registry::RegistryQuota::new(role, l)).collect();
         self.actions.retain(|a| !matches!(a, Action::Persist(_)));
         self.actions.push(Action::Persist(RegistryState { agents, weights, quota }));
+    }
+}
+
+/// A re-registering agent's total with the master's record of its
+/// reservations and volumes, when that differs from what the agent reports
+/// and fits it; `None` keeps the agent's report.
+fn reconcile_checkpointed(agent_id: &AgentId, reported: &Resources, recorded: Resources) -> Option<Resources> {
+    let theirs = reported.checkpointed();
+    if theirs.contains(&recorded) && recorded.contains(&theirs) {
+        return None;
+    }
+    match Resources::with_checkpointed(&reported.without_checkpointed(), &recorded) {
+        Ok(total) => {
+            tracing::info!(agent = %agent_id, "the agent reports reservations and volumes {theirs}; the master's are {recorded}, sent again");
+            Some(total)
+        }
+        Err(e) => {
+            tracing::warn!(agent = %agent_id, "the master's reservations and volumes for the agent no longer fit it ({e}); keeping the agent's");
+            None
+        }
     }
 }
 

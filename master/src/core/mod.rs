@@ -10,9 +10,11 @@
 
 mod agents;
 mod frameworks;
+mod operations;
 mod roles;
 mod tasks;
 
+pub use operations::{Conversion, ResourceOp};
 pub use roles::{OperatorCall, OperatorReply, RoleView, MAX_ROLE_UPDATES};
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -248,6 +250,8 @@ pub struct Agent {
 #[derive(Clone, Debug)]
 pub struct RecoveredAgent {
     pub hostname: String,
+    /// Its dynamic reservations and persistent volumes, as last recorded.
+    pub checkpointed: Resources,
     pub deadline_ms: u64,
 }
 
@@ -390,6 +394,7 @@ impl Master {
                 AgentId::new(&a.id),
                 RecoveredAgent {
                     hostname: a.hostname.clone(),
+                    checkpointed: a.resources.clone(),
                     deadline_ms: now.mono_ms.saturating_add(self.config.agent_reregister_timeout_ms),
                 },
             );

@@ -6,6 +6,9 @@
 
 use std::collections::BTreeSet;
 
+use agora_proto::mesos::AgentId;
+
+use super::operations::ResourceOp;
 use super::{ApiError, Master, Now};
 use crate::allocator::{QuotaLimits, Scalars};
 
@@ -28,6 +31,12 @@ pub enum OperatorCall {
     /// (role, limits) pairs; no limit on any kind clears the role's quota.
     /// Build with `update_quota`, which checks them.
     UpdateQuota(Vec<(String, QuotaLimits)>),
+    /// RESERVE_RESOURCES, UNRESERVE_RESOURCES, CREATE_VOLUMES and
+    /// DESTROY_VOLUMES: an operation on an agent's unallocated resources.
+    Operate {
+        agent_id: AgentId,
+        op: ResourceOp,
+    },
 }
 
 /// What an operator call answers, when it answers more than "done".
@@ -80,6 +89,14 @@ fn distinct<'a>(roles: impl ExactSizeIterator<Item = &'a str>, call: &str) -> Re
 }
 
 impl OperatorCall {
+    /// The HTTP status of a call that changed something, once durable: 202
+    /// for operations on agents (as Mesos answers them), 200 otherwise.
+    pub fn done_status(&self) -> u16 {
+        match self {
+            OperatorCall::Operate { .. } => 202,
+            _ => 200,
+        }
+    }
     /// An UPDATE_WEIGHTS, if every role can have a weight (valid, not `*`,
     /// given once) and every weight is positive and finite.
     pub fn update_weights(weights: Vec<(String, f64)>) -> Result<OperatorCall, ApiError> {
@@ -109,8 +126,12 @@ impl OperatorCall {
 
 impl Master {
     /// Serves an operator call: its answer, if it has one beyond "done".
-    pub fn operator(&mut self, _now: Now, call: OperatorCall) -> Result<Option<OperatorReply>, ApiError> {
+    pub fn operator(&mut self, now: Now, call: OperatorCall) -> Result<Option<OperatorReply>, ApiError> {
         match call {
+            OperatorCall::Operate { agent_id, op } => {
+                self.operate(now, &agent_id, op)?;
+                Ok(None)
+            }
             OperatorCall::GetWeights => {
                 Ok(Some(OperatorReply::Weights(self.weights.iter().map(|(r, w)| (r.clone(), *w)).collect())))
             }

@@ -5,10 +5,25 @@ use std::collections::HashSet;
 
 use agora_proto::mesos::{AgentId, FrameworkId, Reason, TaskId, TaskInfo, TaskState};
 use agora_proto::resources::Resources;
-use agora_proto::scheduler::{Accept, Acknowledge, Event, Filters, Kill, OperationType, Reconcile};
+use agora_proto::scheduler::{
+    Accept, Acknowledge, Event, Filters, Kill, Operation, OperationState, OperationStatus, OperationType, Reconcile,
+};
 use agora_proto::wire::MasterToAgent;
 
+use super::operations::{volume_ids, ResourceOp};
 use super::{Master, Now, StatusRecord, Task};
+
+/// `r` with its allocation role: as given, or the offers' single role when
+/// none is given.
+fn allocated(r: Resources, single_role: Option<&str>) -> Result<Resources, String> {
+    let given: HashSet<Option<&String>> = r.iter().map(|x| x.allocation_role.as_ref()).collect();
+    match (given.len(), given.iter().next().copied().flatten(), single_role) {
+        (0, _, _) | (1, Some(_), _) => Ok(r),
+        (1, None, Some(role)) => Ok(r.allocate_to(role)),
+        (1, None, None) => Err("resources need 'allocation_info' when the offers have more than one role".into()),
+        _ => Err("the resources of one operation must be allocated to one role".into()),
+    }
+}
 
 /// Task ids become directory names on the agent.
 fn validate_task_id(id: &TaskId) -> Result<(), String> {
@@ -118,6 +133,7 @@ impl Master {
         let single_role = if roles.len() == 1 { roles.iter().next().cloned() } else { None };
 
         let mut launched_ids: HashSet<TaskId> = HashSet::new();
+        let mut converted = false;
         for op in &accept.operations {
             match op.kind {
                 OperationType::Launch => {}
@@ -137,9 +153,19 @@ impl Master {
                     }
                     continue;
                 }
+                OperationType::Reserve | OperationType::Unreserve | OperationType::Create | OperationType::Destroy => {
+                    let result = self.offer_operation(fid, &agent_id, op, &mut pool, single_role.as_deref());
+                    match &result {
+                        Ok(()) => converted = true,
+                        Err(e) => tracing::warn!(framework = %fid, "offer operation {:?} refused: {e}", op.kind),
+                    }
+                    self.operation_status(fid, &agent_id, op, result);
+                    continue;
+                }
                 other => {
-                    // RESERVE/UNRESERVE/CREATE/DESTROY are not carried out yet.
-                    tracing::warn!(framework = %fid, "offer operation {other:?} is not supported; ignored");
+                    let why = format!("offer operation {other:?} is not supported");
+                    tracing::warn!(framework = %fid, "{why}; ignored");
+                    self.operation_status(fid, &agent_id, op, Err(why));
                     continue;
                 }
             }
@@ -165,6 +191,9 @@ impl Master {
                 }
             }
         }
+        if converted {
+            self.checkpoint(&agent_id);
+        }
         // Whatever the framework did not use goes back, filtered for a while.
         if !pool.is_empty() {
             self.allocator.recover(fid, &agent_id, &pool, refuse_ms, now.mono_ms);
@@ -172,6 +201,56 @@ impl Master {
                 self.alloc_dirty.insert(agent_id);
             }
         }
+    }
+
+    /// Carries out a RESERVE, UNRESERVE, CREATE or DESTROY on the pooled
+    /// offers' resources, or says why not (and changes nothing).
+    fn offer_operation(
+        &mut self,
+        fid: &FrameworkId,
+        agent_id: &AgentId,
+        op: &Operation,
+        pool: &mut Resources,
+        single_role: Option<&str>,
+    ) -> Result<(), String> {
+        let missing =
+            || format!("{:?} operation without its '{}' field", op.kind, format!("{:?}", op.kind).to_lowercase());
+        let rop = match op.kind {
+            OperationType::Reserve => ResourceOp::Reserve(op.reserve.as_ref().ok_or_else(missing)?.resources.clone()),
+            OperationType::Unreserve => {
+                ResourceOp::Unreserve(op.unreserve.as_ref().ok_or_else(missing)?.resources.clone())
+            }
+            OperationType::Create => ResourceOp::Create(op.create.as_ref().ok_or_else(missing)?.volumes.clone()),
+            _ => ResourceOp::Destroy(op.destroy.as_ref().ok_or_else(missing)?.volumes.clone()),
+        };
+        // Single-role frameworks may leave allocation_info out, as for tasks.
+        let rop = match rop {
+            ResourceOp::Reserve(r) => ResourceOp::Reserve(allocated(r, single_role)?),
+            ResourceOp::Unreserve(r) => ResourceOp::Unreserve(allocated(r, single_role)?),
+            ResourceOp::Create(r) => ResourceOp::Create(allocated(r, single_role)?),
+            ResourceOp::Destroy(r) => ResourceOp::Destroy(allocated(r, single_role)?),
+        };
+        let principal = self.frameworks[fid].info.principal.clone();
+        let c = rop.conversion(principal.as_deref(), &volume_ids(&self.agents[agent_id].info.resources))?;
+        if !pool.contains(&c.from) {
+            return Err(format!("{} of {} is not possible: the offers hold {}", rop.name(), c.from, pool));
+        }
+        pool.subtract(&c.from).expect("contained, checked above");
+        pool.add(&c.to);
+        tracing::info!(framework = %fid, agent = %agent_id, "{}: {} becomes {}", rop.name(), c.from, c.to);
+        self.convert(agent_id, Some(fid), &c);
+        Ok(())
+    }
+
+    /// Tells the framework how an operation with an id ended.
+    fn operation_status(&mut self, fid: &FrameworkId, agent_id: &AgentId, op: &Operation, result: Result<(), String>) {
+        let Some(id) = op.id.clone() else { return };
+        let (state, message) = match result {
+            Ok(()) => (OperationState::OperationFinished, None),
+            Err(e) => (OperationState::OperationError, Some(e)),
+        };
+        let status = OperationStatus { operation_id: id, state, message, agent_id: Some(agent_id.clone()) };
+        self.send(fid, Event::operation_status(status));
     }
 
     /// Checks one task of a LAUNCH against the pooled offers. On success the

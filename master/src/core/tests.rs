@@ -485,7 +485,11 @@ fn reconcile_unknown_agent_and_recovering_agent() {
     assert_eq!(s.updates(FW_STREAM)[0].state, TaskState::Lost);
     s.m.recover(
         &RegistryState {
-            agents: vec![crate::registry::RegistryAgent { id: "back".into(), hostname: "h".into() }],
+            agents: vec![crate::registry::RegistryAgent {
+                id: "back".into(),
+                hostname: "h".into(),
+                ..Default::default()
+            }],
             ..Default::default()
         },
         s.now,
@@ -650,7 +654,11 @@ fn registry_keeps_agents_still_expected_back() {
     let mut s = Sim::new();
     s.m.recover(
         &RegistryState {
-            agents: vec![crate::registry::RegistryAgent { id: "old".into(), hostname: "h".into() }],
+            agents: vec![crate::registry::RegistryAgent {
+                id: "old".into(),
+                hostname: "h".into(),
+                ..Default::default()
+            }],
             ..Default::default()
         },
         s.now,
@@ -679,8 +687,7 @@ fn kill_of_unreachable_task_gets_an_answer_and_launch_group_an_error() {
         launch_group: Some(LaunchGroup {
             task_group: TaskGroup { tasks: vec![task("g", &agent, "cpus:0.1;mem:16", "true")] },
         }),
-        reserve: None,
-        unreserve: None,
+        ..Default::default()
     };
     let accept = Call {
         accept: Some(Accept {
@@ -887,4 +894,216 @@ fn offer_constraints_pick_the_agents_a_framework_is_offered() {
             other => panic!("{bad}: {other:?}"),
         }
     }
+}
+
+/// `text` (Mesos's syntax), with every reservation made dynamic.
+fn dynamic(text: &str) -> Resources {
+    Resources::from_vec(
+        Resources::parse(text)
+            .unwrap()
+            .into_vec()
+            .into_iter()
+            .map(|mut r| {
+                if let Some(x) = r.reservation.as_mut() {
+                    x.kind = agora_proto::resources::ReservationKind::Dynamic;
+                }
+                r
+            })
+            .collect(),
+    )
+}
+
+/// `size` MB of disk dynamically reserved to `role`, holding volume `id`.
+fn volume(role: &str, size: u32, id: &str) -> Resources {
+    let mut r = dynamic(&format!("disk({role}):{size}")).into_vec().remove(0);
+    r.volume = Some(agora_proto::resources::Volume {
+        id: id.into(),
+        principal: None,
+        container_path: "data".into(),
+        read_only: false,
+    });
+    Resources::from_vec(vec![r])
+}
+
+fn checkpoints(msgs: &[MasterToAgent]) -> Vec<Resources> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            MasterToAgent::CheckpointResources { resources } => Some(resources.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A framework reserves part of an offer and launches on the reservation
+/// in the same ACCEPT; the reservation is offered only to its role, kept by
+/// the agent and the registry, and an UNRESERVE gives it back to everyone.
+#[test]
+fn offer_operations_reserve_then_launch_and_unreserve() {
+    let mut s = Sim::new();
+    let agent = s.register_agent(1, "cpus:2;mem:256");
+    let eng = FrameworkInfo { role: Some("eng".into()), principal: Some("alice".into()), ..Default::default() };
+    let (fid, sid) = s.subscribe_with(FW_STREAM, eng);
+    let offer = s.offers(FW_STREAM).remove(0);
+    // `ops` comes while `eng` holds the whole agent.
+    let ops = FrameworkInfo { role: Some("ops".into()), ..Default::default() };
+    s.subscribe_with(FW_STREAM + 1, ops);
+    let reserved = dynamic("cpus(eng):1;mem(eng):64");
+    let mut reserve = Operation::reserve(reserved.clone());
+    reserve.id = Some(OperationId { value: "r1".into() });
+    let mut bad = Operation::reserve(dynamic("cpus(eng):5"));
+    bad.id = Some(OperationId { value: "r2".into() });
+    let mut t_res = dynamic("cpus(eng):1;mem(eng):64").into_vec();
+    for r in t_res.iter_mut() {
+        r.reservation.as_mut().unwrap().principal = Some("alice".into());
+    }
+    let t = TaskInfo {
+        resources: Resources::from_vec(t_res).allocate_to("eng"),
+        ..task("t1", &agent, "cpus:1", "sleep 100")
+    };
+    let mut call = Call::new(CallType::Accept, Some(fid.clone()));
+    call.accept = Some(Accept {
+        offer_ids: vec![offer.id.clone()],
+        operations: vec![reserve, bad, Operation::launch(vec![t])],
+        filters: Some(Filters { refuse_seconds: Some(0.0) }),
+    });
+    assert_eq!(s.call(call, &sid), Ok(202));
+    let statuses: Vec<OperationStatus> =
+        s.events(FW_STREAM).into_iter().filter_map(|e| e.update_operation_status.map(|u| u.status)).collect();
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    assert_eq!(statuses[0].state, OperationState::OperationFinished);
+    assert_eq!(statuses[1].state, OperationState::OperationError);
+    assert!(statuses[1].message.as_deref().unwrap().contains("not possible"), "{statuses:?}");
+    let sent = s.sent_to_agent(1);
+    assert!(sent.iter().any(|m| matches!(m, MasterToAgent::RunTask { .. })), "{sent:?}");
+    let kept = checkpoints(&sent);
+    assert_eq!(kept.len(), 1);
+    assert_eq!((kept[0].cpus(), kept[0].mem_mb()), (1.0, 64.0));
+    assert!(kept[0].iter().all(|r| r.reservation.as_ref().unwrap().principal.as_deref() == Some("alice")));
+    let a = &s.m.agents[&agent].info.resources;
+    assert_eq!((a.cpus(), a.checkpointed().cpus()), (2.0, 1.0), "{a}");
+    assert_eq!(s.last_persisted().agents[0].resources, kept[0]);
+
+    // The task ends: its reserved resources go to `eng` only.
+    s.agent_update(1, &fid, "t1", TaskState::Finished, 1);
+    s.advance(2_000);
+    let ops_offers = s.offers(FW_STREAM + 1);
+    assert!(!ops_offers.is_empty());
+    for o in ops_offers {
+        assert!(o.resources.iter().all(|r| r.reservation.is_none()), "ops is offered {}", o.resources);
+    }
+    let eng_offers = s.offers(FW_STREAM);
+    let held: Resources = eng_offers.iter().fold(Resources::new(), |acc, o| acc.plus(&o.resources));
+    assert_eq!(held.checkpointed().cpus(), 1.0, "{held}");
+
+    // UNRESERVE in an offer that holds it.
+    let offer = eng_offers.iter().find(|o| !o.resources.checkpointed().is_empty()).unwrap();
+    let mut call = Call::new(CallType::Accept, Some(fid.clone()));
+    call.accept = Some(Accept {
+        offer_ids: vec![offer.id.clone()],
+        operations: vec![Operation::unreserve(offer.resources.checkpointed())],
+        filters: Some(Filters { refuse_seconds: Some(0.0) }),
+    });
+    assert_eq!(s.call(call, &sid), Ok(202));
+    assert_eq!(checkpoints(&s.sent_to_agent(1)), vec![Resources::new()]);
+    assert!(s.m.agents[&agent].info.resources.checkpointed().is_empty());
+    assert_eq!(s.m.agents[&agent].info.resources.cpus(), 2.0);
+}
+
+/// The operator endpoints: reserve, create a volume, refuse what cannot be
+/// done (and change nothing), keep it all across a master restart, refuse
+/// to destroy a volume in use, then destroy and unreserve.
+#[test]
+fn operator_reservations_and_volumes() {
+    let mut s = Sim::new();
+    let agent = s.register_agent(1, "cpus:2;mem:256;disk:1024");
+    s.sent_to_agent(1);
+    let op = |s: &mut Sim, op: ResourceOp| {
+        let r = s.m.operator(s.now, OperatorCall::Operate { agent_id: agent.clone(), op });
+        s.flush();
+        r.map_err(|e| (e.status, e.message))
+    };
+    assert_eq!(op(&mut s, ResourceOp::Reserve(dynamic("disk(eng):512;cpus(eng):1"))), Ok(None));
+    assert_eq!(checkpoints(&s.sent_to_agent(1)).len(), 1);
+    let before = s.m.agents[&agent].info.resources.clone();
+
+    // Refused, and nothing changes.
+    let refused: Vec<(ResourceOp, u16, &str)> = vec![
+        (ResourceOp::Reserve(dynamic("disk(eng):1024")), 409, "not on the agent"),
+        (ResourceOp::Reserve(Resources::parse("cpus(eng):0.5").unwrap()), 400, "dynamic reservation"),
+        (ResourceOp::Reserve(Resources::new()), 400, "names no resources"),
+        (ResourceOp::Unreserve(dynamic("disk(ops):10")), 409, "not on the agent"),
+        (ResourceOp::Unreserve(Resources::parse("cpus:1").unwrap()), 400, "only dynamic"),
+        (ResourceOp::Create(volume("eng", 1024, "v1")), 409, "not on the agent"),
+        (ResourceOp::Create(Resources::parse("disk:128").unwrap()), 400, "reserved disk"),
+        (ResourceOp::Destroy(volume("eng", 128, "nope")), 409, "not on the agent"),
+    ];
+    for (bad, status, says) in refused {
+        let name = bad.name();
+        let (got, message) = op(&mut s, bad).unwrap_err();
+        assert_eq!(got, status, "{name}: {message}");
+        assert!(message.contains(says), "{name}: {message}");
+        assert_eq!(s.m.agents[&agent].info.resources, before);
+        assert!(checkpoints(&s.sent_to_agent(1)).is_empty());
+    }
+    let mut unsafe_id = volume("eng", 128, "../x");
+    assert_eq!(op(&mut s, ResourceOp::Create(unsafe_id.clone())).unwrap_err().0, 400);
+    unsafe_id = volume("eng", 128, "v1");
+    let mut r = unsafe_id.into_vec();
+    r[0].volume.as_mut().unwrap().container_path = "/etc".into();
+    assert_eq!(op(&mut s, ResourceOp::Create(Resources::from_vec(r))).unwrap_err().0, 400);
+    let unknown = s.m.operator(
+        s.now,
+        OperatorCall::Operate { agent_id: AgentId::new("nope"), op: ResourceOp::Reserve(dynamic("cpus(eng):1")) },
+    );
+    assert_eq!(unknown.unwrap_err().status, 404);
+
+    assert_eq!(op(&mut s, ResourceOp::Create(volume("eng", 128, "v1"))), Ok(None));
+    assert_eq!(op(&mut s, ResourceOp::Create(volume("eng", 128, "v1"))).unwrap_err().0, 400, "same id twice");
+    let kept = checkpoints(&s.sent_to_agent(1)).pop().unwrap();
+    assert_eq!(kept.disk_mb(), 512.0);
+    assert_eq!(kept.iter().filter(|r| r.volume.is_some()).count(), 1);
+
+    // A new master from the registry; the agent comes back without the
+    // volume (it missed the message): it is sent again.
+    let registry = s.last_persisted();
+    let mut s2 = Sim::new();
+    s2.m.recover(&registry, s2.now);
+    s2.input(Input::Agent {
+        conn: 7,
+        msg: AgentToMaster::Reregister {
+            agent_id: agent.clone(),
+            info: Box::new(agent_info("cpus:2;mem:256;disk:1024")),
+            tasks: vec![],
+            frameworks: vec![],
+        },
+    });
+    assert_eq!(checkpoints(&s2.sent_to_agent(7)), vec![kept.clone()]);
+    assert_eq!(s2.m.agents[&agent].info.resources.checkpointed(), kept);
+    let mut s = s2;
+
+    // A framework of `eng` is offered the volume and uses it.
+    let (fid, sid) = s.subscribe_with(FW_STREAM, FrameworkInfo { role: Some("eng".into()), ..Default::default() });
+    let offer = s.offers(FW_STREAM).remove(0);
+    let vol = offer.resources.filter(|r| r.volume.is_some());
+    assert_eq!(vol.disk_mb(), 128.0, "{}", offer.resources);
+    let t = TaskInfo {
+        resources: vol.plus(&Resources::parse("cpus:0.5;mem:32").unwrap().allocate_to("eng")),
+        ..task("t1", &agent, "cpus:1", "echo hi > data/f")
+    };
+    s.launch(&fid, &sid, &offer, vec![t]);
+    let agent_id = agent.clone();
+    let op = |s: &mut Sim, op: ResourceOp| {
+        let r = s.m.operator(s.now, OperatorCall::Operate { agent_id: agent_id.clone(), op });
+        s.flush();
+        r.map_err(|e| (e.status, e.message))
+    };
+    let (status, message) = op(&mut s, ResourceOp::Destroy(volume("eng", 128, "v1"))).unwrap_err();
+    assert_eq!(status, 409);
+    assert!(message.contains("in use by task t1"), "{message}");
+    s.agent_update(7, &fid, "t1", TaskState::Finished, 1);
+    assert_eq!(op(&mut s, ResourceOp::Destroy(volume("eng", 128, "v1"))), Ok(None));
+    assert_eq!(op(&mut s, ResourceOp::Unreserve(dynamic("disk(eng):512;cpus(eng):1"))), Ok(None));
+    assert_eq!(checkpoints(&s.sent_to_agent(7)).pop(), Some(Resources::new()));
+    assert!(s.last_persisted().agents[0].resources.is_empty());
+    assert_eq!(s.m.agents[&agent].info.resources, Resources::parse("cpus:2;mem:256;disk:1024").unwrap());
 }
