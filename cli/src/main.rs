@@ -4,6 +4,9 @@
 //!   prints their state transitions and exits with the task's exit code.
 //! - `agora agents | frameworks | tasks`: tables from the master's state.
 //! - `agora top`: a live table of running tasks and what they use.
+//! - `agora weights`, `agora quota`: role weights and quota limits.
+//! - `agora reserve`, `agora unreserve`, `agora volume`: dynamic
+//!   reservations and persistent volumes on agents.
 
 mod top;
 
@@ -77,6 +80,30 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Reserves an agent's unreserved resources for a role, dynamically:
+    /// `agora reserve --agent ID 'cpus(eng):2;disk(eng, alice):1024'` (the
+    /// role in parentheses, optionally with a principal).
+    Reserve {
+        #[arg(long, default_value = "127.0.0.1:5050")]
+        master: String,
+        #[arg(long)]
+        agent: String,
+        resources: String,
+    },
+    /// Gives dynamically reserved resources back: the same syntax as
+    /// `reserve`.
+    Unreserve {
+        #[arg(long, default_value = "127.0.0.1:5050")]
+        master: String,
+        #[arg(long)]
+        agent: String,
+        resources: String,
+    },
+    /// Persistent volumes: list, create or destroy them.
+    Volume {
+        #[command(subcommand)]
+        cmd: VolumeCmd,
+    },
     /// The frameworks subscribed to the master.
     Frameworks {
         #[arg(long, default_value = "127.0.0.1:5050")]
@@ -117,6 +144,52 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum VolumeCmd {
+    /// The volumes on every agent.
+    List {
+        #[arg(long, default_value = "127.0.0.1:5050")]
+        master: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Creates a volume on disk reserved to a role (reserve it first).
+    Create {
+        #[arg(long, default_value = "127.0.0.1:5050")]
+        master: String,
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        role: String,
+        /// The volume's id, unique on the agent.
+        #[arg(long)]
+        id: String,
+        /// Size in MB, taken from the role's reserved disk.
+        #[arg(long)]
+        size: f64,
+        /// Where tasks see it, relative to their sandbox.
+        #[arg(long)]
+        path: String,
+        /// The principal of the reservation the disk is in, if it has one.
+        #[arg(long)]
+        principal: Option<String>,
+        /// The disk is statically reserved (`--resources 'disk(eng):...'`).
+        #[arg(long)]
+        static_reservation: bool,
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Destroys a volume (its data goes); refused while a task uses it.
+    Destroy {
+        #[arg(long, default_value = "127.0.0.1:5050")]
+        master: String,
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        id: String,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
@@ -130,6 +203,13 @@ fn main() -> ExitCode {
             Cmd::Weights { master, set, json } => weights(&master, &set, json).await.map(|_| 0),
             Cmd::Quota { master, set, clear, json } => quota(&master, &set, &clear, json).await.map(|_| 0),
             Cmd::Tasks { master, all, json } => tasks(&master, all, json).await.map(|_| 0),
+            Cmd::Reserve { master, agent, resources } => {
+                reserve(&master, &agent, &resources, "RESERVE_RESOURCES").await.map(|_| 0)
+            }
+            Cmd::Unreserve { master, agent, resources } => {
+                reserve(&master, &agent, &resources, "UNRESERVE_RESOURCES").await.map(|_| 0)
+            }
+            Cmd::Volume { cmd } => volume(cmd).await.map(|_| 0),
             Cmd::Top { master, sort, interval, once, json, limit } => {
                 top::run(top::Options { master, sort, interval, once, json, limit }).await.map(|_| 0)
             }
@@ -342,10 +422,117 @@ async fn operator(master: &str, call: &Value) -> anyhow::Result<Vec<u8>> {
     let mut conn = agora_sdk::http::Connection::open(master).await?;
     let (status, body) =
         conn.post("/api/v1", &[("Content-Type", "application/json")], &serde_json::to_vec(call)?).await?;
-    if status != 200 {
+    if !(200..300).contains(&status) {
         anyhow::bail!("the master refused the call ({status}): {}", String::from_utf8_lossy(&body).trim());
     }
     Ok(body)
+}
+
+/// RESERVE_RESOURCES or UNRESERVE_RESOURCES of `text` (Mesos's syntax;
+/// every role given is a dynamic reservation).
+async fn reserve(master: &str, agent: &str, text: &str, kind: &str) -> anyhow::Result<()> {
+    let resources = dynamic(Resources::parse(text)?);
+    if resources.iter().any(|r| r.reservation.is_none()) {
+        anyhow::bail!("{text:?}: name the role of every resource, e.g. 'cpus(eng):2'");
+    }
+    let field = kind.to_lowercase();
+    let call = serde_json::json!({"type": kind, field: {"agent_id": {"value": agent}, "resources": resources}});
+    operator(master, &call).await?;
+    println!("{}: {resources} on agent {agent}", if kind == "RESERVE_RESOURCES" { "reserved" } else { "unreserved" });
+    Ok(())
+}
+
+/// The same resources with every reservation made dynamic.
+fn dynamic(r: Resources) -> Resources {
+    Resources::from_vec(
+        r.into_vec()
+            .into_iter()
+            .map(|mut x| {
+                if let Some(res) = x.reservation.as_mut() {
+                    res.kind = agora_proto::resources::ReservationKind::Dynamic;
+                }
+                x
+            })
+            .collect(),
+    )
+}
+
+/// Every volume: (agent id, resource).
+async fn volumes(master: &str) -> anyhow::Result<Vec<(String, agora_proto::resources::Resource)>> {
+    let state = state(master).await?;
+    let mut out = Vec::new();
+    for a in state["slaves"].as_array().into_iter().flatten() {
+        for list in a["reserved_resources_full"].as_object().into_iter().flat_map(|m| m.values()) {
+            let r: Resources = serde_json::from_value(list.clone())?;
+            out.extend(r.into_vec().into_iter().filter(|r| r.volume.is_some()).map(|r| (s(&a["id"]), r)));
+        }
+    }
+    Ok(out)
+}
+
+async fn volume(cmd: VolumeCmd) -> anyhow::Result<()> {
+    match cmd {
+        VolumeCmd::List { master, json } => {
+            let all = volumes(&master).await?;
+            if json {
+                let v: Vec<Value> = all.iter().map(|(a, r)| serde_json::json!({"agent_id": a, "volume": r})).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let rows = all
+                .iter()
+                .map(|(a, r)| {
+                    let v = r.volume.as_ref().expect("volumes only");
+                    vec![
+                        a.clone(),
+                        v.id.clone(),
+                        r.role().to_string(),
+                        r.value.to_string(),
+                        v.container_path.clone(),
+                        if v.read_only { "ro" } else { "rw" }.to_string(),
+                    ]
+                })
+                .collect();
+            table(&["AGENT", "ID", "ROLE", "MB", "PATH", "MODE"], rows);
+            Ok(())
+        }
+        VolumeCmd::Create { master, agent, role, id, size, path, principal, static_reservation, read_only } => {
+            let kind = if static_reservation {
+                agora_proto::resources::ReservationKind::Static
+            } else {
+                agora_proto::resources::ReservationKind::Dynamic
+            };
+            let mut r = agora_proto::resources::Resource::scalar("disk", size).reserved_to(&role, kind);
+            if let Some(res) = r.reservation.as_mut() {
+                res.principal = principal;
+            }
+            r.volume = Some(agora_proto::resources::Volume {
+                id: id.clone(),
+                principal: None,
+                container_path: path,
+                read_only,
+            });
+            let volumes = Resources::from_vec(vec![r]);
+            let call = serde_json::json!({"type": "CREATE_VOLUMES",
+                "create_volumes": {"agent_id": {"value": agent}, "volumes": volumes}});
+            operator(&master, &call).await?;
+            println!("created volume {id} on agent {agent}");
+            Ok(())
+        }
+        VolumeCmd::Destroy { master, agent, id } => {
+            let found = volumes(&master)
+                .await?
+                .into_iter()
+                .find(|(a, r)| a == &agent && r.volume.as_ref().is_some_and(|v| v.id == id));
+            let Some((_, r)) = found else { anyhow::bail!("agent {agent} has no volume {id:?}") };
+            let volumes = Resources::from_vec(vec![r]);
+            let call = serde_json::json!({"type": "DESTROY_VOLUMES",
+                "destroy_volumes": {"agent_id": {"value": agent}, "volumes": volumes}});
+            operator(&master, &call).await?;
+            println!("destroyed volume {id} on agent {agent}");
+            Ok(())
+        }
+    }
 }
 
 /// The master's roles (GET_ROLES).

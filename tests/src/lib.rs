@@ -315,11 +315,29 @@ pub struct Agent {
     pub proc: Option<Proc>,
     pub http: String,
     pub work_dir: TempDir,
+    master: String,
+    opts: AgentOpts,
 }
 
 impl Agent {
     pub fn start(master: &str, opts: AgentOpts) -> Agent {
         let work_dir = TempDir::new("agent");
+        let (proc, http) = Agent::spawn(master, &opts, &work_dir);
+        Agent { proc: Some(proc), http, work_dir, master: master.to_string(), opts }
+    }
+
+    /// Stops the agent (SIGTERM, as an operator would) and starts it again
+    /// on the same work directory.
+    pub fn restart(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop(Duration::from_secs(10));
+        }
+        let (proc, http) = Agent::spawn(&self.master, &self.opts, &self.work_dir);
+        self.proc = Some(proc);
+        self.http = http;
+    }
+
+    fn spawn(master: &str, opts: &AgentOpts, work_dir: &TempDir) -> (Proc, String) {
         let mut cmd = Command::new(bin("agora-agent"));
         cmd.args(["--master", master, "--ip", "127.0.0.1", "--port", "0", "--resources", &opts.resources])
             .arg("--work-dir")
@@ -333,7 +351,7 @@ impl Agent {
         }
         let (proc, line) = Proc::spawn("agora-agent", cmd, work_dir.path().join("agent.log"));
         let http = line.split("http://").nth(1).and_then(|r| r.split_whitespace().next()).expect("listening line");
-        Agent { proc: Some(proc), http: http.to_string(), work_dir }
+        (proc, http.to_string())
     }
 
     pub fn state(&self) -> Value {
