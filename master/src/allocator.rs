@@ -1250,6 +1250,96 @@ mod tests {
                 proptest::prop_assert_eq!(*s, under, "subtree of {}", role);
             }
         }
+
+        /// Random clusters with static and dynamic reservations (some made
+        /// between rounds, as RESERVE does), quota limits and frameworks in
+        /// a role tree: reserved resources go only to their role, no role's
+        /// subtree passes a limit, and no agent has more allocated than it
+        /// has.
+        #[test]
+        fn offers_respect_reservations_limits_and_agents(
+            roles in proptest::collection::vec(0usize..6, 1..8),
+            limited in proptest::collection::vec((0usize..6, 0u32..6), 0..3),
+            agents in proptest::collection::vec((1u32..4, 0usize..7, 0u32..3), 1..10),
+            reserves in proptest::collection::vec((0usize..10, 0usize..6), 0..4),
+            rounds in 1usize..4,
+        ) {
+            const TREE: [&str; 6] = ["a", "a/b", "a/c", "b", "b/x/y", "c"];
+            let mut a = Allocator::new(Config::default());
+            let mut limits: HashMap<&str, i64> = HashMap::new();
+            for (r, cpus) in &limited {
+                a.set_limits(TREE[*r], QuotaLimits([Some(*cpus as i64 * 1000), None, None, None]));
+                limits.insert(TREE[*r], *cpus as i64 * 1000);
+            }
+            for (f, r) in roles.iter().enumerate() {
+                a.add_framework(FrameworkId::new(format!("f{f}")), vec![TREE[*r].to_string()], &[]);
+            }
+            for (i, (cpus, role, reserved)) in agents.iter().enumerate() {
+                // Role index 6: nothing reserved.
+                let text = match TREE.get(*role) {
+                    Some(r) if *reserved > 0 => format!("cpus:{cpus};mem:100;cpus({r}):{reserved};mem({r}):50"),
+                    _ => format!("cpus:{cpus};mem:100"),
+                };
+                a.add_agent(AgentId::new(format!("a{i}")), res(&text), &[]);
+            }
+            for round in 0..rounds {
+                for (agent, role) in &reserves {
+                    let id = AgentId::new(format!("a{}", agent % agents.len()));
+                    let from = res("cpus:1");
+                    if a.available(&id).is_some_and(|av| av.contains(&from)) {
+                        let to = Resources::from_vec(vec![
+                            agora_proto::resources::Resource::scalar("cpus", 1.0)
+                                .reserved_to(TREE[*role], agora_proto::resources::ReservationKind::Dynamic),
+                        ]);
+                        a.convert(&id, None, &from, &to);
+                    }
+                }
+                let out = a.allocate(round as u64, None);
+                for x in &out {
+                    for r in x.resources.iter() {
+                        if let Some(res) = &r.reservation {
+                            proptest::prop_assert_eq!(&res.role, &x.role, "{} offered to {}", r, x.role);
+                        }
+                    }
+                }
+                for (role, limit) in &limits {
+                    let held = a.subtree.get(*role).map(|s| s.0[0]).unwrap_or(0);
+                    proptest::prop_assert!(held <= *limit, "{} holds {} cpus, limit {}", role, held, limit);
+                }
+                for slot in a.agents.iter().flatten() {
+                    proptest::prop_assert!(slot.total.contains(&slot.allocated_sum), "{} of {}", slot.allocated_sum, slot.total);
+                    let mut sum = Resources::new();
+                    for r in slot.allocated.values() {
+                        sum.add(&r.unallocated());
+                    }
+                    proptest::prop_assert!(sum.contains(&slot.allocated_sum) && slot.allocated_sum.contains(&sum));
+                }
+                for x in out.iter().step_by(2) {
+                    a.recover(&x.framework_id, &x.agent_id, &x.resources, 0, round as u64);
+                }
+            }
+        }
+
+        /// Steady demand from one framework per sibling role, on many small
+        /// agents: the weighted dominant shares end up equal, within what
+        /// one agent weighs.
+        #[test]
+        fn shares_converge_to_weights(weights in proptest::collection::vec(1u32..5, 2..4)) {
+            let mut a = Allocator::new(Config::default());
+            let n = 120;
+            for i in 0..n {
+                a.add_agent(AgentId::new(format!("a{i}")), res("cpus:1;mem:100"), &[]);
+            }
+            for (i, w) in weights.iter().enumerate() {
+                a.set_weight(&format!("r{i}"), *w as f64);
+                a.add_framework(FrameworkId::new(format!("f{i}")), vec![format!("r{i}")], &[]);
+            }
+            a.allocate(0, None);
+            let shares: Vec<f64> = (0..weights.len()).map(|i| a.role_share(&format!("r{i}")).1).collect();
+            let (lo, hi) = shares.iter().fold((f64::MAX, 0f64), |(lo, hi), s| (lo.min(*s), hi.max(*s)));
+            // One agent is 1/n of the cluster; weighted, at most 1/n per role.
+            proptest::prop_assert!(hi - lo <= 1.0 / n as f64 + 1e-9, "{:?} with weights {:?}", shares, weights);
+        }
     }
 
     #[test]
