@@ -818,11 +818,45 @@ mod tests {
                 "not supported",
             ),
             (r#"{"type":"UPDATE_QUOTA"}"#, "quota_configs"),
+            (r#"{"type":"RESERVE_RESOURCES"}"#, "'reserve_resources'"),
+            (r#"{"type":"RESERVE_RESOURCES","reserve_resources":{"resources":[]}}"#, "agent_id"),
+            (r#"{"type":"CREATE_VOLUMES","create_volumes":{"agent_id":{"value":"a"}}}"#, "create_volumes.volumes"),
+            (
+                r#"{"type":"DESTROY_VOLUMES","destroy_volumes":{"agent_id":{"value":"a"},"volumes":[{"name":"disk"}]}}"#,
+                "Invalid 'destroy_volumes.volumes'",
+            ),
+            (
+                r#"{"type":"CREATE_VOLUMES","create_volumes":{"agent_id":{"value":"a"},"volumes":[{"name":"disk","type":"SCALAR","scalar":{"value":1},"disk":{"persistence":{"id":"v"}}}]}}"#,
+                "needs 'disk.volume'",
+            ),
         ] {
             let (s, m) = status(op(bad, ct));
             assert_eq!(s, 400, "{bad}");
             assert!(m.contains(says), "{bad}: {m}");
         }
+    }
+
+    #[test]
+    fn operations_on_agents_decode() {
+        let body = r#"{"type":"RESERVE_RESOURCES","reserve_resources":{"agent_id":{"value":"S1"},"resources":[
+            {"name":"cpus","type":"SCALAR","scalar":{"value":2},
+             "reservations":[{"type":"DYNAMIC","role":"eng","principal":"alice","labels":{"labels":[{"key":"k","value":"v"}]}}]}]}}"#;
+        let r = route(
+            &req(&format!(
+                "POST /api/v1 HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )),
+            "h:1",
+        );
+        let Route::Operator(OperatorCall::Operate { agent_id, op: ResourceOp::Reserve(res) }) = r else {
+            panic!("not a RESERVE")
+        };
+        assert_eq!(agent_id.as_str(), "S1");
+        let reservation = res.iter().next().unwrap().reservation.clone().unwrap();
+        assert_eq!(reservation.kind, agora_proto::resources::ReservationKind::Dynamic);
+        assert_eq!((reservation.role.as_str(), reservation.principal.as_deref()), ("eng", Some("alice")));
+        assert_eq!(reservation.labels, vec![("k".to_string(), "v".to_string())]);
+        assert_eq!(OperatorCall::Operate { agent_id, op: ResourceOp::Reserve(res) }.done_status(), 202);
     }
 
     #[test]

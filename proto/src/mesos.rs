@@ -1157,6 +1157,42 @@ mod tests {
     }
 
     #[test]
+    fn persistent_volumes_round_trip_and_carve_out_of_an_agent() {
+        let text = r#"{"name":"disk","type":"SCALAR","scalar":{"value":128},
+            "reservations":[{"type":"DYNAMIC","role":"eng","principal":"p"}],
+            "disk":{"persistence":{"id":"v1","principal":"p"},"volume":{"container_path":"data","mode":"RO"}}}"#;
+        let r: Resource = serde_json::from_str(text).unwrap();
+        let v = r.volume.clone().unwrap();
+        assert_eq!((v.id.as_str(), v.container_path.as_str(), v.read_only), ("v1", "data", true));
+        let back: Resource = serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        assert!(r.is_checkpointed());
+        assert_eq!(r.base(), Resource::scalar("disk", 128.0));
+        // A volume never merges with plain disk or another volume.
+        let mut other = r.clone();
+        other.volume.as_mut().unwrap().id = "v2".into();
+        assert_eq!(Resources::from_vec(vec![r.clone(), other.clone()]).len(), 2);
+
+        let base = Resources::parse("cpus:2;disk:1024").unwrap();
+        let kept = Resources::from_vec(vec![r.clone()]);
+        let total = Resources::with_checkpointed(&base, &kept).unwrap();
+        assert_eq!(total.disk_mb(), 1024.0);
+        assert_eq!(total.checkpointed(), kept);
+        assert_eq!(total.without_checkpointed(), base);
+        let small = Resources::parse("cpus:2;disk:64").unwrap();
+        assert!(Resources::with_checkpointed(&small, &kept).is_err());
+
+        for bad in [
+            r#"{"name":"disk","type":"SCALAR","scalar":{"value":1},"disk":{"persistence":{"id":"v"}}}"#,
+            r#"{"name":"disk","type":"SCALAR","scalar":{"value":1},"disk":{"volume":{"container_path":"d"}}}"#,
+            r#"{"name":"disk","type":"SCALAR","scalar":{"value":1},"disk":{"source":{"type":"MOUNT"}}}"#,
+            r#"{"name":"p","type":"RANGES","ranges":{"range":[]},"disk":{"persistence":{"id":"v"},"volume":{"container_path":"d"}}}"#,
+        ] {
+            assert!(serde_json::from_str::<Resource>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn accepts_legacy_and_refined_reservations() {
         let legacy: Resource = serde_json::from_str(
             r#"{"name":"mem","type":"SCALAR","scalar":{"value":64},"role":"eng","reservation":{"principal":"p"}}"#,

@@ -182,3 +182,23 @@ async fn persistent_volume_outlives_tasks_and_restarts() {
     assert!(a["reserved_resources_full"].as_object().unwrap().is_empty(), "{a}");
     fw.driver.teardown().await.ok();
 }
+
+/// An agent whose kept reservations and volumes no longer fit the
+/// resources it is started with refuses to start, and says why.
+#[test]
+fn agent_refuses_checkpointed_resources_that_no_longer_fit() {
+    let dir = agora_tests::TempDir::new("agent-checkpoint");
+    std::fs::create_dir_all(dir.path().join("meta")).unwrap();
+    let kept = r#"[{"name":"disk","type":"SCALAR","scalar":{"value":512},
+        "reservations":[{"type":"DYNAMIC","role":"eng"}]}]"#;
+    std::fs::write(dir.path().join("meta/resources.json"), kept).unwrap();
+    let out = std::process::Command::new(agora_tests::bin("agora-agent"))
+        .args(["--master", "127.0.0.1:1", "--ip", "127.0.0.1", "--port", "0", "--isolation", "none"])
+        .args(["--ebpf", "off", "--resources", "cpus:1;mem:64;disk:100", "--work-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("agent runs");
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no longer fit this agent's resources"), "{err}");
+}
