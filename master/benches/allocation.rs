@@ -11,14 +11,31 @@
 //! - `round/1000x100_roles`: as `1000x100`, with the frameworks spread over
 //!   a role tree (10 top-level roles, weighted 1 to 10, each with its own
 //!   frameworks and two child roles): hierarchical DRF's cost.
+//! - `round/10000x1000`: Mesos's own benchmark shape, 10,000 agents and
+//!   1,000 frameworks; `_quota_reservations` adds a quota limit on each of
+//!   the 10 top-level roles of the tree and a quarter of every agent
+//!   reserved to one of them.
+//! - `curve/<agents>x<frameworks>`: the cost as both grow, 10 agents per
+//!   framework.
 
-use agora_master::allocator::{Allocator, Config};
+use agora_master::allocator::{Allocator, Config, QuotaLimits};
 use agora_proto::mesos::{AgentId, FrameworkId};
 use agora_proto::resources::Resources;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 
-const AGENTS: usize = 1000;
-const FRAMEWORKS: usize = 100;
+/// The cluster of one case.
+#[derive(Clone, Copy)]
+struct Shape {
+    agents: usize,
+    frameworks: usize,
+    filtered: bool,
+    tree: bool,
+    /// Quota limits on the top-level roles, and a quarter of each agent
+    /// reserved to one of them (needs `tree`).
+    quota_reservations: bool,
+}
+
+const SMALL: Shape = Shape { agents: 1000, frameworks: 100, filtered: false, tree: false, quota_reservations: false };
 
 /// The role of framework `f`: `*`, or one of 30 in a tree.
 fn role(f: usize, tree: bool) -> String {
@@ -33,13 +50,14 @@ fn role(f: usize, tree: bool) -> String {
 }
 
 fn cluster(filtered: bool) -> Allocator {
-    cluster_with(filtered, false)
+    cluster_of(Shape { filtered, ..SMALL })
 }
 
-fn cluster_with(filtered: bool, tree: bool) -> Allocator {
+fn cluster_of(shape: Shape) -> Allocator {
+    let Shape { agents, frameworks, filtered, tree, quota_reservations } = shape;
     let mut a = Allocator::new(Config::default());
     let total = Resources::parse("cpus:16;mem:65536;disk:1000000;ports:[31000-32000]").unwrap();
-    for f in 0..FRAMEWORKS {
+    for f in 0..frameworks {
         a.add_framework(FrameworkId::new(format!("f{f}")), vec![role(f, tree)], &[]);
     }
     if tree {
@@ -47,19 +65,33 @@ fn cluster_with(filtered: bool, tree: bool) -> Allocator {
             a.set_weight(&format!("r{r}"), (r + 1) as f64);
         }
     }
-    for i in 0..AGENTS {
-        a.add_agent(AgentId::new(format!("a{i}")), total.clone(), &[]);
+    if quota_reservations {
+        // Each top-level role may hold up to a twentieth of the cluster's cpus.
+        let cpus = (agents * 16 / 20) as i64 * 1000;
+        for r in 0..10 {
+            a.set_limits(&format!("r{r}"), QuotaLimits([Some(cpus), None, None, None]));
+        }
+    }
+    for i in 0..agents {
+        let mine = if quota_reservations {
+            let r = format!("r{}", i % 10);
+            Resources::parse(&format!("cpus:12;mem:49152;disk:1000000;ports:[31000-32000];cpus({r}):4;mem({r}):16384"))
+                .unwrap()
+        } else {
+            total.clone()
+        };
+        a.add_agent(AgentId::new(format!("a{i}")), mine, &[]);
     }
     // Unequal starting shares, so the DRF order matters.
-    for f in 0..FRAMEWORKS {
+    for f in 0..frameworks {
         let used = Resources::parse(&format!("cpus:{};mem:{}", 1 + f % 7, 1024 * (1 + f % 5)))
             .unwrap()
             .allocate_to(&role(f, tree));
-        a.add_used(&FrameworkId::new(format!("f{f}")), &AgentId::new(format!("a{}", f % AGENTS)), &used);
+        a.add_used(&FrameworkId::new(format!("f{f}")), &AgentId::new(format!("a{}", f % agents)), &used);
     }
     if filtered {
-        for f in 0..FRAMEWORKS {
-            for i in (0..AGENTS).filter(|i| (i + f) % 2 == 0) {
+        for f in 0..frameworks {
+            for i in (0..agents).filter(|i| (i + f) % 2 == 0) {
                 a.recover(
                     &FrameworkId::new(format!("f{f}")),
                     &AgentId::new(format!("a{i}")),
@@ -80,7 +112,7 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(|| cluster(false), |mut a| a.allocate(1, None), BatchSize::LargeInput)
     });
     g.bench_function("1000x100_roles", |b| {
-        b.iter_batched(|| cluster_with(false, true), |mut a| a.allocate(1, None), BatchSize::LargeInput)
+        b.iter_batched(|| cluster_of(Shape { tree: true, ..SMALL }), |mut a| a.allocate(1, None), BatchSize::LargeInput)
     });
     g.bench_function("1000x100_filtered", |b| {
         b.iter_batched(|| cluster(true), |mut a| a.allocate(1, None), BatchSize::LargeInput)
@@ -102,6 +134,28 @@ fn bench(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    let large = Shape { agents: 10_000, frameworks: 1000, ..SMALL };
+    g.sample_size(10);
+    g.bench_function("10000x1000", |b| {
+        b.iter_batched(|| cluster_of(large), |mut a| a.allocate(1, None), BatchSize::LargeInput)
+    });
+    g.bench_function("10000x1000_quota_reservations", |b| {
+        b.iter_batched(
+            || cluster_of(Shape { tree: true, quota_reservations: true, ..large }),
+            |mut a| a.allocate(1, None),
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("curve");
+    g.sample_size(10);
+    for frameworks in [100, 200, 500, 1000] {
+        let shape = Shape { agents: frameworks * 10, frameworks, ..SMALL };
+        g.bench_function(format!("{}x{frameworks}", shape.agents), |b| {
+            b.iter_batched(|| cluster_of(shape), |mut a| a.allocate(1, None), BatchSize::LargeInput)
+        });
+    }
     g.finish();
 }
 

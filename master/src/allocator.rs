@@ -748,24 +748,28 @@ impl Allocator {
             // reserved to other roles go on to the next. After a grant the
             // shares along its path change: re-rank them, start again.
             while !available.is_empty() {
-                let mut try_grant = |f: usize, role: &str| -> bool {
+                // What the current leaf's role may take of this agent: worked
+                // out once per leaf, and a leaf whose role can take nothing
+                // (reserved elsewhere, at its quota limit) is skipped whole.
+                let mut leaf_usable = Resources::new();
+                let mut try_grant = |f: Option<usize>, role: &str| -> bool {
+                    let Some(f) = f else {
+                        leaf_usable = self.within_limits(role, available.usable_by(role));
+                        return !leaf_usable.is_empty()
+                            && (leaf_usable.scalar("cpus") >= self.config.min_offer_cpus
+                                || leaf_usable.scalar("mem") >= self.config.min_offer_mem_mb);
+                    };
                     if !self.wants(f, role, a) {
                         return false;
                     }
-                    let usable = self.within_limits(role, available.usable_by(role));
-                    if usable.is_empty() {
-                        return false;
-                    }
                     let Some(fw) = self.frameworks[f].as_mut() else { return false };
-                    if Self::is_filtered(fw, a, &usable, now_ms) {
+                    if Self::is_filtered(fw, a, &leaf_usable, now_ms) {
                         self.stats.filtered += 1;
                         return false;
                     }
-                    if !(usable.scalar("cpus") >= self.config.min_offer_cpus
-                        || usable.scalar("mem") >= self.config.min_offer_mem_mb)
-                    {
-                        return false;
-                    }
+                    // Granted: the walk ends here, and the next one works
+                    // the leaf's share out again.
+                    let usable = std::mem::take(&mut leaf_usable);
                     let _ = available.subtract(&usable);
                     let r = usable.allocate_to(role);
                     self.charge(f, a, &r);
@@ -924,8 +928,10 @@ impl Tree {
         }
     }
 
-    /// The first (leaf, framework) in order for which `grant` succeeds.
-    fn walk(&self, n: usize, grant: &mut dyn FnMut(usize, &str) -> bool) -> Option<(usize, usize)> {
+    /// The first (leaf, framework) in order for which `grant(Some(f), role)`
+    /// succeeds, entering only the leaves for which `grant(None, role)`
+    /// does.
+    fn walk(&self, n: usize, grant: &mut dyn FnMut(Option<usize>, &str) -> bool) -> Option<(usize, usize)> {
         for &(_, item) in &self.nodes[n].items {
             match item {
                 Item::Role(c) => {
@@ -935,8 +941,11 @@ impl Tree {
                 }
                 Item::Leaf(l) => {
                     let leaf = &self.leaves[l];
+                    if !grant(None, &leaf.role) {
+                        continue;
+                    }
                     for &(_, f) in &leaf.frameworks {
-                        if grant(f, &leaf.role) {
+                        if grant(Some(f), &leaf.role) {
                             return Some((l, f));
                         }
                     }

@@ -2,7 +2,8 @@
 //! `UPDATE_WEIGHTS`) and quota limits (`GET_QUOTA`, `UPDATE_QUOTA`), both
 //! persisted in the registry, and the roles view (`GET_ROLES`, also in
 //! `/master/state` and the metrics). Typed here; `api` reads and writes
-//! their JSON.
+//! their JSON. Operator calls on agents' resources are dispatched from here
+//! to `operations`.
 
 use std::collections::BTreeSet;
 
