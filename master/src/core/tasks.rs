@@ -13,15 +13,21 @@ use agora_proto::wire::MasterToAgent;
 use super::operations::{volume_ids, ResourceOp};
 use super::{Master, Now, StatusRecord, Task};
 
-/// `r` with its allocation role: as given, or the offers' single role when
-/// none is given.
-fn allocated(r: Resources, single_role: Option<&str>) -> Result<Resources, String> {
+/// `r` with its allocation role, and that role: all of `r` in one role, as
+/// given, or the offers' single role when none is given (single-role
+/// frameworks may leave allocation_info out; Mesos fills it in). `what`
+/// names `r` in errors.
+fn allocated(r: Resources, single_role: Option<&str>, what: &str) -> Result<(Resources, String), String> {
     let given: HashSet<Option<&String>> = r.iter().map(|x| x.allocation_role.as_ref()).collect();
     match (given.len(), given.iter().next().copied().flatten(), single_role) {
-        (0, _, _) | (1, Some(_), _) => Ok(r),
-        (1, None, Some(role)) => Ok(r.allocate_to(role)),
-        (1, None, None) => Err("resources need 'allocation_info' when the offers have more than one role".into()),
-        _ => Err("the resources of one operation must be allocated to one role".into()),
+        (0, _, _) => Err(format!("{what}: none are given")),
+        (1, Some(role), _) => {
+            let role = role.clone();
+            Ok((r, role))
+        }
+        (1, None, Some(role)) => Ok((r.allocate_to(role), role.to_string())),
+        (1, None, None) => Err(format!("{what} need 'allocation_info' when the offers have more than one role")),
+        _ => Err(format!("{what} are allocated to more than one role")),
     }
 }
 
@@ -213,22 +219,19 @@ impl Master {
         pool: &mut Resources,
         single_role: Option<&str>,
     ) -> Result<(), String> {
-        let missing =
-            || format!("{:?} operation without its '{}' field", op.kind, format!("{:?}", op.kind).to_lowercase());
-        let rop = match op.kind {
-            OperationType::Reserve => ResourceOp::Reserve(op.reserve.as_ref().ok_or_else(missing)?.resources.clone()),
-            OperationType::Unreserve => {
-                ResourceOp::Unreserve(op.unreserve.as_ref().ok_or_else(missing)?.resources.clone())
-            }
-            OperationType::Create => ResourceOp::Create(op.create.as_ref().ok_or_else(missing)?.volumes.clone()),
-            _ => ResourceOp::Destroy(op.destroy.as_ref().ok_or_else(missing)?.volumes.clone()),
+        let (field, given) = match op.kind {
+            OperationType::Reserve => ("reserve", op.reserve.as_ref().map(|x| &x.resources)),
+            OperationType::Unreserve => ("unreserve", op.unreserve.as_ref().map(|x| &x.resources)),
+            OperationType::Create => ("create", op.create.as_ref().map(|x| &x.volumes)),
+            _ => ("destroy", op.destroy.as_ref().map(|x| &x.volumes)),
         };
-        // Single-role frameworks may leave allocation_info out, as for tasks.
-        let rop = match rop {
-            ResourceOp::Reserve(r) => ResourceOp::Reserve(allocated(r, single_role)?),
-            ResourceOp::Unreserve(r) => ResourceOp::Unreserve(allocated(r, single_role)?),
-            ResourceOp::Create(r) => ResourceOp::Create(allocated(r, single_role)?),
-            ResourceOp::Destroy(r) => ResourceOp::Destroy(allocated(r, single_role)?),
+        let given = given.ok_or_else(|| format!("{:?} operation without its '{field}' field", op.kind))?;
+        let (r, _) = allocated(given.clone(), single_role, "The operation's resources")?;
+        let rop = match op.kind {
+            OperationType::Reserve => ResourceOp::Reserve(r),
+            OperationType::Unreserve => ResourceOp::Unreserve(r),
+            OperationType::Create => ResourceOp::Create(r),
+            _ => ResourceOp::Destroy(r),
         };
         let principal = self.frameworks[fid].info.principal.clone();
         let c = rop.conversion(principal.as_deref(), &volume_ids(&self.agents[agent_id].info.resources))?;
@@ -304,19 +307,8 @@ impl Master {
         if task.resources.cpus() <= 0.0 && task.resources.mem_mb() <= 0.0 {
             return Err("Task must use some cpus or mem".into());
         }
-        // Single-role frameworks may leave allocation_info out; Mesos fills it in.
-        let roles: HashSet<Option<String>> = task.resources.iter().map(|r| r.allocation_role.clone()).collect();
-        let role = match (roles.len(), roles.iter().next().cloned().flatten(), single_role) {
-            (1, Some(r), _) => r,
-            (1, None, Some(r)) => {
-                task.resources = task.resources.allocate_to(r);
-                r.to_string()
-            }
-            (1, None, None) => {
-                return Err("Task resources need 'allocation_info' when the offers have more than one role".into())
-            }
-            _ => return Err("Task resources are allocated to more than one role".into()),
-        };
+        let (resources, role) = allocated(std::mem::take(&mut task.resources), single_role, "Task resources")?;
+        task.resources = resources;
         if !pool.contains(&task.resources) {
             return Err(format!(
                 "Task uses more resources ({}) than available in the offers ({})",
