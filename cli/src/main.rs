@@ -4,7 +4,8 @@
 //!   prints their state transitions and exits with the task's exit code.
 //! - `agora agents | frameworks | tasks`: tables from the master's state.
 //! - `agora top`: a live table of running tasks and what they use.
-//! - `agora weights`, `agora quota`: role weights and quota limits.
+//! - `agora weights`, `agora quota`: role weights, quota guarantees and
+//!   limits.
 //! - `agora reserve`, `agora unreserve`, `agora volume`: dynamic
 //!   reservations and persistent volumes on agents.
 
@@ -67,16 +68,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Role quota limits: shows them against what each role holds, or sets
-    /// them with `--set 'ROLE=cpus:4;mem:8192'` (repeatable; cpus, mem,
-    /// disk, gpus) and clears them with `--clear ROLE`.
+    /// Role quota: shows what each role consumes against its guarantees
+    /// and limits, sets limits with `--set 'ROLE=cpus:4;mem:8192'` and
+    /// guarantees with `--guarantee 'ROLE=cpus:2'` (each repeatable; cpus,
+    /// mem, disk, gpus; the other half of the role's quota is kept), and
+    /// clears a role's quota with `--clear ROLE`.
     Quota {
         #[arg(long, default_value = "127.0.0.1:5050")]
         master: String,
         #[arg(long = "set", value_name = "ROLE=LIMITS")]
         set: Vec<String>,
+        #[arg(long = "guarantee", value_name = "ROLE=GUARANTEES")]
+        guarantee: Vec<String>,
         #[arg(long = "clear", value_name = "ROLE")]
         clear: Vec<String>,
+        /// Set guarantees even if they exceed what the cluster has.
+        #[arg(long)]
+        force: bool,
         #[arg(long)]
         json: bool,
     },
@@ -201,7 +209,11 @@ fn main() -> ExitCode {
             Cmd::Agents { master, json } => agents(&master, json).await.map(|_| 0),
             Cmd::Frameworks { master, json } => frameworks(&master, json).await.map(|_| 0),
             Cmd::Weights { master, set, json } => weights(&master, &set, json).await.map(|_| 0),
-            Cmd::Quota { master, set, clear, json } => quota(&master, &set, &clear, json).await.map(|_| 0),
+            Cmd::Quota { master, set, guarantee, clear, force, json } => {
+                quota(&master, QuotaUpdate { limits: &set, guarantees: &guarantee, clear: &clear, force }, json)
+                    .await
+                    .map(|_| 0)
+            }
             Cmd::Tasks { master, all, json } => tasks(&master, all, json).await.map(|_| 0),
             Cmd::Reserve { master, agent, resources } => {
                 reserve(&master, &agent, &resources, "RESERVE_RESOURCES").await.map(|_| 0)
@@ -576,31 +588,65 @@ async fn weights(master: &str, set: &[String], json: bool) -> anyhow::Result<()>
 
 const QUOTA_KINDS: [&str; 4] = ["cpus", "mem", "disk", "gpus"];
 
-async fn quota(master: &str, set: &[String], clear: &[String], json: bool) -> anyhow::Result<()> {
-    if !set.is_empty() || !clear.is_empty() {
-        let mut configs = Vec::new();
-        for s in set {
-            let (role, text) =
-                s.split_once('=').ok_or_else(|| anyhow::anyhow!("--set {s:?}: expected ROLE=cpus:N;mem:N..."))?;
-            let parsed =
-                agora_proto::resources::Resources::parse(text).map_err(|e| anyhow::anyhow!("--set {s:?}: {e}"))?;
-            let mut limits = serde_json::Map::new();
-            for r in parsed.iter() {
-                if !QUOTA_KINDS.contains(&r.name.as_str()) {
-                    anyhow::bail!("--set {s:?}: quota limits apply to cpus, mem, disk and gpus, not {}", r.name);
-                }
-                limits.insert(r.name.clone(), serde_json::json!({"value": parsed.scalar(&r.name).0 as f64 / 1000.0}));
+/// What `agora quota` changes.
+struct QuotaUpdate<'a> {
+    limits: &'a [String],
+    guarantees: &'a [String],
+    clear: &'a [String],
+    force: bool,
+}
+
+/// `ROLE=cpus:N;mem:N...` as a role and Mesos's quota JSON.
+fn quota_arg(flag: &str, s: &str) -> anyhow::Result<(String, Value)> {
+    let (role, text) =
+        s.split_once('=').ok_or_else(|| anyhow::anyhow!("{flag} {s:?}: expected ROLE=cpus:N;mem:N..."))?;
+    let parsed = agora_proto::resources::Resources::parse(text).map_err(|e| anyhow::anyhow!("{flag} {s:?}: {e}"))?;
+    let mut amounts = serde_json::Map::new();
+    for r in parsed.iter() {
+        if !QUOTA_KINDS.contains(&r.name.as_str()) {
+            anyhow::bail!("{flag} {s:?}: quota applies to cpus, mem, disk and gpus, not {}", r.name);
+        }
+        amounts.insert(r.name.clone(), serde_json::json!({"value": parsed.scalar(&r.name).0 as f64 / 1000.0}));
+    }
+    Ok((role.to_string(), amounts.into()))
+}
+
+async fn quota(master: &str, update: QuotaUpdate<'_>, json: bool) -> anyhow::Result<()> {
+    if !update.limits.is_empty() || !update.guarantees.is_empty() || !update.clear.is_empty() {
+        // An UPDATE_QUOTA replaces a role's whole quota: start from what
+        // the master has, so that setting limits keeps the guarantees and
+        // the other way round.
+        let current: Value =
+            serde_json::from_slice(&operator(master, &serde_json::json!({"type": "GET_QUOTA"})).await?)?;
+        let mut configs: std::collections::BTreeMap<String, Value> = std::collections::BTreeMap::new();
+        let mut touched = std::collections::BTreeSet::new();
+        for c in current["get_quota"]["status"]["configs"].as_array().cloned().unwrap_or_default() {
+            configs.insert(s(&c["role"]), c);
+        }
+        for (flag, args, field) in
+            [("--set", update.limits, "limits"), ("--guarantee", update.guarantees, "guarantees")]
+        {
+            for a in args {
+                let (role, amounts) = quota_arg(flag, a)?;
+                let c = configs.entry(role.clone()).or_insert_with(|| serde_json::json!({"role": role}));
+                c[field] = amounts;
+                touched.insert(role);
             }
-            configs.push(serde_json::json!({"role": role, "limits": limits}));
         }
-        for role in clear {
-            configs.push(serde_json::json!({"role": role, "limits": {}}));
+        for role in update.clear {
+            configs.insert(role.clone(), serde_json::json!({"role": role, "guarantees": {}, "limits": {}}));
+            touched.insert(role.clone());
         }
-        let call = serde_json::json!({"type": "UPDATE_QUOTA", "update_quota": {"quota_configs": configs}});
+        let configs: Vec<Value> = configs.into_iter().filter(|(r, _)| touched.contains(r)).map(|(_, c)| c).collect();
+        let call = serde_json::json!({
+            "type": "UPDATE_QUOTA",
+            "update_quota": {"force": update.force, "quota_configs": configs},
+        });
         operator(master, &call).await?;
     }
     let mut roles = get_roles(master).await?;
-    roles.retain(|r| r["quota"]["limit"].as_object().is_some_and(|l| !l.is_empty()));
+    let set = |r: &Value, field: &str| r["quota"][field].as_object().is_some_and(|l| !l.is_empty());
+    roles.retain(|r| set(r, "limit") || set(r, "guarantee"));
     if json {
         println!("{}", serde_json::to_string_pretty(&roles)?);
         return Ok(());
@@ -611,14 +657,13 @@ async fn quota(master: &str, set: &[String], clear: &[String], json: bool) -> an
             let mut row = vec![s(&r["name"])];
             for k in QUOTA_KINDS {
                 let used = num(r, &["quota", "consumed", k]);
-                row.push(match r["quota"]["limit"][k].as_f64() {
-                    Some(l) => format!("{used}/{l}"),
-                    None => format!("{used}/-"),
-                });
+                let amount = |field: &str| r["quota"][field][k].as_f64().map_or("-".to_string(), |v| v.to_string());
+                row.push(format!("{used}/{}/{}", amount("guarantee"), amount("limit")));
             }
             row
         })
         .collect();
+    println!("consumed/guarantee/limit per resource ('-': none)");
     table(&["ROLE", "CPUS", "MEM (MB)", "DISK (MB)", "GPUS"], rows);
     Ok(())
 }

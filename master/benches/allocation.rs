@@ -13,12 +13,13 @@
 //!   frameworks and two child roles): hierarchical DRF's cost.
 //! - `round/10000x1000`: Mesos's own benchmark shape, 10,000 agents and
 //!   1,000 frameworks; `_quota_reservations` adds a quota limit on each of
-//!   the 10 top-level roles of the tree and a quarter of every agent
-//!   reserved to one of them.
+//!   the 10 top-level roles of the tree, a guarantee on five of them (so
+//!   that a round has both stages, and holds back headroom), and a quarter
+//!   of every agent reserved to one of them.
 //! - `curve/<agents>x<frameworks>`: the cost as both grow, 10 agents per
 //!   framework.
 
-use agora_master::allocator::{Allocator, Config, QuotaLimits};
+use agora_master::allocator::{Allocator, Config, Quantities};
 use agora_proto::mesos::{AgentId, FrameworkId};
 use agora_proto::resources::Resources;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
@@ -69,7 +70,13 @@ fn cluster_of(shape: Shape) -> Allocator {
         // Each top-level role may hold up to a twentieth of the cluster's cpus.
         let cpus = (agents * 16 / 20) as i64 * 1000;
         for r in 0..10 {
-            a.set_limits(&format!("r{r}"), QuotaLimits([Some(cpus), None, None, None]));
+            a.set_limits(&format!("r{r}"), Quantities([Some(cpus), None, None, None]));
+        }
+        // Half of them are guaranteed a twenty-fifth, more than their
+        // reservations (a fortieth).
+        let guaranteed = (agents * 16 / 25) as i64 * 1000;
+        for r in 0..5 {
+            a.set_guarantees(&format!("r{r}"), Quantities([Some(guaranteed), None, None, None]));
         }
     }
     for i in 0..agents {

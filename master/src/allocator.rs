@@ -31,6 +31,18 @@
 //! to what is left under its own limit and those of the roles above it.
 //! Limits bound offers; resources charged otherwise (`add_used`, tasks an
 //! agent reports on re-registering) are counted, not refused.
+//!
+//! **Quota guarantees.** A role with a guarantee *consumes* what is
+//! allocated in its subtree plus its subtree's reservations not allocated
+//! yet; its *shortfall* is what its guarantee exceeds that by, per kind. A
+//! round first offers to the roles under a guarantee with a shortfall,
+//! cut to the least shortfall on the role's path (stage one). Then every
+//! role is offered as above (stage two), but unreserved resources are held
+//! back for the shortfalls of the top-most guaranteed roles (the
+//! *headroom*): a role gets only what is free beyond the headroom, plus
+//! what goes toward a guarantee on its own path. Guarantees never exceed
+//! limits, and children's guarantees never exceed their parent's (the
+//! operator API checks both).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -174,16 +186,39 @@ impl AttributeConstraint {
     }
 }
 
-/// A role's quota limits per share kind (`SHARE_KINDS` order), in
-/// thousandths; `None` is no limit.
+/// Amounts per share kind (`SHARE_KINDS` order), in thousandths, where
+/// `None` is no amount set: a role's quota guarantees or limits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct QuotaLimits(pub [Option<i64>; 4]);
+pub struct Quantities(pub [Option<i64>; 4]);
 
-impl QuotaLimits {
-    /// Each limited share kind with its limit in the resource's unit.
+impl Quantities {
+    /// Each share kind that has an amount, with it in the resource's unit.
     pub fn named(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
         SHARE_KINDS.iter().zip(self.0).filter_map(|(k, v)| v.map(|v| (*k, v as f64 / 1000.0)))
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
+}
+
+/// A role's quota: what it is guaranteed, and what it is never offered
+/// beyond.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quota {
+    pub guarantees: Quantities,
+    pub limits: Quantities,
+}
+
+impl Quota {
+    pub fn is_empty(&self) -> bool {
+        self.guarantees.is_empty() && self.limits.is_empty()
+    }
+}
+
+/// The index of a share kind in `SHARE_KINDS`.
+fn kind_index(name: &str) -> Option<usize> {
+    SHARE_KINDS.iter().position(|k| *k == name)
 }
 
 /// Resources of one agent allocated to one framework under one role.
@@ -270,7 +305,9 @@ pub struct Allocator {
     /// Role weights; 1 when not set.
     weights: HashMap<String, f64>,
     /// Quota limits per role and share kind, in thousandths.
-    limits: HashMap<String, QuotaLimits>,
+    limits: HashMap<String, Quantities>,
+    /// Quota guarantees per role and share kind, in thousandths.
+    guarantees: HashMap<String, Quantities>,
     rng: SmallRng,
     pub stats: Stats,
 }
@@ -291,6 +328,7 @@ impl Allocator {
             direct: HashMap::new(),
             weights: HashMap::new(),
             limits: HashMap::new(),
+            guarantees: HashMap::new(),
             rng,
             stats: Stats::default(),
         }
@@ -552,7 +590,7 @@ impl Allocator {
     }
 
     /// Sets (or, with no limit on any kind, clears) a role's quota limits.
-    pub fn set_limits(&mut self, role: &str, limits: QuotaLimits) {
+    pub fn set_limits(&mut self, role: &str, limits: Quantities) {
         if limits.0.iter().all(Option::is_none) {
             self.limits.remove(role);
         } else {
@@ -560,16 +598,68 @@ impl Allocator {
         }
     }
 
-    pub fn limits(&self, role: &str) -> QuotaLimits {
+    pub fn limits(&self, role: &str) -> Quantities {
         self.limits.get(role).copied().unwrap_or_default()
+    }
+
+    /// Sets (or, with no amount on any kind, clears) a role's quota
+    /// guarantees.
+    pub fn set_guarantees(&mut self, role: &str, guarantees: Quantities) {
+        if guarantees.is_empty() {
+            self.guarantees.remove(role);
+        } else {
+            self.guarantees.insert(role.to_string(), guarantees);
+        }
+    }
+
+    pub fn guarantees(&self, role: &str) -> Quantities {
+        self.guarantees.get(role).copied().unwrap_or_default()
+    }
+
+    /// What roles consume of their quota (see the module's notes).
+    pub fn consumption(&self) -> Consumption<'_> {
+        Consumption { allocator: self, reserved: self.unallocated().1 }
+    }
+
+    /// Unreserved unallocated share kinds of active agents, and their
+    /// unallocated reservations by role: one pass over the agents.
+    fn unallocated(&self) -> (Scalars, HashMap<String, Scalars>) {
+        let mut free = Scalars::default();
+        let mut reserved: HashMap<String, Scalars> = HashMap::new();
+        for slot in self.agents.iter().flatten().filter(|s| s.active) {
+            for r in slot.available().iter() {
+                let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&r.name), &r.value) else {
+                    continue;
+                };
+                match &r.reservation {
+                    None => free.0[i] += v.0,
+                    Some(res) => reserved.entry(res.role.clone()).or_default().0[i] += v.0,
+                }
+            }
+        }
+        (free, reserved)
+    }
+
+    /// Roles whose guarantee is not met (on some kind).
+    pub fn short_roles(&self) -> Vec<String> {
+        match Guarantees::new(self) {
+            Some(g) => g
+                .roles
+                .into_iter()
+                .filter(|r| (0..4).any(|i| r.shortfall(i).is_some_and(|s| s > 0)))
+                .map(|r| r.name)
+                .collect(),
+            None => Vec::new(),
+        }
     }
 
     /// `usable`, cut down so that `role` and the roles above it stay within
     /// their quota limits (only the share kinds are limited). Resources
     /// reserved to the role are kept before unreserved ones (no other role
-    /// could use them). Nothing at all when a limited kind the agent offers
-    /// has no room left: a role at its cpu limit is not sent the agent's
-    /// memory alone.
+    /// could use them). Nothing at all when the agent offers cpus and the
+    /// role has no room left for them: a role at its cpu limit is not sent
+    /// the agent's memory alone. (At its memory limit it may still be sent
+    /// cpus: they may join memory it got earlier in the round.)
     fn within_limits(&self, role: &str, usable: Resources) -> Resources {
         if self.limits.is_empty() {
             return usable;
@@ -590,7 +680,7 @@ impl Allocator {
             return usable;
         }
         let offered = Scalars::of(&usable);
-        if room.iter().zip(offered.0).any(|(room, has)| *room == Some(0) && has > 0) {
+        if room[0] == Some(0) && offered.0[0] > 0 {
             return Resources::new();
         }
         let mut out = Resources::new();
@@ -719,22 +809,61 @@ impl Allocator {
         // Shuffle so that no agent is always offered first.
         agents.shuffle(&mut self.rng);
 
+        let mut guarantees = Guarantees::new(self);
+        let mut out = Vec::new();
+        // Stage one: the roles under a guarantee that is not met yet.
+        if let Some(g) = guarantees.as_ref().filter(|g| g.any_shortfall()) {
+            let mut tree = self.tree(|role| g.covers(role));
+            if !tree.leaves.is_empty() {
+                tree.rank_all(self);
+                self.offer_agents(&mut tree, &agents, now_ms, &mut guarantees, Stage::Guarantees, &mut out);
+            }
+        }
+        // Stage two: every role, fairly, around the headroom.
+        let mut tree = self.tree(|_| true);
+        if tree.leaves.is_empty() {
+            return out;
+        }
+        tree.rank_all(self);
+        let first = out.len();
+        self.offer_agents(&mut tree, &agents, now_ms, &mut guarantees, Stage::Fair, &mut out);
+        if first > 0 {
+            merge_stages(&mut out, first);
+        }
+        out
+    }
+
+    /// The role tree of the active frameworks' unsuppressed roles that
+    /// `take` accepts.
+    fn tree(&self, take: impl Fn(&str) -> bool) -> Tree {
         let mut tree = Tree::default();
         for (idx, f) in self.frameworks.iter().enumerate() {
             let Some(f) = f else { continue };
             if !f.active {
                 continue;
             }
-            for role in f.roles.iter().filter(|r| !f.suppressed.contains(*r)) {
+            for role in f.roles.iter().filter(|r| !f.suppressed.contains(*r) && take(r)) {
                 tree.add(self, idx, role);
             }
         }
-        let mut out = Vec::new();
-        if tree.leaves.is_empty() {
-            return out;
-        }
-        tree.rank_all(self);
-        for a in agents {
+        tree
+    }
+
+    /// Offers `agents`, in order, to the frameworks of `tree`.
+    fn offer_agents(
+        &mut self,
+        tree: &mut Tree,
+        agents: &[usize],
+        now_ms: u64,
+        guarantees: &mut Option<Guarantees>,
+        stage: Stage,
+        out: &mut Vec<Allocation>,
+    ) {
+        for &a in agents {
+            if stage == Stage::Guarantees && !guarantees.as_ref().is_some_and(Guarantees::any_shortfall) {
+                // Every guarantee is met: stage one is over.
+                return;
+            }
             let Some(slot) = self.agents[a].as_ref() else { continue };
             if !slot.active {
                 continue;
@@ -750,11 +879,18 @@ impl Allocator {
             while !available.is_empty() {
                 // What the current leaf's role may take of this agent: worked
                 // out once per leaf, and a leaf whose role can take nothing
-                // (reserved elsewhere, at its quota limit) is skipped whole.
+                // (reserved elsewhere, at its quota limit, held back for
+                // guarantees) is skipped whole.
                 let mut leaf_usable = Resources::new();
                 let mut try_grant = |f: Option<usize>, role: &str| -> bool {
                     let Some(f) = f else {
+                        if stage == Stage::Guarantees && !guarantees.as_ref().is_some_and(|g| g.owes(role)) {
+                            return false;
+                        }
                         leaf_usable = self.within_limits(role, available.usable_by(role));
+                        if let Some(g) = guarantees.as_ref() {
+                            leaf_usable = g.cut(role, std::mem::take(&mut leaf_usable), stage);
+                        }
                         return !leaf_usable.is_empty()
                             && (leaf_usable.scalar("cpus") >= self.config.min_offer_cpus
                                 || leaf_usable.scalar("mem") >= self.config.min_offer_mem_mb);
@@ -771,6 +907,9 @@ impl Allocator {
                     // the leaf's share out again.
                     let usable = std::mem::take(&mut leaf_usable);
                     let _ = available.subtract(&usable);
+                    if let Some(g) = guarantees.as_mut() {
+                        g.granted(role, &usable);
+                    }
                     let r = usable.allocate_to(role);
                     self.charge(f, a, &r);
                     self.stats.allocations += 1;
@@ -787,7 +926,6 @@ impl Allocator {
                 tree.rerank(self, leaf, f);
             }
         }
-        out
     }
 
     /// The dominant share of a framework (for metrics and tests).
@@ -807,6 +945,219 @@ impl Allocator {
     /// Unallocated resources of an agent.
     pub fn available(&self, agent: &AgentId) -> Option<Resources> {
         self.agent(agent).map(|(_, a)| a.available())
+    }
+}
+
+/// Folds each stage-two allocation into the stage-one allocation of the
+/// same framework, agent and role (from `out[..first]`), if any: one offer
+/// for both.
+fn merge_stages(out: &mut Vec<Allocation>, first: usize) {
+    let mut index: HashMap<(FrameworkId, AgentId, String), usize> = HashMap::new();
+    for (i, x) in out[..first].iter().enumerate() {
+        index.insert((x.framework_id.clone(), x.agent_id.clone(), x.role.clone()), i);
+    }
+    let second = out.split_off(first);
+    for x in second {
+        match index.get(&(x.framework_id.clone(), x.agent_id.clone(), x.role.clone())) {
+            Some(&i) => out[i].resources.add(&x.resources),
+            None => out.push(x),
+        }
+    }
+}
+
+/// What roles consume of their quota, from one look at the agents.
+pub struct Consumption<'a> {
+    allocator: &'a Allocator,
+    /// Unallocated reservations by role.
+    reserved: HashMap<String, Scalars>,
+}
+
+impl Consumption<'_> {
+    /// Allocated in `role`'s subtree, plus its subtree's unallocated
+    /// reservations.
+    pub fn of(&self, role: &str) -> Scalars {
+        let mut consumed = self.allocator.subtree.get(role).copied().unwrap_or_default();
+        for (r, s) in &self.reserved {
+            if on_path(role, r) {
+                consumed.add(*s);
+            }
+        }
+        consumed
+    }
+}
+
+/// The stages of an allocation round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Toward unmet guarantees only.
+    Guarantees,
+    /// Every role, around the headroom.
+    Fair,
+}
+
+/// Whether `role` is `ancestor` or below it.
+fn on_path(ancestor: &str, role: &str) -> bool {
+    role.strip_prefix(ancestor).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+struct GuaranteedRole {
+    name: String,
+    guarantee: Quantities,
+    /// Allocated in its subtree, plus its subtree's unallocated
+    /// reservations.
+    consumed: Scalars,
+    /// No role above it has a guarantee.
+    top: bool,
+}
+
+impl GuaranteedRole {
+    fn shortfall(&self, i: usize) -> Option<i64> {
+        self.guarantee.0[i].map(|g| (g - self.consumed.0[i]).max(0))
+    }
+}
+
+/// The quota guarantees of one allocation round: what each guaranteed role
+/// consumes, and what is free to hold back for them.
+struct Guarantees {
+    roles: Vec<GuaranteedRole>,
+    /// Unreserved, unallocated share kinds on active agents.
+    free: Scalars,
+}
+
+impl Guarantees {
+    /// The round's figures, or `None` when no role has a guarantee. One pass
+    /// over the agents, for their free and reserved resources.
+    fn new(a: &Allocator) -> Option<Guarantees> {
+        if a.guarantees.is_empty() {
+            return None;
+        }
+        let (free, reserved) = a.unallocated();
+        let consumption = Consumption { allocator: a, reserved };
+        let roles = a
+            .guarantees
+            .iter()
+            .map(|(name, guarantee)| {
+                let consumed = consumption.of(name);
+                let top = !a.guarantees.keys().any(|other| other != name && on_path(other, name));
+                GuaranteedRole { name: name.clone(), guarantee: *guarantee, consumed, top }
+            })
+            .collect();
+        Some(Guarantees { roles, free })
+    }
+
+    fn any_shortfall(&self) -> bool {
+        self.roles.iter().any(|g| (0..4).any(|i| g.shortfall(i).is_some_and(|s| s > 0)))
+    }
+
+    /// Whether `role` may take something toward a guarantee.
+    fn owes(&self, role: &str) -> bool {
+        self.need(role).iter().any(|n| n.is_some_and(|n| n > 0))
+    }
+
+    /// Whether a guaranteed role is on `role`'s path.
+    fn covers(&self, role: &str) -> bool {
+        self.roles.iter().any(|g| on_path(&g.name, role))
+    }
+
+    /// Per kind, what `role` may still take toward guarantees: the least
+    /// shortfall among the guaranteed roles on its path that guarantee the
+    /// kind (`None` where none does).
+    fn need(&self, role: &str) -> [Option<i64>; 4] {
+        let mut need = [None; 4];
+        for g in self.roles.iter().filter(|g| on_path(&g.name, role)) {
+            for (i, n) in need.iter_mut().enumerate() {
+                if let Some(s) = g.shortfall(i) {
+                    *n = Some(n.map_or(s, |n: i64| n.min(s)));
+                }
+            }
+        }
+        need
+    }
+
+    /// Per kind, what is free beyond the headroom (the top-most guaranteed
+    /// roles' shortfalls).
+    fn slack(&self) -> [i64; 4] {
+        let mut slack = self.free.0;
+        for g in self.roles.iter().filter(|g| g.top) {
+            for (i, s) in slack.iter_mut().enumerate() {
+                *s -= g.shortfall(i).unwrap_or(0);
+            }
+        }
+        slack.map(|s| s.max(0))
+    }
+
+    /// What `role` may take of `usable` in `stage`. Reserved resources are
+    /// already counted as consumed and are never held back. Unreserved share
+    /// kinds are cut: in stage one, a guaranteed kind to the role's need and
+    /// the others to the slack, and something must go toward a guarantee;
+    /// in stage two, each kind to the slack plus the role's need. When the
+    /// agent has cpus free but the role gets no room for them, no
+    /// unreserved resources are offered at all (memory alone is of no use
+    /// without cpus).
+    fn cut(&self, role: &str, usable: Resources, stage: Stage) -> Resources {
+        let need = self.need(role);
+        let slack = self.slack();
+        let mut room = [0i64; 4];
+        for (i, r) in room.iter_mut().enumerate() {
+            *r = match (stage, need[i]) {
+                (Stage::Guarantees, Some(n)) => n,
+                (Stage::Guarantees, None) => slack[i],
+                (Stage::Fair, n) => slack[i] + n.unwrap_or(0),
+            };
+        }
+        // Most often everything fits: nothing to cut.
+        let mut plain = [0i64; 4];
+        for r in usable.iter().filter(|r| r.reservation.is_none()) {
+            if let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&r.name), &r.value) {
+                plain[i] += v.0;
+            }
+        }
+        if (0..4).all(|i| plain[i] <= room[i]) {
+            let toward = (0..4).any(|i| plain[i] > 0 && need[i].is_some_and(|n| n > 0));
+            return match stage {
+                Stage::Guarantees if !toward => Resources::new(),
+                _ => usable,
+            };
+        }
+        let mut reserved = Resources::new();
+        let mut unreserved = Resources::new();
+        let mut toward = false;
+        let mut starved = false;
+        for r in usable.iter() {
+            if r.reservation.is_some() {
+                reserved.add_one(r.clone());
+                continue;
+            }
+            let mut r = r.clone();
+            if let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&r.name), &mut r.value) {
+                let take = v.0.min(room[i]);
+                room[i] -= take;
+                if take == 0 {
+                    starved |= i == 0 && v.0 > 0;
+                    continue;
+                }
+                toward |= need[i].is_some_and(|n| n > 0);
+                v.0 = take;
+            }
+            unreserved.add_one(r);
+        }
+        if stage == Stage::Guarantees && !toward {
+            return Resources::new();
+        }
+        if !starved {
+            reserved.add(&unreserved);
+        }
+        reserved
+    }
+
+    /// `r` was granted to `role`: its unreserved share kinds are no longer
+    /// free, and count toward the guarantees on the role's path.
+    fn granted(&mut self, role: &str, r: &Resources) {
+        let plain = Scalars::of(&r.filter(|x| x.reservation.is_none()));
+        self.free.sub(plain);
+        for g in self.roles.iter_mut().filter(|g| on_path(&g.name, role)) {
+            g.consumed.add(plain);
+        }
     }
 }
 
@@ -1158,8 +1509,8 @@ mod tests {
         let mut c = Check::new(&agents, &[("dev", &["eng/dev"]), ("ci", &["eng/ci"]), ("o1", &["ops"])]);
         // eng (both children together) at most 2.5 cpus; ops at most 300 MB
         // (and 3 cpus: a role limited only on memory may still take cpus).
-        c.a.set_limits("eng", QuotaLimits([Some(2500), None, None, None]));
-        c.a.set_limits("ops", QuotaLimits([Some(3000), Some(300_000), None, None]));
+        c.a.set_limits("eng", Quantities([Some(2500), None, None, None]));
+        c.a.set_limits("ops", Quantities([Some(3000), Some(300_000), None, None]));
         c.run(0);
         let (eng, _) = c.a.role_share("eng");
         let (ops, _) = c.a.role_share("ops");
@@ -1173,11 +1524,11 @@ mod tests {
         assert!(c.run(1).is_empty());
         assert_eq!(c.a.role_share("eng").0 .0[0], 2500);
         // Raising the limit lets eng grow; clearing it removes the cap.
-        c.a.set_limits("eng", QuotaLimits([Some(3000), None, None, None]));
+        c.a.set_limits("eng", Quantities([Some(3000), None, None, None]));
         c.run(2);
         assert_eq!(c.a.role_share("eng").0 .0[0], 3000);
-        c.a.set_limits("eng", QuotaLimits::default());
-        assert_eq!(c.a.limits("eng"), QuotaLimits::default());
+        c.a.set_limits("eng", Quantities::default());
+        assert_eq!(c.a.limits("eng"), Quantities::default());
         c.run(3);
         assert!(c.a.role_share("eng").0 .0[0] > 3000);
     }
@@ -1185,7 +1536,7 @@ mod tests {
     #[test]
     fn quota_keeps_a_roles_reserved_resources_before_unreserved_ones() {
         let mut c = Check::new(&[("a1", "cpus:1;cpus(eng):2;mem:100")], &[("e", &["eng"]), ("o", &["ops"])]);
-        c.a.set_limits("eng", QuotaLimits([Some(1000), None, None, None]));
+        c.a.set_limits("eng", Quantities([Some(1000), None, None, None]));
         let out = c.a.allocate(0, None);
         let eng = out.iter().find(|x| x.role == "eng").expect("eng offered");
         let reserved: Resources = eng.resources.filter(|r| r.reservation.is_some());
@@ -1193,6 +1544,91 @@ mod tests {
         assert_eq!(eng.resources.scalar("cpus").0, 1000, "{}", eng.resources);
         let ops = out.iter().find(|x| x.role == "ops").expect("the unreserved cpu goes to ops");
         assert_eq!(ops.resources.scalar("cpus").0, 1000);
+    }
+
+    fn cpus(n: i64) -> Quantities {
+        Quantities([Some(n * 1000), None, None, None])
+    }
+
+    fn held(c: &Check, role: &str) -> i64 {
+        c.a.role_share(role).0 .0[0] / 1000
+    }
+
+    #[test]
+    fn guarantees_come_before_weights() {
+        let agents = agents(10);
+        let agents: Vec<(&str, &str)> = agents.iter().map(|(a, r)| (a.as_str(), *r)).collect();
+        // By weight, ops would take 9 of the 10 agents; eng is guaranteed 4.
+        let mut c = Check::new(&agents, &[("e", &["eng"]), ("o", &["ops"])]);
+        c.a.set_weight("ops", 9.0);
+        c.a.set_guarantees("eng", cpus(4));
+        let out = c.run(0);
+        assert_eq!((count(&out, "e"), count(&out, "o")), (4, 6), "{out:?}");
+        // Without the guarantee, the weights decide.
+        let mut c = Check::new(&agents, &[("e", &["eng"]), ("o", &["ops"])]);
+        c.a.set_weight("ops", 9.0);
+        let out = c.run(0);
+        assert_eq!((count(&out, "e"), count(&out, "o")), (1, 9), "{out:?}");
+    }
+
+    #[test]
+    fn headroom_is_held_back_for_a_guarantee_nobody_uses_yet() {
+        let agents = agents(10);
+        let agents: Vec<(&str, &str)> = agents.iter().map(|(a, r)| (a.as_str(), *r)).collect();
+        let mut c = Check::new(&agents, &[("o", &["ops"])]);
+        c.a.set_guarantees("eng", cpus(4));
+        // eng has no framework yet: ops gets all but eng's 4, however
+        // many rounds go by.
+        assert_eq!(count(&c.run(0), "o"), 6);
+        assert!(c.run(1).is_empty());
+        // A framework of eng/dev comes: the guarantee of eng covers it.
+        c.a.add_framework(FrameworkId::new("d"), vec!["eng/dev".into()], &[]);
+        assert_eq!(count(&c.run(2), "d"), 4);
+        assert_eq!(c.a.short_roles(), Vec::<String>::new());
+        // Part of a guarantee: an agent is cut to what is still owed, and
+        // the rest stays free beyond it.
+        let mut c = Check::new(&[("a1", "cpus:4;mem:400")], &[("d", &["eng/dev"]), ("o", &["ops"])]);
+        c.a.set_guarantees("eng", cpus(1));
+        c.a.set_weight("ops", 100.0);
+        let out = c.run(0);
+        assert_eq!(held(&c, "eng"), 1, "{out:?}");
+        assert_eq!(held(&c, "ops"), 3, "{out:?}");
+        // What a framework gets in both stages is one offer.
+        let mut c = Check::new(&[("a1", "cpus:4;mem:400")], &[("d", &["eng/dev"])]);
+        c.a.set_guarantees("eng", cpus(1));
+        assert_eq!(c.run(0), vec!["d -> a1: cpus:4; mem:400"]);
+    }
+
+    #[test]
+    fn unallocated_reservations_count_toward_a_guarantee() {
+        // eng has 2 cpus reserved and a guarantee of 3: only 1 more cpu is
+        // held back for it.
+        let mut c = Check::new(&[("a1", "cpus(eng):2;mem(eng):200"), ("a2", "cpus:4;mem:400")], &[("o", &["ops"])]);
+        c.a.set_guarantees("eng", cpus(3));
+        c.run(0);
+        assert_eq!(held(&c, "ops"), 3);
+        let consumption = c.a.consumption();
+        assert_eq!(consumption.of("eng").0[0], 2000);
+        assert_eq!(consumption.of("ops").0[0], 3000);
+        assert_eq!(c.a.short_roles(), vec!["eng".to_string()]);
+        // Nothing for ops on the reserved agent either.
+        assert!(c.run(1).is_empty());
+    }
+
+    #[test]
+    fn nested_guarantees_cut_to_the_least_shortfall_on_the_path() {
+        let agents = agents(10);
+        let agents: Vec<(&str, &str)> = agents.iter().map(|(a, r)| (a.as_str(), *r)).collect();
+        let mut c = Check::new(&agents, &[("d", &["eng/dev"]), ("o", &["ops"])]);
+        c.a.set_weight("ops", 100.0);
+        c.a.set_guarantees("eng", cpus(5));
+        c.a.set_guarantees("eng/dev", cpus(2));
+        let out = c.run(0);
+        // dev's own guarantee bounds what stage one gives it; eng's other 3
+        // are held back for the rest of eng (no framework there yet).
+        assert_eq!(count(&out, "d"), 2, "{out:?}");
+        assert_eq!(count(&out, "o"), 5, "{out:?}");
+        assert_eq!(c.a.short_roles(), vec!["eng".to_string()]);
     }
 
     #[test]
@@ -1277,7 +1713,7 @@ mod tests {
             let mut a = Allocator::new(Config::default());
             let mut limits: HashMap<&str, i64> = HashMap::new();
             for (r, cpus) in &limited {
-                a.set_limits(TREE[*r], QuotaLimits([Some(*cpus as i64 * 1000), None, None, None]));
+                a.set_limits(TREE[*r], Quantities([Some(*cpus as i64 * 1000), None, None, None]));
                 limits.insert(TREE[*r], *cpus as i64 * 1000);
             }
             for (f, r) in roles.iter().enumerate() {
@@ -1322,6 +1758,77 @@ mod tests {
                         sum.add(&r.unallocated());
                     }
                     proptest::prop_assert!(sum.contains(&slot.allocated_sum) && slot.allocated_sum.contains(&sum));
+                }
+                for x in out.iter().step_by(2) {
+                    a.recover(&x.framework_id, &x.agent_id, &x.resources, 0, round as u64);
+                }
+            }
+        }
+
+        /// Random guarantees on a role tree (children's within their
+        /// parent's, the top-most within the cluster's unreserved cpus),
+        /// frameworks in some roles, agents with reservations: after every
+        /// round the headroom holds (unreserved free cpus cover the top-most
+        /// roles' shortfalls), and a top-most guaranteed role with a
+        /// framework under it has its guarantee.
+        #[test]
+        fn guarantees_are_met_and_headroom_holds(
+            roles in proptest::collection::vec(0usize..6, 1..8),
+            guaranteed in proptest::collection::vec((0usize..6, 0u32..4), 0..4),
+            agents in proptest::collection::vec((1u32..4, 0usize..7), 1..10),
+            rounds in 1usize..4,
+        ) {
+            const TREE: [&str; 6] = ["a", "a/b", "a/c", "b", "b/x/y", "c"];
+            let mut a = Allocator::new(Config::default());
+            let mut unreserved = 0i64;
+            for (i, (cpus, role)) in agents.iter().enumerate() {
+                let text = match TREE.get(*role) {
+                    Some(r) => format!("cpus:{cpus};mem:100;cpus({r}):1;mem({r}):50"),
+                    None => format!("cpus:{cpus};mem:100"),
+                };
+                unreserved += *cpus as i64 * 1000;
+                a.add_agent(AgentId::new(format!("a{i}")), res(&text), &[]);
+            }
+            // Guarantees that nest and fit: each is at most what is left of
+            // its nearest guaranteed ancestor's (or the cluster's).
+            let mut set: HashMap<&str, i64> = HashMap::new();
+            for (r, cpus) in &guaranteed {
+                let role = TREE[*r];
+                if set.contains_key(role) || set.keys().any(|g| on_path(role, g)) {
+                    continue;
+                }
+                let parent = set.keys().filter(|g| on_path(g, role)).max_by_key(|g| g.len()).copied();
+                let under = |p: Option<&str>| -> i64 {
+                    set.iter().filter(|(g, _)| match p {
+                        Some(p) => on_path(p, g) && **g != p && !set.keys().any(|m| *m != p && **g != *m && on_path(p, m) && on_path(m, g)),
+                        None => !set.keys().any(|m| *m != **g && on_path(m, g)),
+                    }).map(|(_, v)| *v).sum()
+                };
+                let room = match parent {
+                    Some(p) => set[p] - under(Some(p)),
+                    None => unreserved - under(None),
+                };
+                let g = (*cpus as i64 * 1000).min(room);
+                if g > 0 {
+                    set.insert(role, g);
+                    a.set_guarantees(role, Quantities([Some(g), None, None, None]));
+                }
+            }
+            for (f, r) in roles.iter().enumerate() {
+                a.add_framework(FrameworkId::new(format!("f{f}")), vec![TREE[*r].to_string()], &[]);
+            }
+            for round in 0..rounds {
+                let out = a.allocate(round as u64, None);
+                let g = Guarantees::new(&a);
+                if let Some(g) = &g {
+                    let owed: i64 = g.roles.iter().filter(|r| r.top).map(|r| r.shortfall(0).unwrap_or(0)).sum();
+                    proptest::prop_assert!(g.free.0[0] >= owed, "free {} < owed {}", g.free.0[0], owed);
+                    for r in g.roles.iter().filter(|r| r.top) {
+                        let demand = roles.iter().any(|f| on_path(&r.name, TREE[*f]));
+                        if demand {
+                            proptest::prop_assert_eq!(r.shortfall(0), Some(0), "{} is owed", r.name);
+                        }
+                    }
                 }
                 for x in out.iter().step_by(2) {
                     a.recover(&x.framework_id, &x.agent_id, &x.resources, 0, round as u64);

@@ -128,15 +128,17 @@ fn decode_operator(req: &Request) -> Result<OperatorCall, Response> {
                     .get("role")
                     .and_then(Json::as_str)
                     .ok_or_else(|| error(400, "Expecting 'role' to be present in each quota_config"))?;
-                if c.get("guarantees").and_then(Json::as_object).is_some_and(|g| !g.is_empty()) {
-                    return Err(error(
-                        400,
-                        format!("quota guarantees are not supported yet (role {role:?}): set limits only"),
-                    ));
-                }
-                quota.push((role.to_string(), quota_limits(role, c.get("limits"))?));
+                let q = crate::allocator::Quota {
+                    guarantees: quota_amounts(role, "guarantees", c.get("guarantees"))?,
+                    limits: quota_amounts(role, "limits", c.get("limits"))?,
+                };
+                quota.push((role.to_string(), q));
             }
-            OperatorCall::update_quota(quota).map_err(|e| error(e.status, e.message))
+            let force = match v.pointer("/update_quota/force") {
+                None | Some(Json::Null) => false,
+                Some(f) => f.as_bool().ok_or_else(|| error(400, "'update_quota.force' must be a boolean"))?,
+            };
+            OperatorCall::update_quota(quota, force).map_err(|e| error(e.status, e.message))
         }
         "RESERVE_RESOURCES" | "UNRESERVE_RESOURCES" | "CREATE_VOLUMES" | "DESTROY_VOLUMES" => {
             let (field, list) = match kind {
@@ -171,27 +173,28 @@ fn decode_operator(req: &Request) -> Result<OperatorCall, Response> {
     }
 }
 
-/// Quota limits in Mesos's JSON: `{"cpus": {"value": 2.5}, "mem": ...}`.
-fn quota_limits(role: &str, v: Option<&Json>) -> Result<crate::allocator::QuotaLimits, Response> {
-    let mut l = crate::allocator::QuotaLimits::default();
-    let Some(v) = v else { return Ok(l) };
-    let obj = v.as_object().ok_or_else(|| error(400, format!("'limits' of role {role:?} must be an object")))?;
+/// Quota guarantees or limits in Mesos's JSON: `{"cpus": {"value": 2.5},
+/// "mem": ...}`.
+fn quota_amounts(role: &str, field: &str, v: Option<&Json>) -> Result<crate::allocator::Quantities, Response> {
+    let mut l = crate::allocator::Quantities::default();
+    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(l) };
+    let obj = v.as_object().ok_or_else(|| error(400, format!("'{field}' of role {role:?} must be an object")))?;
     for (name, value) in obj {
         let i = crate::allocator::SHARE_KINDS.iter().position(|k| k == name).ok_or_else(|| {
-            error(400, format!("quota limits apply to cpus, mem, disk and gpus, not {name:?} (role {role:?})"))
+            error(400, format!("quota {field} apply to cpus, mem, disk and gpus, not {name:?} (role {role:?})"))
         })?;
         let x = value.get("value").and_then(Json::as_f64).filter(|x| x.is_finite() && *x >= 0.0).ok_or_else(|| {
-            error(400, format!("the {name} limit of role {role:?} must be {{\"value\": a non-negative number}}"))
+            error(400, format!("the {name} {field} of role {role:?} must be {{\"value\": a non-negative number}}"))
         })?;
         if x > 1e12 {
-            return Err(error(400, format!("the {name} limit of role {role:?} is too large")));
+            return Err(error(400, format!("the {name} {field} of role {role:?} is too large")));
         }
         l.0[i] = Some((x * 1000.0).round() as i64);
     }
     Ok(l)
 }
 
-fn limits_json(l: &crate::allocator::QuotaLimits) -> Json {
+fn amounts_json(l: &crate::allocator::Quantities) -> Json {
     l.named().map(|(k, v)| (k.to_string(), json!({"value": v}))).collect::<Map<_, _>>().into()
 }
 
@@ -254,7 +257,9 @@ pub fn render_operator(reply: &OperatorReply) -> Vec<u8> {
             "type": "GET_QUOTA",
             "get_quota": { "status": { "configs": quota
                 .iter()
-                .map(|(role, l)| json!({"role": role, "limits": limits_json(l)}))
+                .map(|(role, q)| {
+                    json!({"role": role, "guarantees": amounts_json(&q.guarantees), "limits": amounts_json(&q.limits)})
+                })
                 .collect::<Vec<_>>() } },
         }),
     };
@@ -272,15 +277,22 @@ fn role_json(r: &RoleView) -> Json {
         .filter(|(_, v)| *v != 0.0)
         .map(|(k, v)| json!({"name": k, "type": "SCALAR", "scalar": {"value": v}}))
         .collect();
-    let consumed: Map<String, Json> = r.allocated.named().map(|(k, v)| (k.to_string(), json!(v))).collect();
-    let limit: Map<String, Json> = r.limits.named().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let named = |a: &crate::allocator::Quantities| -> Map<String, Json> {
+        a.named().map(|(k, v)| (k.to_string(), json!(v))).collect()
+    };
+    let consumed: Map<String, Json> = r.consumed.named().map(|(k, v)| (k.to_string(), json!(v))).collect();
     json!({
         "name": r.name,
         "weight": r.weight,
         "frameworks": r.frameworks.iter().map(|f| json!({"value": f})).collect::<Vec<_>>(),
         "resources": resources,
         "dominant_share": r.dominant_share,
-        "quota": {"role": r.name, "limit": limit, "consumed": consumed},
+        "quota": {
+            "role": r.name,
+            "guarantee": named(&r.quota.guarantees),
+            "limit": named(&r.quota.limits),
+            "consumed": consumed,
+        },
     })
 }
 
@@ -684,9 +696,15 @@ pub fn render_metrics_prometheus(m: &Master, s: &ShellStats) -> Vec<u8> {
     }
     // Consumed against quota, per resource (cpus in cores, mem and disk in MB).
     type KindGetter = fn(&RoleView, usize) -> Option<i64>;
-    let kind_series: [(&str, &str, KindGetter); 2] = [
+    let kind_series: [(&str, &str, KindGetter); 4] = [
         ("agora_role_allocated", "Offered or used in the role's subtree", |r, i| Some(r.allocated.0[i])),
-        ("agora_role_quota_limit", "The role's quota limit", |r, i| r.limits.0[i]),
+        (
+            "agora_role_quota_consumed",
+            "Counted against the role's quota: allocated, and reserved unallocated",
+            |r, i| Some(r.consumed.0[i]),
+        ),
+        ("agora_role_quota_guarantee", "The role's quota guarantee", |r, i| r.quota.guarantees.0[i]),
+        ("agora_role_quota_limit", "The role's quota limit", |r, i| r.quota.limits.0[i]),
     ];
     for (name, help, get) in kind_series {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
@@ -798,11 +816,15 @@ mod tests {
         assert_eq!(s, 400);
         assert!(m.contains("numeric 'weight'"), "{m}");
         assert_eq!(status(route(&req("GET /api/v1 HTTP/1.1\r\n\r\n"), "h:1")).0, 405);
-        let quota = r#"{"type":"UPDATE_QUOTA","update_quota":{"quota_configs":[{"role":"eng","limits":{"cpus":{"value":2.5},"mem":{"value":1024}}}]}}"#;
+        let quota = r#"{"type":"UPDATE_QUOTA","update_quota":{"force":true,"quota_configs":[{"role":"eng","guarantees":{"cpus":{"value":1}},"limits":{"cpus":{"value":2.5},"mem":{"value":1024}}}]}}"#;
+        let want = crate::allocator::Quota {
+            guarantees: crate::allocator::Quantities([Some(1000), None, None, None]),
+            limits: crate::allocator::Quantities([Some(2500), Some(1_024_000), None, None]),
+        };
         assert!(matches!(
             op(quota, ct),
-            Route::Operator(crate::core::OperatorCall::UpdateQuota(ref q))
-                if q == &[("eng".to_string(), crate::allocator::QuotaLimits([Some(2500), Some(1_024_000), None, None]))]
+            Route::Operator(crate::core::OperatorCall::UpdateQuota { ref quota, force: true })
+                if quota == &[("eng".to_string(), want)]
         ));
         for (bad, says) in [
             (
@@ -814,8 +836,16 @@ mod tests {
                 "non-negative",
             ),
             (
-                r#"{"type":"UPDATE_QUOTA","update_quota":{"quota_configs":[{"role":"eng","guarantees":{"cpus":{"value":1}}}]}}"#,
-                "not supported",
+                r#"{"type":"UPDATE_QUOTA","update_quota":{"quota_configs":[{"role":"eng","guarantees":{"cpus":{"value":3}},"limits":{"cpus":{"value":2}}}]}}"#,
+                "exceeds its limit",
+            ),
+            (
+                r#"{"type":"UPDATE_QUOTA","update_quota":{"quota_configs":[{"role":"eng","guarantees":{"gpus":{"value":"1"}}}]}}"#,
+                "gpus guarantees of role",
+            ),
+            (
+                r#"{"type":"UPDATE_QUOTA","update_quota":{"force":"yes","quota_configs":[]}}"#,
+                "'update_quota.force' must be a boolean",
             ),
             (r#"{"type":"UPDATE_QUOTA"}"#, "quota_configs"),
             (r#"{"type":"RESERVE_RESOURCES"}"#, "'reserve_resources'"),

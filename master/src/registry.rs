@@ -2,19 +2,22 @@
 //! restarts: the set of admitted agents (so that, after a restart,
 //! reconciliation can tell "still coming back" from "unknown") with their
 //! dynamic reservations and persistent volumes, and the role weights and
-//! quota limits operators set.
+//! quota operators set.
 //!
 //! The master core emits [`RegistryState`] snapshots; the shell stores them
 //! through a [`Registry`]. The standalone master keeps it in a local file,
 //! written atomically (write a temporary file, fsync it, rename it over the
 //! old one, fsync the directory).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use agora_proto::resources::Resources;
 use serde::{Deserialize, Serialize};
+
+use crate::allocator::{Quantities, Quota};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryAgent {
@@ -32,29 +35,35 @@ pub struct RegistryWeight {
     pub weight: f64,
 }
 
-/// A role's quota limits, by resource name (cpus, mem in MB, disk in MB,
-/// gpus).
+/// A role's quota guarantees and limits, by resource name (cpus, mem in
+/// MB, disk in MB, gpus).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RegistryQuota {
     pub role: String,
-    pub limits: std::collections::BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub guarantees: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub limits: BTreeMap<String, f64>,
 }
 
 impl RegistryQuota {
-    pub fn new(role: &str, l: &crate::allocator::QuotaLimits) -> RegistryQuota {
-        let limits = l.named().map(|(k, v)| (k.to_string(), v)).collect();
-        RegistryQuota { role: role.to_string(), limits }
+    pub fn new(role: &str, q: &Quota) -> RegistryQuota {
+        let named = |a: &Quantities| a.named().map(|(k, v)| (k.to_string(), v)).collect();
+        RegistryQuota { role: role.to_string(), guarantees: named(&q.guarantees), limits: named(&q.limits) }
     }
 
-    /// The limits; unknown names and bad values are left out.
-    pub fn limits(&self) -> crate::allocator::QuotaLimits {
-        let mut l = crate::allocator::QuotaLimits::default();
-        for (i, k) in crate::allocator::SHARE_KINDS.iter().enumerate() {
-            if let Some(&v) = self.limits.get(*k).filter(|v| v.is_finite() && **v >= 0.0) {
-                l.0[i] = Some((v * 1000.0).round() as i64);
+    /// The quota; unknown names and bad values are left out.
+    pub fn quota(&self) -> Quota {
+        let amounts = |named: &BTreeMap<String, f64>| {
+            let mut l = Quantities::default();
+            for (i, k) in crate::allocator::SHARE_KINDS.iter().enumerate() {
+                if let Some(&v) = named.get(*k).filter(|v| v.is_finite() && **v >= 0.0) {
+                    l.0[i] = Some((v * 1000.0).round() as i64);
+                }
             }
-        }
-        l
+            l
+        };
+        Quota { guarantees: amounts(&self.guarantees), limits: amounts(&self.limits) }
     }
 }
 
@@ -133,11 +142,16 @@ mod tests {
             weights: vec![RegistryWeight { role: "eng/dev".into(), weight: 2.5 }],
             quota: vec![RegistryQuota::new(
                 "eng",
-                &crate::allocator::QuotaLimits([Some(2500), Some(1_024_000), None, None]),
+                &Quota {
+                    guarantees: Quantities([Some(1000), None, None, None]),
+                    limits: Quantities([Some(2500), Some(1_024_000), None, None]),
+                },
             )],
         };
         assert_eq!(s.quota[0].limits, [("cpus".to_string(), 2.5), ("mem".to_string(), 1024.0)].into());
-        assert_eq!(s.quota[0].limits(), crate::allocator::QuotaLimits([Some(2500), Some(1_024_000), None, None]));
+        assert_eq!(s.quota[0].guarantees, [("cpus".to_string(), 1.0)].into());
+        assert_eq!(s.quota[0].quota().limits, Quantities([Some(2500), Some(1_024_000), None, None]));
+        assert_eq!(s.quota[0].quota().guarantees, Quantities([Some(1000), None, None, None]));
         r.store(&s).unwrap();
         assert_eq!(r.load().unwrap(), s);
         fs::write(r.path(), b"{not json").unwrap();

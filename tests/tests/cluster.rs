@@ -320,31 +320,39 @@ fn operator_weights_are_durable_and_shown() {
     assert!(metrics.contains("agora_role_weight{role=\"eng\"} 3\n"), "{metrics}");
 }
 
-/// A quota limit set with `agora quota` survives a SIGKILL right after the
-/// call returned, caps what the role is offered (on a real agent with more
-/// to give), and shows in `agora quota` against what the role holds and in
-/// `/metrics`. Guarantees are refused as not supported, rather than
-/// accepted and ignored.
+/// A quota limit and guarantee set with `agora quota` survive a SIGKILL
+/// right after the call returned; the limit caps what the role is offered
+/// (on a real agent with more to give); both show in `agora quota` against
+/// what the role consumes and in `/metrics`. A guarantee beyond the cluster
+/// needs `--force`, and one above the limit is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_quota_caps_offers_and_is_durable() {
     let mut m = Master::start(MasterOpts::default());
     let quota = |addr: &str, args: &[&str]| agora_cli("quota", addr, args);
     let out = quota(&m.addr, &["--set", "eng=cpus:0.5;mem:100"]);
     assert!(out.status.success(), "{out:?}");
-    // SIGKILL at once: the call was answered, so the limits are on disk.
+    // No agent yet: any guarantee exceeds the cluster, unless forced.
+    let out = quota(&m.addr, &["--guarantee", "eng=cpus:0.25"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("force"), "{out:?}");
+    let out = quota(&m.addr, &["--guarantee", "eng=cpus:0.25", "--force"]);
+    assert!(out.status.success(), "{out:?}");
+    // SIGKILL at once: the calls were answered, so the quota is on disk.
     m.restart();
     let json = String::from_utf8(quota(&m.addr, &["--json"]).stdout).unwrap();
     let roles: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(roles[0]["quota"]["limit"], serde_json::json!({"cpus": 0.5, "mem": 100.0}), "{json}");
+    assert_eq!(roles[0]["quota"]["guarantee"], serde_json::json!({"cpus": 0.25}), "{json}");
 
     let bad = quota(&m.addr, &["--set", "eng=ports:[1-2]"]);
     assert!(!bad.status.success(), "{bad:?}");
+    let bad = quota(&m.addr, &["--guarantee", "eng=cpus:1", "--force"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("exceeds its limit"), "{bad:?}");
     let (status, body) = operator_call(
         &m.addr,
-        br#"{"type":"UPDATE_QUOTA","update_quota":{"quota_configs":[{"role":"eng","guarantees":{"cpus":{"value":1}}}]}}"#,
+        br#"{"type":"UPDATE_QUOTA","update_quota":{"quota_configs":[{"role":"eng","guarantees":{"cpus":{"value":-1}}}]}}"#,
     );
-    assert_eq!(status, 400);
-    assert!(String::from_utf8_lossy(&body).contains("guarantees are not supported"));
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
 
     let _agent = Agent::start(&m.addr, AgentOpts::default());
     wait_until(Duration::from_secs(30), "the agent to register", || active_agents(&m.state()) == 1);
@@ -355,10 +363,15 @@ async fn operator_quota_caps_offers_and_is_durable() {
     let offered = &fw.offers[0].resources;
     assert_eq!((offered.cpus(), offered.mem_mb()), (0.5, 100.0), "the offer is cut to the quota: {offered}");
     let table = String::from_utf8(quota(&m.addr, &[]).stdout).unwrap();
-    assert!(table.lines().any(|l| l.starts_with("eng ") && l.contains("0.5/0.5") && l.contains("100/100")), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with("eng ") && l.contains("0.5/0.25/0.5") && l.contains("100/-/100")),
+        "{table}"
+    );
     let (_, _, metrics) = agora_tests::http(&m.addr, "GET", "/metrics", &[], &[]);
     let metrics = String::from_utf8(metrics).unwrap();
     assert!(metrics.contains("agora_role_quota_limit{role=\"eng\",resource=\"cpus\"} 0.5\n"), "{metrics}");
+    assert!(metrics.contains("agora_role_quota_guarantee{role=\"eng\",resource=\"cpus\"} 0.25\n"), "{metrics}");
+    assert!(metrics.contains("agora_role_quota_consumed{role=\"eng\",resource=\"cpus\"} 0.5\n"), "{metrics}");
     assert!(metrics.contains("agora_role_allocated{role=\"eng\",resource=\"mem\"} 100\n"), "{metrics}");
     // Cleared, it is gone.
     assert!(quota(&m.addr, &["--clear", "eng"]).status.success());

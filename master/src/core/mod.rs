@@ -327,8 +327,8 @@ pub struct Master {
     pub allocator: Allocator,
     /// Role weights set by operators (the ones that are not 1), persisted.
     pub weights: BTreeMap<String, f64>,
-    /// Role quota limits set by operators, persisted.
-    pub quota: BTreeMap<String, allocator::QuotaLimits>,
+    /// Role quota set by operators, persisted.
+    pub quota: BTreeMap<String, allocator::Quota>,
     pub counters: Counters,
     actions: Vec<Action>,
     alloc_dirty: HashSet<AgentId>,
@@ -383,10 +383,11 @@ impl Master {
             }
         }
         for q in &state.quota {
-            let limits = q.limits();
-            if limits != allocator::QuotaLimits::default() {
-                self.allocator.set_limits(&q.role, limits);
-                self.quota.insert(q.role.clone(), limits);
+            let quota = q.quota();
+            if !quota.is_empty() {
+                self.allocator.set_limits(&q.role, quota.limits);
+                self.allocator.set_guarantees(&q.role, quota.guarantees);
+                self.quota.insert(q.role.clone(), quota);
             }
         }
         for a in &state.agents {

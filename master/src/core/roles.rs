@@ -1,17 +1,17 @@
 //! Operator calls about roles: their weights (`GET_WEIGHTS`,
-//! `UPDATE_WEIGHTS`) and quota limits (`GET_QUOTA`, `UPDATE_QUOTA`), both
+//! `UPDATE_WEIGHTS`) and quota (`GET_QUOTA`, `UPDATE_QUOTA`), both
 //! persisted in the registry, and the roles view (`GET_ROLES`, also in
 //! `/master/state` and the metrics). Typed here; `api` reads and writes
 //! their JSON. Operator calls on agents' resources are dispatched from here
 //! to `operations`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use agora_proto::mesos::AgentId;
 
 use super::operations::ResourceOp;
 use super::{ApiError, Master, Now};
-use crate::allocator::{QuotaLimits, Scalars};
+use crate::allocator::{Quota, Scalars, SHARE_KINDS};
 
 /// Weights are kept within these bounds (a share divided by a weight must
 /// stay a sane number).
@@ -29,9 +29,13 @@ pub enum OperatorCall {
     UpdateWeights(Vec<(String, f64)>),
     GetRoles,
     GetQuota,
-    /// (role, limits) pairs; no limit on any kind clears the role's quota.
-    /// Build with `update_quota`, which checks them.
-    UpdateQuota(Vec<(String, QuotaLimits)>),
+    /// (role, quota) pairs; an empty quota clears the role's. Build with
+    /// `update_quota`, which checks each on its own; the master checks them
+    /// against the other roles' and, unless `force`, the cluster's size.
+    UpdateQuota {
+        quota: Vec<(String, Quota)>,
+        force: bool,
+    },
     /// RESERVE_RESOURCES, UNRESERVE_RESOURCES, CREATE_VOLUMES and
     /// DESTROY_VOLUMES: an operation on an agent's unallocated resources.
     Operate {
@@ -45,7 +49,7 @@ pub enum OperatorCall {
 pub enum OperatorReply {
     Weights(Vec<(String, f64)>),
     Roles(Vec<RoleView>),
-    Quota(Vec<(String, QuotaLimits)>),
+    Quota(Vec<(String, Quota)>),
 }
 
 /// A role as operators see it.
@@ -59,7 +63,10 @@ pub struct RoleView {
     pub allocated: Scalars,
     /// The subtree's dominant share divided by the weight.
     pub dominant_share: f64,
-    pub limits: QuotaLimits,
+    pub quota: Quota,
+    /// What counts against the quota: `allocated`, plus the subtree's
+    /// reservations not allocated.
+    pub consumed: Scalars,
 }
 
 /// Whether an operator may give `role` a weight or quota: a valid role
@@ -113,15 +120,26 @@ impl OperatorCall {
     }
 
     /// An UPDATE_QUOTA, if every role can have a quota and is given once,
-    /// and no limit is negative.
-    pub fn update_quota(quota: Vec<(String, QuotaLimits)>) -> Result<OperatorCall, ApiError> {
+    /// no amount is negative, and no guarantee exceeds its limit.
+    pub fn update_quota(quota: Vec<(String, Quota)>, force: bool) -> Result<OperatorCall, ApiError> {
         distinct(quota.iter().map(|(r, _)| r.as_str()), "UPDATE_QUOTA")?;
-        for (role, limits) in &quota {
-            if limits.0.iter().flatten().any(|&v| v < 0) {
-                return Err(ApiError::bad_request(format!("quota limits of role {role:?} must not be negative")));
+        for (role, q) in &quota {
+            if q.limits.0.iter().chain(&q.guarantees.0).flatten().any(|&v| v < 0) {
+                return Err(ApiError::bad_request(format!("quota of role {role:?} must not be negative")));
+            }
+            for (i, kind) in SHARE_KINDS.iter().enumerate() {
+                if let (Some(g), Some(l)) = (q.guarantees.0[i], q.limits.0[i]) {
+                    if g > l {
+                        return Err(ApiError::bad_request(format!(
+                            "the {kind} guarantee of role {role:?} ({}) exceeds its limit ({})",
+                            g as f64 / 1000.0,
+                            l as f64 / 1000.0
+                        )));
+                    }
+                }
             }
         }
-        Ok(OperatorCall::UpdateQuota(quota))
+        Ok(OperatorCall::UpdateQuota { quota, force })
     }
 }
 
@@ -140,16 +158,32 @@ impl Master {
             OperatorCall::GetQuota => {
                 Ok(Some(OperatorReply::Quota(self.quota.iter().map(|(r, l)| (r.clone(), *l)).collect())))
             }
-            OperatorCall::UpdateQuota(updates) => {
-                for (role, limits) in updates {
-                    self.allocator.set_limits(&role, limits);
-                    if limits == QuotaLimits::default() {
-                        self.quota.remove(&role);
+            OperatorCall::UpdateQuota { quota: updates, force } => {
+                let mut after = self.quota.clone();
+                for (role, q) in &updates {
+                    if q.is_empty() {
+                        after.remove(role);
                     } else {
-                        self.quota.insert(role, limits);
+                        after.insert(role.clone(), *q);
                     }
                 }
+                check_guarantees(&after)?;
+                if !force {
+                    self.check_capacity(&after)?;
+                }
+                let raised = updates.iter().any(|(role, q)| {
+                    let before = self.quota.get(role).map(|q| q.guarantees).unwrap_or_default();
+                    (0..4).any(|i| q.guarantees.0[i].unwrap_or(0) > before.0[i].unwrap_or(0))
+                });
+                for (role, q) in updates {
+                    self.allocator.set_limits(&role, q.limits);
+                    self.allocator.set_guarantees(&role, q.guarantees);
+                }
+                self.quota = after;
                 self.persist();
+                if raised {
+                    self.rescind_for_guarantees(now);
+                }
                 self.alloc_full = true;
                 Ok(None)
             }
@@ -182,6 +216,7 @@ impl Master {
             .iter()
             .flat_map(|r| r.match_indices('/').map(|(i, _)| r[..i].to_string()).chain(std::iter::once(r.clone())))
             .collect();
+        let consumption = self.allocator.consumption();
         with_parents
             .into_iter()
             .map(|name| {
@@ -191,7 +226,8 @@ impl Master {
                 frameworks.sort_unstable();
                 RoleView {
                     weight: self.allocator.weight(&name),
-                    limits: self.allocator.limits(&name),
+                    quota: self.quota.get(&name).copied().unwrap_or_default(),
+                    consumed: consumption.of(&name),
                     name,
                     frameworks,
                     allocated,
@@ -200,4 +236,85 @@ impl Master {
             })
             .collect()
     }
+
+    /// Unless forced, the top-most guarantees must fit in the cluster as it
+    /// is (as Mesos's capacity check).
+    fn check_capacity(&self, quota: &BTreeMap<String, Quota>) -> Result<(), ApiError> {
+        let total = self.allocator.total();
+        let mut sum = [0i64; 4];
+        for (role, q) in quota {
+            let top = !quota.iter().any(|(other, o)| !o.guarantees.is_empty() && on_path(other, role) && other != role);
+            if top {
+                for (s, g) in sum.iter_mut().zip(q.guarantees.0) {
+                    *s += g.unwrap_or(0);
+                }
+            }
+        }
+        for (i, kind) in SHARE_KINDS.iter().enumerate() {
+            if sum[i] > total.0[i] {
+                return Err(ApiError {
+                    status: 409,
+                    message: format!(
+                        "quota guarantees of {} {kind} exceed the cluster's {} (set 'force' to set them anyway)",
+                        sum[i] as f64 / 1000.0,
+                        total.0[i] as f64 / 1000.0
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Guarantees went up: offers outstanding to roles that no unmet
+    /// guarantee covers are taken back, so that the next round can meet it.
+    fn rescind_for_guarantees(&mut self, now: Now) {
+        let short = self.allocator.short_roles();
+        if short.is_empty() {
+            return;
+        }
+        let ids: Vec<_> =
+            self.offers.values().filter(|o| !short.iter().any(|r| on_path(r, &o.role))).map(|o| o.id.clone()).collect();
+        for id in ids {
+            self.rescind_offer(&id, now);
+        }
+    }
+}
+
+/// Whether `role` is `ancestor` or below it.
+fn on_path(ancestor: &str, role: &str) -> bool {
+    role.strip_prefix(ancestor).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Guarantees nest: what the roles right below a guaranteed role (the
+/// nearest guaranteed roles under it) are guaranteed, together, must not
+/// exceed what it is guaranteed, kind by kind (an unset kind is 0).
+fn check_guarantees(quota: &BTreeMap<String, Quota>) -> Result<(), ApiError> {
+    let guaranteed: Vec<(&String, &Quota)> = quota.iter().filter(|(_, q)| !q.guarantees.is_empty()).collect();
+    for (parent, pq) in &guaranteed {
+        let mut sum = [0i64; 4];
+        for (child, cq) in &guaranteed {
+            let below = child != parent && on_path(parent, child);
+            // The nearest: no guaranteed role between them.
+            let nearest = below
+                && !guaranteed
+                    .iter()
+                    .any(|(mid, _)| mid != parent && mid != child && on_path(parent, mid) && on_path(mid, child));
+            if nearest {
+                for (s, g) in sum.iter_mut().zip(cq.guarantees.0) {
+                    *s += g.unwrap_or(0);
+                }
+            }
+        }
+        for (i, kind) in SHARE_KINDS.iter().enumerate() {
+            let own = pq.guarantees.0[i].unwrap_or(0);
+            if sum[i] > own {
+                return Err(ApiError::bad_request(format!(
+                    "the roles under {parent:?} are guaranteed {} {kind} together, more than its own {}",
+                    sum[i] as f64 / 1000.0,
+                    own as f64 / 1000.0
+                )));
+            }
+        }
+    }
+    Ok(())
 }

@@ -799,14 +799,15 @@ fn role_weights_split_offers_and_survive_a_restart() {
 /// with the registry; a limit of nothing clears it.
 #[test]
 fn quota_limits_offers_and_survives_a_restart() {
-    use crate::allocator::QuotaLimits;
+    use crate::allocator::{Quantities, Quota};
     let mut s = Sim::new();
-    let limits = QuotaLimits([Some(1500), None, None, None]);
-    let call = OperatorCall::update_quota(vec![("eng".into(), limits)]).unwrap();
+    let limits = Quantities([Some(1500), None, None, None]);
+    let quota = Quota { limits, ..Quota::default() };
+    let call = OperatorCall::update_quota(vec![("eng".into(), quota)], false).unwrap();
     assert_eq!(s.m.operator(s.now, call).unwrap(), None);
-    assert_eq!(OperatorCall::update_quota(vec![("*".into(), limits)]).unwrap_err().status, 400);
-    let negative = QuotaLimits([Some(-1), None, None, None]);
-    assert_eq!(OperatorCall::update_quota(vec![("eng".into(), negative)]).unwrap_err().status, 400);
+    assert_eq!(OperatorCall::update_quota(vec![("*".into(), quota)], false).unwrap_err().status, 400);
+    let negative = Quota { limits: Quantities([Some(-1), None, None, None]), ..Quota::default() };
+    assert_eq!(OperatorCall::update_quota(vec![("eng".into(), negative)], false).unwrap_err().status, 400);
     s.subscribe_with(FW_STREAM, FrameworkInfo { role: Some("eng".into()), ..Default::default() });
     for i in 0..3 {
         s.register_agent(i + 1, "cpus:1;mem:128");
@@ -819,13 +820,82 @@ fn quota_limits_offers_and_survives_a_restart() {
     assert_eq!(fresh.m.allocator.limits("eng"), limits);
     assert_eq!(
         fresh.m.operator(fresh.now, OperatorCall::GetQuota).unwrap(),
-        Some(OperatorReply::Quota(vec![("eng".into(), limits)]))
+        Some(OperatorReply::Quota(vec![("eng".into(), quota)]))
     );
-    let clear = OperatorCall::update_quota(vec![("eng".into(), QuotaLimits::default())]).unwrap();
+    let clear = OperatorCall::update_quota(vec![("eng".into(), Quota::default())], false).unwrap();
     s.m.operator(s.now, clear).unwrap();
     s.flush();
     assert!(s.last_persisted().quota.is_empty());
-    assert_eq!(s.m.allocator.limits("eng"), QuotaLimits::default());
+    assert_eq!(s.m.allocator.limits("eng"), Quantities::default());
+}
+
+/// UPDATE_QUOTA with guarantees: they must nest and (unless forced) fit
+/// the cluster; raising one takes back offers of other roles, and the
+/// headroom is held back until the role's framework comes; they show in
+/// GET_ROLES and come back with the registry.
+#[test]
+fn quota_guarantees_hold_back_headroom_and_survive_a_restart() {
+    use crate::allocator::{Quantities, Quota};
+    let mut s = Sim::new();
+    let role = |r: &str| FrameworkInfo { role: Some(r.into()), ..Default::default() };
+    s.subscribe_with(FW_STREAM + 1, role("ops"));
+    for i in 0..8 {
+        s.register_agent(i + 1, "cpus:1;mem:128");
+    }
+    assert_eq!(s.offers(FW_STREAM + 1).len(), 8);
+    let guarantee =
+        |cpus: i64| Quota { guarantees: Quantities([Some(cpus * 1000), None, None, None]), ..Quota::default() };
+    let update = |s: &mut Sim, quota: Vec<(&str, Quota)>, force: bool| {
+        let quota = quota.into_iter().map(|(r, q)| (r.to_string(), q)).collect();
+        let r = OperatorCall::update_quota(quota, force).and_then(|call| s.m.operator(s.now, call));
+        s.flush();
+        r
+    };
+    // More than the cluster has: refused unless forced.
+    let err = update(&mut s, vec![("eng", guarantee(9))], false).unwrap_err();
+    assert_eq!(err.status, 409, "{err:?}");
+    assert!(err.message.contains("force"), "{err:?}");
+    // A guarantee above its limit, and children above their parent.
+    let over = Quota { limits: Quantities([Some(1000), None, None, None]), ..guarantee(2) };
+    assert_eq!(update(&mut s, vec![("eng", over)], false).unwrap_err().status, 400);
+    let err = update(&mut s, vec![("eng", guarantee(3)), ("eng/dev", guarantee(2)), ("eng/ci", guarantee(2))], false)
+        .unwrap_err();
+    assert!(err.message.contains("more than its own"), "{err:?}");
+    // Nothing was changed by the refused calls, and ops still holds its
+    // offers.
+    assert!(s.m.quota.is_empty());
+    assert!(s.events(FW_STREAM + 1).iter().all(|e| e.rescind.is_none()));
+
+    update(&mut s, vec![("eng", guarantee(3)), ("eng/dev", guarantee(2))], false).unwrap();
+    // ops's outstanding offers were taken back, and it is offered again
+    // all but eng's 3 cpus.
+    let ev = s.events(FW_STREAM + 1);
+    assert_eq!(ev.iter().filter(|e| e.rescind.is_some()).count(), 8, "{ev:?}");
+    let cpus: f64 =
+        ev.iter().filter_map(|e| e.offers.as_ref()).flat_map(|o| &o.offers).map(|o| o.resources.cpus()).sum();
+    assert_eq!(cpus, 5.0);
+    s.advance(10_000);
+    assert!(s.offers(FW_STREAM + 1).is_empty(), "the headroom stays free");
+    // eng's framework (in eng/dev) comes, and gets the guarantee.
+    s.subscribe_with(FW_STREAM, role("eng/dev"));
+    let cpus: f64 = s.offers(FW_STREAM).iter().map(|o| o.resources.cpus()).sum();
+    assert_eq!(cpus, 2.0, "eng/dev's own guarantee bounds what it gets first");
+    let Some(OperatorReply::Roles(roles)) = s.m.operator(s.now, OperatorCall::GetRoles).unwrap() else {
+        panic!("roles")
+    };
+    let eng = roles.iter().find(|r| r.name == "eng").expect("eng");
+    assert_eq!(eng.quota, guarantee(3));
+    assert_eq!(eng.consumed.0[0], 2000);
+
+    // Forced, a guarantee beyond the cluster is taken.
+    update(&mut s, vec![("big", guarantee(100))], true).unwrap();
+    let registry = s.last_persisted();
+    let mut fresh = Sim::new();
+    fresh.m.recover(&registry, fresh.now);
+    assert_eq!(fresh.m.allocator.guarantees("eng"), guarantee(3).guarantees);
+    assert_eq!(fresh.m.allocator.guarantees("eng/dev"), guarantee(2).guarantees);
+    assert_eq!(fresh.m.allocator.guarantees("big"), guarantee(100).guarantees);
+    assert_eq!(fresh.m.quota, s.m.quota);
 }
 
 /// Offer constraints from a SUBSCRIBE in Mesos's JSON: a framework that
