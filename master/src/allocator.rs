@@ -129,11 +129,16 @@ pub struct Config {
     pub min_offer_cpus: Fixed,
     pub min_offer_mem_mb: Fixed,
     pub seed: u64,
+    /// Optimistic offers: each allocation also names up to this many more
+    /// frameworks, the next in DRF order that could take the same
+    /// resources, to be offered them too (0: pessimistic, one framework
+    /// per resource).
+    pub optimistic: usize,
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config { min_offer_cpus: Fixed(10), min_offer_mem_mb: Fixed(32_000), seed: 0x5eed }
+        Config { min_offer_cpus: Fixed(10), min_offer_mem_mb: Fixed(32_000), seed: 0x5eed, optimistic: 0 }
     }
 }
 
@@ -229,6 +234,10 @@ pub struct Allocation {
     pub role: String,
     /// Marked as allocated to `role`.
     pub resources: Resources,
+    /// Optimistic offers: more (framework, role) pairs to offer the same
+    /// resources to, not charged for them. Whoever uses them first takes
+    /// the charge over.
+    pub also: Vec<(FrameworkId, String)>,
 }
 
 #[derive(Debug)]
@@ -772,13 +781,7 @@ impl Allocator {
             fw.allocated.sub(Scalars::of(&give));
             self.account(f, &give, false);
         }
-        let Some(fw) = self.frameworks[f].as_mut() else { return };
-        if refuse_ms > 0 {
-            fw.filters
-                .entry(a)
-                .or_default()
-                .push(Filter { resources: r.unallocated(), expires_ms: now_ms.saturating_add(refuse_ms) });
-        }
+        self.refuse(framework, agent, r, refuse_ms, now_ms);
     }
 
     fn is_filtered(fw: &mut FrameworkSlot, agent: usize, offer: &Resources, now_ms: u64) -> bool {
@@ -919,12 +922,73 @@ impl Allocator {
                         agent_id: self.agents[a].as_ref().expect("slot checked").id.clone(),
                         role: role.to_string(),
                         resources: r,
+                        also: Vec::new(),
                     });
                     true
                 };
                 let Some((leaf, f)) = tree.walk(0, &mut try_grant) else { break };
                 tree.rerank(self, leaf, f);
+                if self.config.optimistic > 0 {
+                    let last = out.last_mut().expect("granted");
+                    last.also = self.also_offer(tree, a, f, &last.resources.unallocated(), now_ms, guarantees.as_ref());
+                }
             }
+        }
+    }
+
+    /// Optimistic offers: the next frameworks (up to `config.optimistic`,
+    /// other than `winner`) in DRF order that could take all of `granted`
+    /// for one of their roles: its reservations are theirs, it is within
+    /// their limits and around the headroom, their constraints want the
+    /// agent and no filter refuses it.
+    fn also_offer(
+        &self,
+        tree: &Tree,
+        a: usize,
+        winner: usize,
+        granted: &Resources,
+        now_ms: u64,
+        guarantees: Option<&Guarantees>,
+    ) -> Vec<(FrameworkId, String)> {
+        let mut picked: Vec<(usize, String)> = Vec::new();
+        let fits = |role: &str| {
+            let usable = granted.usable_by(role);
+            usable.contains(granted)
+                && self.within_limits(role, usable.clone()).contains(granted)
+                && guarantees.is_none_or(|g| g.cut(role, usable, Stage::Fair).contains(granted))
+        };
+        tree.walk(0, &mut |f, role| {
+            let Some(f) = f else { return fits(role) };
+            if f == winner || picked.iter().any(|(p, _)| *p == f) || !self.wants(f, role, a) {
+                return false;
+            }
+            let Some(fw) = self.frameworks[f].as_ref() else { return false };
+            let refused = fw
+                .filters
+                .get(&a)
+                .is_some_and(|fs| fs.iter().any(|x| x.expires_ms > now_ms && x.resources.contains(granted)));
+            if !refused {
+                picked.push((f, role.to_string()));
+            }
+            picked.len() >= self.config.optimistic
+        });
+        picked.into_iter().filter_map(|(f, role)| self.frameworks[f].as_ref().map(|fw| (fw.id.clone(), role))).collect()
+    }
+
+    /// Adds a decline filter without giving anything back: the framework
+    /// is not offered these resources of this agent again before
+    /// `now_ms + refuse_ms` (for offers it was not charged for).
+    pub fn refuse(&mut self, framework: &FrameworkId, agent: &AgentId, r: &Resources, refuse_ms: u64, now_ms: u64) {
+        let (Some(f), Some(&a)) = (self.framework_idx(framework), self.agent_index.get(agent)) else { return };
+        if refuse_ms == 0 {
+            return;
+        }
+        // Filters hold unallocated resources.
+        if let Some(fw) = self.frameworks[f].as_mut() {
+            fw.filters
+                .entry(a)
+                .or_default()
+                .push(Filter { resources: r.unallocated(), expires_ms: now_ms.saturating_add(refuse_ms) });
         }
     }
 
@@ -959,7 +1023,11 @@ fn merge_stages(out: &mut Vec<Allocation>, first: usize) {
     let second = out.split_off(first);
     for x in second {
         match index.get(&(x.framework_id.clone(), x.agent_id.clone(), x.role.clone())) {
-            Some(&i) => out[i].resources.add(&x.resources),
+            Some(&i) => {
+                out[i].resources.add(&x.resources);
+                // Optimistic copies must be able to take all of it.
+                out[i].also.retain(|p| x.also.contains(p));
+            }
             None => out.push(x),
         }
     }
@@ -1629,6 +1697,37 @@ mod tests {
         assert_eq!(count(&out, "d"), 2, "{out:?}");
         assert_eq!(count(&out, "o"), 5, "{out:?}");
         assert_eq!(c.a.short_roles(), vec!["eng".to_string()]);
+    }
+
+    #[test]
+    fn optimistic_copies_go_to_the_next_frameworks_that_can_take_all_of_it() {
+        let mut c = Check::new(
+            &[("a1", "cpus:1;mem:100"), ("a2", "cpus(eng):1;mem(eng):100")],
+            &[("e1", &["eng"]), ("e2", &["eng"]), ("o", &["ops"])],
+        );
+        c.a.config.optimistic = 2;
+        // e2 refused a1 a while ago.
+        c.a.recover(&FrameworkId::new("e2"), &AgentId::new("a1"), &res("cpus:1;mem:100"), 60_000, 0);
+        let out = c.a.allocate(1, None);
+        assert_eq!(out.len(), 2, "{out:?}");
+        for x in &out {
+            let mut named: Vec<&str> = x.also.iter().map(|(f, _)| f.value.as_str()).collect();
+            named.push(x.framework_id.value.as_str());
+            named.sort_unstable();
+            match x.agent_id.value.as_str() {
+                // Unreserved: everyone but the framework that refused it.
+                "a1" => assert_eq!(named, ["e1", "o"], "{x:?}"),
+                // Reserved to eng: only eng's frameworks.
+                _ => assert_eq!(named, ["e1", "e2"], "{x:?}"),
+            }
+            assert!(!x.also.iter().any(|(f, _)| f == &x.framework_id));
+        }
+        // Pessimistic: no copies.
+        c.a.config.optimistic = 0;
+        for x in &out {
+            c.a.recover(&x.framework_id, &x.agent_id, &x.resources, 0, 2);
+        }
+        assert!(c.a.allocate(3, None).iter().all(|x| x.also.is_empty()));
     }
 
     #[test]

@@ -647,6 +647,7 @@ pub fn metrics(m: &Master, s: &ShellStats) -> BTreeMap<String, f64> {
     put("master/invalid_scheduler_calls", c.invalid_calls as f64);
     put("master/offers_sent", c.offers_sent as f64);
     put("master/offers_rescinded", c.offers_rescinded as f64);
+    put("master/offers_lost_races", c.offers_lost_races as f64);
     put("master/framework_removals", c.framework_removals as f64);
     put("master/invalid_agent_frames", s.agent_frames_invalid as f64);
     put("master/streams_disconnected_slow", s.streams_dropped_slow as f64);

@@ -35,6 +35,13 @@ struct Args {
     work_dir: Option<PathBuf>,
     #[arg(long, default_value = "1secs", value_parser = duration::parse)]
     allocation_interval: std::time::Duration,
+    /// Optimistic offers: offer each agent's resources to this many more
+    /// frameworks besides the one DRF picks (the next in DRF order). The
+    /// first to use them wins; the others' offers are rescinded and their
+    /// later launches on them get TASK_DROPPED. 0 (the default) is
+    /// pessimistic: each resource is offered to one framework at a time.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
+    optimistic_offers: u16,
     /// Rescind offers not used within this time; "0" never rescinds.
     #[arg(long, default_value = "0", value_parser = duration::parse)]
     offer_timeout: std::time::Duration,
@@ -128,6 +135,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut flags = BTreeMap::new();
     flags.insert("allocation_interval".into(), format!("{:?}", args.allocation_interval));
     flags.insert("offer_timeout".into(), format!("{:?}", args.offer_timeout));
+    flags.insert("optimistic_offers".into(), args.optimistic_offers.to_string());
     flags.insert("agent_ping_timeout".into(), format!("{:?}", args.agent_ping_timeout));
     flags.insert("max_agent_ping_timeouts".into(), args.max_agent_ping_timeouts.to_string());
     flags.insert("heartbeat_interval".into(), format!("{:?}", args.heartbeat_interval));
@@ -149,7 +157,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_completed_frameworks: 50,
         max_unreachable_agents: 10_000,
         max_unreachable_tasks_per_framework: 1000,
-        allocator: allocator::Config { seed: rand::random(), ..Default::default() },
+        allocator: allocator::Config {
+            seed: rand::random(),
+            optimistic: args.optimistic_offers as usize,
+            ..Default::default()
+        },
         seed: rand::random(),
     };
     let tick_ms = (core.allocation_interval_ms / 4).clamp(5, 100);

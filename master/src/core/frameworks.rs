@@ -343,6 +343,9 @@ impl Master {
                 if let Some(a) = self.agents.get_mut(&rec.agent_id) {
                     a.offers.remove(&o);
                 }
+                // Its charge goes with the framework; another offer of the
+                // same resources takes it over.
+                self.leave_group(&rec);
             }
         }
         let mut agents = HashSet::new();

@@ -11,6 +11,7 @@
 mod agents;
 mod frameworks;
 mod operations;
+mod optimistic;
 mod roles;
 mod tasks;
 
@@ -279,6 +280,12 @@ pub struct OfferRecord {
     pub role: String,
     pub resources: Resources,
     pub expires_ms: Option<u64>,
+    /// Optimistic offers: the offers of the same resources to other
+    /// frameworks share a group.
+    pub group: Option<u64>,
+    /// Whether the allocator counts the resources as this framework's (in
+    /// a group, exactly one offer is charged).
+    pub charged: bool,
 }
 
 /// Counters for `/metrics/snapshot`, named after Mesos's where one exists.
@@ -300,6 +307,9 @@ pub struct Counters {
     pub offers_declined: u64,
     pub offers_rescinded: u64,
     pub offers_accepted: u64,
+    /// Optimistic offers: launches on an offer another framework's ACCEPT
+    /// had taken first.
+    pub offers_lost_races: u64,
     pub messages_kill_task: u64,
     pub messages_reconcile_tasks: u64,
     pub messages_revive: u64,
@@ -324,6 +334,14 @@ pub struct Master {
     frameworks_by_stream: HashMap<ConnId, FrameworkId>,
     pub completed_frameworks: VecDeque<Framework>,
     pub offers: HashMap<OfferId, OfferRecord>,
+    /// Optimistic offers: the offers of each group.
+    offer_groups: HashMap<u64, Vec<OfferId>>,
+    next_offer_group: u64,
+    /// Offers rescinded because another framework used the same resources
+    /// first, with the winner (bounded, oldest forgotten first): a launch on
+    /// one gets TASK_DROPPED saying so.
+    lost_offers: HashMap<OfferId, FrameworkId>,
+    lost_order: VecDeque<OfferId>,
     pub allocator: Allocator,
     /// Role weights set by operators (the ones that are not 1), persisted.
     pub weights: BTreeMap<String, f64>,
@@ -356,6 +374,10 @@ impl Master {
             frameworks_by_stream: HashMap::new(),
             completed_frameworks: VecDeque::new(),
             offers: HashMap::new(),
+            offer_groups: HashMap::new(),
+            next_offer_group: 0,
+            lost_offers: HashMap::new(),
+            lost_order: VecDeque::new(),
             allocator,
             weights: BTreeMap::new(),
             quota: BTreeMap::new(),
@@ -456,33 +478,60 @@ impl Master {
         // One OFFERS event per framework for the whole round.
         let mut per_framework: HashMap<FrameworkId, Vec<agora_proto::mesos::Offer>> = HashMap::new();
         for a in allocations {
-            let Some(agent) = self.agents.get_mut(&a.agent_id) else { continue };
-            let Some(fw) = self.frameworks.get_mut(&a.framework_id) else { continue };
-            self.next_offer_seq += 1;
-            let id = OfferId::new(format!("{}-O{}", self.config.master_id, self.next_offer_seq));
-            agent.offers.insert(id.clone());
-            fw.offers.insert(id.clone());
-            per_framework.entry(a.framework_id.clone()).or_default().push(agora_proto::mesos::Offer {
-                id: id.clone(),
-                framework_id: a.framework_id.clone(),
-                agent_id: a.agent_id.clone(),
-                hostname: agent.info.hostname.clone(),
-                resources: a.resources.clone(),
-                attributes: agent.info.attributes.clone(),
-                executor_ids: Vec::new(),
-                allocation_info: Some(agora_proto::mesos::AllocationInfo { role: Some(a.role.clone()) }),
+            if !self.agents.contains_key(&a.agent_id) || !self.frameworks.contains_key(&a.framework_id) {
+                continue;
+            }
+            // Optimistic offers: the same resources, for each of `also` too,
+            // in one group; only the first offer is charged.
+            let also: Vec<(FrameworkId, String)> =
+                a.also.into_iter().filter(|(f, _)| self.frameworks.contains_key(f)).collect();
+            let group = (!also.is_empty()).then(|| {
+                self.next_offer_group += 1;
+                self.next_offer_group
             });
-            self.offers.insert(
-                id.clone(),
-                OfferRecord {
-                    id,
-                    framework_id: a.framework_id,
-                    agent_id: a.agent_id,
-                    role: a.role,
-                    resources: a.resources,
-                    expires_ms: self.config.offer_timeout_ms.map(|t| now.mono_ms.saturating_add(t)),
-                },
-            );
+            let plain = a.resources.unallocated();
+            let copies = also.into_iter().map(|(f, role)| {
+                let r = plain.allocate_to(&role);
+                (f, role, r, false)
+            });
+            let offers: Vec<_> = std::iter::once((a.framework_id, a.role, a.resources, true)).chain(copies).collect();
+            for (framework_id, role, resources, charged) in offers {
+                self.next_offer_seq += 1;
+                let id = OfferId::new(format!("{}-O{}", self.config.master_id, self.next_offer_seq));
+                let (Some(agent), Some(fw)) =
+                    (self.agents.get_mut(&a.agent_id), self.frameworks.get_mut(&framework_id))
+                else {
+                    continue;
+                };
+                agent.offers.insert(id.clone());
+                fw.offers.insert(id.clone());
+                per_framework.entry(framework_id.clone()).or_default().push(agora_proto::mesos::Offer {
+                    id: id.clone(),
+                    framework_id: framework_id.clone(),
+                    agent_id: a.agent_id.clone(),
+                    hostname: agent.info.hostname.clone(),
+                    resources: resources.clone(),
+                    attributes: agent.info.attributes.clone(),
+                    executor_ids: Vec::new(),
+                    allocation_info: Some(agora_proto::mesos::AllocationInfo { role: Some(role.clone()) }),
+                });
+                if let Some(g) = group {
+                    self.offer_groups.entry(g).or_default().push(id.clone());
+                }
+                self.offers.insert(
+                    id.clone(),
+                    OfferRecord {
+                        id,
+                        framework_id,
+                        agent_id: a.agent_id.clone(),
+                        role,
+                        resources,
+                        expires_ms: self.config.offer_timeout_ms.map(|t| now.mono_ms.saturating_add(t)),
+                        group,
+                        charged,
+                    },
+                );
+            }
         }
         for (fw, offers) in per_framework {
             self.counters.offers_sent += offers.len() as u64;
@@ -516,7 +565,12 @@ impl Master {
         if let Some(f) = self.frameworks.get_mut(&o.framework_id) {
             f.offers.remove(id);
         }
-        self.allocator.recover(&o.framework_id, &o.agent_id, &o.resources, refuse_ms, now.mono_ms);
+        if o.charged {
+            self.allocator.recover(&o.framework_id, &o.agent_id, &o.resources, refuse_ms, now.mono_ms);
+        } else {
+            self.allocator.refuse(&o.framework_id, &o.agent_id, &o.resources, refuse_ms, now.mono_ms);
+        }
+        self.leave_group(&o);
         Some(o)
     }
 

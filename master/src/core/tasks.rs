@@ -64,6 +64,7 @@ impl Master {
         // The offers must exist, belong to this framework, be distinct and be
         // on one connected agent.
         let mut problem = None;
+        let mut lost = false;
         let mut seen = HashSet::new();
         let mut agent: Option<AgentId> = None;
         if accept.offer_ids.is_empty() {
@@ -75,9 +76,15 @@ impl Master {
                 continue;
             }
             match self.offers.get(id) {
-                None => {
-                    problem.get_or_insert(format!("Offer {id} is no longer valid"));
-                }
+                None => match self.lost_race(id) {
+                    Some(why) if problem.is_none() => {
+                        lost = true;
+                        problem = Some(why);
+                    }
+                    _ => {
+                        problem.get_or_insert(format!("Offer {id} is no longer valid"));
+                    }
+                },
                 Some(o) if &o.framework_id != fid => {
                     problem.get_or_insert(format!("Offer {id} is not for this framework"));
                 }
@@ -106,8 +113,13 @@ impl Master {
                     }
                 }
             }
+            // A launch that lost an optimistic race is dropped: nothing
+            // about it was ever started.
             let pa = self.frameworks.get(fid).is_some_and(|f| f.partition_aware());
-            let state = if pa { TaskState::Dropped } else { TaskState::Lost };
+            let state = if pa || lost { TaskState::Dropped } else { TaskState::Lost };
+            if lost {
+                self.counters.offers_lost_races += 1;
+            }
             for t in launches {
                 let status = self.master_status(
                     &t.task_id,
@@ -124,6 +136,8 @@ impl Master {
         }
         let agent_id = agent.expect("at least one valid offer");
         let refuse_ms = (Filters::refuse_seconds(accept.filters.as_ref()) * 1000.0) as u64;
+        // Optimistic offers: this ACCEPT is first, the others lose.
+        self.claim_offers(fid, &accept.offer_ids, now);
 
         // Pool the offers' resources; every launch draws from it.
         let mut pool = Resources::new();

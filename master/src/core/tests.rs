@@ -1177,3 +1177,99 @@ fn operator_reservations_and_volumes() {
     assert!(s.last_persisted().agents[0].resources.is_empty());
     assert_eq!(s.m.agents[&agent].info.resources, Resources::parse("cpus:2;mem:256;disk:1024").unwrap());
 }
+
+/// Optimistic offers: two frameworks are offered the same resources. The
+/// first ACCEPT wins whichever of the two offers it names (the charge moves
+/// to it); the other offer is rescinded, and a launch on it gets
+/// TASK_DROPPED saying why. Only one framework is ever charged.
+#[test]
+fn optimistic_offers_first_accept_wins() {
+    for winner_is_charged in [true, false] {
+        let mut config = Config::for_test();
+        config.allocator.optimistic = 1;
+        let mut s = Sim::with(config);
+        let info = |n: &str| FrameworkInfo { user: "u".into(), name: n.into(), ..Default::default() };
+        let a = s.subscribe_with(FW_STREAM, info("a"));
+        let b = s.subscribe_with(FW_STREAM + 1, info("b"));
+        let agent = s.register_agent(1, "cpus:2;mem:256");
+        let (oa, ob) = (s.offers(FW_STREAM), s.offers(FW_STREAM + 1));
+        assert_eq!((oa.len(), ob.len()), (1, 1), "both are offered the agent");
+        assert_eq!(oa[0].resources, ob[0].resources.unallocated().allocate_to("*"));
+        let charged: Vec<bool> = [&oa[0], &ob[0]].iter().map(|o| s.m.offers[&o.id].charged).collect();
+        assert_eq!(charged.iter().filter(|c| **c).count(), 1, "exactly one offer is charged");
+        // Pick the winner: the charged offer's framework, or the other.
+        let a_first = charged[0] == winner_is_charged;
+        let ((wf, wsid), wstream, wo, (lf, lsid), lstream, lo) = if a_first {
+            (a, FW_STREAM, &oa[0], b, FW_STREAM + 1, &ob[0])
+        } else {
+            (b, FW_STREAM + 1, &ob[0], a, FW_STREAM, &oa[0])
+        };
+        s.launch(&wf, &wsid, wo, vec![task("win", &agent, "cpus:1;mem:128", "true")]);
+        let run: Vec<_> = s.sent_to_agent(1);
+        assert!(matches!(&run[..], [MasterToAgent::RunTask { task, .. }] if task.task_id.as_str() == "win"), "{run:?}");
+        let ev = s.events(lstream);
+        assert!(ev.iter().any(|e| e.rescind.as_ref().is_some_and(|r| r.offer_id == lo.id)), "{ev:?}");
+        // What the winner left went back and was offered again at once.
+        let again: Vec<Offer> =
+            ev.into_iter().chain(s.events(wstream)).filter_map(|e| e.offers).flat_map(|o| o.offers).collect();
+        // The loser launches anyway: dropped, with the reason.
+        s.launch(&lf, &lsid, lo, vec![task("lose", &agent, "cpus:1;mem:128", "true")]);
+        let up = s.updates(lstream);
+        assert_eq!(up.len(), 1, "{up:?}");
+        assert_eq!(up[0].state, TaskState::Dropped);
+        assert!(up[0].message.as_deref().unwrap_or("").contains("taken by framework"), "{:?}", up[0]);
+        assert!(s.sent_to_agent(1).iter().all(|m| !matches!(m, MasterToAgent::RunTask { .. })));
+        assert_eq!(s.m.counters.offers_lost_races, 1);
+        // Each framework is charged for exactly its task and its charged
+        // offers, never more than the agent has.
+        for (f, task_cpus) in [(&wf, 1.0), (&lf, 0.0)] {
+            let offered: f64 = again
+                .iter()
+                .filter(|o| &o.framework_id == f && s.m.offers[&o.id].charged)
+                .map(|o| o.resources.cpus())
+                .sum();
+            assert_eq!(s.m.allocator.allocated(f, &agent).cpus(), task_cpus + offered, "{f}");
+        }
+        assert!(s.m.allocator.available(&agent).unwrap().cpus() >= 0.0);
+        assert_eq!(
+            s.m.allocator.allocated(&wf, &agent).cpus() + s.m.allocator.allocated(&lf, &agent).cpus(),
+            2.0 - s.m.allocator.available(&agent).unwrap().cpus()
+        );
+    }
+}
+
+/// Optimistic offers: when the charged offer is declined, the other
+/// offer of the group takes the charge, so the resources are not offered
+/// a third time while it is outstanding; declining that one frees them.
+#[test]
+fn optimistic_offers_hand_the_charge_over_on_decline() {
+    let mut config = Config::for_test();
+    config.allocator.optimistic = 1;
+    let mut s = Sim::with(config);
+    let info = |n: &str| FrameworkInfo { user: "u".into(), name: n.into(), ..Default::default() };
+    let a = s.subscribe_with(FW_STREAM, info("a"));
+    let b = s.subscribe_with(FW_STREAM + 1, info("b"));
+    let agent = s.register_agent(1, "cpus:2;mem:256");
+    let offers = [s.offers(FW_STREAM).remove(0), s.offers(FW_STREAM + 1).remove(0)];
+    let fws = [a, b];
+    let first = offers.iter().position(|o| s.m.offers[&o.id].charged).expect("one charged");
+    let other = 1 - first;
+    let decline = |s: &mut Sim, i: usize| {
+        let mut call = Call::new(CallType::Decline, Some(fws[i].0.clone()));
+        call.decline = Some(Decline {
+            offer_ids: vec![offers[i].id.clone()],
+            filters: Some(Filters { refuse_seconds: Some(0.0) }),
+        });
+        assert_eq!(s.call(call, &fws[i].1), Ok(202));
+    };
+    decline(&mut s, first);
+    assert!(s.m.offers[&offers[other].id].charged, "the charge moved");
+    assert_eq!(s.m.allocator.allocated(&fws[other].0, &agent).cpus(), 2.0);
+    s.advance(2_000);
+    assert!(s.offers(FW_STREAM).is_empty() && s.offers(FW_STREAM + 1).is_empty(), "nothing free to offer");
+    decline(&mut s, other);
+    assert!(s.m.allocator.allocated(&fws[other].0, &agent).is_empty());
+    s.advance(2_000);
+    let again = s.offers(FW_STREAM).len() + s.offers(FW_STREAM + 1).len();
+    assert_eq!(again, 2, "offered to both again");
+}
