@@ -454,6 +454,8 @@ fn bench(args: &[String]) -> Result<()> {
     for (package, bench) in [("agora-proto", "frame"), ("agora-master", "allocation")] {
         run(cargo().args(["bench", "-p", package, "--bench", bench, "--"]).args(&criterion))?;
     }
+    // Optimistic against pessimistic offers: a simulation, not timed.
+    run(cargo().args(["bench", "-p", "agora-master", "--bench", "optimistic"]))?;
     run(cargo().args(["build", "--release", "-p", "agora-master", "-p", "agora-bench", "--bins"]))?;
     let mut load = Command::new(target_dir().join("release/agora-bench"));
     load.arg("launch").arg("--out").arg(target_dir().join("bench"));
