@@ -1182,16 +1182,24 @@ fn operator_reservations_and_volumes() {
 /// first ACCEPT wins whichever of the two offers it names (the charge moves
 /// to it); the other offer is rescinded, and a launch on it gets
 /// TASK_DROPPED saying why. Only one framework is ever charged.
+/// A master with `--optimistic-offers 1`, frameworks `a` (on FW_STREAM)
+/// and `b` (FW_STREAM + 1), then one agent (conn 1), which both are
+/// offered.
+fn optimistic_pair() -> (Sim, (FrameworkId, String), (FrameworkId, String), AgentId) {
+    let mut config = Config::for_test();
+    config.allocator.optimistic = 1;
+    let mut s = Sim::with(config);
+    let info = |n: &str| FrameworkInfo { user: "u".into(), name: n.into(), ..Default::default() };
+    let a = s.subscribe_with(FW_STREAM, info("a"));
+    let b = s.subscribe_with(FW_STREAM + 1, info("b"));
+    let agent = s.register_agent(1, "cpus:2;mem:256");
+    (s, a, b, agent)
+}
+
 #[test]
 fn optimistic_offers_first_accept_wins() {
     for winner_is_charged in [true, false] {
-        let mut config = Config::for_test();
-        config.allocator.optimistic = 1;
-        let mut s = Sim::with(config);
-        let info = |n: &str| FrameworkInfo { user: "u".into(), name: n.into(), ..Default::default() };
-        let a = s.subscribe_with(FW_STREAM, info("a"));
-        let b = s.subscribe_with(FW_STREAM + 1, info("b"));
-        let agent = s.register_agent(1, "cpus:2;mem:256");
+        let (mut s, a, b, agent) = optimistic_pair();
         let (oa, ob) = (s.offers(FW_STREAM), s.offers(FW_STREAM + 1));
         assert_eq!((oa.len(), ob.len()), (1, 1), "both are offered the agent");
         assert_eq!(oa[0].resources, ob[0].resources.unallocated().allocate_to("*"));
@@ -1243,13 +1251,7 @@ fn optimistic_offers_first_accept_wins() {
 /// a third time while it is outstanding; declining that one frees them.
 #[test]
 fn optimistic_offers_hand_the_charge_over_on_decline() {
-    let mut config = Config::for_test();
-    config.allocator.optimistic = 1;
-    let mut s = Sim::with(config);
-    let info = |n: &str| FrameworkInfo { user: "u".into(), name: n.into(), ..Default::default() };
-    let a = s.subscribe_with(FW_STREAM, info("a"));
-    let b = s.subscribe_with(FW_STREAM + 1, info("b"));
-    let agent = s.register_agent(1, "cpus:2;mem:256");
+    let (mut s, a, b, agent) = optimistic_pair();
     let offers = [s.offers(FW_STREAM).remove(0), s.offers(FW_STREAM + 1).remove(0)];
     let fws = [a, b];
     let first = offers.iter().position(|o| s.m.offers[&o.id].charged).expect("one charged");
