@@ -1106,7 +1106,7 @@ impl Guarantees {
             .iter()
             .map(|(name, guarantee)| {
                 let consumed = consumption.of(name);
-                let top = !a.guarantees.keys().any(|other| other != name && on_path(other, name));
+                let top = !name.match_indices('/').any(|(i, _)| a.guarantees.contains_key(&name[..i]));
                 GuaranteedRole { name: name.clone(), guarantee: *guarantee, consumed, top }
             })
             .collect();

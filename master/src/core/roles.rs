@@ -243,8 +243,7 @@ impl Master {
         let total = self.allocator.total();
         let mut sum = [0i64; 4];
         for (role, q) in quota {
-            let top = !quota.iter().any(|(other, o)| !o.guarantees.is_empty() && on_path(other, role) && other != role);
-            if top {
+            if nearest_guaranteed_ancestor(quota, role).is_none() {
                 for (s, g) in sum.iter_mut().zip(q.guarantees.0) {
                     *s += g.unwrap_or(0);
                 }
@@ -285,26 +284,30 @@ fn on_path(ancestor: &str, role: &str) -> bool {
     role.strip_prefix(ancestor).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
+/// The closest role above `role` that has a guarantee.
+fn nearest_guaranteed_ancestor<'a>(quota: &BTreeMap<String, Quota>, role: &'a str) -> Option<&'a str> {
+    role.match_indices('/')
+        .rev()
+        .map(|(i, _)| &role[..i])
+        .find(|p| quota.get(*p).is_some_and(|q| !q.guarantees.is_empty()))
+}
+
 /// Guarantees nest: what the roles right below a guaranteed role (the
 /// nearest guaranteed roles under it) are guaranteed, together, must not
-/// exceed what it is guaranteed, kind by kind (an unset kind is 0).
+/// exceed what it is guaranteed, kind by kind (an unset kind is 0). One
+/// pass: each role adds to its nearest guaranteed ancestor.
 fn check_guarantees(quota: &BTreeMap<String, Quota>) -> Result<(), ApiError> {
-    let guaranteed: Vec<(&String, &Quota)> = quota.iter().filter(|(_, q)| !q.guarantees.is_empty()).collect();
-    for (parent, pq) in &guaranteed {
-        let mut sum = [0i64; 4];
-        for (child, cq) in &guaranteed {
-            let below = child != parent && on_path(parent, child);
-            // The nearest: no guaranteed role between them.
-            let nearest = below
-                && !guaranteed
-                    .iter()
-                    .any(|(mid, _)| mid != parent && mid != child && on_path(parent, mid) && on_path(mid, child));
-            if nearest {
-                for (s, g) in sum.iter_mut().zip(cq.guarantees.0) {
-                    *s += g.unwrap_or(0);
-                }
+    let mut sums: BTreeMap<&str, [i64; 4]> = BTreeMap::new();
+    for (child, cq) in quota.iter().filter(|(_, q)| !q.guarantees.is_empty()) {
+        if let Some(parent) = nearest_guaranteed_ancestor(quota, child) {
+            let sum = sums.entry(parent).or_default();
+            for (s, g) in sum.iter_mut().zip(cq.guarantees.0) {
+                *s += g.unwrap_or(0);
             }
         }
+    }
+    for (parent, sum) in sums {
+        let pq = &quota[parent];
         for (i, kind) in SHARE_KINDS.iter().enumerate() {
             let own = pq.guarantees.0[i].unwrap_or(0);
             if sum[i] > own {

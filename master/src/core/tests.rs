@@ -861,6 +861,9 @@ fn quota_guarantees_hold_back_headroom_and_survive_a_restart() {
     let err = update(&mut s, vec![("eng", guarantee(3)), ("eng/dev", guarantee(2)), ("eng/ci", guarantee(2))], false)
         .unwrap_err();
     assert!(err.message.contains("more than its own"), "{err:?}");
+    // The nearest guaranteed role above counts, across roles without one.
+    let err = update(&mut s, vec![("eng", guarantee(3)), ("eng/a/b", guarantee(4))], false).unwrap_err();
+    assert!(err.message.contains("more than its own"), "{err:?}");
     // Nothing was changed by the refused calls, and ops still holds its
     // offers.
     assert!(s.m.quota.is_empty());
