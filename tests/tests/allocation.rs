@@ -72,17 +72,17 @@ async fn weights_split_a_saturated_cluster_one_to_three() {
     // Each framework launches one long task per cpu (and its share of
     // memory) of every offer it gets, until the cluster is full.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut launched = 0;
-    while role_cpus(&m, "eng") + role_cpus(&m, "ops") < 16.0 || launched < 16 {
-        assert!(tokio::time::Instant::now() < deadline, "the cluster did not fill: {launched} tasks");
-        for fw in [&mut eng, &mut ops] {
+    let mut by_framework = [0usize; 2];
+    while role_cpus(&m, "eng") + role_cpus(&m, "ops") < 16.0 || by_framework.iter().sum::<usize>() < 16 {
+        assert!(tokio::time::Instant::now() < deadline, "the cluster did not fill: {by_framework:?} tasks");
+        for (fw, launched) in [&mut eng, &mut ops].into_iter().zip(by_framework.iter_mut()) {
             fw.step(Duration::from_millis(100)).await;
             while let Some(offer) = fw.offers.pop_front() {
                 let n = offer.resources.cpus() as usize;
                 let tasks: Vec<TaskInfo> = (0..n)
                     .map(|i| task(&format!("t-{}-{i}", offer.id), &offer, "cpus:1;mem:256", "sleep 300"))
                     .collect();
-                launched += tasks.len();
+                *launched += tasks.len();
                 if tasks.is_empty() {
                     fw.driver.decline(vec![offer.id.clone()], 0.0).await.expect("decline");
                 } else {
@@ -94,15 +94,15 @@ async fn weights_split_a_saturated_cluster_one_to_three() {
     let (e, o) = (role_cpus(&m, "eng"), role_cpus(&m, "ops"));
     let ratio = o / e;
     assert!((2.7..=3.3).contains(&ratio), "eng {e} cpus, ops {o} cpus: ratio {ratio}, want 3 ± 10%");
-    // Every task runs (the split is of tasks, not only of offers).
-    for fw in [&mut eng, &mut ops] {
+    // Every task launched runs (the split is of tasks, not only of offers).
+    for (fw, launched) in [&mut eng, &mut ops].into_iter().zip(by_framework) {
         fw.until(Duration::from_secs(60), "every task running", |f| {
             let latest = f.latest();
-            !latest.is_empty() && latest.values().all(|s| s.state == TaskState::Running)
+            latest.len() == launched && latest.values().all(|s| s.state == TaskState::Running)
         })
         .await;
     }
-    assert_eq!(eng.latest().len() + ops.latest().len(), 16);
+    assert_eq!(by_framework.iter().sum::<usize>(), 16);
     eng.driver.teardown().await.expect("teardown");
     ops.driver.teardown().await.expect("teardown");
     drop(agents);
