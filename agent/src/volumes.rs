@@ -15,7 +15,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use agora_proto::resources::{valid_volume_id, Resource, Resources, Volume};
+use agora_proto::resources::{valid_role, valid_volume_id, Resource, Resources, Volume};
 
 fn checkpoint_path(work_dir: &Path) -> PathBuf {
     work_dir.join("meta").join("resources.json")
@@ -49,11 +49,12 @@ pub fn store(work_dir: &Path, resources: &Resources) -> Result<(), String> {
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }
 
-/// Where a volume's data lives. Roles are checked path components (no `.`,
-/// `..` or empty ones), so `eng/dev` nests under `eng`.
+/// Where a volume's data lives. The role's components become directories
+/// (`eng/dev` nests under `eng`); a role or id that is not a safe path
+/// component (`.`, `..`, empty) has no directory.
 pub fn volume_dir(work_dir: &Path, resource: &Resource) -> Option<PathBuf> {
     let v = resource.volume.as_ref()?;
-    if !valid_volume_id(&v.id) {
+    if !valid_volume_id(&v.id) || !valid_role(resource.role()) {
         return None;
     }
     let mut dir = work_dir.join("volumes").join("roles");
@@ -137,5 +138,6 @@ mod tests {
     #[test]
     fn unsafe_ids_have_no_directory() {
         assert_eq!(volume_dir(Path::new("/w"), &volume("eng", "../x")), None);
+        assert_eq!(volume_dir(Path::new("/w"), &volume("eng/../..", "x")), None);
     }
 }

@@ -577,13 +577,25 @@ async fn weights(master: &str, set: &[String], json: bool) -> anyhow::Result<()>
                 s(&r["name"]),
                 s(&r["weight"]),
                 format!("{:.3}", r["dominant_share"].as_f64().unwrap_or(0.0)),
-                num(r, &["quota", "consumed", "cpus"]).to_string(),
+                allocated_cpus(r).to_string(),
                 r["frameworks"].as_array().map(|f| f.len()).unwrap_or(0).to_string(),
             ]
         })
         .collect();
     table(&["ROLE", "WEIGHT", "SHARE", "CPUS", "FRAMEWORKS"], rows);
     Ok(())
+}
+
+/// The cpus offered or used in a GET_ROLES role's subtree (its
+/// `resources`; its quota's `consumed` also counts unused reservations).
+fn allocated_cpus(role: &Value) -> f64 {
+    role["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["name"] == "cpus")
+        .filter_map(|r| r["scalar"]["value"].as_f64())
+        .sum()
 }
 
 const QUOTA_KINDS: [&str; 4] = ["cpus", "mem", "disk", "gpus"];

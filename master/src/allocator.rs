@@ -600,7 +600,7 @@ impl Allocator {
 
     /// Sets (or, with no limit on any kind, clears) a role's quota limits.
     pub fn set_limits(&mut self, role: &str, limits: Quantities) {
-        if limits.0.iter().all(Option::is_none) {
+        if limits.is_empty() {
             self.limits.remove(role);
         } else {
             self.limits.insert(role.to_string(), limits);
@@ -1064,7 +1064,7 @@ enum Stage {
 }
 
 /// Whether `role` is `ancestor` or below it.
-fn on_path(ancestor: &str, role: &str) -> bool {
+pub fn on_path(ancestor: &str, role: &str) -> bool {
     role.strip_prefix(ancestor).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 

@@ -41,7 +41,8 @@ fn role_cpus(m: &Master, role: &str) -> f64 {
     v["get_roles"]["roles"]
         .as_array()
         .and_then(|roles| roles.iter().find(|r| r["name"] == role))
-        .map(|r| r["quota"]["consumed"]["cpus"].as_f64().unwrap_or(0.0))
+        .and_then(|r| r["resources"].as_array())
+        .map(|rs| rs.iter().filter(|r| r["name"] == "cpus").filter_map(|r| r["scalar"]["value"].as_f64()).sum())
         .unwrap_or(0.0)
 }
 

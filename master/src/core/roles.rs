@@ -11,7 +11,7 @@ use agora_proto::mesos::AgentId;
 
 use super::operations::ResourceOp;
 use super::{ApiError, Master, Now};
-use crate::allocator::{Quota, Scalars, SHARE_KINDS};
+use crate::allocator::{on_path, Quota, Scalars, SHARE_KINDS};
 
 /// Weights are kept within these bounds (a share divided by a weight must
 /// stay a sane number).
@@ -277,11 +277,6 @@ impl Master {
             self.rescind_offer(&id, now);
         }
     }
-}
-
-/// Whether `role` is `ancestor` or below it.
-fn on_path(ancestor: &str, role: &str) -> bool {
-    role.strip_prefix(ancestor).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// The closest role above `role` that has a guarantee.
