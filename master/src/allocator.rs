@@ -256,18 +256,23 @@ struct AgentSlot {
     total: Resources,
     /// Everything offered or used, with allocation markers, per framework.
     allocated: HashMap<usize, Resources>,
-    /// The sum of `allocated`, without allocation markers.
-    allocated_sum: Resources,
+    /// What is not allocated: `total` less everything in `allocated`
+    /// (without allocation markers). A round's grants take from it in
+    /// place; every other change to `total` or `allocated` works it out
+    /// again ([`AgentSlot::refresh_free`]).
+    free: Resources,
     active: bool,
 }
 
 impl AgentSlot {
-    fn available(&self) -> Resources {
+    fn refresh_free(&mut self) {
         // Saturating: one resource allocated beyond the total (an agent that
         // came back smaller) must not hide the rest of the agent.
-        let mut a = self.total.clone();
-        a.subtract_saturating(&self.allocated_sum);
-        a
+        let mut free = self.total.clone();
+        for r in self.allocated.values() {
+            free.subtract_saturating(&r.unallocated());
+        }
+        self.free = free;
     }
 }
 
@@ -367,9 +372,9 @@ impl Allocator {
             id: id.clone(),
             hostname: String::new(),
             attributes: Vec::new(),
+            free: total.unallocated(),
             total: total.unallocated(),
             allocated: HashMap::new(),
-            allocated_sum: Resources::new(),
             active: true,
         };
         let idx = match self.free_agent_slots.pop() {
@@ -389,6 +394,9 @@ impl Allocator {
                 self.charge(f, idx, r);
             }
         }
+        if let Some(slot) = self.agents[idx].as_mut() {
+            slot.refresh_free();
+        }
     }
 
     pub fn remove_agent(&mut self, id: &AgentId) {
@@ -401,7 +409,7 @@ impl Allocator {
             if let Some(fw) = self.frameworks[f].as_mut() {
                 fw.allocated.sub(Scalars::of(&r));
             }
-            self.account(f, &r, false);
+            self.discharge(f, &r);
         }
         // The slot will be reused for another agent: nothing about this one
         // (filters included) may stick to it.
@@ -496,8 +504,8 @@ impl Allocator {
         }
         for a in slot.agents {
             if let Some(agent) = self.agents[a].as_mut() {
-                if let Some(r) = agent.allocated.remove(&idx) {
-                    agent.allocated_sum.subtract_saturating(&r.unallocated());
+                if agent.allocated.remove(&idx).is_some() {
+                    agent.refresh_free();
                 }
             }
         }
@@ -535,37 +543,68 @@ impl Allocator {
         f.suppressed.extend(all);
     }
 
+    /// Charges `r` (marked with allocation roles) to framework `f` on agent
+    /// `a`. The caller takes it out of the agent's `free`.
     fn charge(&mut self, f: usize, a: usize, r: &Resources) {
+        self.hold(f, a, r);
+        for (role, s) in Scalars::by_role(r) {
+            self.account(f, &role, s, true);
+        }
+    }
+
+    /// Takes `r` (marked with allocation roles) out of framework `f`'s role
+    /// figures.
+    fn discharge(&mut self, f: usize, r: &Resources) {
+        for (role, s) in Scalars::by_role(r) {
+            self.account(f, &role, s, false);
+        }
+    }
+
+    /// `charge` of a grant: `r` is all allocated to `role`.
+    fn charge_grant(&mut self, f: usize, a: usize, role: &str, r: &Resources) {
+        self.hold(f, a, r);
+        self.account(f, role, Scalars::of(r), true);
+    }
+
+    fn hold(&mut self, f: usize, a: usize, r: &Resources) {
         let (Some(fw), Some(agent)) = (self.frameworks[f].as_mut(), self.agents[a].as_mut()) else { return };
         fw.allocated.add(Scalars::of(r));
         fw.agents.insert(a);
-        agent.allocated.entry(f).or_default().add(r);
-        agent.allocated_sum.add(&r.unallocated());
-        self.account(f, r, true);
+        match agent.allocated.get_mut(&f) {
+            Some(held) => held.add(r),
+            None => {
+                agent.allocated.insert(f, r.clone());
+            }
+        }
     }
 
-    /// Adds (or takes away) `r`, allocated to framework `f`, to the role
-    /// figures: the framework's per role, and the roles' own and subtrees'.
-    fn account(&mut self, f: usize, r: &Resources, add: bool) {
-        for (role, s) in Scalars::by_role(r) {
-            if let Some(fw) = self.frameworks[f].as_mut() {
-                let e = fw.by_role.entry(role.clone()).or_default();
-                if add {
-                    e.add(s)
-                } else {
-                    e.sub(s)
-                }
-                if e.0 == [0; 4] {
-                    fw.by_role.remove(&role);
-                }
+    /// Adds (or takes away) `s`, allocated to framework `f` under `role`,
+    /// to the role figures: the framework's per role, and the roles' own
+    /// and subtrees'.
+    fn account(&mut self, f: usize, role: &str, s: Scalars, add: bool) {
+        if let Some(fw) = self.frameworks[f].as_mut() {
+            let e = match fw.by_role.get_mut(role) {
+                Some(e) => e,
+                None => fw.by_role.entry(role.to_string()).or_default(),
+            };
+            if add {
+                e.add(s)
+            } else {
+                e.sub(s)
             }
-            self.role_add(&role, s, add);
+            if e.0 == [0; 4] {
+                fw.by_role.remove(role);
+            }
         }
+        self.role_add(role, s, add);
     }
 
     fn role_add(&mut self, role: &str, s: Scalars, add: bool) {
         let bump = |map: &mut HashMap<String, Scalars>, key: &str| {
-            let e = map.entry(key.to_string()).or_default();
+            let e = match map.get_mut(key) {
+                Some(e) => e,
+                None => map.entry(key.to_string()).or_default(),
+            };
             if add {
                 e.add(s)
             } else {
@@ -636,7 +675,7 @@ impl Allocator {
         let mut free = Scalars::default();
         let mut reserved: HashMap<String, Scalars> = HashMap::new();
         for slot in self.agents.iter().flatten().filter(|s| s.active) {
-            for r in slot.available().iter() {
+            for r in slot.free.iter() {
                 let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&r.name), &r.value) else {
                     continue;
                 };
@@ -749,9 +788,8 @@ impl Allocator {
         if let Some(held) = f.and_then(|f| slot.allocated.get_mut(&f)) {
             held.subtract_saturating(from);
             held.add(to);
-            slot.allocated_sum.subtract_saturating(&from.unallocated());
-            slot.allocated_sum.add(&to.unallocated());
         }
+        slot.refresh_free();
     }
 
     /// Marks resources of an agent as used by a framework outside of an offer
@@ -759,6 +797,9 @@ impl Allocator {
     pub fn add_used(&mut self, framework: &FrameworkId, agent: &AgentId, r: &Resources) {
         if let (Some(f), Some((a, _))) = (self.framework_idx(framework), self.agent(agent)) {
             self.charge(f, a, r);
+            if let Some(slot) = self.agents[a].as_mut() {
+                slot.refresh_free();
+            }
         }
     }
 
@@ -777,13 +818,14 @@ impl Allocator {
                 slot.allocated.remove(&f);
                 fw.agents.remove(&a);
             }
-            slot.allocated_sum.subtract_saturating(&give.unallocated());
+            slot.refresh_free();
             fw.allocated.sub(Scalars::of(&give));
-            self.account(f, &give, false);
+            self.discharge(f, &give);
         }
         self.refuse(framework, agent, r, refuse_ms, now_ms);
     }
 
+    /// Whether a filter of `fw` refuses `offer` (without allocation markers).
     fn is_filtered(fw: &mut FrameworkSlot, agent: usize, offer: &Resources, now_ms: u64) -> bool {
         let Some(filters) = fw.filters.get_mut(&agent) else { return false };
         filters.retain(|f| f.expires_ms > now_ms);
@@ -791,8 +833,7 @@ impl Allocator {
             fw.filters.remove(&agent);
             return false;
         }
-        let plain = offer.unallocated();
-        filters.iter().any(|f| f.resources.contains(&plain))
+        filters.iter().any(|f| f.resources.contains(offer))
     }
 
     fn offerable(&self, r: &Resources) -> bool {
@@ -868,13 +909,12 @@ impl Allocator {
                 return;
             }
             let Some(slot) = self.agents[a].as_ref() else { continue };
-            if !slot.active {
+            if !slot.active || !self.offerable(&slot.free) {
                 continue;
             }
-            let mut available = slot.available();
-            if !self.offerable(&available) {
-                continue;
-            }
+            // Grants take from the agent's free resources in place; they go
+            // back into the slot when the agent is done.
+            let mut available = self.agents[a].as_mut().map(|s| std::mem::take(&mut s.free)).unwrap_or_default();
             // Walk (framework, role) pairs down the role tree, lowest share
             // first; each gets all of what its role may use. Leftovers
             // reserved to other roles go on to the next. After a grant the
@@ -913,8 +953,8 @@ impl Allocator {
                     if let Some(g) = guarantees.as_mut() {
                         g.granted(role, &usable);
                     }
-                    let r = usable.allocate_to(role);
-                    self.charge(f, a, &r);
+                    let r = usable.into_allocated_to(role);
+                    self.charge_grant(f, a, role, &r);
                     self.stats.allocations += 1;
                     let fw = self.frameworks[f].as_ref().expect("charged above");
                     out.push(Allocation {
@@ -932,6 +972,9 @@ impl Allocator {
                     let last = out.last_mut().expect("granted");
                     last.also = self.also_offer(tree, a, f, &last.resources.unallocated(), now_ms, guarantees.as_ref());
                 }
+            }
+            if let Some(slot) = self.agents[a].as_mut() {
+                slot.free = available;
             }
         }
     }
@@ -1008,7 +1051,7 @@ impl Allocator {
 
     /// Unallocated resources of an agent.
     pub fn available(&self, agent: &AgentId) -> Option<Resources> {
-        self.agent(agent).map(|(_, a)| a.available())
+        self.agent(agent).map(|(_, a)| a.free.clone())
     }
 }
 
@@ -1851,12 +1894,16 @@ mod tests {
                     proptest::prop_assert!(held <= *limit, "{} holds {} cpus, limit {}", role, held, limit);
                 }
                 for slot in a.agents.iter().flatten() {
-                    proptest::prop_assert!(slot.total.contains(&slot.allocated_sum), "{} of {}", slot.allocated_sum, slot.total);
                     let mut sum = Resources::new();
                     for r in slot.allocated.values() {
                         sum.add(&r.unallocated());
                     }
-                    proptest::prop_assert!(sum.contains(&slot.allocated_sum) && slot.allocated_sum.contains(&sum));
+                    proptest::prop_assert!(slot.total.contains(&sum), "{} of {}", sum, slot.total);
+                    // What a round took from `free` in place is what
+                    // working it out afresh gives.
+                    let mut free = slot.total.clone();
+                    free.subtract(&sum).expect("contained");
+                    proptest::prop_assert_eq!(&slot.free, &free);
                 }
                 for x in out.iter().step_by(2) {
                     a.recover(&x.framework_id, &x.agent_id, &x.resources, 0, round as u64);

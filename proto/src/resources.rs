@@ -507,6 +507,20 @@ impl Resources {
         out
     }
 
+    /// [`Resources::allocate_to`], reusing `self`'s memory when nothing in
+    /// it is allocated yet.
+    pub fn into_allocated_to(mut self, role: &str) -> Resources {
+        if self.0.iter().any(|r| r.allocation_role.is_some()) {
+            return self.allocate_to(role);
+        }
+        // Normalized and unallocated: marking every resource alike merges
+        // nothing.
+        for r in &mut self.0 {
+            r.allocation_role = Some(role.to_string());
+        }
+        self
+    }
+
     /// Drops the allocation markers.
     pub fn unallocated(&self) -> Resources {
         let mut out = Resources::new();
