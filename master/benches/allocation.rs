@@ -19,6 +19,10 @@
 //! - `curve/<agents>x<frameworks>`: the cost as both grow, 10 agents per
 //!   framework.
 
+// The master's own allocator (see master/src/main.rs).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use agora_master::allocator::{Allocator, Config, Quantities};
 use agora_proto::mesos::{AgentId, FrameworkId};
 use agora_proto::resources::Resources;

@@ -44,13 +44,18 @@
 //! limits, and children's guarantees never exceed their parent's (the
 //! operator API checks both).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 
 use agora_proto::mesos::{AgentId, FrameworkId};
 use agora_proto::resources::{Fixed, Resources};
 use rand::rngs::SmallRng;
-use rand::seq::SliceRandom;
+use rand::Rng;
 use rand::SeedableRng;
+
+/// The allocator's maps and sets hash with foldhash, seeded per process: a
+/// round hashes role names and slot indices on every grant.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// The scalar kinds that make up a dominant share.
 pub const SHARE_KINDS: [&str; 4] = ["cpus", "mem", "disk", "gpus"];
@@ -254,8 +259,8 @@ struct AgentSlot {
     /// Attributes as text, for offer constraints.
     attributes: Vec<(String, String)>,
     total: Resources,
-    /// Everything offered or used, with allocation markers, per framework.
-    allocated: HashMap<usize, Resources>,
+    /// Everything offered or used, per framework.
+    allocated: HashMap<usize, Holding>,
     /// What is not allocated: `total` less everything in `allocated`
     /// (without allocation markers). A round's grants take from it in
     /// place; every other change to `total` or `allocated` works it out
@@ -264,15 +269,59 @@ struct AgentSlot {
     active: bool,
 }
 
+/// What one framework holds on an agent.
+#[derive(Debug)]
+enum Holding {
+    /// These resources, with allocation markers.
+    Listed(Resources),
+    /// All of the agent's `total`, allocated to this role: what granting a
+    /// whole idle agent leaves, kept without a copy of the total (the offer
+    /// takes the only one). It becomes `Listed` before it or the total
+    /// changes.
+    Total(String),
+}
+
 impl AgentSlot {
     fn refresh_free(&mut self) {
         // Saturating: one resource allocated beyond the total (an agent that
         // came back smaller) must not hide the rest of the agent.
         let mut free = self.total.clone();
-        for r in self.allocated.values() {
-            free.subtract_saturating(&r.unallocated());
+        for h in self.allocated.values() {
+            match h {
+                Holding::Listed(r) => free.subtract_saturating(&r.unallocated()),
+                Holding::Total(_) => free = Resources::new(),
+            }
         }
         self.free = free;
+    }
+
+    /// What framework `f` holds, with allocation markers.
+    fn held(&self, f: usize) -> Option<Resources> {
+        self.allocated.get(&f).map(|h| match h {
+            Holding::Listed(r) => r.clone(),
+            Holding::Total(role) => self.total.allocate_to(role),
+        })
+    }
+
+    /// Framework `f`'s holding as a list, to be changed.
+    fn listed_mut(&mut self, f: usize) -> Option<&mut Resources> {
+        let h = self.allocated.get_mut(&f)?;
+        if let Holding::Total(role) = h {
+            *h = Holding::Listed(self.total.allocate_to(role));
+        }
+        match h {
+            Holding::Listed(r) => Some(r),
+            Holding::Total(_) => None,
+        }
+    }
+
+    /// Every holding as a list: before the total changes.
+    fn list_all(&mut self) {
+        for h in self.allocated.values_mut() {
+            if let Holding::Total(role) = h {
+                *h = Holding::Listed(self.total.allocate_to(role));
+            }
+        }
     }
 }
 
@@ -286,7 +335,7 @@ struct FrameworkSlot {
     /// `allocated` per role.
     by_role: HashMap<String, Scalars>,
     /// Offer constraints per role (none: every agent).
-    constraints: HashMap<String, ConstraintGroups>,
+    constraints: std::collections::HashMap<String, ConstraintGroups>,
     /// Agents this framework has allocations on.
     agents: HashSet<usize>,
     filters: HashMap<usize, Vec<Filter>>,
@@ -332,17 +381,17 @@ impl Allocator {
         Allocator {
             config,
             agents: Vec::new(),
-            agent_index: HashMap::new(),
+            agent_index: HashMap::default(),
             free_agent_slots: Vec::new(),
             frameworks: Vec::new(),
-            framework_index: HashMap::new(),
+            framework_index: HashMap::default(),
             free_framework_slots: Vec::new(),
             total: Scalars::default(),
-            subtree: HashMap::new(),
-            direct: HashMap::new(),
-            weights: HashMap::new(),
-            limits: HashMap::new(),
-            guarantees: HashMap::new(),
+            subtree: HashMap::default(),
+            direct: HashMap::default(),
+            weights: HashMap::default(),
+            limits: HashMap::default(),
+            guarantees: HashMap::default(),
             rng,
             stats: Stats::default(),
         }
@@ -374,7 +423,7 @@ impl Allocator {
             attributes: Vec::new(),
             free: total.unallocated(),
             total: total.unallocated(),
-            allocated: HashMap::new(),
+            allocated: HashMap::default(),
             active: true,
         };
         let idx = match self.free_agent_slots.pop() {
@@ -405,7 +454,11 @@ impl Allocator {
         if slot.active {
             self.total.sub(Scalars::of(&slot.total));
         }
-        for (f, r) in slot.allocated {
+        for (f, h) in slot.allocated {
+            let r = match h {
+                Holding::Listed(r) => r,
+                Holding::Total(role) => slot.total.allocate_to(&role),
+            };
             if let Some(fw) = self.frameworks[f].as_mut() {
                 fw.allocated.sub(Scalars::of(&r));
             }
@@ -431,7 +484,11 @@ impl Allocator {
     }
 
     /// Replaces a framework's offer constraints (per role).
-    pub fn set_offer_constraints(&mut self, id: &FrameworkId, constraints: HashMap<String, ConstraintGroups>) {
+    pub fn set_offer_constraints(
+        &mut self,
+        id: &FrameworkId,
+        constraints: std::collections::HashMap<String, ConstraintGroups>,
+    ) {
         if let Some(f) = self.framework_idx(id).and_then(|i| self.frameworks[i].as_mut()) {
             f.constraints = constraints;
         }
@@ -477,10 +534,10 @@ impl Allocator {
             suppressed: suppressed.iter().cloned().collect(),
             active: true,
             allocated: Scalars::default(),
-            by_role: HashMap::new(),
-            constraints: HashMap::new(),
-            agents: HashSet::new(),
-            filters: HashMap::new(),
+            by_role: HashMap::default(),
+            constraints: std::collections::HashMap::new(),
+            agents: HashSet::default(),
+            filters: HashMap::default(),
         };
         let idx = match self.free_framework_slots.pop() {
             Some(i) => {
@@ -546,7 +603,7 @@ impl Allocator {
     /// Charges `r` (marked with allocation roles) to framework `f` on agent
     /// `a`. The caller takes it out of the agent's `free`.
     fn charge(&mut self, f: usize, a: usize, r: &Resources) {
-        self.hold(f, a, r);
+        self.hold(f, a, Scalars::of(r), Holding::Listed(r.clone()));
         for (role, s) in Scalars::by_role(r) {
             self.account(f, &role, s, true);
         }
@@ -560,21 +617,31 @@ impl Allocator {
         }
     }
 
-    /// `charge` of a grant: `r` is all allocated to `role`.
-    fn charge_grant(&mut self, f: usize, a: usize, role: &str, r: &Resources) {
-        self.hold(f, a, r);
-        self.account(f, role, Scalars::of(r), true);
+    /// `charge` of a grant: `r` is all allocated to `role`, and is the
+    /// agent's whole total when `whole` is set.
+    fn charge_grant(&mut self, f: usize, a: usize, role: &str, r: &Resources, whole: bool) {
+        let s = Scalars::of(r);
+        let holding = if whole { Holding::Total(role.to_string()) } else { Holding::Listed(r.clone()) };
+        self.hold(f, a, s, holding);
+        self.account(f, role, s, true);
     }
 
-    fn hold(&mut self, f: usize, a: usize, r: &Resources) {
+    /// Records that framework `f` holds more (`more`, whose share kinds
+    /// are `s`) on agent `a`.
+    fn hold(&mut self, f: usize, a: usize, s: Scalars, more: Holding) {
         let (Some(fw), Some(agent)) = (self.frameworks[f].as_mut(), self.agents[a].as_mut()) else { return };
-        fw.allocated.add(Scalars::of(r));
+        fw.allocated.add(s);
         fw.agents.insert(a);
-        match agent.allocated.get_mut(&f) {
-            Some(held) => held.add(r),
-            None => {
-                agent.allocated.insert(f, r.clone());
-            }
+        if let std::collections::hash_map::Entry::Vacant(e) = agent.allocated.entry(f) {
+            e.insert(more);
+            return;
+        }
+        let more = match more {
+            Holding::Listed(r) => r,
+            Holding::Total(role) => agent.total.allocate_to(&role),
+        };
+        if let Some(held) = agent.listed_mut(f) {
+            held.add(&more);
         }
     }
 
@@ -673,7 +740,7 @@ impl Allocator {
     /// unallocated reservations by role: one pass over the agents.
     fn unallocated(&self) -> (Scalars, HashMap<String, Scalars>) {
         let mut free = Scalars::default();
-        let mut reserved: HashMap<String, Scalars> = HashMap::new();
+        let mut reserved: HashMap<String, Scalars> = HashMap::default();
         for slot in self.agents.iter().flatten().filter(|s| s.active) {
             for r in slot.free.iter() {
                 let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&r.name), &r.value) else {
@@ -783,9 +850,10 @@ impl Allocator {
         let f = holder.and_then(|h| self.framework_idx(h));
         let Some(&a) = self.agent_index.get(agent) else { return };
         let Some(slot) = self.agents[a].as_mut() else { return };
+        slot.list_all();
         slot.total.subtract_saturating(&from.unallocated());
         slot.total.add(&to.unallocated());
-        if let Some(held) = f.and_then(|f| slot.allocated.get_mut(&f)) {
+        if let Some(held) = f.and_then(|f| slot.listed_mut(f)) {
             held.subtract_saturating(from);
             held.add(to);
         }
@@ -810,7 +878,7 @@ impl Allocator {
         let Some(f) = self.framework_idx(framework) else { return };
         let Some(&a) = self.agent_index.get(agent) else { return };
         let (Some(fw), Some(slot)) = (self.frameworks[f].as_mut(), self.agents[a].as_mut()) else { return };
-        if let Some(held) = slot.allocated.get_mut(&f) {
+        if let Some(held) = slot.listed_mut(f) {
             // Only give back what the framework actually holds.
             let give = if held.contains(r) { r.clone() } else { intersect(held, r) };
             held.subtract_saturating(&give);
@@ -850,11 +918,14 @@ impl Allocator {
         };
         agents.sort_unstable();
         agents.dedup();
-        // Shuffle so that no agent is always offered first.
-        agents.shuffle(&mut self.rng);
+        // Start at a random agent, so that none is always offered first.
+        if !agents.is_empty() {
+            let start = self.rng.gen_range(0..agents.len());
+            agents.rotate_left(start);
+        }
 
         let mut guarantees = Guarantees::new(self);
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(agents.len());
         // Stage one: the roles under a guarantee that is not met yet.
         if let Some(g) = guarantees.as_ref().filter(|g| g.any_shortfall()) {
             let mut tree = self.tree(|role| g.covers(role));
@@ -923,38 +994,56 @@ impl Allocator {
                 // What the current leaf's role may take of this agent: worked
                 // out once per leaf, and a leaf whose role can take nothing
                 // (reserved elsewhere, at its quota limit, held back for
-                // guarantees) is skipped whole.
-                let mut leaf_usable = Resources::new();
+                // guarantees) is skipped whole. `None` when it is all of
+                // `available`, as it is for every role when nothing on the
+                // agent is reserved and no quota cuts it (nothing copied).
+                let whole =
+                    guarantees.is_none() && self.limits.is_empty() && available.iter().all(|r| r.reservation.is_none());
+                let mut leaf_usable: Option<Resources> = None;
                 let mut try_grant = |f: Option<usize>, role: &str| -> bool {
                     let Some(f) = f else {
+                        if whole {
+                            // Untouched (a whole grant ends the agent), and
+                            // found offerable above.
+                            leaf_usable = None;
+                            return true;
+                        }
                         if stage == Stage::Guarantees && !guarantees.as_ref().is_some_and(|g| g.owes(role)) {
                             return false;
                         }
-                        leaf_usable = self.within_limits(role, available.usable_by(role));
+                        let mut usable = self.within_limits(role, available.usable_by(role));
                         if let Some(g) = guarantees.as_ref() {
-                            leaf_usable = g.cut(role, std::mem::take(&mut leaf_usable), stage);
+                            usable = g.cut(role, usable, stage);
                         }
-                        return !leaf_usable.is_empty()
-                            && (leaf_usable.scalar("cpus") >= self.config.min_offer_cpus
-                                || leaf_usable.scalar("mem") >= self.config.min_offer_mem_mb);
+                        let take = !usable.is_empty() && self.offerable(&usable);
+                        leaf_usable = Some(usable);
+                        return take;
                     };
                     if !self.wants(f, role, a) {
                         return false;
                     }
                     let Some(fw) = self.frameworks[f].as_mut() else { return false };
-                    if Self::is_filtered(fw, a, &leaf_usable, now_ms) {
+                    if Self::is_filtered(fw, a, leaf_usable.as_ref().unwrap_or(&available), now_ms) {
                         self.stats.filtered += 1;
                         return false;
                     }
                     // Granted: the walk ends here, and the next one works
                     // the leaf's share out again.
-                    let usable = std::mem::take(&mut leaf_usable);
-                    let _ = available.subtract(&usable);
+                    // All of an agent nobody holds anything on is its total.
+                    let whole_agent =
+                        leaf_usable.is_none() && self.agents[a].as_ref().is_some_and(|s| s.allocated.is_empty());
+                    let usable = match leaf_usable.take() {
+                        Some(usable) => {
+                            let _ = available.subtract(&usable);
+                            usable
+                        }
+                        None => std::mem::take(&mut available),
+                    };
                     if let Some(g) = guarantees.as_mut() {
                         g.granted(role, &usable);
                     }
                     let r = usable.into_allocated_to(role);
-                    self.charge_grant(f, a, role, &r);
+                    self.charge_grant(f, a, role, &r, whole_agent);
                     self.stats.allocations += 1;
                     let fw = self.frameworks[f].as_ref().expect("charged above");
                     out.push(Allocation {
@@ -1046,7 +1135,7 @@ impl Allocator {
         let (Some(f), Some((_, slot))) = (self.framework_idx(framework), self.agent(agent)) else {
             return Resources::new();
         };
-        slot.allocated.get(&f).cloned().unwrap_or_default()
+        slot.held(f).unwrap_or_default()
     }
 
     /// Unallocated resources of an agent.
@@ -1059,7 +1148,7 @@ impl Allocator {
 /// same framework, agent and role (from `out[..first]`), if any: one offer
 /// for both.
 fn merge_stages(out: &mut Vec<Allocation>, first: usize) {
-    let mut index: HashMap<(FrameworkId, AgentId, String), usize> = HashMap::new();
+    let mut index: HashMap<(FrameworkId, AgentId, String), usize> = HashMap::default();
     for (i, x) in out[..first].iter().enumerate() {
         index.insert((x.framework_id.clone(), x.agent_id.clone(), x.role.clone()), i);
     }
@@ -1360,7 +1449,7 @@ impl Tree {
                     role: role.to_string(),
                     node: n,
                     frameworks: BTreeSet::new(),
-                    keys: HashMap::new(),
+                    keys: HashMap::default(),
                 });
                 self.nodes[n].leaf = Some(l);
                 self.nodes[n].items.push((0, Item::Leaf(l)));
@@ -1853,7 +1942,7 @@ mod tests {
         ) {
             const TREE: [&str; 6] = ["a", "a/b", "a/c", "b", "b/x/y", "c"];
             let mut a = Allocator::new(Config::default());
-            let mut limits: HashMap<&str, i64> = HashMap::new();
+            let mut limits: HashMap<&str, i64> = HashMap::default();
             for (r, cpus) in &limited {
                 a.set_limits(TREE[*r], Quantities([Some(*cpus as i64 * 1000), None, None, None]));
                 limits.insert(TREE[*r], *cpus as i64 * 1000);
@@ -1895,8 +1984,8 @@ mod tests {
                 }
                 for slot in a.agents.iter().flatten() {
                     let mut sum = Resources::new();
-                    for r in slot.allocated.values() {
-                        sum.add(&r.unallocated());
+                    for f in slot.allocated.keys() {
+                        sum.add(&slot.held(*f).expect("held").unallocated());
                     }
                     proptest::prop_assert!(slot.total.contains(&sum), "{} of {}", sum, slot.total);
                     // What a round took from `free` in place is what
@@ -1937,7 +2026,7 @@ mod tests {
             }
             // Guarantees that nest and fit: each is at most what is left of
             // its nearest guaranteed ancestor's (or the cluster's).
-            let mut set: HashMap<&str, i64> = HashMap::new();
+            let mut set: HashMap<&str, i64> = HashMap::default();
             for (r, cpus) in &guaranteed {
                 let role = TREE[*r];
                 if set.contains_key(role) || set.keys().any(|g| on_path(role, g)) {
@@ -2138,5 +2227,38 @@ mod tests {
         c.a.recover(&f1, &a1, &res("cpus:5;mem:100").allocate_to("*"), 0, 0);
         assert_eq!(c.a.available(&a1).unwrap().cpus(), 2.0);
         assert!(c.a.allocated(&f1, &a1).is_empty());
+    }
+
+    #[test]
+    fn a_whole_agent_is_held_without_a_copy_and_behaves_as_listed() {
+        let mut c = Check::new(&[("a1", "cpus:4;mem:1024;ports:[1-10]")], &[("f1", &["eng"]), ("f2", &["eng"])]);
+        let (f1, f2, a1) = (FrameworkId::new("f1"), FrameworkId::new("f2"), AgentId::new("a1"));
+        let out = c.a.allocate(0, None);
+        assert_eq!(out.len(), 1);
+        let (holder, other) = if out[0].framework_id == f1 { (&f1, &f2) } else { (&f2, &f1) };
+        let slot = c.a.agents[0].as_ref().unwrap();
+        assert!(matches!(slot.allocated.values().next(), Some(Holding::Total(role)) if role == "eng"));
+        assert_eq!(c.a.allocated(holder, &a1), out[0].resources);
+        assert_eq!(c.a.available(&a1), Some(Resources::new()));
+        assert_eq!(c.a.share(holder), Some(1.0));
+
+        // An operation in the offer: a cpu reserved, the total changed.
+        let reserved = Resources::from_vec(vec![agora_proto::resources::Resource::scalar("cpus", 1.0)
+            .reserved_to("eng", agora_proto::resources::ReservationKind::Dynamic)]);
+        c.a.convert(&a1, Some(holder), &res("cpus:1").allocate_to("eng"), &reserved.allocate_to("eng"));
+        let mut held = res("cpus:3;mem:1024;ports:[1-10]").allocate_to("eng");
+        held.add(&reserved.allocate_to("eng"));
+        assert_eq!(c.a.allocated(holder, &a1), held);
+        assert_eq!(c.a.available(&a1), Some(Resources::new()));
+
+        // Part of it given back: only that part is free again.
+        c.a.recover(holder, &a1, &res("cpus:2;ports:[1-5]").allocate_to("eng"), 0, 0);
+        assert_eq!(c.a.available(&a1), Some(res("cpus:2;ports:[1-5]")));
+        assert_eq!(c.a.allocated(other, &a1), Resources::new());
+
+        // The agent's removal gives the rest back.
+        c.a.remove_agent(&a1);
+        assert_eq!(c.a.share(holder), Some(0.0));
+        assert!(c.a.roles_allocated().next().is_none());
     }
 }

@@ -9,6 +9,12 @@ use agora_master::{allocator, core, shard};
 use agora_proto::duration;
 use clap::Parser;
 
+/// mimalloc: an allocation round and offer handling make and free many
+/// small buffers; glibc's allocator took about twice as long on the
+/// allocation benchmark (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "agora-master",
