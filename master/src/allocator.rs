@@ -336,8 +336,6 @@ struct FrameworkSlot {
     by_role: HashMap<String, Scalars>,
     /// Offer constraints per role (none: every agent).
     constraints: std::collections::HashMap<String, ConstraintGroups>,
-    /// Agents this framework has allocations on.
-    agents: HashSet<usize>,
     filters: HashMap<usize, Vec<Filter>>,
 }
 
@@ -467,7 +465,6 @@ impl Allocator {
         // The slot will be reused for another agent: nothing about this one
         // (filters included) may stick to it.
         for fw in self.frameworks.iter_mut().flatten() {
-            fw.agents.remove(&idx);
             fw.filters.remove(&idx);
         }
         self.free_agent_slots.push(idx);
@@ -536,7 +533,6 @@ impl Allocator {
             allocated: Scalars::default(),
             by_role: HashMap::default(),
             constraints: std::collections::HashMap::new(),
-            agents: HashSet::default(),
             filters: HashMap::default(),
         };
         let idx = match self.free_framework_slots.pop() {
@@ -559,11 +555,11 @@ impl Allocator {
         for (role, s) in &slot.by_role {
             self.role_add(role, *s, false);
         }
-        for a in slot.agents {
-            if let Some(agent) = self.agents[a].as_mut() {
-                if agent.allocated.remove(&idx).is_some() {
-                    agent.refresh_free();
-                }
+        // Every agent is looked at (removing a framework is rare; a grant,
+        // which would otherwise note the agent in the framework, is not).
+        for agent in self.agents.iter_mut().flatten() {
+            if agent.allocated.remove(&idx).is_some() {
+                agent.refresh_free();
             }
         }
         self.free_framework_slots.push(idx);
@@ -631,7 +627,6 @@ impl Allocator {
     fn hold(&mut self, f: usize, a: usize, s: Scalars, more: Holding) {
         let (Some(fw), Some(agent)) = (self.frameworks[f].as_mut(), self.agents[a].as_mut()) else { return };
         fw.allocated.add(s);
-        fw.agents.insert(a);
         if let std::collections::hash_map::Entry::Vacant(e) = agent.allocated.entry(f) {
             e.insert(more);
             return;
@@ -779,18 +774,7 @@ impl Allocator {
         if self.limits.is_empty() {
             return usable;
         }
-        let mut room: [Option<i64>; 4] = [None; 4];
-        let nodes = role.match_indices('/').map(|(i, _)| &role[..i]).chain(std::iter::once(role));
-        for node in nodes {
-            let Some(limit) = self.limits.get(node) else { continue };
-            let used = self.subtree.get(node).copied().unwrap_or_default();
-            for ((room, l), used) in room.iter_mut().zip(limit.0).zip(used.0) {
-                if let Some(l) = l {
-                    let left = (l - used).max(0);
-                    *room = Some(room.map_or(left, |r| r.min(left)));
-                }
-            }
-        }
+        let mut room = self.room(role);
         if room.iter().all(Option::is_none) {
             return usable;
         }
@@ -818,6 +802,37 @@ impl Allocator {
             out.add_one(r);
         }
         out
+    }
+
+    /// What `role` may still be allocated of each share kind under its own
+    /// quota limits and those of the roles above it (`None`: no limit).
+    fn room(&self, role: &str) -> [Option<i64>; 4] {
+        let mut room: [Option<i64>; 4] = [None; 4];
+        let nodes = role.match_indices('/').map(|(i, _)| &role[..i]).chain(std::iter::once(role));
+        for node in nodes {
+            let Some(limit) = self.limits.get(node) else { continue };
+            let used = self.subtree.get(node).copied().unwrap_or_default();
+            for ((room, l), used) in room.iter_mut().zip(limit.0).zip(used.0) {
+                if let Some(l) = l {
+                    let left = (l - used).max(0);
+                    *room = Some(room.map_or(left, |r| r.min(left)));
+                }
+            }
+        }
+        room
+    }
+
+    /// Whether `role` is at a cpu limit while `available` has cpus it could
+    /// use: [`Allocator::within_limits`] would leave it nothing. Worked out
+    /// without copying `available`.
+    fn at_cpu_limit_for(&self, role: &str, available: &Resources) -> bool {
+        !self.limits.is_empty()
+            && self.room(role)[0] == Some(0)
+            && available.iter().any(|r| {
+                r.name == "cpus"
+                    && (r.reservation.is_none() || r.role() == role)
+                    && matches!(r.value, agora_proto::resources::Value::Scalar(v) if v.0 > 0)
+            })
     }
 
     pub fn weight(&self, role: &str) -> f64 {
@@ -884,7 +899,6 @@ impl Allocator {
             held.subtract_saturating(&give);
             if held.is_empty() {
                 slot.allocated.remove(&f);
-                fw.agents.remove(&a);
             }
             slot.refresh_free();
             fw.allocated.sub(Scalars::of(&give));
@@ -1009,6 +1023,9 @@ impl Allocator {
                             return true;
                         }
                         if stage == Stage::Guarantees && !guarantees.as_ref().is_some_and(|g| g.owes(role)) {
+                            return false;
+                        }
+                        if self.at_cpu_limit_for(role, &available) {
                             return false;
                         }
                         let mut usable = self.within_limits(role, available.usable_by(role));
