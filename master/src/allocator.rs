@@ -613,10 +613,9 @@ impl Allocator {
         }
     }
 
-    /// `charge` of a grant: `r` is all allocated to `role`, and is the
-    /// agent's whole total when `whole` is set.
-    fn charge_grant(&mut self, f: usize, a: usize, role: &str, r: &Resources, whole: bool) {
-        let s = Scalars::of(r);
+    /// `charge` of a grant: `r` (share kinds `s`) is all allocated to
+    /// `role`, and is the agent's whole total when `whole` is set.
+    fn charge_grant(&mut self, f: usize, a: usize, role: &str, r: &Resources, s: Scalars, whole: bool) {
         let holding = if whole { Holding::Total(role.to_string()) } else { Holding::Listed(r.clone()) };
         self.hold(f, a, s, holding);
         self.account(f, role, s, true);
@@ -918,8 +917,9 @@ impl Allocator {
         filters.iter().any(|f| f.resources.contains(offer))
     }
 
-    fn offerable(&self, r: &Resources) -> bool {
-        r.scalar("cpus") >= self.config.min_offer_cpus || r.scalar("mem") >= self.config.min_offer_mem_mb
+    /// Whether share kinds `s` are worth an offer: enough cpus or memory.
+    fn offerable(&self, s: Scalars) -> bool {
+        s.0[0] >= self.config.min_offer_cpus.0 || s.0[1] >= self.config.min_offer_mem_mb.0
     }
 
     /// Runs one allocation round over every active agent, or over `only` when
@@ -994,7 +994,8 @@ impl Allocator {
                 return;
             }
             let Some(slot) = self.agents[a].as_ref() else { continue };
-            if !slot.active || !self.offerable(&slot.free) {
+            let free = Scalars::of(&slot.free);
+            if !slot.active || !self.offerable(free) {
                 continue;
             }
             // Grants take from the agent's free resources in place; they go
@@ -1032,7 +1033,7 @@ impl Allocator {
                         if let Some(g) = guarantees.as_ref() {
                             usable = g.cut(role, usable, stage);
                         }
-                        let take = !usable.is_empty() && self.offerable(&usable);
+                        let take = !usable.is_empty() && self.offerable(Scalars::of(&usable));
                         leaf_usable = Some(usable);
                         return take;
                     };
@@ -1049,18 +1050,20 @@ impl Allocator {
                     // All of an agent nobody holds anything on is its total.
                     let whole_agent =
                         leaf_usable.is_none() && self.agents[a].as_ref().is_some_and(|s| s.allocated.is_empty());
-                    let usable = match leaf_usable.take() {
+                    let (usable, s) = match leaf_usable.take() {
                         Some(usable) => {
                             let _ = available.subtract(&usable);
-                            usable
+                            let s = Scalars::of(&usable);
+                            (usable, s)
                         }
-                        None => std::mem::take(&mut available),
+                        // Untouched until now: all of what was free.
+                        None => (std::mem::take(&mut available), free),
                     };
                     if let Some(g) = guarantees.as_mut() {
                         g.granted(role, &usable);
                     }
                     let r = usable.into_allocated_to(role);
-                    self.charge_grant(f, a, role, &r, whole_agent);
+                    self.charge_grant(f, a, role, &r, s, whole_agent);
                     self.stats.allocations += 1;
                     let fw = self.frameworks[f].as_ref().expect("charged above");
                     out.push(Allocation {
