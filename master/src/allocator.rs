@@ -281,6 +281,27 @@ enum Holding {
     Total(String),
 }
 
+impl Holding {
+    /// The holding as resources, given the agent's `total`.
+    fn into_resources(self, total: &Resources) -> Resources {
+        match self {
+            Holding::Listed(r) => r,
+            Holding::Total(role) => total.allocate_to(&role),
+        }
+    }
+
+    /// Turns a `Total` into the `Listed` resources it stands for.
+    fn list(&mut self, total: &Resources) -> &mut Resources {
+        if let Holding::Total(role) = self {
+            *self = Holding::Listed(total.allocate_to(role));
+        }
+        match self {
+            Holding::Listed(r) => r,
+            Holding::Total(_) => unreachable!("listed above"),
+        }
+    }
+}
+
 impl AgentSlot {
     fn refresh_free(&mut self) {
         // Saturating: one resource allocated beyond the total (an agent that
@@ -305,22 +326,13 @@ impl AgentSlot {
 
     /// Framework `f`'s holding as a list, to be changed.
     fn listed_mut(&mut self, f: usize) -> Option<&mut Resources> {
-        let h = self.allocated.get_mut(&f)?;
-        if let Holding::Total(role) = h {
-            *h = Holding::Listed(self.total.allocate_to(role));
-        }
-        match h {
-            Holding::Listed(r) => Some(r),
-            Holding::Total(_) => None,
-        }
+        Some(self.allocated.get_mut(&f)?.list(&self.total))
     }
 
     /// Every holding as a list: before the total changes.
     fn list_all(&mut self) {
         for h in self.allocated.values_mut() {
-            if let Holding::Total(role) = h {
-                *h = Holding::Listed(self.total.allocate_to(role));
-            }
+            h.list(&self.total);
         }
     }
 }
@@ -453,10 +465,7 @@ impl Allocator {
             self.total.sub(Scalars::of(&slot.total));
         }
         for (f, h) in slot.allocated {
-            let r = match h {
-                Holding::Listed(r) => r,
-                Holding::Total(role) => slot.total.allocate_to(&role),
-            };
+            let r = h.into_resources(&slot.total);
             if let Some(fw) = self.frameworks[f].as_mut() {
                 fw.allocated.sub(Scalars::of(&r));
             }
@@ -597,7 +606,7 @@ impl Allocator {
     }
 
     /// Charges `r` (marked with allocation roles) to framework `f` on agent
-    /// `a`. The caller takes it out of the agent's `free`.
+    /// `a`. The caller works the agent's `free` out again afterwards.
     fn charge(&mut self, f: usize, a: usize, r: &Resources) {
         self.hold(f, a, Scalars::of(r), Holding::Listed(r.clone()));
         for (role, s) in Scalars::by_role(r) {
@@ -630,10 +639,7 @@ impl Allocator {
             e.insert(more);
             return;
         }
-        let more = match more {
-            Holding::Listed(r) => r,
-            Holding::Total(role) => agent.total.allocate_to(&role),
-        };
+        let more = more.into_resources(&agent.total);
         if let Some(held) = agent.listed_mut(f) {
             held.add(&more);
         }
@@ -644,42 +650,17 @@ impl Allocator {
     /// and subtrees'.
     fn account(&mut self, f: usize, role: &str, s: Scalars, add: bool) {
         if let Some(fw) = self.frameworks[f].as_mut() {
-            let e = match fw.by_role.get_mut(role) {
-                Some(e) => e,
-                None => fw.by_role.entry(role.to_string()).or_default(),
-            };
-            if add {
-                e.add(s)
-            } else {
-                e.sub(s)
-            }
-            if e.0 == [0; 4] {
-                fw.by_role.remove(role);
-            }
+            bump(&mut fw.by_role, role, s, add);
         }
         self.role_add(role, s, add);
     }
 
     fn role_add(&mut self, role: &str, s: Scalars, add: bool) {
-        let bump = |map: &mut HashMap<String, Scalars>, key: &str| {
-            let e = match map.get_mut(key) {
-                Some(e) => e,
-                None => map.entry(key.to_string()).or_default(),
-            };
-            if add {
-                e.add(s)
-            } else {
-                e.sub(s)
-            }
-            if e.0 == [0; 4] {
-                map.remove(key);
-            }
-        };
-        bump(&mut self.direct, role);
+        bump(&mut self.direct, role, s, add);
         for (i, _) in role.match_indices('/') {
-            bump(&mut self.subtree, &role[..i]);
+            bump(&mut self.subtree, &role[..i], s, add);
         }
-        bump(&mut self.subtree, role);
+        bump(&mut self.subtree, role, s, add);
     }
 
     /// Sets a role's weight (positive and finite; 1 restores the default).
@@ -1161,6 +1142,23 @@ impl Allocator {
     /// Unallocated resources of an agent.
     pub fn available(&self, agent: &AgentId) -> Option<Resources> {
         self.agent(agent).map(|(_, a)| a.free.clone())
+    }
+}
+
+/// Adds (or takes away) `s` to `map[key]`; an entry that comes to zero is
+/// removed. The key is copied only when it is new.
+fn bump(map: &mut HashMap<String, Scalars>, key: &str, s: Scalars, add: bool) {
+    let e = match map.get_mut(key) {
+        Some(e) => e,
+        None => map.entry(key.to_string()).or_default(),
+    };
+    if add {
+        e.add(s)
+    } else {
+        e.sub(s)
+    }
+    if e.0 == [0; 4] {
+        map.remove(key);
     }
 }
 
