@@ -71,6 +71,11 @@ struct Args {
     /// Events queued for a framework before it is disconnected as too slow.
     #[arg(long, default_value_t = 4096)]
     max_stream_queue: usize,
+    /// Bytes of events queued for a framework before it is disconnected as
+    /// too slow (one event larger than this is still sent to a stream with
+    /// nothing queued).
+    #[arg(long, default_value_t = 16 << 20)]
+    max_stream_bytes: usize,
     #[arg(long, default_value_t = 1000)]
     max_completed_tasks_per_framework: usize,
     #[arg(long, default_value_t = 100_000)]
@@ -178,6 +183,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         max_frame_bytes: args.max_frame_bytes,
         http_limits: agora_proto::http::Limits { max_body_bytes: args.max_request_bytes, ..Default::default() },
         max_stream_queue: args.max_stream_queue,
+        max_stream_bytes: args.max_stream_bytes,
         max_agent_queue: 16_384,
         core_queue: 65_536,
         mesh_queue: 16_384,

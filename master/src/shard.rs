@@ -16,7 +16,10 @@
 //! Every queue here is bounded. A framework stream or an agent connection
 //! whose outgoing queue is full is closed (a slow consumer must not make the
 //! master buffer without bound); the core hears about it as a closed
-//! connection and applies the usual failover rules.
+//! connection and applies the usual failover rules. A framework stream is
+//! bounded both in events and in bytes: the bytes of an event sent to many
+//! streams are shared, but each stream counts them until it has written
+//! them.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -52,6 +55,9 @@ pub struct ShellConfig {
     pub http_limits: Limits,
     /// Events queued for one framework stream before it is disconnected.
     pub max_stream_queue: usize,
+    /// Bytes of events queued for one framework stream before it is
+    /// disconnected (an event is counted until it has been written).
+    pub max_stream_bytes: usize,
     /// Frames queued for one agent before its connection is closed.
     pub max_agent_queue: usize,
     /// Messages queued toward the core before senders wait.
@@ -153,6 +159,8 @@ struct Handle<T> {
     tx: Rc<LocalSender<T>>,
     fd: RawFd,
     open: Rc<Cell<bool>>,
+    /// Bytes queued and not yet written (framework streams only).
+    queued_bytes: Rc<Cell<usize>>,
 }
 
 impl<T> Handle<T> {
@@ -242,11 +250,30 @@ impl Shard {
                 let map = self.streams.borrow();
                 for s in streams {
                     let Some(h) = map.get(&s) else { continue };
-                    if h.tx.try_send(StreamItem::Bytes(bytes.clone())).is_err() {
-                        self.counters.streams_dropped_slow.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(stream = s, "framework stream is not keeping up; disconnecting it");
-                        h.shutdown();
+                    if !h.open.get() {
+                        continue;
                     }
+                    let queued = h.queued_bytes.get();
+                    let over_bytes = queued > 0 && queued + bytes.len() > self.cfg.max_stream_bytes;
+                    if over_bytes || h.tx.try_send(StreamItem::Bytes(bytes.clone())).is_err() {
+                        self.counters.streams_dropped_slow.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            stream = s,
+                            queued_events = h.tx.len(),
+                            queued_bytes = queued,
+                            max_events = self.cfg.max_stream_queue,
+                            max_bytes = self.cfg.max_stream_bytes,
+                            "framework is not reading its event stream: disconnecting it (slow consumer)"
+                        );
+                        h.open.set(false);
+                        // SAFETY: as in Handle::shutdown; the connection's
+                        // task still owns the fd, `open` was true.
+                        unsafe {
+                            libc::shutdown(h.fd, libc::SHUT_RDWR);
+                        }
+                        continue;
+                    }
+                    h.queued_bytes.set(queued + bytes.len());
                 }
             }
             FromCore::CloseStream { stream } => {
@@ -490,7 +517,10 @@ async fn serve_agent(shard: Rc<Shard>, stream: TcpStream, mut prefix: Vec<u8>, c
     let (tx, rx) = local_channel::new_bounded(shard.cfg.max_agent_queue);
     let tx = Rc::new(tx);
     let open = Rc::new(Cell::new(true));
-    shard.agents.borrow_mut().insert(conn, Handle { tx: tx.clone(), fd, open: open.clone() });
+    shard
+        .agents
+        .borrow_mut()
+        .insert(conn, Handle { tx: tx.clone(), fd, open: open.clone(), queued_bytes: Rc::default() });
 
     // Writer: frames from the queue to the socket, until a Close.
     let writer = {
@@ -687,7 +717,11 @@ async fn serve_stream(shard: Rc<Shard>, conn: ConnId, call: Call, mut rd: Rd, mu
     let (tx, rx) = local_channel::new_bounded(shard.cfg.max_stream_queue);
     let tx = Rc::new(tx);
     let open = Rc::new(Cell::new(true));
-    shard.streams.borrow_mut().insert(conn, Handle { tx: tx.clone(), fd, open: open.clone() });
+    let queued_bytes: Rc<Cell<usize>> = Rc::default();
+    shard
+        .streams
+        .borrow_mut()
+        .insert(conn, Handle { tx: tx.clone(), fd, open: open.clone(), queued_bytes: queued_bytes.clone() });
     let reply = shard.request(|req| ToCore::Subscribe { call: Box::new(call), stream: conn, req }).await;
     let stream_id = match reply {
         Some(Reply::Subscription(Subscription::Accepted { stream_id, .. })) => stream_id,
@@ -729,6 +763,7 @@ async fn serve_stream(shard: Rc<Shard>, conn: ConnId, call: Call, mut rd: Rd, mu
             if wr.write_all(&b).await.is_err() {
                 break;
             }
+            queued_bytes.set(queued_bytes.get().saturating_sub(b.len()));
         }
         let _ = wr.write_all(http::LAST_CHUNK).await;
     }
