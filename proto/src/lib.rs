@@ -10,6 +10,7 @@
 //! Nothing here performs I/O.
 
 pub mod duration;
+pub mod fb;
 pub mod http;
 pub mod mesos;
 pub mod resources;

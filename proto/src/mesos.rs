@@ -760,38 +760,38 @@ pub fn flat_resources(r: &Resources) -> serde_json::Value {
 // Resources and attributes in Mesos's JSON shape.
 
 #[derive(Serialize, Deserialize)]
-struct JsonScalar {
-    value: f64,
+pub(crate) struct JsonScalar {
+    pub(crate) value: f64,
 }
 
 #[derive(Serialize, Deserialize)]
-struct JsonRange {
+pub(crate) struct JsonRange {
     #[serde(deserialize_with = "json::u64_any")]
-    begin: u64,
+    pub(crate) begin: u64,
     #[serde(deserialize_with = "json::u64_any")]
-    end: u64,
+    pub(crate) end: u64,
 }
 
 #[derive(Serialize, Deserialize, Default)]
-struct JsonRanges {
+pub(crate) struct JsonRanges {
     #[serde(default)]
-    range: Vec<JsonRange>,
+    pub(crate) range: Vec<JsonRange>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
-struct JsonSet {
+pub(crate) struct JsonSet {
     #[serde(default)]
-    item: Vec<String>,
+    pub(crate) item: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct JsonText {
-    value: String,
+pub(crate) struct JsonText {
+    pub(crate) value: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-enum JsonValueType {
+pub(crate) enum JsonValueType {
     Scalar,
     Ranges,
     Set,
@@ -800,37 +800,37 @@ enum JsonValueType {
 
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-enum JsonReservationType {
+pub(crate) enum JsonReservationType {
     Unknown,
     Static,
     Dynamic,
 }
 
 #[derive(Serialize, Deserialize, Default)]
-struct JsonReservation {
+pub(crate) struct JsonReservation {
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
-    kind: Option<JsonReservationType>,
+    pub(crate) kind: Option<JsonReservationType>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    role: Option<String>,
+    pub(crate) role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    principal: Option<String>,
+    pub(crate) principal: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    labels: Option<Labels>,
+    pub(crate) labels: Option<Labels>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
-struct JsonRevocable {}
+pub(crate) struct JsonRevocable {}
 
 #[derive(Serialize, Deserialize, Default)]
-struct JsonPersistence {
+pub(crate) struct JsonPersistence {
     #[serde(default)]
-    id: String,
+    pub(crate) id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    principal: Option<String>,
+    pub(crate) principal: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq)]
-enum JsonVolumeMode {
+pub(crate) enum JsonVolumeMode {
     #[serde(rename = "RW")]
     ReadWrite,
     #[serde(rename = "RO")]
@@ -838,49 +838,49 @@ enum JsonVolumeMode {
 }
 
 #[derive(Serialize, Deserialize)]
-struct JsonVolume {
+pub(crate) struct JsonVolume {
     #[serde(default)]
-    container_path: String,
+    pub(crate) container_path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    mode: Option<JsonVolumeMode>,
+    pub(crate) mode: Option<JsonVolumeMode>,
 }
 
 /// `Resource.DiskInfo`: only persistent volumes (no disk sources).
 #[derive(Serialize, Deserialize, Default)]
-struct JsonDisk {
+pub(crate) struct JsonDisk {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    persistence: Option<JsonPersistence>,
+    pub(crate) persistence: Option<JsonPersistence>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    volume: Option<JsonVolume>,
+    pub(crate) volume: Option<JsonVolume>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    source: Option<serde_json::Value>,
+    pub(crate) source: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct JsonResource {
-    name: String,
+pub(crate) struct JsonResource {
+    pub(crate) name: String,
     #[serde(rename = "type")]
-    kind: JsonValueType,
+    pub(crate) kind: JsonValueType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    scalar: Option<JsonScalar>,
+    pub(crate) scalar: Option<JsonScalar>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    ranges: Option<JsonRanges>,
+    pub(crate) ranges: Option<JsonRanges>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    set: Option<JsonSet>,
+    pub(crate) set: Option<JsonSet>,
     /// Pre-refinement role; kept in output for older clients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    role: Option<String>,
+    pub(crate) role: Option<String>,
     /// Pre-refinement dynamic reservation info.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    reservation: Option<JsonReservation>,
+    pub(crate) reservation: Option<JsonReservation>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    reservations: Vec<JsonReservation>,
+    pub(crate) reservations: Vec<JsonReservation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    allocation_info: Option<AllocationInfo>,
+    pub(crate) allocation_info: Option<AllocationInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    revocable: Option<JsonRevocable>,
+    pub(crate) revocable: Option<JsonRevocable>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    disk: Option<JsonDisk>,
+    pub(crate) disk: Option<JsonDisk>,
 }
 
 fn labels_to_pairs(l: Option<Labels>) -> Vec<(String, String)> {

@@ -31,9 +31,10 @@ fn main() {
             test(&[])
         }
         Some("bench") => bench(&args[1..]),
+        Some("codegen") => codegen(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <command>\n\n  setup          install what the tests need\n  up [--release] [--port P] [--check]\n                 build and run a local cluster (master + 2 agents)\n  test           setup, fmt, clippy, tests, and `up --check`\n  ci             `test` as CI runs it\n  bench [--quick]\n                 criterion benchmarks and the load generator"
+                "usage: cargo xtask <command>\n\n  setup          install what the tests need\n  up [--release] [--port P] [--check]\n                 build and run a local cluster (master + 2 agents)\n  test           setup, fmt, clippy, tests, and `up --check`\n  ci             `test` as CI runs it\n  bench [--quick]\n                 criterion benchmarks and the load generator\n  codegen [--check]\n                 Rust code from the FlatBuffers schemas (--check: fail if stale)"
             );
             std::process::exit(2);
         }
@@ -403,9 +404,15 @@ fn agent_cgroups_left(state: &Path) -> Vec<PathBuf> {
     left
 }
 
+/// The generated FlatBuffers code (committed) from `proto/schema/*.fbs`.
+fn codegen(args: &[String]) -> Result<()> {
+    run(cargo().args(["run", "-q", "-p", "agora-codegen", "--"]).args(args))
+}
+
 fn test(args: &[String]) -> Result<()> {
     setup()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
+    codegen(&["--check".to_string()])?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     // Integration tests start the binaries, so they are built first.
     run(cargo().args(["build", "--workspace", "--bins"]))?;
