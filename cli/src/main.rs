@@ -432,8 +432,7 @@ async fn agents(master: &str, json: bool) -> anyhow::Result<()> {
 /// An operator call (`POST /api/v1`); the response body.
 async fn operator(master: &str, call: &Value) -> anyhow::Result<Vec<u8>> {
     let mut conn = agora_sdk::http::Connection::open(master).await?;
-    let (status, body) =
-        conn.post("/api/v1", &[("Content-Type", "application/json")], &serde_json::to_vec(call)?).await?;
+    let (status, body) = conn.post("/api/v1", "application/json", &[], &serde_json::to_vec(call)?).await?;
     if !(200..300).contains(&status) {
         anyhow::bail!("the master refused the call ({status}): {}", String::from_utf8_lossy(&body).trim());
     }

@@ -5,11 +5,12 @@
 
 use std::collections::BTreeMap;
 
+use agora_proto::fb;
 use agora_proto::http::{Request, Response};
 use agora_proto::mesos::flat_resources;
 use agora_proto::mesos::{AgentId, CapabilityType, TaskState};
 use agora_proto::resources::Resources;
-use agora_proto::scheduler::{Call, CallType, Event};
+use agora_proto::scheduler::{Call, CallType, Encoding, Event};
 use serde_json::{json, Map, Value as Json};
 
 use crate::core::{Framework, Master, OperatorCall, OperatorReply, ResourceOp, RoleView, Task};
@@ -21,8 +22,9 @@ pub const OPERATOR_PATH: &str = "/api/v1";
 /// What a request to the master asks for.
 #[derive(Debug)]
 pub enum Route {
-    /// A SUBSCRIBE call: the connection becomes an event stream.
-    Subscribe(Call),
+    /// A SUBSCRIBE call: the connection becomes an event stream, in the
+    /// encoding the request accepts.
+    Subscribe(Call, Encoding),
     /// Any other scheduler call, with the stream id header if present.
     Call(Call, Option<String>),
     /// An operator call, served by the core.
@@ -307,36 +309,60 @@ fn json_content_type(req: &Request) -> Result<(), Response> {
     }
 }
 
+/// A scheduler call in JSON or FlatBuffers, by its `Content-Type`.
 fn decode_call(req: &Request) -> Result<Route, Response> {
-    json_content_type(req)?;
-    let value: Json =
-        serde_json::from_slice(&req.body).map_err(|e| error(400, format!("Failed to parse body into JSON: {e}")))?;
-    let call: Call = serde_json::from_value(value)
-        .map_err(|e| error(400, format!("Failed to convert JSON into Call protobuf: {e}")))?;
+    let ct = req.header("content-type").ok_or_else(|| error(400, "Expecting 'Content-Type' to be present"))?;
+    let encoding = match Encoding::from_media_type(&media_type(ct)) {
+        Some(e) => e,
+        None => {
+            return Err(error(
+                415,
+                format!(
+                    "Content-Type {:?} is not supported; use application/json or {}",
+                    media_type(ct),
+                    fb::MEDIA_TYPE
+                ),
+            ))
+        }
+    };
+    let call: Call = match encoding {
+        Encoding::Json => {
+            let value: Json = serde_json::from_slice(&req.body)
+                .map_err(|e| error(400, format!("Failed to parse body into JSON: {e}")))?;
+            serde_json::from_value(value)
+                .map_err(|e| error(400, format!("Failed to convert JSON into Call protobuf: {e}")))?
+        }
+        Encoding::FlatBuffers => agora_proto::fb::decode_call(&req.body).map_err(|e| error(400, e))?,
+    };
     call.validate().map_err(|m| error(400, format!("Failed to validate scheduler::Call: {m}")))?;
     let stream_id = req.header("mesos-stream-id").map(str::to_string);
     if call.kind == CallType::Subscribe {
         if stream_id.is_some() {
             return Err(error(400, "Subscribe calls should not include the 'Mesos-Stream-Id' header"));
         }
-        if let Some(accept) = req.header("accept") {
-            let ok = accept
+        // Events in the first encoding the client accepts; in the call's own
+        // when it accepts anything (or says nothing).
+        let events = match req.header("accept") {
+            None => encoding,
+            Some(accept) => accept
                 .split(',')
                 .map(media_type)
-                .any(|m| m == "application/json" || m == "*/*" || m == "application/*");
-            if !ok {
-                return Err(error(406, format!("Accept {accept:?} does not allow application/json")));
-            }
-        }
-        return Ok(Route::Subscribe(call));
+                .find_map(|m| match m.as_str() {
+                    "*/*" | "application/*" => Some(encoding),
+                    m => Encoding::from_media_type(m),
+                })
+                .ok_or_else(|| {
+                    error(406, format!("Accept {accept:?} allows neither application/json nor {}", fb::MEDIA_TYPE))
+                })?,
+        };
+        return Ok(Route::Subscribe(call, events));
     }
     Ok(Route::Call(call, stream_id))
 }
 
 /// Encodes an event once, as a RecordIO record in one HTTP chunk.
-pub fn encode_event(event: &Event) -> Vec<u8> {
-    let json = serde_json::to_vec(event).expect("events always serialize");
-    agora_proto::http::recordio_chunk(&json)
+pub fn encode_event(event: &Event, encoding: Encoding) -> Vec<u8> {
+    agora_proto::http::recordio_chunk(&encoding.encode_event(event))
 }
 
 fn capabilities(fw: &Framework) -> Json {
@@ -768,6 +794,62 @@ mod tests {
         }
     }
 
+    fn post_bytes(body: &[u8], headers: &str) -> Request {
+        let mut raw =
+            format!("POST /api/v1/scheduler HTTP/1.1\r\n{headers}Content-Length: {}\r\n\r\n", body.len()).into_bytes();
+        raw.extend_from_slice(body);
+        let mut p = RequestParser::new(Limits::default());
+        p.push(&raw);
+        p.next_request().unwrap().unwrap()
+    }
+
+    #[test]
+    fn flatbuffers_calls_and_the_events_encoding_a_subscription_accepts() {
+        let fbct = "Content-Type: application/x-flatbuffers\r\n";
+        let sub: Call =
+            serde_json::from_str(r#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"user":"u","name":"n"}}}"#)
+                .unwrap();
+        let bytes = fb::encode_call(&sub);
+        let json = serde_json::to_vec(&sub).unwrap();
+        let jsct = "Content-Type: application/json\r\n";
+        // Events follow Accept, else the call's own encoding.
+        for (body, headers, want) in [
+            (&bytes, fbct.to_string(), Encoding::FlatBuffers),
+            (&bytes, format!("{fbct}Accept: */*\r\n"), Encoding::FlatBuffers),
+            (&bytes, format!("{fbct}Accept: application/json\r\n"), Encoding::Json),
+            (&json, format!("{jsct}Accept: application/x-flatbuffers\r\n"), Encoding::FlatBuffers),
+            (&json, format!("{jsct}Accept: text/html, application/x-flatbuffers;q=0.9\r\n"), Encoding::FlatBuffers),
+            (&json, jsct.to_string(), Encoding::Json),
+        ] {
+            match route(&post_bytes(body, &headers), "h:1") {
+                Route::Subscribe(c, e) => {
+                    assert_eq!(c, sub);
+                    assert_eq!(e, want, "{headers}");
+                }
+                other => panic!("{headers}: {other:?}"),
+            }
+        }
+        let (s, m) = status(route(&post_bytes(&bytes, &format!("{fbct}Accept: text/html\r\n")), "h:1"));
+        assert_eq!(s, 406, "{m}");
+        // A bad buffer: 400 and what was wrong.
+        let (s, m) = status(route(&post_bytes(&bytes[..bytes.len() / 2], fbct), "h:1"));
+        assert_eq!(s, 400);
+        assert!(m.starts_with("invalid FlatBuffers Call"), "{m}");
+        // A FlatBuffers call is validated like a JSON one.
+        let teardown = fb::encode_call(&Call::new(CallType::Teardown, None));
+        let (s, m) = status(route(&post_bytes(&teardown, fbct), "h:1"));
+        assert_eq!(
+            (s, m.as_str()),
+            (400, "Failed to validate scheduler::Call: Expecting 'framework_id' to be present")
+        );
+        let mut decline = Call::new(CallType::Decline, Some("f".into()));
+        decline.decline = Some(Default::default());
+        match route(&post_bytes(&fb::encode_call(&decline), &format!("{fbct}Mesos-Stream-Id: s\r\n")), "h:1") {
+            Route::Call(c, Some(sid)) => assert_eq!((c, sid.as_str()), (decline, "s")),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn call_decoding_errors() {
         let ct = "Content-Type: application/json\r\n";
@@ -785,7 +867,10 @@ mod tests {
         let sub = r#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"user":"u","name":"n"}}}"#;
         assert_eq!(status(route(&post(sub, &format!("{ct}Mesos-Stream-Id: x\r\n")), "h:1")).0, 400);
         assert_eq!(status(route(&post(sub, &format!("{ct}Accept: text/html\r\n")), "h:1")).0, 406);
-        assert!(matches!(route(&post(sub, &format!("{ct}Accept: application/json\r\n")), "h:1"), Route::Subscribe(_)));
+        assert!(matches!(
+            route(&post(sub, &format!("{ct}Accept: application/json\r\n")), "h:1"),
+            Route::Subscribe(_, Encoding::Json)
+        ));
         assert!(matches!(
             route(&post(r#"{"type":"REVIVE","framework_id":{"value":"f"}}"#, &format!("{ct}Mesos-Stream-Id: s\r\n")), "h:1"),
             Route::Call(_, Some(ref s)) if s == "s"

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use agora_proto::http::{self, Limits, RequestParser, Response};
-use agora_proto::scheduler::{Call, Event};
+use agora_proto::scheduler::{Call, Encoding, Event};
 use agora_proto::wire::{self, AgentToMaster, FrameDecoder, Hello, MasterToAgent, HELLO_LEN};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
@@ -85,7 +85,7 @@ pub struct ShellCounters {
 enum ToCore {
     Input(Input),
     Tick,
-    Subscribe { call: Box<Call>, stream: ConnId, req: u64 },
+    Subscribe { call: Box<Call>, stream: ConnId, encoding: Encoding, req: u64 },
     Call { call: Box<Call>, stream_id: Option<String>, req: u64 },
     Render { kind: RenderKind, req: u64 },
     Operator { call: Box<crate::core::OperatorCall>, req: u64 },
@@ -190,6 +190,9 @@ struct Shard {
     agents: RefCell<HashMap<ConnId, Handle<Outgoing>>>,
     streams: RefCell<HashMap<ConnId, Handle<StreamItem>>>,
     pending: RefCell<HashMap<u64, LocalSender<Reply>>>,
+    /// On shard 0: the streams whose events are FlatBuffers (the others are
+    /// JSON), from their subscription until they close.
+    flatbuffers_streams: RefCell<std::collections::HashSet<ConnId>>,
     advertised: String,
 }
 
@@ -394,6 +397,7 @@ pub fn run(cfg: ShellConfig, fds: Vec<RawFd>) -> anyhow::Result<()> {
                     agents: RefCell::new(HashMap::new()),
                     streams: RefCell::new(HashMap::new()),
                     pending: RefCell::new(HashMap::new()),
+                    flatbuffers_streams: RefCell::default(),
                     advertised,
                 });
                 for rx in receivers.into_iter().flatten() {
@@ -692,8 +696,8 @@ async fn serve_http(shard: Rc<Shard>, stream: TcpStream, prefix: Vec<u8>, conn: 
                     _ => api::error(503, "the master's core is unavailable"),
                 }
             }
-            Route::Subscribe(call) => {
-                serve_stream(shard, conn, call, rd, wr, fd).await;
+            Route::Subscribe(call, encoding) => {
+                serve_stream(shard, conn, call, encoding, rd, wr, fd).await;
                 return;
             }
         };
@@ -713,7 +717,15 @@ type Wr = futures_lite::io::WriteHalf<TcpStream>;
 
 /// A SUBSCRIBE: the connection carries the framework's events until either
 /// side ends it.
-async fn serve_stream(shard: Rc<Shard>, conn: ConnId, call: Call, mut rd: Rd, mut wr: Wr, fd: RawFd) {
+async fn serve_stream(
+    shard: Rc<Shard>,
+    conn: ConnId,
+    call: Call,
+    encoding: Encoding,
+    mut rd: Rd,
+    mut wr: Wr,
+    fd: RawFd,
+) {
     let (tx, rx) = local_channel::new_bounded(shard.cfg.max_stream_queue);
     let tx = Rc::new(tx);
     let open = Rc::new(Cell::new(true));
@@ -722,13 +734,13 @@ async fn serve_stream(shard: Rc<Shard>, conn: ConnId, call: Call, mut rd: Rd, mu
         .streams
         .borrow_mut()
         .insert(conn, Handle { tx: tx.clone(), fd, open: open.clone(), queued_bytes: queued_bytes.clone() });
-    let reply = shard.request(|req| ToCore::Subscribe { call: Box::new(call), stream: conn, req }).await;
+    let reply = shard.request(|req| ToCore::Subscribe { call: Box::new(call), stream: conn, encoding, req }).await;
     let stream_id = match reply {
         Some(Reply::Subscription(Subscription::Accepted { stream_id, .. })) => stream_id,
         Some(Reply::Subscription(Subscription::Refused { message })) => {
             // As Mesos: 200, one ERROR event, end of stream.
-            let mut out = http::stream_head(200, &[("Content-Type", "application/json")]);
-            out.extend(api::encode_event(&Event::error(message)));
+            let mut out = http::stream_head(200, &[("Content-Type", encoding.media_type())]);
+            out.extend(api::encode_event(&Event::error(message), encoding));
             out.extend_from_slice(http::LAST_CHUNK);
             let _ = wr.write_all(&out).await;
             open.set(false);
@@ -742,7 +754,7 @@ async fn serve_stream(shard: Rc<Shard>, conn: ConnId, call: Call, mut rd: Rd, mu
             return;
         }
     };
-    let head = http::stream_head(200, &[("Content-Type", "application/json"), ("Mesos-Stream-Id", &stream_id)]);
+    let head = http::stream_head(200, &[("Content-Type", encoding.media_type()), ("Mesos-Stream-Id", &stream_id)]);
     // The client sends nothing more on this connection; a read returning
     // means it went away.
     let watcher = {
@@ -812,10 +824,18 @@ async fn run_core(
 async fn handle(shard: &Rc<Shard>, master: &mut Master, msg: ToCore, start: Instant, registry: &RegistryWriter) {
     let t = now(start);
     match msg {
-        ToCore::Input(i) => master.step(t, i),
+        ToCore::Input(i) => {
+            if let Input::StreamClosed { stream } = &i {
+                shard.flatbuffers_streams.borrow_mut().remove(stream);
+            }
+            master.step(t, i)
+        }
         ToCore::Tick => master.tick(t),
-        ToCore::Subscribe { call, stream, req } => {
+        ToCore::Subscribe { call, stream, encoding, req } => {
             let s = master.subscribe(t, *call, stream);
+            if encoding == Encoding::FlatBuffers && matches!(s, Subscription::Accepted { .. }) {
+                shard.flatbuffers_streams.borrow_mut().insert(stream);
+            }
             send_to_shard(shard, shard_of(req), FromCore::Reply { req, reply: Reply::Subscription(s) }).await;
         }
         ToCore::Call { call, stream_id, req } => {
@@ -948,14 +968,21 @@ async fn perform(shard: &Rc<Shard>, actions: Vec<core::Action>, registry: &Regis
                 send_to_shard(shard, shard_of(stream), FromCore::CloseStream { stream }).await
             }
             core::Action::Event { streams, event } => {
-                // Encoded once; every recipient shares the bytes.
-                let bytes = Arc::new(api::encode_event(&event));
-                let mut by_shard: BTreeMap<usize, Vec<ConnId>> = BTreeMap::new();
-                for s in streams {
-                    by_shard.entry(shard_of(s)).or_default().push(s);
+                // Encoded once per encoding its recipients use; every
+                // recipient of an encoding shares the same bytes.
+                let mut by_shard: BTreeMap<(Encoding, usize), Vec<ConnId>> = BTreeMap::new();
+                {
+                    let fbs = shard.flatbuffers_streams.borrow();
+                    for s in streams {
+                        let e = if fbs.contains(&s) { Encoding::FlatBuffers } else { Encoding::Json };
+                        by_shard.entry((e, shard_of(s))).or_default().push(s);
+                    }
                 }
-                for (to, streams) in by_shard {
-                    send_to_shard(shard, to, FromCore::Event { streams, bytes: bytes.clone() }).await;
+                let mut encoded: [Option<Arc<Vec<u8>>>; 2] = [None, None];
+                for ((e, to), streams) in by_shard {
+                    let bytes =
+                        encoded[e as usize].get_or_insert_with(|| Arc::new(api::encode_event(&event, e))).clone();
+                    send_to_shard(shard, to, FromCore::Event { streams, bytes }).await;
                 }
             }
             core::Action::Persist(state) => registry.store(state),

@@ -673,7 +673,9 @@ impl TaskStatus {
 }
 
 /// `Offer.AllocationInfo`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
 pub struct AllocationInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
@@ -706,8 +708,9 @@ pub struct MasterInfo {
     pub address: Option<Address>,
 }
 
-/// `Offer`: resources of one agent offered to one framework.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// `Offer`: resources of one agent offered to one framework. (Archived with
+/// rkyv only to compare encodings in the benches.)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Offer {
     pub id: OfferId,
     pub framework_id: FrameworkId,

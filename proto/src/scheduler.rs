@@ -639,3 +639,58 @@ mod tests {
         assert_eq!(Filters::refuse_seconds(Some(&Filters { refuse_seconds: Some(1e12) })), MAX_REFUSE_SECONDS);
     }
 }
+
+/// How a framework's calls and events are encoded: Mesos's JSON, or the
+/// FlatBuffers form of the same API ([`crate::fb`]). Chosen per request by
+/// `Content-Type` (a call) and `Accept` (a subscription's events).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Encoding {
+    Json,
+    FlatBuffers,
+}
+
+impl Encoding {
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Encoding::Json => "application/json",
+            Encoding::FlatBuffers => crate::fb::MEDIA_TYPE,
+        }
+    }
+
+    /// The encoding a media type (without parameters, lower case) names.
+    pub fn from_media_type(m: &str) -> Option<Encoding> {
+        match m {
+            "application/json" => Some(Encoding::Json),
+            crate::fb::MEDIA_TYPE => Some(Encoding::FlatBuffers),
+            _ => None,
+        }
+    }
+
+    pub fn encode_call(self, call: &Call) -> Vec<u8> {
+        match self {
+            Encoding::Json => serde_json::to_vec(call).expect("calls always serialize"),
+            Encoding::FlatBuffers => crate::fb::encode_call(call),
+        }
+    }
+
+    pub fn decode_call(self, bytes: &[u8]) -> Result<Call, String> {
+        match self {
+            Encoding::Json => serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON Call: {e}")),
+            Encoding::FlatBuffers => crate::fb::decode_call(bytes),
+        }
+    }
+
+    pub fn encode_event(self, event: &Event) -> Vec<u8> {
+        match self {
+            Encoding::Json => serde_json::to_vec(event).expect("events always serialize"),
+            Encoding::FlatBuffers => crate::fb::encode_event(event),
+        }
+    }
+
+    pub fn decode_event(self, bytes: &[u8]) -> Result<Event, String> {
+        match self {
+            Encoding::Json => serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON Event: {e}")),
+            Encoding::FlatBuffers => crate::fb::decode_event(bytes),
+        }
+    }
+}

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use agora_proto::http::{self as codec, Limits, RecordIoDecoder, ResponseItem, ResponseParser};
-use agora_proto::scheduler::Event;
+use agora_proto::scheduler::{Call, Encoding, Event};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -77,8 +77,15 @@ impl Connection {
         .map_err(|_| Error::Io(std::io::ErrorKind::TimedOut.into()))?
     }
 
-    pub async fn post(&mut self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<(u16, Vec<u8>), Error> {
-        let mut h = vec![("Content-Type", "application/json"), ("Accept", "application/json")];
+    /// POST with a body of `content_type` (answers are read as plain bytes).
+    pub async fn post(
+        &mut self,
+        path: &str,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(u16, Vec<u8>), Error> {
+        let mut h = vec![("Content-Type", content_type), ("Accept", "application/json")];
         h.extend_from_slice(headers);
         self.request(codec::request("POST", &self.host.clone(), path, &h, body)).await
     }
@@ -106,17 +113,19 @@ pub struct EventStream {
     /// An event read ahead (the SUBSCRIBED one), returned first.
     pub(crate) pending: Option<Event>,
     buf: Vec<u8>,
+    encoding: Encoding,
 }
 
-/// Sends SUBSCRIBE and reads the response head.
-pub async fn subscribe(master: &str, body: &[u8]) -> Result<EventStream, Error> {
+/// Sends SUBSCRIBE (in `encoding`, asking for events in it) and reads the
+/// response head.
+pub async fn subscribe(master: &str, call: &Call, encoding: Encoding) -> Result<EventStream, Error> {
     let mut stream = connect(master).await?;
     let raw = codec::request(
         "POST",
         master,
         "/api/v1/scheduler",
-        &[("Content-Type", "application/json"), ("Accept", "application/json"), ("Connection", "close")],
-        body,
+        &[("Content-Type", encoding.media_type()), ("Accept", encoding.media_type()), ("Connection", "close")],
+        &encoding.encode_call(call),
     );
     stream.write_all(&raw).await?;
     let mut parser = ResponseParser::new(Limits { max_body_bytes: MAX_EVENT_BYTES, ..Default::default() });
@@ -141,7 +150,19 @@ pub async fn subscribe(master: &str, body: &[u8]) -> Result<EventStream, Error> 
         return Err(Error::Status { status: head.status, message: String::from_utf8_lossy(&body).into_owned() });
     }
     let stream_id = head.header("mesos-stream-id").unwrap_or("").to_string();
-    Ok(EventStream { stream, parser, records: RecordIoDecoder::new(MAX_EVENT_BYTES), stream_id, pending: None, buf })
+    let sent = head.header("content-type").map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    if sent.as_deref() != Some(encoding.media_type()) {
+        return Err(Error::Decode(format!("asked for {} events, the master sent {sent:?}", encoding.media_type())));
+    }
+    Ok(EventStream {
+        stream,
+        parser,
+        records: RecordIoDecoder::new(MAX_EVENT_BYTES),
+        stream_id,
+        pending: None,
+        buf,
+        encoding,
+    })
 }
 
 impl EventStream {
@@ -152,7 +173,7 @@ impl EventStream {
         }
         loop {
             if let Some(rec) = self.records.next_record()? {
-                return Ok(Some(serde_json::from_slice(&rec)?));
+                return Ok(Some(self.encoding.decode_event(&rec).map_err(Error::Decode)?));
             }
             match self.parser.next_item()? {
                 Some(ResponseItem::Body(b)) => {

@@ -20,6 +20,8 @@
 
 pub mod http;
 
+pub use agora_proto::scheduler::Encoding;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +44,8 @@ pub enum Error {
     Status { status: u16, message: String },
     #[error("the master sent an event that is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("the master sent an event that cannot be decoded: {0}")]
+    Decode(String),
     #[error("the master refused the subscription: {0}")]
     Refused(String),
     #[error("not subscribed")]
@@ -76,6 +80,7 @@ const EVENT_QUEUE: usize = 65_536;
 #[derive(Clone)]
 pub struct Driver {
     master: String,
+    encoding: Encoding,
     session: Arc<Mutex<Session>>,
     calls: Arc<tokio::sync::Mutex<Option<http::Connection>>>,
     stop: Arc<tokio::sync::Notify>,
@@ -83,11 +88,22 @@ pub struct Driver {
 
 impl Driver {
     /// Subscribes and keeps the subscription alive in the background. Returns
-    /// once the first subscription succeeded.
+    /// once the first subscription succeeded. Calls and events are
+    /// FlatBuffers; [`Driver::start_with`] chooses.
     pub async fn start(master: &str, info: FrameworkInfo) -> Result<(Driver, mpsc::Receiver<DriverEvent>), Error> {
+        Self::start_with(master, info, Encoding::FlatBuffers).await
+    }
+
+    /// [`Driver::start`] with calls and events in `encoding`.
+    pub async fn start_with(
+        master: &str,
+        info: FrameworkInfo,
+        encoding: Encoding,
+    ) -> Result<(Driver, mpsc::Receiver<DriverEvent>), Error> {
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let driver = Driver {
             master: master.to_string(),
+            encoding,
             session: Arc::new(Mutex::new(Session { framework_id: info.id.clone(), stream_id: None })),
             calls: Arc::new(tokio::sync::Mutex::new(None)),
             stop: Arc::new(tokio::sync::Notify::new()),
@@ -108,7 +124,7 @@ impl Driver {
         info.id = fid.clone();
         let mut call = Call::new(CallType::Subscribe, fid);
         call.subscribe = Some(Subscribe { framework_info: info, suppressed_roles: vec![], offer_constraints: None });
-        let mut stream = http::subscribe(&self.master, &serde_json::to_vec(&call).expect("calls serialize")).await?;
+        let mut stream = http::subscribe(&self.master, &call, self.encoding).await?;
         // The first event says whether it worked.
         match stream.next_event().await? {
             Some(ev) if ev.kind == EventType::Subscribed => {
@@ -194,7 +210,7 @@ impl Driver {
         };
         call.framework_id = Some(fid.ok_or(Error::NotSubscribed)?);
         let sid = sid.ok_or(Error::NotSubscribed)?;
-        let body = serde_json::to_vec(&call).expect("calls serialize");
+        let body = self.encoding.encode_call(&call);
         let mut guard = self.calls.lock().await;
         // One retry on a fresh connection if the kept-alive one went stale.
         for attempt in 0..2 {
@@ -202,7 +218,8 @@ impl Driver {
                 *guard = Some(http::Connection::open(&self.master).await?);
             }
             let conn = guard.as_mut().expect("opened above");
-            match conn.post("/api/v1/scheduler", &[("Mesos-Stream-Id", &sid)], &body).await {
+            match conn.post("/api/v1/scheduler", self.encoding.media_type(), &[("Mesos-Stream-Id", &sid)], &body).await
+            {
                 Ok((status, body)) => {
                     if !conn.reusable() {
                         *guard = None;

@@ -44,8 +44,13 @@ pub fn info(name: &str) -> FrameworkInfo {
 }
 
 impl TestFramework {
+    /// A framework on the SDK's default encoding (FlatBuffers).
     pub async fn start(master: &str, info: FrameworkInfo) -> TestFramework {
-        let (driver, events) = Driver::start(master, info).await.expect("subscribe");
+        Self::start_with(master, info, agora_sdk::Encoding::FlatBuffers).await
+    }
+
+    pub async fn start_with(master: &str, info: FrameworkInfo, encoding: agora_sdk::Encoding) -> TestFramework {
+        let (driver, events) = Driver::start_with(master, info, encoding).await.expect("subscribe");
         let framework_id = driver.framework_id().expect("subscribed");
         TestFramework {
             driver,

@@ -378,3 +378,42 @@ async fn operator_quota_caps_offers_and_is_durable() {
     let json = String::from_utf8(quota(&m.addr, &["--json"]).stdout).unwrap();
     assert_eq!(json.trim(), "[]");
 }
+
+/// A framework speaking JSON and one speaking FlatBuffers share a master:
+/// both are offered resources, launch tasks and see them finish; the master
+/// shows both, and their streams say which encoding they carry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_and_flatbuffers_frameworks_share_a_master() {
+    use agora_sdk::Encoding;
+    let (m, _agents) = cluster(1);
+    let mut json = TestFramework::start_with(&m.addr, info("json"), Encoding::Json).await;
+    let mut flat = TestFramework::start_with(&m.addr, info("flat"), Encoding::FlatBuffers).await;
+    for (fw, name) in [(&mut json, "json"), (&mut flat, "flat")] {
+        let specs: Vec<Spec> = (0..5).map(|i| Spec::new(format!("{name}{i}"), "true", "cpus:0.1;mem:16")).collect();
+        let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
+        assert_eq!(fw.launch(specs, LONG).await.len(), 5, "{name}");
+        fw.wait_terminal(&ids, LONG).await;
+        for id in &ids {
+            assert_eq!(fw.last_state(id), Some(TaskState::Finished), "{id}");
+        }
+    }
+    let state = m.state();
+    let names: Vec<&str> = state["frameworks"].as_array().unwrap().iter().filter_map(|f| f["name"].as_str()).collect();
+    assert!(names.contains(&"json") && names.contains(&"flat"), "{names:?}");
+
+    // The SDK refuses a stream whose Content-Type is not the encoding it
+    // asked for.
+    for (media, call) in [
+        ("application/json", agora_sdk::Encoding::Json),
+        ("application/x-flatbuffers", agora_sdk::Encoding::FlatBuffers),
+    ] {
+        let mut sub = agora_proto::scheduler::Call::new(agora_proto::scheduler::CallType::Subscribe, None);
+        sub.subscribe = Some(agora_proto::scheduler::Subscribe {
+            framework_info: info("probe"),
+            suppressed_roles: vec![],
+            offer_constraints: None,
+        });
+        let stream = agora_sdk::http::subscribe(&m.addr, &sub, call).await.expect("subscribes");
+        assert!(!stream.stream_id.is_empty(), "{media}");
+    }
+}

@@ -458,7 +458,7 @@ fn bench(args: &[String]) -> Result<()> {
     } else {
         args.to_vec()
     };
-    for (package, bench) in [("agora-proto", "frame"), ("agora-master", "allocation")] {
+    for (package, bench) in [("agora-proto", "frame"), ("agora-proto", "event"), ("agora-master", "allocation")] {
         run(cargo().args(["bench", "-p", package, "--bench", bench, "--"]).args(&criterion))?;
     }
     // Optimistic against pessimistic offers: a simulation, not timed.

@@ -46,11 +46,78 @@ pub fn decode_call(bytes: &[u8]) -> Result<Call, String> {
     Call::from_fb(owned)
 }
 
-/// Encodes an event (master to framework).
+/// Encodes an event (master to framework). OFFERS, the event sent most and
+/// to the most frameworks, is written straight from the offers; the others
+/// go through the generated owned types.
 pub fn encode_event(event: &Event) -> Vec<u8> {
     let mut b = planus::Builder::new();
+    let only_offers = event.subscribed.is_none()
+        && event.rescind.is_none()
+        && event.update.is_none()
+        && event.failure.is_none()
+        && event.error.is_none()
+        && event.update_operation_status.is_none();
+    if let (sched::EventType::Offers, Some(offers), true) = (event.kind, &event.offers, only_offers) {
+        // Room for a typical offer up front: the builder writes back to
+        // front, and growing it moves everything written so far.
+        b = planus::Builder::with_capacity(512 * offers.offers.len() + 64);
+        let root = write_offers_event(&mut b, &offers.offers);
+        return b.finish(root, None).to_vec();
+    }
     let event: fb::Event = event.to_fb();
     b.finish(event, None).to_vec()
+}
+
+fn write_offers_event(b: &mut planus::Builder, offers: &[mesos::Offer]) -> planus::Offset<fb::Event> {
+    let mut list = Vec::with_capacity(offers.len());
+    let mut resources = Vec::new();
+    for o in offers {
+        resources.clear();
+        for r in o.resources.iter() {
+            resources.push(write_resource(b, r));
+        }
+        let attributes: Vec<fb::Attribute> = o.attributes.iter().map(ToFb::to_fb).collect();
+        let executors: Vec<&str> = o.executor_ids.iter().map(|e| e.value.as_str()).collect();
+        let allocation = o.allocation_info.as_ref().map(|a| fb::AllocationInfo::create(b, a.role.as_deref()));
+        list.push(fb::Offer::create(
+            b,
+            o.id.value.as_str(),
+            o.framework_id.value.as_str(),
+            o.agent_id.value.as_str(),
+            o.hostname.as_str(),
+            (!resources.is_empty()).then_some(resources.as_slice()),
+            (!attributes.is_empty()).then_some(attributes.as_slice()),
+            (!executors.is_empty()).then_some(executors.as_slice()),
+            allocation,
+        ));
+    }
+    let offers = fb::Offers::create(b, list.as_slice());
+    fb::Event::create(b, fb::EventType::Offers, (), offers, (), (), (), (), ())
+}
+
+/// An unreserved resource without a volume straight from its fields; the
+/// others as [`ToFb`] makes them (through the JSON form, for the same
+/// reservation and volume fields).
+fn write_resource(b: &mut planus::Builder, r: &Resource) -> planus::Offset<fb::Resource> {
+    use crate::resources::Value;
+    if r.reservation.is_some() || r.volume.is_some() {
+        let owned: fb::Resource = r.to_fb();
+        return planus::WriteAsOffset::prepare(&owned, b);
+    }
+    let (kind, scalar, ranges, set) = match &r.value {
+        Value::Scalar(s) => (fb::ValueType::Scalar, Some(fb::Scalar { value: s.as_f64() }), None, None),
+        Value::Ranges(rg) => {
+            let range: Vec<fb::Range> = rg.as_slice().iter().map(|&(begin, end)| fb::Range { begin, end }).collect();
+            (fb::ValueType::Ranges, None, Some(fb::Ranges::create(b, range.as_slice())), None)
+        }
+        Value::Set(s) => {
+            let items: Vec<&str> = s.iter().map(String::as_str).collect();
+            (fb::ValueType::Set, None, None, Some(fb::Set::create(b, items.as_slice())))
+        }
+    };
+    let allocation = r.allocation_role.as_deref().map(|role| fb::AllocationInfo::create(b, role));
+    let revocable = r.revocable.then(|| fb::Empty::create(b));
+    fb::Resource::create(b, r.name.as_str(), kind, scalar, ranges, set, (), allocation, revocable, ())
 }
 
 /// Decodes and checks an event.
