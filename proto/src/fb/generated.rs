@@ -8,24 +8,24 @@ const _: () = ::planus::check_version_compatibility("planus-1.3.0");
 /// The root namespace
 ///
 /// Generated from these locations:
-/// * File `/work/main/proto/schema/scheduler.fbs`
+/// * File `proto/schema/scheduler.fbs`
 #[no_implicit_prelude]
 #[allow(clippy::needless_lifetimes)]
 mod root {
     /// The namespace `agora`
     ///
     /// Generated from these locations:
-    /// * File `/work/main/proto/schema/scheduler.fbs`
+    /// * File `proto/schema/scheduler.fbs`
     pub mod agora {
         /// The namespace `agora.v1`
         ///
         /// Generated from these locations:
-        /// * File `/work/main/proto/schema/scheduler.fbs`
+        /// * File `proto/schema/scheduler.fbs`
         pub mod v1 {
             /// The table `Label` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Label` in the file `/work/main/proto/schema/scheduler.fbs:26`
+            /// * Table `Label` in the file `proto/schema/scheduler.fbs:26`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Label {
                 /// The field `key` in the table `Label`
@@ -294,7 +294,7 @@ mod root {
             /// The table `Labels` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Labels` in the file `/work/main/proto/schema/scheduler.fbs:31`
+            /// * Table `Labels` in the file `proto/schema/scheduler.fbs:31`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Labels {
                 /// The field `labels` in the table `Labels`
@@ -537,7 +537,7 @@ mod root {
             /// The struct `Range` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Struct `Range` in the file `/work/main/proto/schema/scheduler.fbs:35`
+            /// * Struct `Range` in the file `proto/schema/scheduler.fbs:35`
             #[derive(
                 Copy,
                 Clone,
@@ -733,7 +733,7 @@ mod root {
             /// The struct `Scalar` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Struct `Scalar` in the file `/work/main/proto/schema/scheduler.fbs:40`
+            /// * Struct `Scalar` in the file `proto/schema/scheduler.fbs:40`
             #[derive(Copy, Clone, Debug, PartialEq, PartialOrd, Default, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Scalar {
                 /// The field `value` in the struct `Scalar`
@@ -890,7 +890,7 @@ mod root {
             /// The table `Ranges` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Ranges` in the file `/work/main/proto/schema/scheduler.fbs:44`
+            /// * Table `Ranges` in the file `proto/schema/scheduler.fbs:44`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Ranges {
                 /// The field `range` in the table `Ranges`
@@ -1133,7 +1133,7 @@ mod root {
             /// The table `Set` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Set` in the file `/work/main/proto/schema/scheduler.fbs:48`
+            /// * Table `Set` in the file `proto/schema/scheduler.fbs:48`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Set {
                 /// The field `item` in the table `Set`
@@ -1377,7 +1377,7 @@ mod root {
             /// The table `Text` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Text` in the file `/work/main/proto/schema/scheduler.fbs:52`
+            /// * Table `Text` in the file `proto/schema/scheduler.fbs:52`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Text {
                 /// The field `value` in the table `Text`
@@ -1594,7 +1594,7 @@ mod root {
             /// The enum `ValueType` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Enum `ValueType` in the file `/work/main/proto/schema/scheduler.fbs:56`
+            /// * Enum `ValueType` in the file `proto/schema/scheduler.fbs:56`
             #[derive(
                 Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ::serde::Serialize, ::serde::Deserialize,
             )]
@@ -1750,7 +1750,7 @@ mod root {
             /// The enum `ReservationType` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Enum `ReservationType` in the file `/work/main/proto/schema/scheduler.fbs:58`
+            /// * Enum `ReservationType` in the file `proto/schema/scheduler.fbs:58`
             #[derive(
                 Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ::serde::Serialize, ::serde::Deserialize,
             )]
@@ -1906,7 +1906,7 @@ mod root {
             /// The table `ReservationInfo` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `ReservationInfo` in the file `/work/main/proto/schema/scheduler.fbs:60`
+            /// * Table `ReservationInfo` in the file `proto/schema/scheduler.fbs:60`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct ReservationInfo {
                 /// The field `type` in the table `ReservationInfo`
@@ -2292,7 +2292,7 @@ mod root {
             /// The table `AllocationInfo` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `AllocationInfo` in the file `/work/main/proto/schema/scheduler.fbs:67`
+            /// * Table `AllocationInfo` in the file `proto/schema/scheduler.fbs:67`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct AllocationInfo {
                 /// The field `role` in the table `AllocationInfo`
@@ -2532,7 +2532,7 @@ mod root {
             /// The table `Empty` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Empty` in the file `/work/main/proto/schema/scheduler.fbs:71`
+            /// * Table `Empty` in the file `proto/schema/scheduler.fbs:71`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Empty {}
 
@@ -2715,7 +2715,7 @@ mod root {
             /// The table `Persistence` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Persistence` in the file `/work/main/proto/schema/scheduler.fbs:73`
+            /// * Table `Persistence` in the file `proto/schema/scheduler.fbs:73`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Persistence {
                 /// The field `id` in the table `Persistence`
@@ -2990,7 +2990,7 @@ mod root {
             /// The enum `VolumeMode` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Enum `VolumeMode` in the file `/work/main/proto/schema/scheduler.fbs:78`
+            /// * Enum `VolumeMode` in the file `proto/schema/scheduler.fbs:78`
             #[derive(
                 Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ::serde::Serialize, ::serde::Deserialize,
             )]
@@ -3142,7 +3142,7 @@ mod root {
             /// The table `Volume` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Volume` in the file `/work/main/proto/schema/scheduler.fbs:80`
+            /// * Table `Volume` in the file `proto/schema/scheduler.fbs:80`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Volume {
                 /// The field `container_path` in the table `Volume`
@@ -3409,7 +3409,7 @@ mod root {
             /// The table `DiskInfo` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `DiskInfo` in the file `/work/main/proto/schema/scheduler.fbs:85`
+            /// * Table `DiskInfo` in the file `proto/schema/scheduler.fbs:85`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct DiskInfo {
                 /// The field `persistence` in the table `DiskInfo`
@@ -3712,7 +3712,7 @@ mod root {
             /// The table `Resource` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Resource` in the file `/work/main/proto/schema/scheduler.fbs:90`
+            /// * Table `Resource` in the file `proto/schema/scheduler.fbs:90`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Resource {
                 /// The field `name` in the table `Resource`
@@ -4353,7 +4353,7 @@ mod root {
             /// The table `Attribute` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Attribute` in the file `/work/main/proto/schema/scheduler.fbs:104`
+            /// * Table `Attribute` in the file `proto/schema/scheduler.fbs:104`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Attribute {
                 /// The field `name` in the table `Attribute`
@@ -4824,7 +4824,7 @@ mod root {
             /// The struct `DurationInfo` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Struct `DurationInfo` in the file `/work/main/proto/schema/scheduler.fbs:113`
+            /// * Struct `DurationInfo` in the file `proto/schema/scheduler.fbs:113`
             #[derive(
                 Copy,
                 Clone,
@@ -5006,7 +5006,7 @@ mod root {
             /// The struct `TimeInfo` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Struct `TimeInfo` in the file `/work/main/proto/schema/scheduler.fbs:117`
+            /// * Struct `TimeInfo` in the file `proto/schema/scheduler.fbs:117`
             #[derive(
                 Copy,
                 Clone,
@@ -5188,7 +5188,7 @@ mod root {
             /// The table `KillPolicy` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `KillPolicy` in the file `/work/main/proto/schema/scheduler.fbs:121`
+            /// * Table `KillPolicy` in the file `proto/schema/scheduler.fbs:121`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct KillPolicy {
                 /// The field `grace_period` in the table `KillPolicy`
@@ -5430,7 +5430,7 @@ mod root {
             /// The enum `CapabilityType` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Enum `CapabilityType` in the file `/work/main/proto/schema/scheduler.fbs:125`
+            /// * Enum `CapabilityType` in the file `proto/schema/scheduler.fbs:125`
             #[derive(
                 Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ::serde::Serialize, ::serde::Deserialize,
             )]
@@ -5620,7 +5620,7 @@ mod root {
             /// The table `FrameworkInfo` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `FrameworkInfo` in the file `/work/main/proto/schema/scheduler.fbs:137`
+            /// * Table `FrameworkInfo` in the file `proto/schema/scheduler.fbs:137`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct FrameworkInfo {
                 /// The field `user` in the table `FrameworkInfo`
@@ -6389,7 +6389,7 @@ mod root {
             /// The table `CommandUri` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `CommandUri` in the file `/work/main/proto/schema/scheduler.fbs:152`
+            /// * Table `CommandUri` in the file `proto/schema/scheduler.fbs:152`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct CommandUri {
                 /// The field `value` in the table `CommandUri`
@@ -6719,7 +6719,7 @@ mod root {
             /// The table `EnvVariable` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `EnvVariable` in the file `/work/main/proto/schema/scheduler.fbs:158`
+            /// * Table `EnvVariable` in the file `proto/schema/scheduler.fbs:158`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct EnvVariable {
                 /// The field `name` in the table `EnvVariable`
@@ -6975,7 +6975,7 @@ mod root {
             /// The table `Environment` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Environment` in the file `/work/main/proto/schema/scheduler.fbs:163`
+            /// * Table `Environment` in the file `proto/schema/scheduler.fbs:163`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Environment {
                 /// The field `variables` in the table `Environment`
@@ -7225,7 +7225,7 @@ mod root {
             /// The table `CommandInfo` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `CommandInfo` in the file `/work/main/proto/schema/scheduler.fbs:167`
+            /// * Table `CommandInfo` in the file `proto/schema/scheduler.fbs:167`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct CommandInfo {
                 /// The field `uris` in the table `CommandInfo`
@@ -7727,7 +7727,7 @@ mod root {
             /// The table `ExecutorInfo` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `ExecutorInfo` in the file `/work/main/proto/schema/scheduler.fbs:176`
+            /// * Table `ExecutorInfo` in the file `proto/schema/scheduler.fbs:176`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct ExecutorInfo {
                 /// The field `executor_id` in the table `ExecutorInfo`
@@ -7969,7 +7969,7 @@ mod root {
             /// The table `MesosContainerInfo` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `MesosContainerInfo` in the file `/work/main/proto/schema/scheduler.fbs:180`
+            /// * Table `MesosContainerInfo` in the file `proto/schema/scheduler.fbs:180`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct MesosContainerInfo {
                 /// The field `image` in the table `MesosContainerInfo`
@@ -8217,7 +8217,7 @@ mod root {
             /// The table `ContainerInfo` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `ContainerInfo` in the file `/work/main/proto/schema/scheduler.fbs:185`
+            /// * Table `ContainerInfo` in the file `proto/schema/scheduler.fbs:185`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct ContainerInfo {
                 /// The field `type` in the table `ContainerInfo`
@@ -8511,7 +8511,7 @@ mod root {
             /// The table `TaskInfo` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `TaskInfo` in the file `/work/main/proto/schema/scheduler.fbs:190`
+            /// * Table `TaskInfo` in the file `proto/schema/scheduler.fbs:190`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct TaskInfo {
                 /// The field `name` in the table `TaskInfo`
@@ -9223,7 +9223,7 @@ mod root {
             /// The enum `TaskState` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Enum `TaskState` in the file `/work/main/proto/schema/scheduler.fbs:205`
+            /// * Enum `TaskState` in the file `proto/schema/scheduler.fbs:205`
             #[derive(
                 Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ::serde::Serialize, ::serde::Deserialize,
             )]
@@ -9434,7 +9434,7 @@ mod root {
             /// The enum `Source` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Enum `Source` in the file `/work/main/proto/schema/scheduler.fbs:222`
+            /// * Enum `Source` in the file `proto/schema/scheduler.fbs:222`
             #[derive(
                 Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ::serde::Serialize, ::serde::Deserialize,
             )]
@@ -9586,7 +9586,7 @@ mod root {
             /// The enum `Reason` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Enum `Reason` in the file `/work/main/proto/schema/scheduler.fbs:224`
+            /// * Enum `Reason` in the file `proto/schema/scheduler.fbs:224`
             #[derive(
                 Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ::serde::Serialize, ::serde::Deserialize,
             )]
@@ -9927,7 +9927,7 @@ mod root {
             /// The table `TaskStatus` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `TaskStatus` in the file `/work/main/proto/schema/scheduler.fbs:267`
+            /// * Table `TaskStatus` in the file `proto/schema/scheduler.fbs:267`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct TaskStatus {
                 /// The field `task_id` in the table `TaskStatus`
@@ -10744,7 +10744,7 @@ mod root {
             /// The table `Address` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Address` in the file `/work/main/proto/schema/scheduler.fbs:283`
+            /// * Table `Address` in the file `proto/schema/scheduler.fbs:283`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Address {
                 /// The field `hostname` in the table `Address`
@@ -11077,7 +11077,7 @@ mod root {
             /// The table `MasterInfo` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `MasterInfo` in the file `/work/main/proto/schema/scheduler.fbs:289`
+            /// * Table `MasterInfo` in the file `proto/schema/scheduler.fbs:289`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct MasterInfo {
                 /// The field `id` in the table `MasterInfo`
@@ -11587,7 +11587,7 @@ mod root {
             /// The table `Offer` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Offer` in the file `/work/main/proto/schema/scheduler.fbs:299`
+            /// * Table `Offer` in the file `proto/schema/scheduler.fbs:299`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Offer {
                 /// The field `id` in the table `Offer`
@@ -12127,7 +12127,7 @@ mod root {
             /// The table `Filters` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Filters` in the file `/work/main/proto/schema/scheduler.fbs:312`
+            /// * Table `Filters` in the file `proto/schema/scheduler.fbs:312`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Filters {
                 /// The field `refuse_seconds` in the table `Filters`
@@ -12369,7 +12369,7 @@ mod root {
             /// The table `TextValue` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `TextValue` in the file `/work/main/proto/schema/scheduler.fbs:316`
+            /// * Table `TextValue` in the file `proto/schema/scheduler.fbs:316`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct TextValue {
                 /// The field `value` in the table `TextValue`
@@ -12594,7 +12594,7 @@ mod root {
             /// The table `TextRegex` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `TextRegex` in the file `/work/main/proto/schema/scheduler.fbs:320`
+            /// * Table `TextRegex` in the file `proto/schema/scheduler.fbs:320`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct TextRegex {
                 /// The field `regex` in the table `TextRegex`
@@ -12819,7 +12819,7 @@ mod root {
             /// The table `ConstraintSelector` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `ConstraintSelector` in the file `/work/main/proto/schema/scheduler.fbs:324`
+            /// * Table `ConstraintSelector` in the file `proto/schema/scheduler.fbs:324`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct ConstraintSelector {
                 /// The field `pseudoattribute_type` in the table `ConstraintSelector`
@@ -13117,7 +13117,7 @@ mod root {
             /// The table `ConstraintPredicate` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `ConstraintPredicate` in the file `/work/main/proto/schema/scheduler.fbs:329`
+            /// * Table `ConstraintPredicate` in the file `proto/schema/scheduler.fbs:329`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct ConstraintPredicate {
                 /// The field `exists` in the table `ConstraintPredicate`
@@ -13635,7 +13635,7 @@ mod root {
             /// The table `AttributeConstraint` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `AttributeConstraint` in the file `/work/main/proto/schema/scheduler.fbs:338`
+            /// * Table `AttributeConstraint` in the file `proto/schema/scheduler.fbs:338`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct AttributeConstraint {
                 /// The field `selector` in the table `AttributeConstraint`
@@ -13905,7 +13905,7 @@ mod root {
             /// The table `AttributeConstraintGroup` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `AttributeConstraintGroup` in the file `/work/main/proto/schema/scheduler.fbs:343`
+            /// * Table `AttributeConstraintGroup` in the file `proto/schema/scheduler.fbs:343`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct AttributeConstraintGroup {
                 /// The field `attribute_constraints` in the table `AttributeConstraintGroup`
@@ -14167,7 +14167,7 @@ mod root {
             /// The table `RoleConstraints` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `RoleConstraints` in the file `/work/main/proto/schema/scheduler.fbs:347`
+            /// * Table `RoleConstraints` in the file `proto/schema/scheduler.fbs:347`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct RoleConstraints {
                 /// The field `role` in the table `RoleConstraints`
@@ -14455,7 +14455,7 @@ mod root {
             /// The table `OfferConstraints` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `OfferConstraints` in the file `/work/main/proto/schema/scheduler.fbs:352`
+            /// * Table `OfferConstraints` in the file `proto/schema/scheduler.fbs:352`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct OfferConstraints {
                 /// The field `role_constraints` in the table `OfferConstraints`
@@ -14709,7 +14709,7 @@ mod root {
             /// The table `Subscribe` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Subscribe` in the file `/work/main/proto/schema/scheduler.fbs:357`
+            /// * Table `Subscribe` in the file `proto/schema/scheduler.fbs:357`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Subscribe {
                 /// The field `framework_info` in the table `Subscribe`
@@ -15056,7 +15056,7 @@ mod root {
             /// The enum `OperationType` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Enum `OperationType` in the file `/work/main/proto/schema/scheduler.fbs:363`
+            /// * Enum `OperationType` in the file `proto/schema/scheduler.fbs:363`
             #[derive(
                 Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ::serde::Serialize, ::serde::Deserialize,
             )]
@@ -15256,7 +15256,7 @@ mod root {
             /// The table `Launch` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Launch` in the file `/work/main/proto/schema/scheduler.fbs:377`
+            /// * Table `Launch` in the file `proto/schema/scheduler.fbs:377`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Launch {
                 /// The field `task_infos` in the table `Launch`
@@ -15500,7 +15500,7 @@ mod root {
             /// The table `TaskGroup` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `TaskGroup` in the file `/work/main/proto/schema/scheduler.fbs:381`
+            /// * Table `TaskGroup` in the file `proto/schema/scheduler.fbs:381`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct TaskGroup {
                 /// The field `tasks` in the table `TaskGroup`
@@ -15750,7 +15750,7 @@ mod root {
             /// The table `LaunchGroup` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `LaunchGroup` in the file `/work/main/proto/schema/scheduler.fbs:385`
+            /// * Table `LaunchGroup` in the file `proto/schema/scheduler.fbs:385`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct LaunchGroup {
                 /// The field `task_group` in the table `LaunchGroup`
@@ -15981,7 +15981,7 @@ mod root {
             /// The table `Reserve` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Reserve` in the file `/work/main/proto/schema/scheduler.fbs:389`
+            /// * Table `Reserve` in the file `proto/schema/scheduler.fbs:389`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Reserve {
                 /// The field `resources` in the table `Reserve`
@@ -16231,7 +16231,7 @@ mod root {
             /// The table `Volumes` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Volumes` in the file `/work/main/proto/schema/scheduler.fbs:393`
+            /// * Table `Volumes` in the file `proto/schema/scheduler.fbs:393`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Volumes {
                 /// The field `volumes` in the table `Volumes`
@@ -16481,7 +16481,7 @@ mod root {
             /// The table `Operation` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Operation` in the file `/work/main/proto/schema/scheduler.fbs:397`
+            /// * Table `Operation` in the file `proto/schema/scheduler.fbs:397`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Operation {
                 /// The field `type` in the table `Operation`
@@ -17084,7 +17084,7 @@ mod root {
             /// The table `Accept` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Accept` in the file `/work/main/proto/schema/scheduler.fbs:408`
+            /// * Table `Accept` in the file `proto/schema/scheduler.fbs:408`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Accept {
                 /// The field `offer_ids` in the table `Accept`
@@ -17435,7 +17435,7 @@ mod root {
             /// The table `Decline` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Decline` in the file `/work/main/proto/schema/scheduler.fbs:414`
+            /// * Table `Decline` in the file `proto/schema/scheduler.fbs:414`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Decline {
                 /// The field `offer_ids` in the table `Decline`
@@ -17740,7 +17740,7 @@ mod root {
             /// The table `Roles` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Roles` in the file `/work/main/proto/schema/scheduler.fbs:419`
+            /// * Table `Roles` in the file `proto/schema/scheduler.fbs:419`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Roles {
                 /// The field `roles` in the table `Roles`
@@ -17984,7 +17984,7 @@ mod root {
             /// The table `Kill` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Kill` in the file `/work/main/proto/schema/scheduler.fbs:423`
+            /// * Table `Kill` in the file `proto/schema/scheduler.fbs:423`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Kill {
                 /// The field `task_id` in the table `Kill`
@@ -18306,7 +18306,7 @@ mod root {
             /// The table `Shutdown` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Shutdown` in the file `/work/main/proto/schema/scheduler.fbs:429`
+            /// * Table `Shutdown` in the file `proto/schema/scheduler.fbs:429`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Shutdown {
                 /// The field `executor_id` in the table `Shutdown`
@@ -18565,7 +18565,7 @@ mod root {
             /// The table `Acknowledge` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Acknowledge` in the file `/work/main/proto/schema/scheduler.fbs:434`
+            /// * Table `Acknowledge` in the file `proto/schema/scheduler.fbs:434`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Acknowledge {
                 /// The field `agent_id` in the table `Acknowledge`
@@ -18861,7 +18861,7 @@ mod root {
             /// The table `ReconcileTask` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `ReconcileTask` in the file `/work/main/proto/schema/scheduler.fbs:440`
+            /// * Table `ReconcileTask` in the file `proto/schema/scheduler.fbs:440`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct ReconcileTask {
                 /// The field `task_id` in the table `ReconcileTask`
@@ -19136,7 +19136,7 @@ mod root {
             /// The table `Reconcile` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Reconcile` in the file `/work/main/proto/schema/scheduler.fbs:445`
+            /// * Table `Reconcile` in the file `proto/schema/scheduler.fbs:445`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Reconcile {
                 /// The field `tasks` in the table `Reconcile`
@@ -19386,7 +19386,7 @@ mod root {
             /// The table `Message` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Message` in the file `/work/main/proto/schema/scheduler.fbs:449`
+            /// * Table `Message` in the file `proto/schema/scheduler.fbs:449`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Message {
                 /// The field `agent_id` in the table `Message`
@@ -19695,7 +19695,7 @@ mod root {
             /// The table `UpdateFramework` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `UpdateFramework` in the file `/work/main/proto/schema/scheduler.fbs:455`
+            /// * Table `UpdateFramework` in the file `proto/schema/scheduler.fbs:455`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct UpdateFramework {
                 /// The field `framework_info` in the table `UpdateFramework`
@@ -20048,7 +20048,7 @@ mod root {
             /// The enum `CallType` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Enum `CallType` in the file `/work/main/proto/schema/scheduler.fbs:461`
+            /// * Enum `CallType` in the file `proto/schema/scheduler.fbs:461`
             #[derive(
                 Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ::serde::Serialize, ::serde::Deserialize,
             )]
@@ -20279,7 +20279,7 @@ mod root {
             /// The table `Call` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Call` in the file `/work/main/proto/schema/scheduler.fbs:482`
+            /// * Table `Call` in the file `proto/schema/scheduler.fbs:482`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Call {
                 /// The field `framework_id` in the table `Call`
@@ -21141,7 +21141,7 @@ mod root {
             /// The table `Subscribed` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Subscribed` in the file `/work/main/proto/schema/scheduler.fbs:500`
+            /// * Table `Subscribed` in the file `proto/schema/scheduler.fbs:500`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Subscribed {
                 /// The field `framework_id` in the table `Subscribed`
@@ -21481,7 +21481,7 @@ mod root {
             /// The table `Offers` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Offers` in the file `/work/main/proto/schema/scheduler.fbs:506`
+            /// * Table `Offers` in the file `proto/schema/scheduler.fbs:506`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Offers {
                 /// The field `offers` in the table `Offers`
@@ -21724,7 +21724,7 @@ mod root {
             /// The table `Rescind` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Rescind` in the file `/work/main/proto/schema/scheduler.fbs:510`
+            /// * Table `Rescind` in the file `proto/schema/scheduler.fbs:510`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Rescind {
                 /// The field `offer_id` in the table `Rescind`
@@ -21949,7 +21949,7 @@ mod root {
             /// The table `Update` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Update` in the file `/work/main/proto/schema/scheduler.fbs:514`
+            /// * Table `Update` in the file `proto/schema/scheduler.fbs:514`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Update {
                 /// The field `status` in the table `Update`
@@ -22172,7 +22172,7 @@ mod root {
             /// The table `Failure` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Failure` in the file `/work/main/proto/schema/scheduler.fbs:518`
+            /// * Table `Failure` in the file `proto/schema/scheduler.fbs:518`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Failure {
                 /// The field `agent_id` in the table `Failure`
@@ -22511,7 +22511,7 @@ mod root {
             /// The table `Error` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Error` in the file `/work/main/proto/schema/scheduler.fbs:524`
+            /// * Table `Error` in the file `proto/schema/scheduler.fbs:524`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Error {
                 /// The field `message` in the table `Error`
@@ -22728,7 +22728,7 @@ mod root {
             /// The enum `OperationState` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Enum `OperationState` in the file `/work/main/proto/schema/scheduler.fbs:528`
+            /// * Enum `OperationState` in the file `proto/schema/scheduler.fbs:528`
             #[derive(
                 Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ::serde::Serialize, ::serde::Deserialize,
             )]
@@ -22889,7 +22889,7 @@ mod root {
             /// The table `OperationStatus` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `OperationStatus` in the file `/work/main/proto/schema/scheduler.fbs:535`
+            /// * Table `OperationStatus` in the file `proto/schema/scheduler.fbs:535`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct OperationStatus {
                 /// The field `operation_id` in the table `OperationStatus`
@@ -23256,7 +23256,7 @@ mod root {
             /// The table `UpdateOperationStatus` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `UpdateOperationStatus` in the file `/work/main/proto/schema/scheduler.fbs:542`
+            /// * Table `UpdateOperationStatus` in the file `proto/schema/scheduler.fbs:542`
             #[derive(Clone, Debug, PartialEq, PartialOrd, Eq, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
             pub struct UpdateOperationStatus {
                 /// The field `status` in the table `UpdateOperationStatus`
@@ -23488,7 +23488,7 @@ mod root {
             /// The enum `EventType` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Enum `EventType` in the file `/work/main/proto/schema/scheduler.fbs:546`
+            /// * Enum `EventType` in the file `proto/schema/scheduler.fbs:546`
             #[derive(
                 Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, ::serde::Serialize, ::serde::Deserialize,
             )]
@@ -23689,7 +23689,7 @@ mod root {
             /// The table `Event` in the namespace `agora.v1`
             ///
             /// Generated from these locations:
-            /// * Table `Event` in the file `/work/main/proto/schema/scheduler.fbs:561`
+            /// * Table `Event` in the file `proto/schema/scheduler.fbs:561`
             #[derive(Clone, Debug, PartialEq, PartialOrd, ::serde::Serialize, ::serde::Deserialize)]
             pub struct Event {
                 /// The field `type` in the table `Event`
