@@ -312,19 +312,12 @@ fn json_content_type(req: &Request) -> Result<(), Response> {
 /// A scheduler call in JSON or FlatBuffers, by its `Content-Type`.
 fn decode_call(req: &Request) -> Result<Route, Response> {
     let ct = req.header("content-type").ok_or_else(|| error(400, "Expecting 'Content-Type' to be present"))?;
-    let encoding = match Encoding::from_media_type(&media_type(ct)) {
-        Some(e) => e,
-        None => {
-            return Err(error(
-                415,
-                format!(
-                    "Content-Type {:?} is not supported; use application/json or {}",
-                    media_type(ct),
-                    fb::MEDIA_TYPE
-                ),
-            ))
-        }
-    };
+    let encoding = Encoding::from_media_type(ct).ok_or_else(|| {
+        error(
+            415,
+            format!("Content-Type {:?} is not supported; use application/json or {}", media_type(ct), fb::MEDIA_TYPE),
+        )
+    })?;
     let call: Call = match encoding {
         Encoding::Json => {
             let value: Json = serde_json::from_slice(&req.body)
@@ -332,7 +325,7 @@ fn decode_call(req: &Request) -> Result<Route, Response> {
             serde_json::from_value(value)
                 .map_err(|e| error(400, format!("Failed to convert JSON into Call protobuf: {e}")))?
         }
-        Encoding::FlatBuffers => agora_proto::fb::decode_call(&req.body).map_err(|e| error(400, e))?,
+        Encoding::FlatBuffers => fb::decode_call(&req.body).map_err(|e| error(400, e))?,
     };
     call.validate().map_err(|m| error(400, format!("Failed to validate scheduler::Call: {m}")))?;
     let stream_id = req.header("mesos-stream-id").map(str::to_string);

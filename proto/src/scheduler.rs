@@ -657,12 +657,16 @@ impl Encoding {
         }
     }
 
-    /// The encoding a media type (without parameters, lower case) names.
-    pub fn from_media_type(m: &str) -> Option<Encoding> {
-        match m {
-            "application/json" => Some(Encoding::Json),
-            crate::fb::MEDIA_TYPE => Some(Encoding::FlatBuffers),
-            _ => None,
+    /// The encoding a `Content-Type` or `Accept` item names (parameters and
+    /// case ignored).
+    pub fn from_media_type(value: &str) -> Option<Encoding> {
+        let m = value.split(';').next().unwrap_or("").trim();
+        if m.eq_ignore_ascii_case("application/json") {
+            Some(Encoding::Json)
+        } else if m.eq_ignore_ascii_case(crate::fb::MEDIA_TYPE) {
+            Some(Encoding::FlatBuffers)
+        } else {
+            None
         }
     }
 

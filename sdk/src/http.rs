@@ -150,8 +150,8 @@ pub async fn subscribe(master: &str, call: &Call, encoding: Encoding) -> Result<
         return Err(Error::Status { status: head.status, message: String::from_utf8_lossy(&body).into_owned() });
     }
     let stream_id = head.header("mesos-stream-id").unwrap_or("").to_string();
-    let sent = head.header("content-type").map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
-    if sent.as_deref() != Some(encoding.media_type()) {
+    let sent = head.header("content-type");
+    if sent.and_then(Encoding::from_media_type) != Some(encoding) {
         return Err(Error::Decode(format!("asked for {} events, the master sent {sent:?}", encoding.media_type())));
     }
     Ok(EventStream {

@@ -42,8 +42,6 @@ pub enum Error {
     Http(#[from] agora_proto::http::HttpError),
     #[error("the master answered {status}: {message}")]
     Status { status: u16, message: String },
-    #[error("the master sent an event that is not valid JSON: {0}")]
-    Json(#[from] serde_json::Error),
     #[error("the master sent an event that cannot be decoded: {0}")]
     Decode(String),
     #[error("the master refused the subscription: {0}")]

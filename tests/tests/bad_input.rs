@@ -21,6 +21,45 @@ fn json_post(addr: &str, body: &str, stream_id: Option<&str>) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// A JSON SUBSCRIBE over a raw socket, read up to its SUBSCRIBED event:
+/// the socket, what was read (response head included) and the framework id.
+fn subscribe_raw(addr: &str, name: &str) -> (TcpStream, String, String) {
+    let sub = format!(
+        r#"{{"type":"SUBSCRIBE","subscribe":{{"framework_info":{{"user":"u","name":"{name}","failover_timeout":60}}}}}}"#
+    );
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&agora_proto::http::request(
+        "POST",
+        addr,
+        "/api/v1/scheduler",
+        &[("Content-Type", "application/json")],
+        sub.as_bytes(),
+    ))
+    .unwrap();
+    let mut seen = String::new();
+    let mut buf = vec![0u8; 4096];
+    const KEY: &str = r#""framework_id":{"value":""#;
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the stream closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        let Some(at) = seen.find(KEY) else { continue };
+        if let Some(end) = seen[at + KEY.len()..].find('"') {
+            let fid = seen[at + KEY.len()..][..end].to_string();
+            return (s, seen, fid);
+        }
+    }
+}
+
+fn stream_id(response: &str) -> String {
+    response
+        .lines()
+        .find_map(|l| l.strip_prefix("Mesos-Stream-Id: "))
+        .map(|s| s.trim().to_string())
+        .expect("stream id header")
+}
+
 /// Writes raw bytes and returns what the master sends back; panics unless
 /// the master then closes the connection.
 fn raw(addr: &str, bytes: &[u8]) -> Vec<u8> {
@@ -47,30 +86,10 @@ async fn bad_input_gets_clear_errors_and_others_are_unaffected() {
     let fid = bad.framework_id.value.clone();
     // A third framework subscribed by hand, for a real stream id to send
     // with the bad calls below.
-    let (status, sid) = {
-        let sub =
-            r#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"user":"u","name":"raw","failover_timeout":60}}}"#;
-        let mut s = TcpStream::connect(&m.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(&agora_proto::http::request(
-            "POST",
-            &m.addr,
-            "/api/v1/scheduler",
-            &[("Content-Type", "application/json")],
-            sub.as_bytes(),
-        ))
-        .unwrap();
-        let mut buf = vec![0u8; 4096];
-        let n = s.read(&mut buf).unwrap();
-        let head = String::from_utf8_lossy(&buf[..n]).into_owned();
-        let sid = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Mesos-Stream-Id: "))
-            .map(|s| s.trim().to_string())
-            .expect("stream id header");
-        (head.lines().next().unwrap().to_string(), sid)
-    };
+    let (_raw_stream, seen, _) = subscribe_raw(&m.addr, "raw");
+    let status = seen.lines().next().unwrap_or_default();
     assert!(status.contains("200"), "{status}");
+    let sid = stream_id(&seen);
 
     // Garbage on the port: a 400 and the connection closes.
     let out = raw(&m.addr, b"\x00\x01\x02garbage\r\n\r\n");
@@ -214,34 +233,9 @@ async fn a_framework_that_never_reads_is_disconnected_at_the_bound() {
     let mut good = TestFramework::start(&m.addr, info("good")).await;
 
     // The never-reading framework: reads its SUBSCRIBED event, then nothing.
-    let sub = r#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"user":"u","name":"deaf","failover_timeout":60}}}"#;
-    let mut deaf = TcpStream::connect(&m.addr).unwrap();
-    deaf.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    deaf.write_all(&agora_proto::http::request(
-        "POST",
-        &m.addr,
-        "/api/v1/scheduler",
-        &[("Content-Type", "application/json")],
-        sub.as_bytes(),
-    ))
-    .unwrap();
-    let mut seen = String::new();
+    let (mut deaf, seen, fid) = subscribe_raw(&m.addr, "deaf");
+    let sid = stream_id(&seen);
     let mut buf = vec![0u8; 4096];
-    let fid = loop {
-        let n = deaf.read(&mut buf).unwrap();
-        assert!(n > 0, "the stream closed: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-        let Some(at) = seen.find(r#""framework_id":{"value":""#) else { continue };
-        let rest = &seen[at + r#""framework_id":{"value":""#.len()..];
-        if let Some(end) = rest.find('"') {
-            break rest[..end].to_string();
-        }
-    };
-    let sid = seen
-        .lines()
-        .find_map(|l| l.strip_prefix("Mesos-Stream-Id: "))
-        .map(|s| s.trim().to_string())
-        .expect("stream id header");
 
     // Each call makes 2,000 TASK_LOST updates for the deaf framework, about
     // 0.6 MB of events. Without a bound the master would hold all 200 calls'

@@ -280,29 +280,8 @@ table!(mesos::Offer => Offer {
     id, framework_id, agent_id, hostname, resources, attributes, executor_ids, allocation_info,
 });
 
-impl ToFb<fb::DurationInfo> for mesos::DurationInfo {
-    fn to_fb(&self) -> fb::DurationInfo {
-        fb::DurationInfo { nanoseconds: self.nanoseconds }
-    }
-}
-
-impl FromFb<fb::DurationInfo> for mesos::DurationInfo {
-    fn from_fb(v: fb::DurationInfo) -> Result<Self, String> {
-        Ok(mesos::DurationInfo { nanoseconds: v.nanoseconds })
-    }
-}
-
-impl ToFb<fb::TimeInfo> for mesos::TimeInfo {
-    fn to_fb(&self) -> fb::TimeInfo {
-        fb::TimeInfo { nanoseconds: self.nanoseconds }
-    }
-}
-
-impl FromFb<fb::TimeInfo> for mesos::TimeInfo {
-    fn from_fb(v: fb::TimeInfo) -> Result<Self, String> {
-        Ok(mesos::TimeInfo { nanoseconds: v.nanoseconds })
-    }
-}
+table!(mesos::DurationInfo => DurationInfo { nanoseconds });
+table!(mesos::TimeInfo => TimeInfo { nanoseconds });
 
 /// `image` is a flag message: present or not.
 impl ToFb<fb::MesosContainerInfo> for mesos::MesosContainerInfo {
