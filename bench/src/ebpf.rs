@@ -37,6 +37,7 @@ pub struct Opts {
     pub round_trips: u64,
     pub tasks: usize,
     pub out: PathBuf,
+    pub baseline: Option<PathBuf>,
 }
 
 /// Removes the benchmark's cgroups, and whatever is still in them.
@@ -178,12 +179,10 @@ pub fn run(o: &Opts) -> Result<()> {
         "per-task attachment (not used): attaching 5 programs to each of {} cgroups {:.1} ms, detaching {:.1} ms",
         o.tasks, costs.attach_ms, costs.detach_ms
     );
-    std::fs::create_dir_all(&o.out)?;
-    let path = o.out.join("ebpf.json");
-    std::fs::write(
-        &path,
-        serde_json::to_vec_pretty(&json!({
-            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+    crate::report::write(
+        &o.out,
+        "ebpf",
+        json!({
             "overhead": {
                 "round_trips_per_run": o.round_trips,
                 "runs_each": o.rounds,
@@ -208,9 +207,9 @@ pub fn run(o: &Opts) -> Result<()> {
             "stats_per_scrape_ms": costs.stats_ms,
             "per_task_attach_ms": costs.attach_ms,
             "per_task_detach_ms": costs.detach_ms,
-        }))?,
+        }),
+        o.baseline.as_deref(),
     )?;
-    println!("results in {}", path.display());
     drop(guard);
     Ok(())
 }

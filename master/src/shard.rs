@@ -156,7 +156,7 @@ enum StreamItem {
 /// A live connection: its outgoing queue and its socket, which can be shut
 /// down to wake its reader when it must close.
 struct Handle<T> {
-    tx: Rc<LocalSender<T>>,
+    tx: Rc<Queue<T>>,
     fd: RawFd,
     open: Rc<Cell<bool>>,
     /// Bytes queued and not yet written (framework streams only).
@@ -173,6 +173,35 @@ impl<T> Handle<T> {
                 libc::shutdown(self.fd, libc::SHUT_RDWR);
             }
         }
+    }
+}
+
+/// A connection's outgoing queue, bounded at `max` items. The channel under
+/// it is unbounded, so that its memory follows what is queued rather than
+/// the bound: a bounded glommio channel reserves every slot up front, which
+/// at 16,384 slots per agent connection was most of the master's memory per
+/// agent.
+struct Queue<T> {
+    tx: LocalSender<T>,
+    max: usize,
+}
+
+fn queue<T>(max: usize) -> (Queue<T>, LocalReceiver<T>) {
+    let (tx, rx) = local_channel::new_unbounded();
+    (Queue { tx, max }, rx)
+}
+
+impl<T> Queue<T> {
+    /// Queues `item` unless `max` items are queued or the receiver is gone.
+    fn try_send(&self, item: T) -> Result<(), ()> {
+        if self.tx.len() >= self.max {
+            return Err(());
+        }
+        self.tx.try_send(item).map_err(drop)
+    }
+
+    fn len(&self) -> usize {
+        self.tx.len()
     }
 }
 
@@ -493,13 +522,14 @@ async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
 async fn serve_agent(shard: Rc<Shard>, stream: TcpStream, mut prefix: Vec<u8>, conn: ConnId) {
     let fd = stream.as_raw_fd();
     let (mut rd, mut wr) = futures_lite::io::split(stream);
-    let mut buf = vec![0u8; 64 << 10];
+    let mut buf = vec![0u8; 512];
     while prefix.len() < HELLO_LEN {
         match within(FIRST_REQUEST_TIMEOUT, rd.read(&mut buf)).await {
             Some(Ok(0)) | Some(Err(_)) | None => return,
             Some(Ok(n)) => prefix.extend_from_slice(&buf[..n]),
         }
     }
+    drop(buf);
     let hello_bytes: [u8; HELLO_LEN] = prefix[..HELLO_LEN].try_into().expect("length checked");
     let hello = match Hello::decode(&hello_bytes) {
         Ok(h) => h,
@@ -518,7 +548,7 @@ async fn serve_agent(shard: Rc<Shard>, stream: TcpStream, mut prefix: Vec<u8>, c
     if wr.write_all(&Hello::new(shard.cfg.max_frame_bytes).encode()).await.is_err() {
         return;
     }
-    let (tx, rx) = local_channel::new_bounded(shard.cfg.max_agent_queue);
+    let (tx, rx) = queue(shard.cfg.max_agent_queue);
     let tx = Rc::new(tx);
     let open = Rc::new(Cell::new(true));
     shard
@@ -607,14 +637,17 @@ async fn serve_agent(shard: Rc<Shard>, stream: TcpStream, mut prefix: Vec<u8>, c
                 }
             }
         }
-        match rd.read(&mut buf).await {
+        // Straight into the decoder: an agent's connection keeps no read
+        // buffer of its own, since most of its life it waits for a pong.
+        match rd.read(decoder.read_buf(2 << 10)).await {
             Ok(0) | Err(_) => {
+                decoder.commit(0);
                 if let Err(e) = decoder.finish() {
                     tracing::info!(conn, "agent connection ended: {e}");
                 }
                 break;
             }
-            Ok(n) => decoder.push(&buf[..n]),
+            Ok(n) => decoder.commit(n),
         }
     }
     open.set(false);
@@ -726,7 +759,7 @@ async fn serve_stream(
     mut wr: Wr,
     fd: RawFd,
 ) {
-    let (tx, rx) = local_channel::new_bounded(shard.cfg.max_stream_queue);
+    let (tx, rx) = queue(shard.cfg.max_stream_queue);
     let tx = Rc::new(tx);
     let open = Rc::new(Cell::new(true));
     let queued_bytes: Rc<Cell<usize>> = Rc::default();

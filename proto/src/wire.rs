@@ -249,33 +249,67 @@ where
     rkyv::access::<T::Archived, rancor::Error>(payload).map_err(|e| FrameError::Invalid(e.to_string()))
 }
 
+/// A frame decoder's buffer larger than this is shrunk once mostly empty.
+const SHRINK_ABOVE: usize = 64 << 10;
+
 /// Splits a byte stream into frame payloads, bounded by `max_frame_bytes`.
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
     max_frame_bytes: u32,
+    /// Bytes at the end of `buf` handed out by `read_buf` and not yet filled.
+    reserved: usize,
 }
 
 impl FrameDecoder {
     pub fn new(max_frame_bytes: u32) -> FrameDecoder {
-        FrameDecoder { buf: Vec::new(), max_frame_bytes }
+        FrameDecoder { buf: Vec::new(), max_frame_bytes, reserved: 0 }
     }
 
     /// Appends received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
+        self.commit(0);
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Room to read into, for a reader that keeps no buffer of its own: at
+    /// least `min` bytes, or the rest of a frame whose length has arrived
+    /// (within the bound), so that a large frame takes one read. Then
+    /// [`FrameDecoder::commit`] says how much of it the read filled.
+    pub fn read_buf(&mut self, min: usize) -> &mut [u8] {
+        self.commit(0);
+        let rest = match self.buf.get(..4) {
+            Some(p) => {
+                let len = u32::from_le_bytes([p[0], p[1], p[2], p[3]]).min(self.max_frame_bytes) as usize;
+                (4 + len).saturating_sub(self.buf.len())
+            }
+            None => 0,
+        };
+        let n = rest.max(min);
+        let at = self.buf.len();
+        self.buf.resize(at + n, 0);
+        self.reserved = n;
+        &mut self.buf[at..]
+    }
+
+    /// `n` bytes of the last [`FrameDecoder::read_buf`] were filled.
+    pub fn commit(&mut self, n: usize) {
+        let unfilled = self.reserved.saturating_sub(n);
+        self.buf.truncate(self.buf.len() - unfilled);
+        self.reserved = 0;
     }
 
     /// How many bytes are buffered; never more than one maximal frame plus
     /// what one read returned, because the length is checked first.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.reserved
     }
 
     /// The next complete frame's payload, copied into an aligned buffer, or
     /// `None` when more bytes are needed. An oversized or empty frame is an
     /// error; the connection should then be closed.
     pub fn next_frame(&mut self) -> Result<Option<AlignedVec>, FrameError> {
+        self.commit(0);
         if self.buf.len() < 4 {
             return Ok(None);
         }
@@ -293,15 +327,19 @@ impl FrameDecoder {
         let mut payload = AlignedVec::with_capacity(len as usize);
         payload.extend_from_slice(&self.buf[4..total]);
         self.buf.drain(..total);
+        // A connection lives long and most frames are small: the room a large
+        // frame needed is given back rather than kept for the connection.
+        if self.buf.capacity() > SHRINK_ABOVE && self.buf.len() <= self.buf.capacity() / 4 {
+            self.buf.shrink_to(self.buf.len().max(SHRINK_ABOVE / 4));
+        }
         Ok(Some(payload))
     }
 
     /// Call at end of stream: an error if a frame was cut short.
     pub fn finish(&self) -> Result<(), FrameError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(FrameError::Truncated(self.buf.len()))
+        match self.buffered() {
+            0 => Ok(()),
+            n => Err(FrameError::Truncated(n)),
         }
     }
 }
@@ -337,6 +375,57 @@ mod tests {
         }
         d.finish().unwrap();
         assert_eq!(out, vec![msg, MasterToAgent::Ping { seq: 7 }]);
+    }
+
+    #[test]
+    fn reading_into_the_decoder() {
+        let msg = MasterToAgent::RunTask { framework: Box::default(), task: Box::new(sample_task()) };
+        let mut bytes = encode(&MasterToAgent::Ping { seq: 3 });
+        bytes.extend(encode(&msg));
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+        let mut src = &bytes[..];
+        let mut out = Vec::new();
+        let mut reads = 0;
+        while !src.is_empty() {
+            let room = d.read_buf(16);
+            assert!(room.len() >= 16);
+            let n = room.len().min(src.len()).min(40);
+            room[..n].copy_from_slice(&src[..n]);
+            d.commit(n);
+            src = &src[n..];
+            reads += 1;
+            while let Some(f) = d.next_frame().unwrap() {
+                out.push(decode::<MasterToAgent>(&f).unwrap());
+            }
+        }
+        d.finish().unwrap();
+        assert_eq!(out, vec![MasterToAgent::Ping { seq: 3 }, msg]);
+        assert!(reads > 2, "{reads}");
+
+        // Once a frame's length is in, the room is the rest of the frame.
+        let big = encode(&MasterToAgent::RunTask { framework: Box::default(), task: Box::new(sample_task()) });
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+        d.push(&big[..4]);
+        assert_eq!(d.read_buf(16).len(), big.len() - 4);
+        // A room not filled is not data.
+        d.commit(0);
+        assert_eq!(d.buffered(), 4);
+        assert!(matches!(d.finish(), Err(FrameError::Truncated(4))));
+    }
+
+    #[test]
+    fn a_large_frame_does_not_keep_its_room() {
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+        let mut big = (1u32 << 20).to_le_bytes().to_vec();
+        big.resize(4 + (1 << 20), 7);
+        d.push(&big);
+        let ping = encode(&MasterToAgent::Ping { seq: 1 });
+        d.push(&ping[..10]);
+        assert_eq!(d.next_frame().unwrap().unwrap().len(), 1 << 20);
+        assert!(d.buf.capacity() <= SHRINK_ABOVE, "{} bytes kept", d.buf.capacity());
+        d.push(&ping[10..]);
+        assert_eq!(decode::<MasterToAgent>(&d.next_frame().unwrap().unwrap()).unwrap(), MasterToAgent::Ping { seq: 1 });
+        d.finish().unwrap();
     }
 
     #[test]

@@ -12,19 +12,108 @@ fn report(dir: &TempDir, name: &str) -> Value {
     serde_json::from_slice(&text).expect("a JSON report")
 }
 
-#[test]
-fn launch_scenario_places_every_task() {
-    let out = TempDir::new("bench-launch");
+/// Runs a scenario with `args` and returns its report, after checking what
+/// every report must be: the machine and revision named, a plot beside it,
+/// no errors anywhere, and every latency summary non-empty and in order.
+fn run_scenario(scenario: &str, args: &[&str]) -> Value {
+    let out = TempDir::new(&format!("bench-{scenario}"));
     let run = Command::new(bin("agora-bench"))
-        .args(["launch", "--agents", "3", "--tasks", "300", "--out"])
+        .arg(scenario)
+        .args(args)
+        .arg("--out")
         .arg(out.path())
         .output()
         .expect("run agora-bench");
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let r = report(&out, "launch.json");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    let r = report(&out, &format!("{scenario}.json"));
+    assert_eq!(r["scenario"], scenario);
+    assert!(r["machine"]["cpus"].as_u64().unwrap() > 0, "{r}");
+    assert!(!r["machine"]["kernel"].as_str().unwrap().is_empty(), "{r}");
+    assert!(!r["git_revision"].as_str().unwrap().is_empty(), "{r}");
+    let svg = std::fs::read_to_string(out.path().join(format!("{scenario}.svg"))).expect("a plot");
+    assert!(svg.contains("<svg") && svg.contains("polyline"), "the plot has no lines");
+    sane("", &r);
+    // A baseline run prints each figure's ratio to the earlier report.
+    let again = Command::new(bin("agora-bench"))
+        .arg(scenario)
+        .args(args)
+        .arg("--out")
+        .arg(out.path().join("again"))
+        .arg("--baseline")
+        .arg(out.path().join(format!("{scenario}.json")))
+        .output()
+        .expect("run agora-bench");
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(text.contains("against the baseline") && text.contains('x'), "{text}");
+    r
+}
+
+/// No errors, and every latency summary has samples in order.
+fn sane(path: &str, v: &Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(e) = m.get("errors") {
+                assert_eq!(e.as_u64(), Some(0), "errors at {path}: {v}");
+            }
+            if m.contains_key("p50_us") {
+                let get = |k: &str| m[k].as_u64().unwrap_or_else(|| panic!("{path}.{k}: {v}"));
+                assert!(get("count") > 0, "no samples at {path}: {v}");
+                assert!(get("p50_us") <= get("p99_us"), "{path}: {v}");
+                assert!(get("p99_us") <= get("p999_us"), "{path}: {v}");
+                assert!(get("p999_us") <= get("max_us"), "{path}: {v}");
+                assert!(get("p50_us") > 0, "{path}: {v}");
+            }
+            for (k, v) in m {
+                sane(&format!("{path}.{k}"), v);
+            }
+        }
+        Value::Array(a) => a.iter().enumerate().for_each(|(i, v)| sane(&format!("{path}[{i}]"), v)),
+        Value::Number(n) => assert!(n.as_f64().is_some_and(f64::is_finite), "{path}: {n}"),
+        _ => {}
+    }
+}
+
+#[test]
+fn launch_scenario_places_every_task() {
+    let r = run_scenario("launch", &["--agents", "3", "--tasks", "300"]);
     assert_eq!(r["tasks"], 300);
+    assert_eq!(r["tasks_launched_on_agents"], 300, "{r}");
+    assert_eq!(r["launch_to_finished"]["count"], 300, "{r}");
     assert!(r["tasks_per_sec"].as_f64().unwrap() > 0.0, "{r}");
-    assert!(r["launch_to_finished"]["p50_us"].is_number(), "{r}");
+}
+
+#[test]
+fn steady_scenario_measures_the_master_per_agent() {
+    let r = run_scenario("steady", &["--quick", "--sizes", "200,600"]);
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{r}");
+    for run in runs {
+        let n = run["agents"].as_f64().unwrap();
+        // The master itself counts every agent.
+        assert_eq!(run["master_agents_active"].as_f64(), Some(n), "{r}");
+        // Pinged every second over the window, and every ping answered.
+        assert!(run["pongs"].as_f64().unwrap() >= n, "{r}");
+        assert!(run["rss_kib"].as_u64().unwrap() > run["idle_rss_kib"].as_u64().unwrap(), "{r}");
+        assert!(run["rss_per_agent_kib"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(run["cpu_percent"].as_f64().unwrap() >= 0.0, "{r}");
+    }
+}
+
+#[test]
+fn fanout_scenario_times_offers_in_both_encodings() {
+    let r = run_scenario("fanout", &["--quick", "--agents", "60", "--frameworks", "4"]);
+    for encoding in ["json", "flatbuffers"] {
+        let e = &r[encoding];
+        assert_eq!(e["single"]["count"], e["single_tasks"], "{r}");
+        // Every agent timed in every burst round.
+        let rounds = e["burst_round_ms"].as_array().unwrap().len() as u64;
+        assert_eq!(e["burst"]["count"].as_u64(), Some(60 * rounds), "{r}");
+        // The master sent at least every offer the frameworks got.
+        assert!(e["master_offers_sent"].as_f64().unwrap() >= e["offers_received"].as_f64().unwrap(), "{r}");
+    }
+    assert!(r["p99_json_over_flatbuffers"]["burst"].as_f64().unwrap() > 0.0, "{r}");
 }
 
 #[test]
@@ -40,6 +129,7 @@ fn ebpf_scenario_measures_and_leaves_nothing_behind() {
         .expect("run agora-bench");
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let r = report(&out, "ebpf.json");
+    sane("", &r);
     let o = &r["overhead"];
     assert_eq!(o["ns_per_round_trip_without"].as_array().unwrap().len(), 2, "{r}");
     assert!(o["median_with_ns"].as_f64().unwrap() > 0.0, "{r}");

@@ -449,8 +449,9 @@ fn sanitized_tests() -> Result<()> {
         .env("ASAN_OPTIONS", "detect_leaks=0:halt_on_error=1"))
 }
 
-/// The criterion benches, then the load generator against a release master.
-/// `--quick` shortens both; other arguments go to criterion.
+/// The criterion benches, then the load generator's scenarios against a
+/// release master (results and plots in `target/bench/`). `--quick`
+/// shortens all of them; other arguments go to criterion.
 fn bench(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let criterion: Vec<String> = if quick {
@@ -464,12 +465,14 @@ fn bench(args: &[String]) -> Result<()> {
     // Optimistic against pessimistic offers: a simulation, not timed.
     run(cargo().args(["bench", "-p", "agora-master", "--bench", "optimistic"]))?;
     run(cargo().args(["build", "--release", "-p", "agora-master", "-p", "agora-bench", "--bins"]))?;
-    let mut load = Command::new(target_dir().join("release/agora-bench"));
-    load.arg("launch").arg("--out").arg(target_dir().join("bench"));
-    if quick {
-        load.arg("--quick");
+    for scenario in ["steady", "launch", "fanout"] {
+        let mut load = Command::new(target_dir().join("release/agora-bench"));
+        load.arg(scenario).arg("--out").arg(target_dir().join("bench"));
+        if quick {
+            load.arg("--quick");
+        }
+        run(&mut load)?;
     }
-    run(&mut load)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("SKIPPED the ebpf benchmark: it needs root (cgroups and eBPF programs)");

@@ -75,7 +75,7 @@ impl Master {
         self.counters.agent_registrations += 1;
         self.alloc_dirty.insert(id.clone());
         self.actions.push(Action::ToAgent { conn, msg: self.registered(id) });
-        self.persist();
+        self.persist_agents();
     }
 
     fn reregister_agent(
@@ -268,7 +268,7 @@ impl Master {
                 });
             }
         }
-        self.persist();
+        self.persist_agents();
     }
 
     /// Usage of an agent's tasks: kept on each task (only tasks of that agent).
@@ -466,7 +466,7 @@ impl Master {
         if !streams.is_empty() {
             self.actions.push(Action::Event { streams, event: Box::new(Event::failure(id.clone())) });
         }
-        self.persist();
+        self.persist_agents();
     }
 
     /// Applies a state the master decided (agent loss, reconciliation of a
@@ -494,8 +494,35 @@ impl Master {
         self.send(fid, Event::update(status));
     }
 
-    /// The registry's view: the agents admitted, role weights and quota.
+    /// An operator changed what the registry holds: a snapshot goes out with
+    /// this batch's actions.
     pub(super) fn persist(&mut self) {
+        self.persist_due = true;
+        self.persist_now = true;
+    }
+
+    /// Agents came or went: a snapshot goes out once the last one is old
+    /// enough. A snapshot costs O(agents), so while thousands of agents
+    /// register one after another it is taken at most every millisecond per
+    /// hundred agents (a second at 100,000), not once per agent. An agent
+    /// admitted in that window and not yet written is admitted again if
+    /// the master fails over before the write.
+    pub(super) fn persist_agents(&mut self) {
+        self.persist_due = true;
+    }
+
+    /// The snapshot, if one is due.
+    pub(super) fn maybe_persist(&mut self, now: Now) {
+        if self.persist_due && (self.persist_now || now.mono_ms >= self.next_persist_ms) {
+            self.persist_due = false;
+            self.persist_now = false;
+            self.next_persist_ms = now.mono_ms + (self.agents.len() / 100) as u64;
+            self.snapshot_registry();
+        }
+    }
+
+    /// The registry's view: the agents admitted, role weights and quota.
+    fn snapshot_registry(&mut self) {
         // Agents still expected back from before a restart stay admitted.
         let mut agents: Vec<RegistryAgent> = self
             .agents

@@ -353,6 +353,11 @@ pub struct Master {
     alloc_full: bool,
     next_allocation_ms: u64,
     next_heartbeat_ms: u64,
+    /// A registry snapshot is due; `persist_now`: with this batch, else
+    /// once `next_persist_ms` has come (see `persist_agents`).
+    persist_due: bool,
+    persist_now: bool,
+    next_persist_ms: u64,
     next_framework_seq: u64,
     next_agent_seq: u64,
     next_offer_seq: u64,
@@ -387,6 +392,9 @@ impl Master {
             alloc_full: false,
             next_allocation_ms: now.mono_ms.saturating_add(config.allocation_interval_ms),
             next_heartbeat_ms: now.mono_ms.saturating_add(config.heartbeat_interval_ms),
+            persist_due: false,
+            persist_now: false,
+            next_persist_ms: 0,
             next_framework_seq: 0,
             next_agent_seq: 0,
             next_offer_seq: 0,
@@ -457,6 +465,7 @@ impl Master {
     /// since the last call. The shell calls this after a batch of inputs.
     pub fn take_actions(&mut self, now: Now) -> Vec<Action> {
         self.run_allocation(now);
+        self.maybe_persist(now);
         std::mem::take(&mut self.actions)
     }
 

@@ -1,0 +1,163 @@
+//! Scenario `launch`: M tasks placed as fast as offers allow, by one
+//! framework on the Rust SDK, on N simulated agents. Reports placement
+//! throughput and the latency from launch to RUNNING and to FINISHED.
+//!
+//! The simulated tasks finish at once: this measures the master, the
+//! protocol and the framework loop, not process start-up.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agora_proto::mesos::{AgentId, CommandInfo, FrameworkInfo, TaskId, TaskInfo, TaskState, TaskStatus};
+use agora_proto::resources::Resources;
+use agora_sdk::{Driver, DriverEvent};
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::report::{self, Plot};
+use crate::sim::{self, AgentCounters, MasterProc, SimOpts};
+use crate::Args;
+
+pub async fn run(args: &Args) -> Result<()> {
+    let n_agents = args.agents.unwrap_or(if args.quick { 20 } else { 100 });
+    let n_tasks = args.tasks.unwrap_or(if args.quick { 2_000 } else { 20_000 });
+    let master = MasterProc::start(args.shards, &["--allocation-interval", "50ms", "--agent-ping-timeout", "5secs"])?;
+    let counters = Arc::new(AgentCounters::default());
+    let agents =
+        sim::spawn_agents(&master.addr, 0, n_agents, &counters, SimOpts { read_buffer: 64 << 10, note_freed: false });
+    sim::wait_registered(&counters, n_agents as u64, Duration::from_secs(120)).await?;
+    eprintln!("{} simulated agents registered with {}", n_agents, master.addr);
+
+    let encoding = args.encoding()?;
+    let info = FrameworkInfo { user: "bench".into(), name: "agora-bench launch".into(), ..Default::default() };
+    let (driver, mut events) = Driver::start_with(&master.addr, info, encoding).await?;
+    let per_task = Resources::parse(sim::TASK_RESOURCES)?;
+    let mut next = 0usize;
+    let mut launched_at: HashMap<String, Instant> = HashMap::with_capacity(n_tasks);
+    let mut to_running = report::histogram();
+    let mut to_finished = report::histogram();
+    let mut finished = 0usize;
+    let start = Instant::now();
+    let (ack_tx, mut ack_rx) = mpsc::channel::<TaskStatus>(65_536);
+    // Acknowledgements go out from their own task so the event loop keeps up.
+    let acker = {
+        let d = driver.clone();
+        tokio::spawn(async move {
+            let mut failed = 0u64;
+            while let Some(s) = ack_rx.recv().await {
+                if let Err(e) = d.acknowledge(&s).await {
+                    eprintln!("acknowledge: {e}");
+                    failed += 1;
+                }
+            }
+            failed
+        })
+    };
+    let mut last_report = Instant::now();
+    while finished < n_tasks {
+        let ev = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .context("no event from the master for 30 s")?
+            .context("the driver stopped")?;
+        let DriverEvent::Event(ev) = ev else { continue };
+        if let Some(offers) = &ev.offers {
+            for offer in &offers.offers {
+                let role = offer.allocation_info.as_ref().and_then(|a| a.role.clone()).unwrap_or_else(|| "*".into());
+                let want = per_task.allocate_to(&role);
+                let mut avail = offer.resources.clone();
+                let mut batch = Vec::new();
+                while next < n_tasks && avail.contains(&want) {
+                    avail.subtract(&want).expect("contained");
+                    let id = format!("t{next}");
+                    next += 1;
+                    launched_at.insert(id.clone(), Instant::now());
+                    batch.push(TaskInfo {
+                        name: id.clone(),
+                        task_id: TaskId::new(&id),
+                        agent_id: AgentId::new(offer.agent_id.as_str()),
+                        resources: want.clone(),
+                        command: Some(CommandInfo::shell("true")),
+                        ..Default::default()
+                    });
+                }
+                if batch.is_empty() {
+                    driver.decline(vec![offer.id.clone()], 0.0).await?;
+                } else {
+                    driver.launch(offer, batch, 0.0).await?;
+                }
+            }
+        }
+        if let Some(u) = ev.update {
+            let s = u.status;
+            if let Some(t0) = launched_at.get(s.task_id.as_str()) {
+                let us = t0.elapsed().as_micros() as u64;
+                match s.state {
+                    TaskState::Running => to_running.record(us.max(1))?,
+                    TaskState::Finished => {
+                        to_finished.record(us.max(1))?;
+                        finished += 1;
+                    }
+                    other => bail!("task {} ended {other}: {:?}", s.task_id, s.message),
+                }
+            }
+            ack_tx.send(s).await?;
+        }
+        if last_report.elapsed() > Duration::from_secs(2) {
+            eprintln!(
+                "  {finished}/{} finished ({:.0} tasks/s)",
+                n_tasks,
+                finished as f64 / start.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+    }
+    let elapsed = start.elapsed();
+    drop(ack_tx);
+    let ack_errors = acker.await.unwrap_or(1);
+    let _ = driver.teardown().await;
+    drop(agents);
+    let rate = n_tasks as f64 / elapsed.as_secs_f64();
+    println!(
+        "scenario launch: {} tasks on {} simulated agents in {:.2} s ({})",
+        n_tasks,
+        n_agents,
+        elapsed.as_secs_f64(),
+        encoding.media_type()
+    );
+    println!("  placement throughput: {rate:.0} tasks/s");
+    report::print_percentiles("launch -> RUNNING", &to_running);
+    report::print_percentiles("launch -> FINISHED", &to_finished);
+    report::plot(
+        &args.out.join("launch.svg"),
+        &Plot {
+            title: &format!("launch: {} tasks on {} simulated agents", n_tasks, n_agents),
+            x_label: report::NINES,
+            y_label: "latency (ms)",
+            log_y: true,
+            series: vec![
+                ("launch -> RUNNING".into(), report::distribution(&to_running)),
+                ("launch -> FINISHED".into(), report::distribution(&to_finished)),
+            ],
+        },
+    )?;
+    report::write(
+        &args.out,
+        "launch",
+        json!({
+            "encoding": encoding.media_type(),
+            "agents": n_agents,
+            "tasks": n_tasks,
+            "elapsed_secs": elapsed.as_secs_f64(),
+            "tasks_per_sec": rate,
+            "launch_to_running": report::percentiles(&to_running),
+            "launch_to_finished": report::percentiles(&to_finished),
+            "tasks_launched_on_agents": AgentCounters::get(&counters.launched),
+            "updates_sent": AgentCounters::get(&counters.updates_sent),
+            "errors": AgentCounters::get(&counters.errors) + ack_errors,
+        }),
+        args.baseline.as_deref(),
+    )?;
+    Ok(())
+}
