@@ -252,6 +252,9 @@ where
 /// A frame decoder's buffer larger than this is shrunk once mostly empty.
 const SHRINK_ABOVE: usize = 64 << 10;
 
+/// The most room `FrameDecoder::read_buf` hands out at once.
+const MAX_READ_ROOM: usize = 64 << 10;
+
 /// Splits a byte stream into frame payloads, bounded by `max_frame_bytes`.
 #[derive(Debug)]
 pub struct FrameDecoder {
@@ -273,8 +276,9 @@ impl FrameDecoder {
     }
 
     /// Room to read into, for a reader that keeps no buffer of its own: at
-    /// least `min` bytes, or the rest of a frame whose length has arrived
-    /// (within the bound), so that a large frame takes one read. Then
+    /// least `min` bytes, or the rest of a frame whose length has arrived,
+    /// up to 64 KiB, so that a large frame takes few reads. The room grows
+    /// with what arrives, never with what a frame's length promises. Then
     /// [`FrameDecoder::commit`] says how much of it the read filled.
     pub fn read_buf(&mut self, min: usize) -> &mut [u8] {
         self.commit(0);
@@ -285,7 +289,7 @@ impl FrameDecoder {
             }
             None => 0,
         };
-        let n = rest.max(min);
+        let n = rest.min(MAX_READ_ROOM).max(min);
         let at = self.buf.len();
         self.buf.resize(at + n, 0);
         self.reserved = n;
@@ -411,6 +415,12 @@ mod tests {
         d.commit(0);
         assert_eq!(d.buffered(), 4);
         assert!(matches!(d.finish(), Err(FrameError::Truncated(4))));
+
+        // A length alone does not get its frame's room: a peer that sends
+        // the largest length and nothing more costs 64 KiB, not 16 MiB.
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+        d.push(&DEFAULT_MAX_FRAME_BYTES.to_le_bytes());
+        assert_eq!(d.read_buf(16).len(), MAX_READ_ROOM);
     }
 
     #[test]
