@@ -96,7 +96,16 @@ fn steady_scenario_measures_the_master_per_agent() {
         // Pinged every second over the window, and every ping answered.
         assert!(run["pongs"].as_f64().unwrap() >= n, "{r}");
         assert!(run["rss_kib"].as_u64().unwrap() > run["idle_rss_kib"].as_u64().unwrap(), "{r}");
-        assert!(run["rss_per_agent_kib"].as_f64().unwrap() > 0.0, "{r}");
+        let per_agent = run["rss_per_agent_kib"].as_f64().unwrap();
+        assert!(per_agent > 0.0, "{r}");
+        // About 30 KiB in a debug build at these sizes (15 KiB in release at
+        // 10,000 agents); a queue reserving its bound per agent made it 540.
+        // AddressSanitizer's shadow and quarantine make RSS meaningless.
+        if std::env::var_os("ASAN_OPTIONS").is_none() {
+            assert!(per_agent < 128.0, "the master holds {per_agent} KiB per agent: {r}");
+        } else {
+            eprintln!("not checking memory per agent under AddressSanitizer");
+        }
         assert!(run["cpu_percent"].as_f64().unwrap() >= 0.0, "{r}");
     }
 }
