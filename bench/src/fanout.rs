@@ -280,7 +280,7 @@ async fn one(
     }
     eprintln!("  single: {sent} tasks, p99 {} us", single.value_at_quantile(0.99));
 
-    // Burst: everything declined at once, `cycles` times.
+    // Burst: every offer held used at once, `cycles` times.
     let mut burst = report::histogram();
     let mut rounds_ms = Vec::new();
     for c in 0..cycles {
@@ -331,7 +331,7 @@ async fn recv(rx: &mut mpsc::Receiver<Arrival>, held: &Held, n: usize) -> Result
     }
 }
 
-/// xorshift64*: which agent to decline next, the same every run.
+/// xorshift64*: which held offer to use next, the same every run.
 struct Rng(u64);
 
 impl Rng {

@@ -4,10 +4,8 @@
 //! - `steady`: N simulated agents connected and pinging; the master's CPU
 //!   and memory per agent (`steady.rs`).
 //! - `launch`: M tasks placed as fast as offers allow (`launch.rs`).
-//! - `fanout`: decline-to-offer latency with F frameworks in JSON and in
-//!   FlatBuffers (`fanout.rs`).
-//! - `real`: 1,000 real `true` processes through one real agent, and the same
-//!   jobs through Slurm on the same machine (`real.rs`, root).
+//! - `fanout`: from a task's end to the offer at a framework, with F
+//!   frameworks in JSON and in FlatBuffers (`fanout.rs`).
 //! - `ebpf`: what the agent's eBPF programs cost (`ebpf.rs`, root).
 //!
 //! Simulated agents speak the real rkyv protocol (`sim.rs`); simulated
@@ -31,7 +29,7 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "agora-bench", about = "Load generator for Agora")]
 pub struct Args {
-    /// Scenario to run: steady, launch, fanout, real or ebpf.
+    /// Scenario to run: steady, launch, fanout or ebpf.
     scenario: String,
     /// `launch`: simulated agents (default 100); `fanout`: 10,000.
     #[arg(long)]
@@ -46,11 +44,11 @@ pub struct Args {
     /// (default 1000,10000,50000,100000).
     #[arg(long, value_delimiter = ',')]
     sizes: Option<Vec<usize>>,
-    /// `steady`: seconds measured at each size; `fanout`: seconds of single
-    /// declines (at most 20).
+    /// `steady`: seconds measured at each size; `fanout`: seconds of tasks
+    /// one agent at a time (at most 20).
     #[arg(long, default_value_t = 30)]
     window_secs: u64,
-    /// `fanout`: single declines per second.
+    /// `fanout`: tasks per second, one agent at a time.
     #[arg(long, default_value_t = 500)]
     rate: u64,
     /// `launch`: the framework's encoding, `flatbuffers` or `json`.
@@ -115,6 +113,6 @@ fn main() -> Result<()> {
         "steady" => rt.block_on(steady::run(&args)),
         "launch" => rt.block_on(launch::run(&args)),
         "fanout" => rt.block_on(fanout::run(&args)),
-        other => bail!("unknown scenario {other:?} (known: steady, launch, fanout, real, ebpf)"),
+        other => bail!("unknown scenario {other:?} (known: steady, launch, fanout, ebpf)"),
     }
 }

@@ -1,12 +1,13 @@
 //! What every scenario's report carries, where it goes, the comparison with
 //! an earlier report (`--baseline`) and the plots.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 /// The machine the figures come from.
 pub fn machine() -> Value {
@@ -111,12 +112,9 @@ pub fn write(out: &Path, scenario: &str, mut figures: Value, baseline: Option<&P
 fn compare(now: &Value, base: &Value, file: &Path) {
     let mut now_leaves = Vec::new();
     leaves("", now, &mut now_leaves);
-    let mut base_leaves = Map::new();
     let mut b = Vec::new();
     leaves("", base, &mut b);
-    for (k, v) in b {
-        base_leaves.insert(k, v.into());
-    }
+    let base_leaves: HashMap<String, f64> = b.into_iter().collect();
     println!(
         "  against the baseline {} (revision {}):",
         file.display(),
@@ -127,7 +125,7 @@ fn compare(now: &Value, base: &Value, file: &Path) {
         if path.starts_with("machine.") || path == "unix_time" {
             continue;
         }
-        let Some(old) = base_leaves.get(&path).and_then(Value::as_f64) else { continue };
+        let Some(&old) = base_leaves.get(&path) else { continue };
         let ratio = if old != 0.0 { format!("{:.3}x", v / old) } else { "-".into() };
         println!("    {path:<48} {v:>14.2}  baseline {old:>14.2}  {ratio}");
         shown += 1;
