@@ -13,6 +13,7 @@ use agora_proto::mesos::{AgentId, CommandInfo, FrameworkInfo, TaskId, TaskInfo, 
 use agora_proto::resources::Resources;
 use agora_sdk::{Driver, DriverEvent};
 use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -32,14 +33,83 @@ pub async fn run(args: &Args) -> Result<()> {
 
     let encoding = args.encoding()?;
     let info = FrameworkInfo { user: "bench".into(), name: "agora-bench launch".into(), ..Default::default() };
-    let (driver, mut events) = Driver::start_with(&master.addr, info, encoding).await?;
-    let per_task = Resources::parse(sim::TASK_RESOURCES)?;
+    let (driver, events) = Driver::start_with(&master.addr, info, encoding).await?;
+    let placed = place(&driver, events, n_tasks, &Resources::parse(sim::TASK_RESOURCES)?, "true").await?;
+    let _ = driver.teardown().await;
+    drop(agents);
+    let rate = n_tasks as f64 / placed.elapsed.as_secs_f64();
+    println!(
+        "scenario launch: {} tasks on {} simulated agents in {:.2} s ({})",
+        n_tasks,
+        n_agents,
+        placed.elapsed.as_secs_f64(),
+        encoding.media_type()
+    );
+    println!("  placement throughput: {rate:.0} tasks/s");
+    report::print_percentiles("launch -> RUNNING", &placed.to_running);
+    report::print_percentiles("launch -> FINISHED", &placed.to_finished);
+    report::plot(
+        &args.out.join("launch.svg"),
+        &Plot {
+            title: &format!("launch: {} tasks on {} simulated agents", n_tasks, n_agents),
+            x_label: report::NINES,
+            y_label: "latency (ms)",
+            log_y: true,
+            series: vec![
+                ("launch -> RUNNING".into(), report::distribution(&placed.to_running)),
+                ("launch -> FINISHED".into(), report::distribution(&placed.to_finished)),
+            ],
+        },
+    )?;
+    report::write(
+        &args.out,
+        "launch",
+        json!({
+            "encoding": encoding.media_type(),
+            "agents": n_agents,
+            "tasks": n_tasks,
+            "elapsed_secs": placed.elapsed.as_secs_f64(),
+            "tasks_per_sec": rate,
+            "launch_to_running": report::percentiles(&placed.to_running),
+            "launch_to_finished": report::percentiles(&placed.to_finished),
+            "tasks_launched_on_agents": AgentCounters::get(&counters.launched),
+            "updates_sent": AgentCounters::get(&counters.updates_sent),
+            "errors": AgentCounters::get(&counters.errors) + placed.ack_errors,
+        }),
+        args.baseline.as_deref(),
+    )?;
+    Ok(())
+}
+
+/// What [`place`] measured.
+pub struct Placed {
+    /// From the first offer to the last task's FINISHED.
+    pub elapsed: Duration,
+    pub to_running: Histogram<u64>,
+    pub to_finished: Histogram<u64>,
+    /// (seconds since the first offer, tasks finished), about a hundred
+    /// points.
+    pub progress: Vec<(f64, f64)>,
+    pub ack_errors: u64,
+}
+
+/// Runs `n_tasks` shell commands `command`, each with `per_task`, on the
+/// offers `driver` receives, as many per offer as fit; returns when every
+/// one has FINISHED. A task that ends otherwise is an error.
+pub async fn place(
+    driver: &Driver,
+    mut events: mpsc::Receiver<DriverEvent>,
+    n_tasks: usize,
+    per_task: &Resources,
+    command: &str,
+) -> Result<Placed> {
     let mut next = 0usize;
     let mut launched_at: HashMap<String, Instant> = HashMap::with_capacity(n_tasks);
     let mut to_running = report::histogram();
     let mut to_finished = report::histogram();
+    let mut progress = vec![(0.0, 0.0)];
     let mut finished = 0usize;
-    let start = Instant::now();
+    let mut start: Option<Instant> = None;
     let (ack_tx, mut ack_rx) = mpsc::channel::<TaskStatus>(65_536);
     // Acknowledgements go out from their own task so the event loop keeps up.
     let acker = {
@@ -63,6 +133,7 @@ pub async fn run(args: &Args) -> Result<()> {
             .context("the driver stopped")?;
         let DriverEvent::Event(ev) = ev else { continue };
         if let Some(offers) = &ev.offers {
+            start.get_or_insert_with(Instant::now);
             for offer in &offers.offers {
                 let role = offer.allocation_info.as_ref().and_then(|a| a.role.clone()).unwrap_or_else(|| "*".into());
                 let want = per_task.allocate_to(&role);
@@ -78,7 +149,7 @@ pub async fn run(args: &Args) -> Result<()> {
                         task_id: TaskId::new(&id),
                         agent_id: AgentId::new(offer.agent_id.as_str()),
                         resources: want.clone(),
-                        command: Some(CommandInfo::shell("true")),
+                        command: Some(CommandInfo::shell(command)),
                         ..Default::default()
                     });
                 }
@@ -94,10 +165,15 @@ pub async fn run(args: &Args) -> Result<()> {
             if let Some(t0) = launched_at.get(s.task_id.as_str()) {
                 let us = t0.elapsed().as_micros() as u64;
                 match s.state {
+                    TaskState::Starting => {}
                     TaskState::Running => to_running.record(us.max(1))?,
                     TaskState::Finished => {
                         to_finished.record(us.max(1))?;
                         finished += 1;
+                        if finished.is_multiple_of((n_tasks / 100).max(1)) || finished == n_tasks {
+                            let at = start.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
+                            progress.push((at, finished as f64));
+                        }
                     }
                     other => bail!("task {} ended {other}: {:?}", s.task_id, s.message),
                 }
@@ -105,59 +181,13 @@ pub async fn run(args: &Args) -> Result<()> {
             ack_tx.send(s).await?;
         }
         if last_report.elapsed() > Duration::from_secs(2) {
-            eprintln!(
-                "  {finished}/{} finished ({:.0} tasks/s)",
-                n_tasks,
-                finished as f64 / start.elapsed().as_secs_f64()
-            );
+            let secs = start.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
+            eprintln!("  {finished}/{n_tasks} finished ({:.0} tasks/s)", finished as f64 / secs.max(1e-9));
             last_report = Instant::now();
         }
     }
-    let elapsed = start.elapsed();
+    let elapsed = start.map(|s| s.elapsed()).unwrap_or_default();
     drop(ack_tx);
     let ack_errors = acker.await.unwrap_or(1);
-    let _ = driver.teardown().await;
-    drop(agents);
-    let rate = n_tasks as f64 / elapsed.as_secs_f64();
-    println!(
-        "scenario launch: {} tasks on {} simulated agents in {:.2} s ({})",
-        n_tasks,
-        n_agents,
-        elapsed.as_secs_f64(),
-        encoding.media_type()
-    );
-    println!("  placement throughput: {rate:.0} tasks/s");
-    report::print_percentiles("launch -> RUNNING", &to_running);
-    report::print_percentiles("launch -> FINISHED", &to_finished);
-    report::plot(
-        &args.out.join("launch.svg"),
-        &Plot {
-            title: &format!("launch: {} tasks on {} simulated agents", n_tasks, n_agents),
-            x_label: report::NINES,
-            y_label: "latency (ms)",
-            log_y: true,
-            series: vec![
-                ("launch -> RUNNING".into(), report::distribution(&to_running)),
-                ("launch -> FINISHED".into(), report::distribution(&to_finished)),
-            ],
-        },
-    )?;
-    report::write(
-        &args.out,
-        "launch",
-        json!({
-            "encoding": encoding.media_type(),
-            "agents": n_agents,
-            "tasks": n_tasks,
-            "elapsed_secs": elapsed.as_secs_f64(),
-            "tasks_per_sec": rate,
-            "launch_to_running": report::percentiles(&to_running),
-            "launch_to_finished": report::percentiles(&to_finished),
-            "tasks_launched_on_agents": AgentCounters::get(&counters.launched),
-            "updates_sent": AgentCounters::get(&counters.updates_sent),
-            "errors": AgentCounters::get(&counters.errors) + ack_errors,
-        }),
-        args.baseline.as_deref(),
-    )?;
-    Ok(())
+    Ok(Placed { elapsed, to_running, to_finished, progress, ack_errors })
 }

@@ -6,6 +6,8 @@
 //! - `launch`: M tasks placed as fast as offers allow (`launch.rs`).
 //! - `fanout`: from a task's end to the offer at a framework, with F
 //!   frameworks in JSON and in FlatBuffers (`fanout.rs`).
+//! - `real`: N real processes through one real agent, and the same N jobs
+//!   through Slurm in the same run (`real.rs`, `slurm.rs`).
 //! - `ebpf`: what the agent's eBPF programs cost (`ebpf.rs`, root).
 //!
 //! Simulated agents speak the real rkyv protocol (`sim.rs`); simulated
@@ -16,8 +18,10 @@
 mod ebpf;
 mod fanout;
 mod launch;
+mod real;
 mod report;
 mod sim;
+mod slurm;
 mod steady;
 
 use std::path::PathBuf;
@@ -29,17 +33,21 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "agora-bench", about = "Load generator for Agora")]
 pub struct Args {
-    /// Scenario to run: steady, launch, fanout or ebpf.
+    /// Scenario to run: steady, launch, fanout, real or ebpf.
     scenario: String,
     /// `launch`: simulated agents (default 100); `fanout`: 10,000.
     #[arg(long)]
     agents: Option<usize>,
-    /// `launch`: tasks placed (default 20,000).
+    /// `launch`: tasks placed (default 20,000); `real`: processes run on
+    /// each side (default 1,000).
     #[arg(long)]
     tasks: Option<usize>,
     /// `fanout`: frameworks (default 100).
     #[arg(long)]
     frameworks: Option<usize>,
+    /// `real`: tasks (and Slurm jobs) running at once at most (default: all).
+    #[arg(long)]
+    slots: Option<usize>,
     /// `steady`: the numbers of agents, each run against its own master
     /// (default 1000,10000,50000,100000).
     #[arg(long, value_delimiter = ',')]
@@ -51,7 +59,7 @@ pub struct Args {
     /// `fanout`: tasks per second, one agent at a time.
     #[arg(long, default_value_t = 500)]
     rate: u64,
-    /// `launch`: the framework's encoding, `flatbuffers` or `json`.
+    /// `launch`, `real`: the framework's encoding, `flatbuffers` or `json`.
     #[arg(long, default_value = "flatbuffers")]
     encoding: String,
     /// Shards of the started master.
@@ -113,6 +121,7 @@ fn main() -> Result<()> {
         "steady" => rt.block_on(steady::run(&args)),
         "launch" => rt.block_on(launch::run(&args)),
         "fanout" => rt.block_on(fanout::run(&args)),
-        other => bail!("unknown scenario {other:?} (known: steady, launch, fanout, ebpf)"),
+        "real" => rt.block_on(real::run(&args)),
+        other => bail!("unknown scenario {other:?} (known: steady, launch, fanout, real, ebpf)"),
     }
 }

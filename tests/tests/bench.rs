@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use agora_tests::{bin, require_root, TempDir};
+use agora_tests::{bin, is_root, require_root, TempDir};
 use serde_json::Value;
 
 fn report(dir: &TempDir, name: &str) -> Value {
@@ -124,6 +124,60 @@ fn fanout_scenario_times_offers_in_both_encodings() {
         assert!(e["master_offers_sent"].as_f64().unwrap() >= e["offers_received"].as_f64().unwrap(), "{r}");
     }
     assert!(r["p99_json_over_flatbuffers"]["burst"].as_f64().unwrap() > 0.0, "{r}");
+}
+
+/// Processes whose command line names `needle` (this run's agent and
+/// Slurm daemons name their scratch directory).
+fn processes_naming(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
+fn scratch_dirs(prefix: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+#[test]
+fn real_scenario_runs_true_through_an_agent_and_through_slurm() {
+    let before = scratch_dirs("agora-bench-real-");
+    let r = run_scenario("real", &["--quick"]);
+    assert_eq!(r["tasks"], 100, "{r}");
+    // Every task ran and FINISHED (a task ending otherwise fails the run).
+    assert_eq!(r["agora"]["launch_to_finished"]["count"], 100, "{r}");
+    assert!(r["agora"]["tasks_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    if is_root() {
+        // As root the agent isolates each task, and Slurm (installed by
+        // `cargo xtask setup`) runs the same jobs.
+        assert_eq!(r["agora"]["isolation"], "cgroups", "{r}");
+        assert!(r.get("slurm_skipped").is_none(), "the Slurm baseline did not run: {r}");
+        assert_eq!(r["slurm"]["completed"], 100, "{r}");
+        assert!(r["slurm_secs_over_agora_secs"].as_f64().unwrap() > 0.0, "{r}");
+    } else {
+        eprintln!("SKIPPED the Slurm half (needs root): {}", r["slurm_skipped"]);
+        assert!(r["slurm_skipped"].is_string(), "{r}");
+    }
+    // The agent, the Slurm daemons and the jobs are gone, and so is the
+    // run's scratch directory.
+    let left = processes_naming("agora-bench-real-");
+    assert!(left.is_empty(), "left running: {left:?}");
+    let new: Vec<_> = scratch_dirs("agora-bench-real-").into_iter().filter(|d| !before.contains(d)).collect();
+    assert!(new.is_empty(), "left behind: {new:?}");
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! `cargo xtask`: the project's own commands.
 //!
 //! - `setup`: installs what the build and the tests need: the eBPF toolchain
-//!   (nightly with rust-src, bpf-linker), Debian packages when missing, and a
-//!   Python virtualenv with pymesos at `.venv`.
+//!   (nightly with rust-src, bpf-linker), Debian packages when missing
+//!   (Slurm as root, the `real` scenario's baseline), and a Python
+//!   virtualenv with pymesos at `.venv`.
 //! - `up`: builds everything and runs a local cluster (a standalone master
 //!   and two agents on loopback) in the foreground; Ctrl-C stops it and
 //!   removes its cgroups. `up --check` starts it, runs a task through
@@ -10,7 +11,8 @@
 //! - `test`: setup, then fmt, clippy, the workspace's tests, the integration
 //!   tests again with the daemons built with AddressSanitizer, and
 //!   `up --check`.
-//! - `bench`: the criterion benchmarks.
+//! - `bench`: the criterion benchmarks, then the load generator's scenarios
+//!   (steady, launch, fanout, real; ebpf as root).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -162,11 +164,19 @@ fn ebpf_toolchain() -> Result<()> {
     Ok(())
 }
 
-/// The virtualenv at `.venv` with pymesos. pymesos needs `http-parser`, whose
+/// What the tests need: the eBPF toolchain, Slurm (as root), and the
+/// virtualenv at `.venv` with pymesos. pymesos needs `http-parser`, whose
 /// C extension does not build on Python 3.11; its package has a pure-Python
 /// parser (which pymesos supports), so it is installed without the extension.
 fn setup() -> Result<()> {
     ebpf_toolchain()?;
+    // Slurm, the baseline of the load generator's `real` scenario; its
+    // daemons run as root only, so unprivileged runs skip it.
+    if is_root() {
+        apt_install(&["slurm-wlm"])?;
+    } else {
+        eprintln!("setup: not root, so slurm-wlm is not installed and the `real` scenario skips its Slurm half");
+    }
     if !succeeds(Command::new("python3").args(["-m", "venv", "--help"])) {
         apt_install(&["python3", "python3-venv"])?;
     }
@@ -464,8 +474,18 @@ fn bench(args: &[String]) -> Result<()> {
     }
     // Optimistic against pessimistic offers: a simulation, not timed.
     run(cargo().args(["bench", "-p", "agora-master", "--bench", "optimistic"]))?;
-    run(cargo().args(["build", "--release", "-p", "agora-master", "-p", "agora-bench", "--bins"]))?;
-    for scenario in ["steady", "launch", "fanout"] {
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "agora-master",
+        "-p",
+        "agora-agent",
+        "-p",
+        "agora-bench",
+        "--bins",
+    ]))?;
+    for scenario in ["steady", "launch", "fanout", "real"] {
         let mut load = Command::new(target_dir().join("release/agora-bench"));
         load.arg(scenario).arg("--out").arg(target_dir().join("bench"));
         if quick {
