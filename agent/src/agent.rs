@@ -445,7 +445,7 @@ impl Agent {
                 t.cgroup = c.cgroup;
                 t.cgroup_id = id;
                 t.ebpf_registered = registered && id.is_some();
-                let mut child = c.child;
+                let child = c.child;
                 let events = self.events.clone();
                 let k = key.clone();
                 tokio_uring::spawn(async move {

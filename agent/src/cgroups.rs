@@ -467,7 +467,7 @@ impl TaskCgroup {
     }
 
     /// Opens every `cgroup.procs`, so that a child can join with `write(fd,
-    /// "0")` between fork and exec (no allocation there).
+    /// "0")` between clone and exec (no allocation there).
     pub fn procs_files(&self) -> Result<Vec<fs::File>, String> {
         self.dirs
             .iter()
@@ -687,7 +687,7 @@ fn io_v2(rd: &mut Read, path: &Path) -> (Option<u64>, Option<u64>) {
 }
 
 /// Writes "0" to each fd: moves the calling process into those cgroups.
-/// Async-signal-safe, for use between fork and exec.
+/// Async-signal-safe, for use between clone and exec.
 ///
 /// # Safety
 /// The fds must be open `cgroup.procs` files.

@@ -2,21 +2,24 @@
 //!
 //! Each task runs in a sandbox directory of its own (its working directory,
 //! with `stdout` and `stderr` written there), in a new session and process
-//! group, and in cgroups of its own that it joins between fork and exec, so
+//! group, and in cgroups of its own that it joins between clone and exec, so
 //! that nothing it starts escapes the limits. A kill sends SIGTERM to the
 //! group and the cgroup, then SIGKILL after the grace period. When the task's
 //! main process exits, whatever it left behind is killed and its cgroups are
 //! removed.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use agora_proto::mesos::{CommandInfo, Reason, TaskState};
 
-use crate::cgroups::{self, Cgroups, Limits, TaskCgroup};
+use crate::cgroups::{Cgroups, Limits, TaskCgroup};
+use crate::spawn;
 
 /// Everything needed to start one task.
 #[derive(Debug, Clone)]
@@ -60,7 +63,7 @@ fn mount_points(spec: &LaunchSpec) -> Result<Vec<(CString, CString, bool)>, Stri
 /// In the child, before exec: a mount namespace of the task's own, where
 /// nothing propagates back to the host, with each volume bind-mounted.
 /// Only system calls, no allocation.
-fn mount_volumes(mounts: &[(CString, CString, bool)]) -> std::io::Result<()> {
+pub(crate) fn mount_volumes(mounts: &[(CString, CString, bool)]) -> std::io::Result<()> {
     if mounts.is_empty() {
         return Ok(());
     }
@@ -100,7 +103,7 @@ fn mount_volumes(mounts: &[(CString, CString, bool)]) -> std::io::Result<()> {
 /// A started task.
 pub struct Container {
     pub pid: i32,
-    pub child: tokio::process::Child,
+    pub child: spawn::Child,
     pub cgroup: Option<TaskCgroup>,
 }
 
@@ -127,74 +130,63 @@ pub fn launch(spec: &LaunchSpec, cgroup: Option<TaskCgroup>) -> Result<Container
     }
 }
 
-fn spawn(spec: &LaunchSpec, cgroup: Option<&TaskCgroup>) -> Result<(i32, tokio::process::Child), String> {
+fn spawn(spec: &LaunchSpec, cgroup: Option<&TaskCgroup>) -> Result<(i32, spawn::Child), String> {
     fs::create_dir_all(&spec.sandbox).map_err(|e| format!("cannot create sandbox {}: {e}", spec.sandbox.display()))?;
     let open = |name: &str| {
         fs::File::create(spec.sandbox.join(name)).map_err(|e| format!("cannot create {name} in the sandbox: {e}"))
     };
     let (stdout, stderr) = (open("stdout")?, open("stderr")?);
+    let c = |s: &[u8]| CString::new(s).map_err(|_| "the command holds a NUL".to_string());
+    let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());
     let value = spec.command.value.clone().unwrap_or_default();
-    let mut cmd = if spec.command.shell.unwrap_or(true) {
-        let mut c = tokio::process::Command::new("/bin/sh");
-        c.arg("-c").arg(&value);
-        c
+    let (program, argv) = if spec.command.shell.unwrap_or(true) {
+        (c(b"/bin/sh")?, vec![c(b"/bin/sh")?, c(b"-c")?, c(value.as_bytes())?])
     } else {
         // Mesos: `value` is the program and `arguments` its full argv.
-        let mut c = tokio::process::Command::new(&value);
-        if let Some((argv0, rest)) = spec.command.arguments.split_first() {
-            c.arg0(argv0);
-            c.args(rest);
-        }
-        c
+        let program = spawn::resolve(&value, &path).map_err(|e| format!("cannot start the command: {e}"))?;
+        let argv = match spec.command.arguments.split_first() {
+            Some((argv0, rest)) => {
+                std::iter::once(argv0).chain(rest).map(|a| c(a.as_bytes())).collect::<Result<Vec<_>, _>>()?
+            }
+            None => vec![c(value.as_bytes())?],
+        };
+        (program, argv)
     };
-    cmd.current_dir(&spec.sandbox)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into()))
-        .env("HOME", &spec.sandbox)
-        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .kill_on_drop(false);
-    if let Some(env) = &spec.command.environment {
-        for v in &env.variables {
-            cmd.env(&v.name, &v.value);
+    // A later value of a name replaces an earlier one.
+    let mut env: BTreeMap<&str, &str> = BTreeMap::new();
+    let sandbox = spec.sandbox.to_str().ok_or("the sandbox path is not UTF-8")?;
+    env.insert("PATH", &path);
+    env.insert("HOME", sandbox);
+    for (k, v) in &spec.env {
+        env.insert(k, v);
+    }
+    if let Some(e) = &spec.command.environment {
+        for v in &e.variables {
+            env.insert(&v.name, &v.value);
         }
     }
+    let envp = env.iter().map(|(k, v)| c(format!("{k}={v}").as_bytes())).collect::<Result<Vec<_>, _>>()?;
 
     let files = match cgroup {
         Some(c) => c.procs_files()?,
         None => Vec::new(),
     };
     let fds = TaskCgroup::procs_fds(&files);
-    let nofile = TASK_NOFILE.get().copied();
     let mounts = mount_points(spec)?;
-    // SAFETY: the closure runs between fork and exec; it only makes
-    // async-signal-safe system calls (setsid, setrlimit, write, unshare,
-    // mount, nanosleep) on fds and strings the parent keeps until spawn
-    // returns, and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some(lim) = nofile {
-                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            }
-            cgroups::join_fds(&fds)?;
-            mount_volumes(&mounts)?;
-            // A moment off the CPU: the scheduler programs see the process
-            // leave it and come back in its task's cgroup, so that a
-            // process that then keeps its CPU is counted from the start.
-            let pause = libc::timespec { tv_sec: 0, tv_nsec: 1 };
-            libc::nanosleep(&pause, std::ptr::null_mut());
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().map_err(|e| format!("cannot start the command: {e}"))?;
+    let child = spawn::spawn(&spawn::Spawn {
+        program,
+        argv,
+        envp,
+        cwd: c(sandbox.as_bytes())?,
+        stdout: stdout.as_raw_fd(),
+        stderr: stderr.as_raw_fd(),
+        nofile: TASK_NOFILE.get().copied(),
+        cgroup_fds: &fds,
+        mounts: &mounts,
+    })
+    .map_err(|e| format!("cannot start the command: {e}"))?;
     drop(files);
-    let pid = child.id().map(|p| p as i32).ok_or("the task exited before it could be tracked")?;
-    Ok((pid, child))
+    Ok((child.pid, child))
 }
 
 /// The open-file limit tasks start with: the one the agent was started

@@ -18,5 +18,6 @@ pub mod ebpf;
 pub mod http;
 pub mod link;
 pub mod resources;
+pub mod spawn;
 pub mod usage;
 pub mod volumes;

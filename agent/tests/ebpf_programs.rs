@@ -91,7 +91,7 @@ except PermissionError:
     let task_cg = containerizer::prepare(&spec, cg).expect("task cgroup");
     let id = task_cg.cgroup_id().expect("cgroup id");
     ebpf.register(id, policy(&[(40007, 40007)])).expect("register");
-    let mut c = containerizer::launch(&spec, Some(task_cg)).expect("launch");
+    let c = containerizer::launch(&spec, Some(task_cg)).expect("launch");
     let cgroup = c.cgroup.clone().expect("task cgroup");
     let status = c.child.wait().await.expect("wait");
     assert!(status.success(), "{status:?}");
