@@ -137,25 +137,11 @@ fn spawn(spec: &LaunchSpec, cgroup: Option<&TaskCgroup>) -> Result<(i32, spawn::
     };
     let (stdout, stderr) = (open("stdout")?, open("stderr")?);
     let c = |s: &[u8]| CString::new(s).map_err(|_| "the command holds a NUL".to_string());
-    let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());
-    let value = spec.command.value.clone().unwrap_or_default();
-    let (program, argv) = if spec.command.shell.unwrap_or(true) {
-        (c(b"/bin/sh")?, vec![c(b"/bin/sh")?, c(b"-c")?, c(value.as_bytes())?])
-    } else {
-        // Mesos: `value` is the program and `arguments` its full argv.
-        let program = spawn::resolve(&value, &path).map_err(|e| format!("cannot start the command: {e}"))?;
-        let argv = match spec.command.arguments.split_first() {
-            Some((argv0, rest)) => {
-                std::iter::once(argv0).chain(rest).map(|a| c(a.as_bytes())).collect::<Result<Vec<_>, _>>()?
-            }
-            None => vec![c(value.as_bytes())?],
-        };
-        (program, argv)
-    };
+    let agent_path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());
     // A later value of a name replaces an earlier one.
     let mut env: BTreeMap<&str, &str> = BTreeMap::new();
     let sandbox = spec.sandbox.to_str().ok_or("the sandbox path is not UTF-8")?;
-    env.insert("PATH", &path);
+    env.insert("PATH", &agent_path);
     env.insert("HOME", sandbox);
     for (k, v) in &spec.env {
         env.insert(k, v);
@@ -166,6 +152,22 @@ fn spawn(spec: &LaunchSpec, cgroup: Option<&TaskCgroup>) -> Result<(i32, spawn::
         }
     }
     let envp = env.iter().map(|(k, v)| c(format!("{k}={v}").as_bytes())).collect::<Result<Vec<_>, _>>()?;
+    let value = spec.command.value.clone().unwrap_or_default();
+    let (program, argv) = if spec.command.shell.unwrap_or(true) {
+        (c(b"/bin/sh")?, vec![c(b"/bin/sh")?, c(b"-c")?, c(value.as_bytes())?])
+    } else {
+        // Mesos: `value` is the program and `arguments` its full argv. The
+        // program is looked up on the task's own PATH, from its sandbox.
+        let program =
+            spawn::resolve(&value, env["PATH"], &spec.sandbox).map_err(|e| format!("cannot start the command: {e}"))?;
+        let argv = match spec.command.arguments.split_first() {
+            Some((argv0, rest)) => {
+                std::iter::once(argv0).chain(rest).map(|a| c(a.as_bytes())).collect::<Result<Vec<_>, _>>()?
+            }
+            None => vec![c(value.as_bytes())?],
+        };
+        (program, argv)
+    };
 
     let files = match cgroup {
         Some(c) => c.procs_files()?,

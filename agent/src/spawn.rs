@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 /// set up stdio, change directory, exec.
 pub struct Spawn<'a> {
     pub program: CString,
+    /// argv[0] first; a program the kernel cannot exec (a script without
+    /// `#!`) is run by `/bin/sh` with the same arguments, as `execvp` does.
     pub argv: Vec<CString>,
     pub envp: Vec<CString>,
     pub cwd: CString,
@@ -46,8 +48,12 @@ const STEPS: [&str; 7] = [
 
 struct ChildArgs<'a> {
     spawn: &'a Spawn<'a>,
-    stdin: RawFd,
+    /// stdin, stdout and stderr, each above 2, so that no dup2 onto 0, 1 or
+    /// 2 overwrites another before it is used.
+    stdio: [RawFd; 3],
     argv: &'a [*const libc::c_char],
+    /// `/bin/sh program args...`, for ENOEXEC.
+    sh_argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
     /// errno of the failed step, and which step (index into STEPS).
     errno: AtomicI32,
@@ -55,8 +61,11 @@ struct ChildArgs<'a> {
 }
 
 /// Bytes of the child's stack: it only makes system calls, but
-/// AddressSanitizer's instrumentation needs room too.
+/// AddressSanitizer's instrumentation needs room too. A page below it is
+/// mapped inaccessible, so an overflow faults instead of writing into the
+/// agent's memory.
 const STACK: usize = 256 << 10;
+const GUARD: usize = 4096;
 
 /// A started process.
 pub struct Child {
@@ -69,6 +78,11 @@ pub struct Child {
 pub fn spawn(s: &Spawn) -> io::Result<Child> {
     let argv: Vec<*const libc::c_char> = s.argv.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
     let envp: Vec<*const libc::c_char> = s.envp.iter().map(|e| e.as_ptr()).chain([std::ptr::null()]).collect();
+    let sh_argv: Vec<*const libc::c_char> = [c"/bin/sh".as_ptr(), s.program.as_ptr()]
+        .into_iter()
+        .chain(s.argv.iter().skip(1).map(|a| a.as_ptr()))
+        .chain([std::ptr::null()])
+        .collect();
     // SAFETY: opening a constant path.
     let stdin = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if stdin < 0 {
@@ -76,10 +90,15 @@ pub fn spawn(s: &Spawn) -> io::Result<Child> {
     }
     // SAFETY: a descriptor just opened, owned here.
     let stdin = unsafe { OwnedFd::from_raw_fd(stdin) };
+    let stdin_dup = above_stdio(stdin.as_raw_fd())?;
+    let stdout = above_stdio(s.stdout)?;
+    let stderr = above_stdio(s.stderr)?;
+    let raw = |fd: &Option<OwnedFd>, orig: RawFd| fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(orig);
     let args = ChildArgs {
         spawn: s,
-        stdin: stdin.as_raw_fd(),
+        stdio: [raw(&stdin_dup, stdin.as_raw_fd()), raw(&stdout, s.stdout), raw(&stderr, s.stderr)],
         argv: &argv,
+        sh_argv: &sh_argv,
         envp: &envp,
         errno: AtomicI32::new(0),
         step: AtomicI32::new(-1),
@@ -88,7 +107,7 @@ pub fn spawn(s: &Spawn) -> io::Result<Child> {
     let stack = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            STACK,
+            GUARD + STACK,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
             -1,
@@ -97,6 +116,13 @@ pub fn spawn(s: &Spawn) -> io::Result<Child> {
     };
     if stack == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the first page of the mapping just made.
+    if unsafe { libc::mprotect(stack, GUARD, libc::PROT_NONE) } != 0 {
+        let e = io::Error::last_os_error();
+        // SAFETY: unmapping the mapping just made.
+        unsafe { libc::munmap(stack, GUARD + STACK) };
+        return Err(e);
     }
     // Every signal is blocked across the clone, so that none of the agent's
     // handlers runs in the child, which shares the agent's memory; the
@@ -110,7 +136,7 @@ pub fn spawn(s: &Spawn) -> io::Result<Child> {
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let top = (stack as *mut u8).add(STACK);
+        let top = (stack as *mut u8).add(GUARD + STACK);
         let pid = libc::clone(
             child_main,
             top.cast(),
@@ -119,56 +145,78 @@ pub fn spawn(s: &Spawn) -> io::Result<Child> {
         );
         let clone_err = io::Error::last_os_error();
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        libc::munmap(stack, STACK);
+        libc::munmap(stack, GUARD + STACK);
         if pid < 0 {
             return Err(clone_err);
         }
         pid
     };
-    drop(stdin);
+    drop((stdin, stdin_dup, stdout, stderr));
     let step = args.step.load(Ordering::SeqCst);
     if step >= 0 {
         let errno = args.errno.load(Ordering::SeqCst);
         // The child has exited (status 127); reap it.
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        unsafe {
-            libc::waitpid(pid, &mut status, 0);
-        }
+        let _ = reap(pid, 0);
         let what = STEPS.get(step as usize).copied().unwrap_or("start");
         let e = io::Error::from_raw_os_error(errno);
         return Err(io::Error::new(e.kind(), format!("cannot {what}: {e}")));
     }
     // SAFETY: pidfd_open on our own, unreaped child.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: a descriptor just returned, owned here.
-    let pidfd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
-    Ok(Child { pid, pidfd })
+    if fd >= 0 {
+        // SAFETY: a descriptor just returned, owned here.
+        return Ok(Child { pid, pidfd: Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }) });
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENOSYS) {
+        return Ok(Child { pid, pidfd: None });
+    }
+    // No pidfd (out of descriptors): a child that could not be awaited is
+    // not left running.
+    // SAFETY: kill(2) on our own, unreaped child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = reap(pid, 0);
+    Err(io::Error::new(e.kind(), format!("cannot watch the process: {e}")))
 }
 
 impl Child {
-    /// Waits for the process to exit and reaps it.
+    /// Waits for the process to exit and reaps it. Dropped before then, the
+    /// process is left as it is and, once it exits, a zombie until the
+    /// agent does (the agent only drops it when it stops).
     pub async fn wait(self) -> io::Result<ExitStatus> {
         let pid = self.pid;
-        match self.pidfd {
-            Some(fd) => {
-                // SAFETY: the pidfd is owned by the AsyncFd, open until it drops.
-                let fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-                    .map_err(|e| e.into_parts().1)?;
-                loop {
-                    if let Some(status) = reap(pid, libc::WNOHANG)? {
-                        return Ok(status);
-                    }
-                    fd.readable().await?.clear_ready();
-                }
-            }
-            // Kernels before 5.3 have no pidfd: a thread waits instead.
-            None => tokio::task::spawn_blocking(move || reap(pid, 0))
+        let registered = self.pidfd.map(|fd| {
+            // SAFETY: the pidfd is owned by the AsyncFd, open until it drops.
+            unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        });
+        match registered {
+            // A pidfd the reactor cannot take: waited for on a thread.
+            None | Some(Err(_)) => tokio::task::spawn_blocking(move || reap(pid, 0))
                 .await
                 .map_err(io::Error::other)?
                 .and_then(|s| s.ok_or_else(|| io::Error::other("waitpid returned no status"))),
+            Some(Ok(fd)) => loop {
+                if let Some(status) = reap(pid, libc::WNOHANG)? {
+                    return Ok(status);
+                }
+                fd.readable().await?.clear_ready();
+            },
         }
     }
+}
+
+/// A copy of `fd` numbered above 2 (close-on-exec), if it is 0, 1 or 2.
+fn above_stdio(fd: RawFd) -> io::Result<Option<OwnedFd>> {
+    if fd > 2 {
+        return Ok(None);
+    }
+    // SAFETY: duplicating a descriptor the caller holds open.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if dup < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just made, owned here.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(dup) }))
 }
 
 fn reap(pid: i32, flags: libc::c_int) -> io::Result<Option<ExitStatus>> {
@@ -206,7 +254,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         // The agent's handlers become the default (exec would do that,
         // but a signal could arrive before it); SIGPIPE, which the Rust
         // runtime ignores, is the default again, as std's Command does.
-        for sig in 1..libc::SIGRTMAX() {
+        for sig in 1..=libc::SIGRTMAX() {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
             }
@@ -243,14 +291,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         // that then keeps its CPU is counted from the start.
         let pause = libc::timespec { tv_sec: 0, tv_nsec: 1 };
         libc::nanosleep(&pause, std::ptr::null_mut());
-        for (fd, target) in [(a.stdin, 0), (s.stdout, 1), (s.stderr, 2)] {
-            let ok = if fd == target {
-                // Already in place: only its close-on-exec flag goes.
-                libc::fcntl(fd, libc::F_SETFD, 0) == 0
-            } else {
-                libc::dup2(fd, target) == target
-            };
-            if !ok {
+        // Each is above 2, and dup2 leaves the copy open across exec.
+        for (fd, target) in a.stdio.into_iter().zip(0..) {
+            if libc::dup2(fd, target) != target {
                 return fail(4);
             }
         }
@@ -258,23 +301,32 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             return fail(5);
         }
         libc::execve(s.program.as_ptr(), a.argv.as_ptr(), a.envp.as_ptr());
+        if *libc::__errno_location() == libc::ENOEXEC {
+            libc::execve(c"/bin/sh".as_ptr(), a.sh_argv.as_ptr(), a.envp.as_ptr());
+        }
         fail(6)
     }
 }
 
 /// The program a command names: itself when it holds a slash, otherwise the
 /// first executable file of that name in `path` (as `execvp` would look, but
-/// here, before the clone).
-pub fn resolve(program: &str, path: &str) -> io::Result<CString> {
+/// here, before the clone). Relative names and PATH entries are taken from
+/// `cwd`, the directory the program will run in.
+pub fn resolve(program: &str, path: &str, cwd: &std::path::Path) -> io::Result<CString> {
     let c = |s: &[u8]| CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the command"));
     if program.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "an empty command"));
     }
+    let from_cwd = |p: &str| -> io::Result<CString> {
+        let full = cwd.join(p);
+        c(full.as_os_str().as_encoded_bytes())
+    };
     if program.contains('/') {
-        return c(program.as_bytes());
+        return from_cwd(program);
     }
-    for dir in path.split(':').filter(|d| !d.is_empty()) {
-        let candidate = c(format!("{dir}/{program}").as_bytes())?;
+    // An empty entry is the current directory, as for execvp.
+    for dir in path.split(':') {
+        let candidate = from_cwd(&format!("{}/{program}", if dir.is_empty() { "." } else { dir }))?;
         if is_executable_file(&candidate) {
             return Ok(candidate);
         }
@@ -405,13 +457,53 @@ mod tests {
     }
 
     #[test]
+    fn stdio_descriptors_are_moved_above_2() {
+        let moved = above_stdio(2).unwrap().expect("a copy of fd 2");
+        assert!(moved.as_raw_fd() > 2);
+        assert!(above_stdio(moved.as_raw_fd()).unwrap().is_none());
+    }
+
+    #[test]
     fn programs_are_found_on_the_path() {
-        assert_eq!(resolve("/x/y", "").unwrap(), c("/x/y"));
-        let sh = resolve("sh", "/nonexistent:/bin:/usr/bin").unwrap();
+        let root = std::path::Path::new("/");
+        assert_eq!(resolve("/x/y", "", root).unwrap(), c("/x/y"));
+        let sh = resolve("sh", "/nonexistent:/bin:/usr/bin", root).unwrap();
         assert!(sh == c("/bin/sh") || sh == c("/usr/bin/sh"), "{sh:?}");
-        assert_eq!(resolve("no-such-program-here", "/bin:/usr/bin").unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(resolve("no-such-program-here", "/bin:/usr/bin", root).unwrap_err().kind(), io::ErrorKind::NotFound);
         // A directory of that name is not a program.
-        assert_eq!(resolve("bin", "/").unwrap_err().kind(), io::ErrorKind::NotFound);
-        assert_eq!(resolve("", "/bin").unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(resolve("bin", "/", root).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(resolve("", "/bin", root).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        // Relative names and entries are taken from the task's directory.
+        let dir = scratch("resolve");
+        std::fs::create_dir_all(dir.join("tools")).unwrap();
+        std::os::unix::fs::symlink("/bin/true", dir.join("tools/mine")).unwrap();
+        let expect = c(dir.join("tools/mine").to_str().unwrap());
+        assert_eq!(resolve("mine", "/bin:tools", &dir).unwrap(), expect);
+        assert_eq!(resolve("./tools/mine", "", &dir).unwrap(), c(dir.join("./tools/mine").to_str().unwrap()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_script_without_an_interpreter_line_runs_in_sh() {
+        let dir = scratch("script");
+        let script = dir.join("script");
+        std::fs::write(&script, "echo \"script $1\"\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let out = std::fs::File::create(dir.join("stdout")).unwrap();
+        let status = run(&Spawn {
+            program: c(script.to_str().unwrap()),
+            argv: vec![c("script"), c("arg")],
+            envp: vec![],
+            cwd: c(dir.to_str().unwrap()),
+            stdout: out.as_raw_fd(),
+            stderr: out.as_raw_fd(),
+            nofile: None,
+            cgroup_fds: &[],
+            mounts: &[],
+        })
+        .unwrap();
+        assert!(status.success());
+        assert_eq!(std::fs::read_to_string(dir.join("stdout")).unwrap(), "script arg\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

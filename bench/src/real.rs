@@ -66,20 +66,23 @@ impl AgentProc {
         let bin = exe.parent().context("binary dir")?.join("agora-agent");
         std::fs::create_dir_all(work_dir)?;
         let log = work_dir.with_extension("log");
-        let mut child = Command::new(&bin)
-            .args(["--master", master, "--ip", "127.0.0.1", "--port", "0", "--resources", resources])
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--master", master, "--ip", "127.0.0.1", "--port", "0", "--resources", resources])
             .args(["--isolation", isolation])
             .arg("--work-dir")
             .arg(work_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log)?)
+            .stderr(std::fs::File::create(&log)?);
+        stop_with_parent(&mut cmd);
+        let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {} (build it: cargo build --release --bins)", bin.display()))?;
+        // Stopped by Drop from here on, whatever fails.
+        let mut agent = AgentProc { child, log };
         use std::io::BufRead;
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        let agent = AgentProc { child, log };
+        std::io::BufReader::new(agent.child.stdout.take().context("stdout")?).read_line(&mut line)?;
         anyhow::ensure!(line.contains("http://"), "the agent did not start: {}", agent.log_tail());
         Ok(agent)
     }
@@ -106,6 +109,31 @@ impl Drop for AgentProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A daemon started for the run gets SIGTERM if the bench dies first (the
+/// bench starts them from its main thread, which lives as long as it does).
+pub fn stop_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Removes a cgroup directory and the ones below it, deepest first.
+fn remove_cgroup_tree(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// cgroups (with the eBPF accounting) as root; unprivileged, none.
@@ -150,7 +178,8 @@ pub async fn run(args: &Args) -> Result<()> {
         .map(String::from)
         .collect();
     if !cgroups_left.is_empty() {
-        eprintln!("the agent left cgroups behind: {cgroups_left:?}");
+        eprintln!("the agent left cgroups behind (counted as errors, and removed): {cgroups_left:?}");
+        cgroups_left.iter().for_each(|d| remove_cgroup_tree(Path::new(d)));
     }
     let agora_secs = placed.elapsed.as_secs_f64();
     println!(
@@ -184,10 +213,20 @@ pub async fn run(args: &Args) -> Result<()> {
         None => {
             let dir = scratch.path("slurm");
             std::fs::create_dir_all(&dir)?;
-            let mut slurm = Slurm::start(&dir, slots, n)?;
-            eprintln!("slurm: one node with {slots} CPUs is idle; submitting {n} jobs");
-            let run = slurm.run_jobs(n, Duration::from_secs(600 + n as u64))?;
-            drop(slurm);
+            let run = Slurm::start(&dir, slots, n).and_then(|mut slurm| {
+                eprintln!("slurm: one node with {slots} CPUs is idle; submitting {n} jobs");
+                slurm.run_jobs(n, Duration::from_secs(600 + n as u64))
+            });
+            // Agora's figures are kept when Slurm fails; the run still fails.
+            let run = match run {
+                Ok(run) => run,
+                Err(e) => {
+                    println!("  slurm: FAILED: {e:#}");
+                    figures["slurm"] = json!({ "failed": format!("{e:#}"), "errors": 1 });
+                    report::write(&args.out, "real", figures, args.baseline.as_deref())?;
+                    return Err(e.context("the Slurm baseline failed"));
+                }
+            };
             let slurm_secs = run.elapsed.as_secs_f64();
             let ratio = slurm_secs / agora_secs;
             println!(

@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
+/// How often the queue is read while the jobs run: often enough to time a
+/// run of seconds, seldom enough that `squeue` itself does not load
+/// slurmctld.
+const POLL: Duration = Duration::from_millis(100);
+
 /// The programs the baseline runs.
 const PROGRAMS: [&str; 7] = ["munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol"];
 
@@ -105,6 +110,11 @@ impl Slurm {
         let d = |name: &str| dir.join(name).display().to_string();
         let host = short_hostname()?;
         let conf = dir.join("slurm.conf");
+        let ctld_port = free_port()?;
+        let mut d_port = free_port()?;
+        while d_port == ctld_port {
+            d_port = free_port()?;
+        }
         std::fs::write(
             &conf,
             format!(
@@ -142,8 +152,6 @@ impl Slurm {
                  MaxArraySize={max_array}\n\
                  NodeName=bench NodeAddr=127.0.0.1 CPUs={slots} State=UNKNOWN\n\
                  PartitionName=bench Nodes=ALL Default=YES MaxTime=INFINITE State=UP\n",
-                ctld_port = free_port()?,
-                d_port = free_port()?,
                 socket = socket.display(),
                 ctld = d("ctld"),
                 spool = d("spool"),
@@ -200,6 +208,7 @@ impl Slurm {
     fn spawn(&mut self, name: &'static str, mut cmd: Command) -> Result<()> {
         let log = std::fs::File::create(self.dir.join(format!("{name}.out")))?;
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).env("SLURM_CONF", &self.conf);
+        crate::real::stop_with_parent(&mut cmd);
         let child = cmd.spawn().with_context(|| format!("cannot start {name}"))?;
         self.daemons.push((name, child));
         Ok(())
@@ -239,10 +248,18 @@ impl Slurm {
         ensure!(id.parse::<u64>().is_ok(), "sbatch printed no job id: {:?}", String::from_utf8_lossy(&out.stdout));
         let mut progress = vec![(0.0, 0.0)];
         let mut last_report = Instant::now();
+        let mut failed_polls = 0;
         loop {
             self.check_running()?;
             let q = self.client("squeue").args(["-h", "-r", "-o", "%i", "-j", &id]).output()?;
-            ensure!(q.status.success(), "squeue failed: {}", String::from_utf8_lossy(&q.stderr));
+            if !q.status.success() {
+                // A poll can time out while slurmctld is busy; five in a row fail the run.
+                failed_polls += 1;
+                ensure!(failed_polls < 5, "squeue failed: {}", String::from_utf8_lossy(&q.stderr));
+                std::thread::sleep(POLL);
+                continue;
+            }
+            failed_polls = 0;
             let queued = String::from_utf8_lossy(&q.stdout).lines().filter(|l| !l.trim().is_empty()).count();
             let at = start.elapsed();
             progress.push((at.as_secs_f64(), n.saturating_sub(queued) as f64));
@@ -254,7 +271,7 @@ impl Slurm {
                 eprintln!("  slurm: {}/{n} done", n - queued.min(n));
                 last_report = Instant::now();
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(POLL);
         }
         let elapsed = start.elapsed();
         let jobs = self.client("scontrol").args(["-o", "show", "job", &id]).output()?;
