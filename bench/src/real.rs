@@ -136,6 +136,29 @@ fn remove_cgroup_tree(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+/// The type of the filesystem holding `dir`: every sandbox is made there,
+/// and creating files is much of a launch's cost.
+fn filesystem(dir: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return "unknown".into() };
+    // SAFETY: statfs on a valid path into a zeroed struct.
+    let magic = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        if libc::statfs(c.as_ptr(), &mut st) != 0 {
+            return "unknown".into();
+        }
+        st.f_type as u64
+    };
+    match magic {
+        0xEF53 => "ext2/3/4".into(),
+        0x0102_1994 => "tmpfs".into(),
+        0x5846_5342 => "xfs".into(),
+        0x9123_683E => "btrfs".into(),
+        0x794C_7630 => "overlayfs".into(),
+        other => format!("{other:#x}"),
+    }
+}
+
 /// cgroups (with the eBPF accounting) as root; unprivileged, none.
 fn isolation() -> &'static str {
     // SAFETY: geteuid has no preconditions.
@@ -182,8 +205,10 @@ pub async fn run(args: &Args) -> Result<()> {
         cgroups_left.iter().for_each(|d| remove_cgroup_tree(Path::new(d)));
     }
     let agora_secs = placed.elapsed.as_secs_f64();
+    let fs = filesystem(&scratch.0);
     println!(
-        "scenario real: {n} `true` tasks, {slots} at a time at most, through one agent (isolation {isolation}, {})",
+        "scenario real: {n} `true` tasks, {slots} at a time at most, through one agent (isolation {isolation}, \
+         sandboxes on {fs}, {})",
         encoding.media_type()
     );
     println!("  agora: {agora_secs:.3} s ({:.0} tasks/s)", n as f64 / agora_secs);
@@ -194,6 +219,8 @@ pub async fn run(args: &Args) -> Result<()> {
         "slots": slots,
         "agora": {
             "isolation": isolation,
+            "work_dir": scratch.path("agent").display().to_string(),
+            "work_dir_filesystem": fs,
             "encoding": encoding.media_type(),
             "elapsed_secs": agora_secs,
             "tasks_per_sec": n as f64 / agora_secs,
