@@ -352,6 +352,21 @@ mod tests {
         CString::new(s).unwrap()
     }
 
+    /// `argv` run as `program` in `cwd` with no environment, both outputs to `out`.
+    fn plain(program: &str, argv: &[&str], cwd: &str, out: RawFd) -> Spawn<'static> {
+        Spawn {
+            program: c(program),
+            argv: argv.iter().map(|a| c(a)).collect(),
+            envp: vec![],
+            cwd: c(cwd),
+            stdout: out,
+            stderr: out,
+            nofile: None,
+            cgroup_fds: &[],
+            mounts: &[],
+        }
+    }
+
     fn run(s: &Spawn) -> io::Result<ExitStatus> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let child = spawn(s)?;
@@ -406,18 +421,8 @@ mod tests {
         // signals while it waits for a command): nothing blocked, and
         // SIGPIPE, which the Rust runtime ignores, not ignored.
         let out = std::fs::File::create(dir.join("signals")).unwrap();
-        let status = run(&Spawn {
-            program: c("/bin/grep"),
-            argv: vec![c("grep"), c("-E"), c("^Sig(Blk|Ign)"), c("/proc/self/status")],
-            envp: vec![],
-            cwd: c(dir.to_str().unwrap()),
-            stdout: out.as_raw_fd(),
-            stderr: out.as_raw_fd(),
-            nofile: None,
-            cgroup_fds: &[],
-            mounts: &[],
-        })
-        .unwrap();
+        let argv = ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"];
+        let status = run(&plain("/bin/grep", &argv, dir.to_str().unwrap(), out.as_raw_fd())).unwrap();
         assert!(status.success());
         let text = std::fs::read_to_string(dir.join("signals")).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -431,17 +436,7 @@ mod tests {
     fn a_step_that_fails_is_an_error_naming_it() {
         let dir = scratch("fail");
         let out = std::fs::File::create(dir.join("stdout")).unwrap();
-        let base = |program: &str, cwd: &str| Spawn {
-            program: c(program),
-            argv: vec![c(program)],
-            envp: vec![],
-            cwd: c(cwd),
-            stdout: out.as_raw_fd(),
-            stderr: out.as_raw_fd(),
-            nofile: None,
-            cgroup_fds: &[],
-            mounts: &[],
-        };
+        let base = |program: &str, cwd: &str| plain(program, &[program], cwd, out.as_raw_fd());
         let e = spawn(&base("/nonexistent/program", dir.to_str().unwrap())).err().expect("no such program");
         assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
         assert!(e.to_string().starts_with("cannot exec"), "{e}");
@@ -487,21 +482,19 @@ mod tests {
     fn a_script_without_an_interpreter_line_runs_in_sh() {
         let dir = scratch("script");
         let script = dir.join("script");
-        std::fs::write(&script, "echo \"script $1\"\n").unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        // Written by another process: a write descriptor open in this one
+        // would be copied into a child another test clones meanwhile, and
+        // exec would fail with ETXTBSY while that child holds it.
+        let wrote = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg("printf 'echo \"script $1\"\\n' > \"$0\" && chmod 755 \"$0\"")
+            .arg(&script)
+            .status()
+            .unwrap();
+        assert!(wrote.success());
         let out = std::fs::File::create(dir.join("stdout")).unwrap();
-        let status = run(&Spawn {
-            program: c(script.to_str().unwrap()),
-            argv: vec![c("script"), c("arg")],
-            envp: vec![],
-            cwd: c(dir.to_str().unwrap()),
-            stdout: out.as_raw_fd(),
-            stderr: out.as_raw_fd(),
-            nofile: None,
-            cgroup_fds: &[],
-            mounts: &[],
-        })
-        .unwrap();
+        let script = script.to_str().unwrap();
+        let status = run(&plain(script, &["script", "arg"], dir.to_str().unwrap(), out.as_raw_fd())).unwrap();
         assert!(status.success());
         assert_eq!(std::fs::read_to_string(dir.join("stdout")).unwrap(), "script arg\n");
         std::fs::remove_dir_all(&dir).unwrap();
