@@ -373,11 +373,27 @@ mod tests {
         rt.block_on(child.wait())
     }
 
-    fn scratch(name: &str) -> std::path::PathBuf {
+    /// A directory for one test, removed when dropped (a failing test too).
+    struct Scratch(std::path::PathBuf);
+
+    impl std::ops::Deref for Scratch {
+        type Target = std::path::Path;
+        fn deref(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn scratch(name: &str) -> Scratch {
         let d = std::env::temp_dir().join(format!("agora-spawn-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
-        d
+        Scratch(d)
     }
 
     #[test]
@@ -429,7 +445,6 @@ mod tests {
         assert_eq!(lines[0], "SigBlk:\t0000000000000000", "{text}");
         let ignored = u64::from_str_radix(lines[1].trim_start_matches("SigIgn:").trim(), 16).unwrap();
         assert_eq!(ignored & (1 << (libc::SIGPIPE - 1)), 0, "{text}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -448,7 +463,6 @@ mod tests {
             .err()
             .expect("a bad cgroup fd");
         assert!(e.to_string().starts_with("cannot join the task's cgroups"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -475,7 +489,6 @@ mod tests {
         let expect = c(dir.join("tools/mine").to_str().unwrap());
         assert_eq!(resolve("mine", "/bin:tools", &dir).unwrap(), expect);
         assert_eq!(resolve("./tools/mine", "", &dir).unwrap(), c(dir.join("./tools/mine").to_str().unwrap()));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -497,6 +510,5 @@ mod tests {
         let status = run(&plain(script, &["script", "arg"], dir.to_str().unwrap(), out.as_raw_fd())).unwrap();
         assert!(status.success());
         assert_eq!(std::fs::read_to_string(dir.join("stdout")).unwrap(), "script arg\n");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
