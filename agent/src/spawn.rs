@@ -90,13 +90,22 @@ pub fn spawn(s: &Spawn) -> io::Result<Child> {
     }
     // SAFETY: a descriptor just opened, owned here.
     let stdin = unsafe { OwnedFd::from_raw_fd(stdin) };
-    let stdin_dup = above_stdio(stdin.as_raw_fd())?;
-    let stdout = above_stdio(s.stdout)?;
-    let stderr = above_stdio(s.stderr)?;
-    let raw = |fd: &Option<OwnedFd>, orig: RawFd| fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(orig);
+    // Copies made to move a descriptor above 2, closed once the child has exec'd.
+    let mut copies = Vec::new();
+    let mut lift = |fd: RawFd| -> io::Result<RawFd> {
+        Ok(match above_stdio(fd)? {
+            Some(copy) => {
+                let raw = copy.as_raw_fd();
+                copies.push(copy);
+                raw
+            }
+            None => fd,
+        })
+    };
+    let stdio = [lift(stdin.as_raw_fd())?, lift(s.stdout)?, lift(s.stderr)?];
     let args = ChildArgs {
         spawn: s,
-        stdio: [raw(&stdin_dup, stdin.as_raw_fd()), raw(&stdout, s.stdout), raw(&stderr, s.stderr)],
+        stdio,
         argv: &argv,
         sh_argv: &sh_argv,
         envp: &envp,
@@ -151,7 +160,7 @@ pub fn spawn(s: &Spawn) -> io::Result<Child> {
         }
         pid
     };
-    drop((stdin, stdin_dup, stdout, stderr));
+    drop((stdin, copies));
     let step = args.step.load(Ordering::SeqCst);
     if step >= 0 {
         let errno = args.errno.load(Ordering::SeqCst);

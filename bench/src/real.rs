@@ -24,7 +24,7 @@ use serde_json::json;
 
 use crate::launch;
 use crate::report::{self, Plot};
-use crate::sim::MasterProc;
+use crate::sim::{self, MasterProc};
 use crate::slurm::Slurm;
 use crate::Args;
 
@@ -62,11 +62,9 @@ struct AgentProc {
 
 impl AgentProc {
     fn start(master: &str, work_dir: &Path, resources: &str, isolation: &str) -> Result<AgentProc> {
-        let exe = std::env::current_exe()?;
-        let bin = exe.parent().context("binary dir")?.join("agora-agent");
         std::fs::create_dir_all(work_dir)?;
         let log = work_dir.with_extension("log");
-        let mut cmd = Command::new(&bin);
+        let mut cmd = Command::new(sim::beside_this_binary("agora-agent")?);
         cmd.args(["--master", master, "--ip", "127.0.0.1", "--port", "0", "--resources", resources])
             .args(["--isolation", isolation])
             .arg("--work-dir")
@@ -74,23 +72,16 @@ impl AgentProc {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?);
-        stop_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {} (build it: cargo build --release --bins)", bin.display()))?;
+        sim::stop_with_parent(&mut cmd);
         // Stopped by Drop from here on, whatever fails.
-        let mut agent = AgentProc { child, log };
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(agent.child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        anyhow::ensure!(line.contains("http://"), "the agent did not start: {}", agent.log_tail());
+        let mut agent = AgentProc { child: sim::spawn_daemon(&mut cmd)?, log };
+        sim::listening_address(&mut agent.child)
+            .with_context(|| format!("the agent did not start: {}", agent.log_tail()))?;
         Ok(agent)
     }
 
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(10)..].join("\n")
+        sim::log_tail(&self.log)
     }
 }
 
@@ -108,21 +99,6 @@ impl Drop for AgentProc {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A daemon started for the run gets SIGTERM if the bench dies first (the
-/// bench starts them from its main thread, which lives as long as it does).
-pub fn stop_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe and allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
     }
 }
 

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -49,6 +50,50 @@ pub fn raise_fd_limit() -> u64 {
     lim.rlim_cur
 }
 
+/// One of the project's binaries, next to this one (the same build).
+pub fn beside_this_binary(name: &str) -> Result<PathBuf> {
+    Ok(std::env::current_exe()?.parent().context("binary dir")?.join(name))
+}
+
+/// Spawns `cmd`, saying how to build the binary if it is missing.
+pub fn spawn_daemon(cmd: &mut Command) -> Result<Child> {
+    cmd.spawn().with_context(|| {
+        format!("cannot start {} (build it: cargo build --release --bins)", cmd.get_program().to_string_lossy())
+    })
+}
+
+/// The `host:port` a daemon prints on its first stdout line
+/// (`... listening on http://ADDR ...`).
+pub fn listening_address(child: &mut Child) -> Result<String> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let addr = line.split("http://").nth(1).and_then(|r| r.split_whitespace().next());
+    addr.map(String::from).with_context(|| format!("no listening line, but {line:?}"))
+}
+
+/// A daemon started for the run gets SIGTERM if the bench dies first (the
+/// bench starts them from its main thread, which lives as long as it does).
+pub fn stop_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The last ten lines of a daemon's log, for an error message.
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
+}
+
 /// A master started for the run, stopped when dropped.
 pub struct MasterProc {
     child: Child,
@@ -59,20 +104,21 @@ impl MasterProc {
     /// `agora-master` next to this binary, on a loopback port, with `extra`
     /// flags after the defaults (a later flag wins).
     pub fn start(shards: usize, extra: &[&str]) -> Result<MasterProc> {
-        let exe = std::env::current_exe()?;
-        let bin = exe.parent().context("binary dir")?.join("agora-master");
-        let mut child = Command::new(&bin)
-            .args(["--ip", "127.0.0.1", "--port", "0", "--shards", &shards.to_string()])
+        let mut cmd = Command::new(beside_this_binary("agora-master")?);
+        cmd.args(["--ip", "127.0.0.1", "--port", "0", "--shards", &shards.to_string()])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {} (build it: cargo build --release --bins)", bin.display()))?;
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        let addr = line.split("http://").nth(1).and_then(|r| r.split_whitespace().next()).context("listening line")?;
-        Ok(MasterProc { addr: addr.to_string(), child })
+            .stderr(Stdio::null());
+        let mut child = spawn_daemon(&mut cmd)?;
+        // The master is killed when dropped; until then, by hand.
+        match listening_address(&mut child) {
+            Ok(addr) => Ok(MasterProc { addr, child }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
     }
 
     pub fn pid(&self) -> u32 {

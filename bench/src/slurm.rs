@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
+use crate::sim::log_tail;
+
 /// How often the queue is read while the jobs run: often enough to time a
 /// run of seconds, seldom enough that `squeue` itself does not load
 /// slurmctld.
@@ -66,12 +68,6 @@ fn short_hostname() -> Result<String> {
     let short = name.split('.').next().unwrap_or_default().to_string();
     ensure!(!short.is_empty(), "this machine has no host name");
     Ok(short)
-}
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
 impl Slurm {
@@ -179,7 +175,11 @@ impl Slurm {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
             slurm.check_running()?;
-            ensure!(Instant::now() < deadline, "munged did not create its socket: {}", tail(&munge.join("munged.log")));
+            ensure!(
+                Instant::now() < deadline,
+                "munged did not create its socket: {}",
+                log_tail(&munge.join("munged.log"))
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let mut ctld = Command::new(find("slurmctld").context("slurmctld")?);
@@ -198,8 +198,8 @@ impl Slurm {
             ensure!(
                 Instant::now() < deadline,
                 "Slurm's node did not become idle in 60 s; slurmctld: {}\nslurmd: {}",
-                tail(&dir.join("slurmctld.log")),
-                tail(&dir.join("slurmd.log"))
+                log_tail(&dir.join("slurmctld.log")),
+                log_tail(&dir.join("slurmd.log"))
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -208,7 +208,7 @@ impl Slurm {
     fn spawn(&mut self, name: &'static str, mut cmd: Command) -> Result<()> {
         let log = std::fs::File::create(self.dir.join(format!("{name}.out")))?;
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).env("SLURM_CONF", &self.conf);
-        crate::real::stop_with_parent(&mut cmd);
+        crate::sim::stop_with_parent(&mut cmd);
         let child = cmd.spawn().with_context(|| format!("cannot start {name}"))?;
         self.daemons.push((name, child));
         Ok(())
@@ -218,7 +218,7 @@ impl Slurm {
     fn check_running(&mut self) -> Result<()> {
         for (name, child) in &mut self.daemons {
             if let Some(status) = child.try_wait()? {
-                bail!("{name} exited ({status}): {}", tail(&self.dir.join(format!("{name}.out"))));
+                bail!("{name} exited ({status}): {}", log_tail(&self.dir.join(format!("{name}.out"))));
             }
         }
         Ok(())
