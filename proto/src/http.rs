@@ -82,7 +82,7 @@ fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a st
 /// header and body limits.
 #[derive(Debug)]
 pub struct RequestParser {
-    buf: Vec<u8>,
+    buf: Inbox,
     limits: Limits,
     /// A request whose head is parsed and whose body is still arriving.
     partial: Option<Partial>,
@@ -105,6 +105,54 @@ enum BodyProgress {
     Trailers(usize),
 }
 
+/// Bytes received and not yet consumed by a parser. Consuming from the front
+/// moves an offset instead of the bytes after it (a read of many small
+/// messages would otherwise move the rest of the buffer once per message);
+/// the consumed front is dropped when new bytes arrive and it is at least
+/// as long as what remains, so each byte moves at most once more.
+#[derive(Debug, Default)]
+struct Inbox {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Inbox {
+    fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start >= self.buf.len() - self.start {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        debug_assert!(self.start <= self.buf.len());
+        if self.start >= self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+    }
+
+    /// The first `n` bytes, consumed.
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        let v = self[..n].to_vec();
+        self.consume(n);
+        v
+    }
+
+    fn take_all(&mut self) -> Vec<u8> {
+        self.take(self.len())
+    }
+}
+
+impl std::ops::Deref for Inbox {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
 /// Longest chunk-size or trailer line accepted.
 const MAX_CHUNK_LINE: usize = 1024;
 /// Most trailer lines accepted.
@@ -112,11 +160,11 @@ const MAX_TRAILERS: usize = 64;
 
 impl RequestParser {
     pub fn new(limits: Limits) -> RequestParser {
-        RequestParser { buf: Vec::new(), limits, partial: None }
+        RequestParser { buf: Inbox::default(), limits, partial: None }
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+        self.buf.push(bytes);
     }
 
     pub fn buffered(&self) -> usize {
@@ -185,7 +233,7 @@ impl RequestParser {
             }
             (None, None) => BodyProgress::Length(0),
         };
-        self.buf.drain(..head_len);
+        self.buf.consume(head_len);
         self.partial =
             Some(Partial { req: Request { method, path, query, headers, body: Vec::new(), keep_alive }, body });
         Ok(true)
@@ -203,7 +251,7 @@ impl RequestParser {
                     if self.buf.len() < n {
                         return Ok(false);
                     }
-                    p.req.body = self.buf.drain(..n).collect();
+                    p.req.body = self.buf.take(n);
                     return Ok(true);
                 }
                 BodyProgress::ChunkSize => {
@@ -221,7 +269,7 @@ impl RequestParser {
                     if size > max.saturating_sub(p.req.body.len()) {
                         return Err(HttpError::BodyTooLarge(max));
                     }
-                    self.buf.drain(..end + 2);
+                    self.buf.consume(end + 2);
                     p.body = if size == 0 { BodyProgress::Trailers(0) } else { BodyProgress::Chunk(size) };
                 }
                 BodyProgress::Chunk(0) => {
@@ -231,7 +279,7 @@ impl RequestParser {
                     if &self.buf[..2] != b"\r\n" {
                         return Err(HttpError::Malformed("chunk not terminated by CRLF".into()));
                     }
-                    self.buf.drain(..2);
+                    self.buf.consume(2);
                     p.body = BodyProgress::ChunkSize;
                 }
                 BodyProgress::Chunk(left) => {
@@ -239,7 +287,8 @@ impl RequestParser {
                         return Ok(false);
                     }
                     let n = left.min(self.buf.len());
-                    p.req.body.extend(self.buf.drain(..n));
+                    p.req.body.extend_from_slice(&self.buf[..n]);
+                    self.buf.consume(n);
                     p.body = BodyProgress::Chunk(left - n);
                 }
                 BodyProgress::Trailers(seen) => {
@@ -249,7 +298,7 @@ impl RequestParser {
                         }
                         return Ok(false);
                     };
-                    self.buf.drain(..end + 2);
+                    self.buf.consume(end + 2);
                     if end == 0 {
                         return Ok(true);
                     }
@@ -381,17 +430,17 @@ pub fn recordio_chunk(record: &[u8]) -> Vec<u8> {
 /// Splits a RecordIO byte stream into records, bounded by `max_record_bytes`.
 #[derive(Debug)]
 pub struct RecordIoDecoder {
-    buf: Vec<u8>,
+    buf: Inbox,
     max_record_bytes: usize,
 }
 
 impl RecordIoDecoder {
     pub fn new(max_record_bytes: usize) -> RecordIoDecoder {
-        RecordIoDecoder { buf: Vec::new(), max_record_bytes }
+        RecordIoDecoder { buf: Inbox::default(), max_record_bytes }
     }
 
     pub fn push(&mut self, b: &[u8]) {
-        self.buf.extend_from_slice(b);
+        self.buf.push(b);
     }
 
     pub fn next_record(&mut self) -> Result<Option<Vec<u8>>, HttpError> {
@@ -412,7 +461,7 @@ impl RecordIoDecoder {
             return Ok(None);
         }
         let rec = self.buf[nl + 1..nl + 1 + len].to_vec();
-        self.buf.drain(..nl + 1 + len);
+        self.buf.consume(nl + 1 + len);
         Ok(Some(rec))
     }
 }
@@ -434,7 +483,7 @@ impl ResponseHead {
 /// arrive (de-chunked), so that streams can be consumed record by record.
 #[derive(Debug)]
 pub struct ResponseParser {
-    buf: Vec<u8>,
+    buf: Inbox,
     head: Option<ResponseHead>,
     body: BodyState,
     limits: Limits,
@@ -462,11 +511,11 @@ pub enum ResponseItem {
 
 impl ResponseParser {
     pub fn new(limits: Limits) -> ResponseParser {
-        ResponseParser { buf: Vec::new(), head: None, body: BodyState::Unknown, limits }
+        ResponseParser { buf: Inbox::default(), head: None, body: BodyState::Unknown, limits }
     }
 
     pub fn push(&mut self, b: &[u8]) {
-        self.buf.extend_from_slice(b);
+        self.buf.push(b);
     }
 
     pub fn head(&self) -> Option<&ResponseHead> {
@@ -477,12 +526,21 @@ impl ResponseParser {
         matches!(self.body, BodyState::Done)
     }
 
+    /// Starts on the next response of a pipelined connection, once this one
+    /// is done. Bytes already pushed past its end belong to the next one and
+    /// are kept.
+    pub fn next_response(&mut self) {
+        debug_assert!(self.is_done(), "the current response is not done");
+        self.head = None;
+        self.body = BodyState::Unknown;
+    }
+
     /// Call when the peer closed the connection.
     pub fn eof(&mut self) -> Result<Option<ResponseItem>, HttpError> {
         match self.body {
             BodyState::UntilClose => {
                 self.body = BodyState::Done;
-                let rest = std::mem::take(&mut self.buf);
+                let rest = self.buf.take_all();
                 Ok(Some(if rest.is_empty() { ResponseItem::End } else { ResponseItem::Body(rest) }))
             }
             BodyState::Done => Ok(None),
@@ -531,7 +589,7 @@ impl ResponseParser {
                 BodyState::UntilClose
             };
             self.head = Some(head);
-            self.buf.drain(..n);
+            self.buf.consume(n);
             return Ok(Some(ResponseItem::Head));
         }
         loop {
@@ -542,14 +600,14 @@ impl ResponseParser {
                     if self.buf.is_empty() {
                         return Ok(None);
                     }
-                    return Ok(Some(ResponseItem::Body(std::mem::take(&mut self.buf))));
+                    return Ok(Some(ResponseItem::Body(self.buf.take_all())));
                 }
                 BodyState::Length(left) => {
                     if self.buf.is_empty() {
                         return Ok(None);
                     }
                     let n = left.min(self.buf.len());
-                    let part: Vec<u8> = self.buf.drain(..n).collect();
+                    let part: Vec<u8> = self.buf.take(n);
                     self.body = if left == n { BodyState::Done } else { BodyState::Length(left - n) };
                     return Ok(Some(ResponseItem::Body(part)));
                 }
@@ -579,11 +637,11 @@ impl ResponseParser {
                                 break;
                             }
                         }
-                        self.buf.drain(..pos);
+                        self.buf.consume(pos);
                         self.body = BodyState::Done;
                         return Ok(Some(ResponseItem::End));
                     }
-                    self.buf.drain(..end + 2);
+                    self.buf.consume(end + 2);
                     self.body = BodyState::Chunk(size);
                 }
                 BodyState::Chunk(left) => {
@@ -594,7 +652,7 @@ impl ResponseParser {
                         if &self.buf[..2] != b"\r\n" {
                             return Err(HttpError::Malformed("chunk not terminated by CRLF".into()));
                         }
-                        self.buf.drain(..2);
+                        self.buf.consume(2);
                         self.body = BodyState::ChunkSize;
                         continue;
                     }
@@ -602,7 +660,7 @@ impl ResponseParser {
                         return Ok(None);
                     }
                     let n = left.min(self.buf.len());
-                    let part: Vec<u8> = self.buf.drain(..n).collect();
+                    let part: Vec<u8> = self.buf.take(n);
                     self.body = BodyState::Chunk(left - n);
                     return Ok(Some(ResponseItem::Body(part)));
                 }
@@ -758,6 +816,30 @@ mod tests {
         p.push(s.as_bytes());
         assert_eq!(p.next_item().unwrap(), Some(ResponseItem::Head));
         assert!(p.is_done());
+    }
+
+    #[test]
+    fn pipelined_responses_are_read_one_after_another() {
+        let mut wire = Response::new(202).encode(true);
+        wire.extend(Response::text(400, "no such offer").encode(true));
+        wire.extend(Response::new(200).body(b"{}".to_vec()).encode(true));
+        // Fed in pieces that straddle the responses' boundaries.
+        let mut p = ResponseParser::new(Limits::default());
+        let mut got = Vec::new();
+        let mut body = Vec::new();
+        for piece in wire.chunks(11) {
+            p.push(piece);
+            while let Some(item) = p.next_item().unwrap() {
+                if let ResponseItem::Body(b) = item {
+                    body.extend(b);
+                }
+                if p.is_done() {
+                    got.push((p.head().unwrap().status, String::from_utf8(std::mem::take(&mut body)).unwrap()));
+                    p.next_response();
+                }
+            }
+        }
+        assert_eq!(got, [(202, String::new()), (400, "no such offer".into()), (200, "{}".into())]);
     }
 
     #[test]

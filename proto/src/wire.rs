@@ -259,6 +259,10 @@ const MAX_READ_ROOM: usize = 64 << 10;
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: Vec<u8>,
+    /// Where the bytes not yet decoded start in `buf`: a frame taken moves
+    /// this, not the bytes after it, so that a read of many small frames
+    /// costs one move of what is left, when more bytes arrive.
+    start: usize,
     max_frame_bytes: u32,
     /// Bytes at the end of `buf` handed out by `read_buf` and not yet filled.
     reserved: usize,
@@ -266,13 +270,28 @@ pub struct FrameDecoder {
 
 impl FrameDecoder {
     pub fn new(max_frame_bytes: u32) -> FrameDecoder {
-        FrameDecoder { buf: Vec::new(), max_frame_bytes, reserved: 0 }
+        FrameDecoder { buf: Vec::new(), start: 0, max_frame_bytes, reserved: 0 }
     }
 
     /// Appends received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
         self.commit(0);
+        self.compact();
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Drops the decoded front before bytes are added, once it is at least
+    /// as long as what remains (so each byte moves at most once more).
+    fn compact(&mut self) {
+        if self.start > 0 && self.start >= self.buf.len() - self.start {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+    }
+
+    /// The bytes not yet decoded.
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..]
     }
 
     /// Room to read into, for a reader that keeps no buffer of its own: at
@@ -282,10 +301,11 @@ impl FrameDecoder {
     /// [`FrameDecoder::commit`] says how much of it the read filled.
     pub fn read_buf(&mut self, min: usize) -> &mut [u8] {
         self.commit(0);
-        let rest = match self.buf.get(..4) {
+        self.compact();
+        let rest = match self.pending().get(..4) {
             Some(p) => {
                 let len = u32::from_le_bytes([p[0], p[1], p[2], p[3]]).min(self.max_frame_bytes) as usize;
-                (4 + len).saturating_sub(self.buf.len())
+                (4 + len).saturating_sub(self.pending().len())
             }
             None => 0,
         };
@@ -306,7 +326,7 @@ impl FrameDecoder {
     /// How many bytes are buffered; never more than one maximal frame plus
     /// what one read returned, because the length is checked first.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.reserved
+        self.buf.len() - self.start - self.reserved
     }
 
     /// The next complete frame's payload, copied into an aligned buffer, or
@@ -314,10 +334,11 @@ impl FrameDecoder {
     /// error; the connection should then be closed.
     pub fn next_frame(&mut self) -> Result<Option<AlignedVec>, FrameError> {
         self.commit(0);
-        if self.buf.len() < 4 {
+        let p = self.pending();
+        if p.len() < 4 {
             return Ok(None);
         }
-        let len = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+        let len = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
         if len == 0 {
             return Err(FrameError::Empty);
         }
@@ -325,15 +346,21 @@ impl FrameDecoder {
             return Err(FrameError::TooLarge { len, max: self.max_frame_bytes });
         }
         let total = 4 + len as usize;
-        if self.buf.len() < total {
+        if p.len() < total {
             return Ok(None);
         }
         let mut payload = AlignedVec::with_capacity(len as usize);
-        payload.extend_from_slice(&self.buf[4..total]);
-        self.buf.drain(..total);
+        payload.extend_from_slice(&p[4..total]);
+        self.start += total;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
         // A connection lives long and most frames are small: the room a large
         // frame needed is given back rather than kept for the connection.
-        if self.buf.capacity() > SHRINK_ABOVE && self.buf.len() <= self.buf.capacity() / 4 {
+        if self.buf.capacity() > SHRINK_ABOVE && self.buf.len() - self.start <= self.buf.capacity() / 4 {
+            self.buf.drain(..self.start);
+            self.start = 0;
             self.buf.shrink_to(self.buf.len().max(SHRINK_ABOVE / 4));
         }
         Ok(Some(payload))
@@ -421,6 +448,29 @@ mod tests {
         let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
         d.push(&DEFAULT_MAX_FRAME_BYTES.to_le_bytes());
         assert_eq!(d.read_buf(16).len(), MAX_READ_ROOM);
+    }
+
+    #[test]
+    fn many_small_frames_from_one_read_come_out_whole_and_in_order() {
+        let mut bytes = Vec::new();
+        for seq in 0..1000 {
+            bytes.extend(encode(&MasterToAgent::Ping { seq }));
+        }
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+        let mut seen = Vec::new();
+        // Reads that end mid-frame, with frames taken between them.
+        for piece in bytes.chunks(4093) {
+            d.read_buf(piece.len())[..piece.len()].copy_from_slice(piece);
+            d.commit(piece.len());
+            while let Some(f) = d.next_frame().unwrap() {
+                let MasterToAgent::Ping { seq } = decode::<MasterToAgent>(&f).unwrap() else { panic!("not a ping") };
+                seen.push(seq);
+            }
+            assert!(d.buffered() < 4093 + 64, "{} bytes buffered", d.buffered());
+        }
+        assert_eq!(seen, (0..1000).collect::<Vec<_>>());
+        d.finish().unwrap();
+        assert!(d.buf.len() < 64, "the decoded bytes were not dropped: {} kept", d.buf.len());
     }
 
     #[test]
