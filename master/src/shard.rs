@@ -42,6 +42,7 @@ use glommio::{spawn_local, CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 
 use crate::api::{self, RenderKind, Route, ShellStats};
 use crate::core::{self, ApiError, ConnId, Input, Master, Now, Subscription};
+use crate::outq::OutQueue;
 use crate::registry::{FileRegistry, Registry};
 
 /// Everything the shell needs to run.
@@ -153,10 +154,28 @@ enum StreamItem {
     Close,
 }
 
+impl AsRef<[u8]> for Outgoing {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Outgoing::Frame(f) => f,
+            Outgoing::Close => &[],
+        }
+    }
+}
+
+impl AsRef<[u8]> for StreamItem {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            StreamItem::Bytes(b) => b,
+            StreamItem::Close => &[],
+        }
+    }
+}
+
 /// A live connection: its outgoing queue and its socket, which can be shut
 /// down to wake its reader when it must close.
 struct Handle<T> {
-    tx: Rc<Queue<T>>,
+    tx: Rc<OutQueue<T>>,
     fd: RawFd,
     open: Rc<Cell<bool>>,
     /// Bytes queued and not yet written (framework streams only).
@@ -176,33 +195,61 @@ impl<T> Handle<T> {
     }
 }
 
-/// A connection's outgoing queue, bounded at `max` items. The channel under
-/// it is unbounded, so that its memory follows what is queued rather than
-/// the bound: a bounded glommio channel reserves every slot up front, which
-/// at 16,384 slots per agent connection was most of the master's memory per
-/// agent.
-struct Queue<T> {
-    tx: LocalSender<T>,
-    max: usize,
-}
+/// Items a connection's writer takes from its queue for one write (each
+/// one an iovec of one `sendmsg`).
+const WRITE_BATCH: usize = 256;
 
-fn queue<T>(max: usize) -> (Queue<T>, LocalReceiver<T>) {
-    let (tx, rx) = local_channel::new_unbounded();
-    (Queue { tx, max }, rx)
-}
-
-impl<T> Queue<T> {
-    /// Queues `item` unless `max` items are queued or the receiver is gone.
-    fn try_send(&self, item: T) -> Result<(), ()> {
-        if self.tx.len() >= self.max {
-            return Err(());
+/// Writes every buffer of `bufs`, in order, with as few system calls as the
+/// socket allows: one `sendmsg` of all of them (the bytes are not copied
+/// together first), and when the socket is full, glommio's write of the
+/// rest of the buffer it stopped in, which waits for room.
+async fn write_vectored<B: AsRef<[u8]>>(wr: &mut Wr, fd: RawFd, bufs: &[B]) -> std::io::Result<()> {
+    let (mut i, mut off) = (0, 0);
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(bufs.len().min(WRITE_BATCH));
+    while i < bufs.len() {
+        if bufs[i].as_ref().len() == off {
+            (i, off) = (i + 1, 0);
+            continue;
         }
-        self.tx.try_send(item).map_err(drop)
+        iov.clear();
+        for (k, b) in bufs[i..].iter().take(WRITE_BATCH).enumerate() {
+            let rest = &b.as_ref()[if k == 0 { off } else { 0 }..];
+            iov.push(libc::iovec { iov_base: rest.as_ptr() as *mut libc::c_void, iov_len: rest.len() });
+        }
+        // SAFETY: a zeroed msghdr is valid; it points at `iov`, whose
+        // entries point into `bufs`, all alive and unchanged until sendmsg
+        // returns; the fd is the connection's, owned by its task.
+        let n = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = iov.len() as _;
+            libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::Interrupted => continue,
+                std::io::ErrorKind::WouldBlock => {
+                    wr.write_all(&bufs[i].as_ref()[off..]).await?;
+                    (i, off) = (i + 1, 0);
+                    continue;
+                }
+                _ => return Err(e),
+            }
+        }
+        let mut n = n as usize;
+        while n > 0 {
+            let left = bufs[i].as_ref().len() - off;
+            if n >= left {
+                n -= left;
+                (i, off) = (i + 1, 0);
+            } else {
+                off += n;
+                n = 0;
+            }
+        }
     }
-
-    fn len(&self) -> usize {
-        self.tx.len()
-    }
+    Ok(())
 }
 
 /// The shard's own state.
@@ -548,23 +595,28 @@ async fn serve_agent(shard: Rc<Shard>, stream: TcpStream, mut prefix: Vec<u8>, c
     if wr.write_all(&Hello::new(shard.cfg.max_frame_bytes).encode()).await.is_err() {
         return;
     }
-    let (tx, rx) = queue(shard.cfg.max_agent_queue);
-    let tx = Rc::new(tx);
+    let tx = Rc::new(OutQueue::new(shard.cfg.max_agent_queue));
     let open = Rc::new(Cell::new(true));
     shard
         .agents
         .borrow_mut()
         .insert(conn, Handle { tx: tx.clone(), fd, open: open.clone(), queued_bytes: Rc::default() });
 
-    // Writer: frames from the queue to the socket, until a Close.
+    // Writer: frames from the queue to the socket, everything queued at
+    // once, until a Close.
     let writer = {
-        let open = open.clone();
+        let (open, q) = (open.clone(), tx.clone());
         spawn_local(async move {
-            while let Some(Outgoing::Frame(f)) = rx.recv().await {
-                if wr.write_all(&f).await.is_err() {
+            let mut batch = Vec::new();
+            while q.recv_many(&mut batch, WRITE_BATCH).await {
+                let close = batch.iter().position(|o| matches!(o, Outgoing::Close));
+                if write_vectored(&mut wr, fd, &batch[..close.unwrap_or(batch.len())]).await.is_err() || close.is_some()
+                {
                     break;
                 }
+                batch.clear();
             }
+            q.close();
             let _ = wr.close().await;
             if open.get() {
                 // SAFETY: as in Handle::shutdown; wakes the reader.
@@ -668,10 +720,20 @@ async fn serve_http(shard: Rc<Shard>, stream: TcpStream, prefix: Vec<u8>, conn: 
     let mut buf = vec![0u8; 16 << 10];
     let started = Instant::now();
     let mut served = 0u64;
+    // Responses to pipelined requests already read, written together when
+    // the connection has to wait for more.
+    let mut out: Vec<Vec<u8>> = Vec::new();
     loop {
         let req = match parser.next_request() {
             Ok(Some(r)) => r,
             Ok(None) => {
+                if !out.is_empty() {
+                    if let Err(e) = write_vectored(&mut wr, fd, &out).await {
+                        tracing::debug!("HTTP responses not written: {e}");
+                        return;
+                    }
+                    out.clear();
+                }
                 let read = if served == 0 {
                     // A new connection must finish its first request in time.
                     let left = FIRST_REQUEST_TIMEOUT.saturating_sub(started.elapsed());
@@ -699,7 +761,8 @@ async fn serve_http(shard: Rc<Shard>, stream: TcpStream, prefix: Vec<u8>, conn: 
                 }
             }
             Err(e) => {
-                let _ = wr.write_all(&api::error(e.status(), e.to_string()).encode(false)).await;
+                out.push(api::error(e.status(), e.to_string()).encode(false));
+                let _ = write_vectored(&mut wr, fd, &out).await;
                 let _ = wr.close().await;
                 return;
             }
@@ -730,13 +793,19 @@ async fn serve_http(shard: Rc<Shard>, stream: TcpStream, prefix: Vec<u8>, conn: 
                 }
             }
             Route::Subscribe(call, encoding) => {
-                serve_stream(shard, conn, call, encoding, rd, wr, fd).await;
+                if write_vectored(&mut wr, fd, &out).await.is_ok() {
+                    serve_stream(shard, conn, call, encoding, rd, wr, fd).await;
+                }
                 return;
             }
         };
-        if let Err(e) = wr.write_all(&resp.encode(req.keep_alive)).await {
-            tracing::debug!("HTTP response not written: {e}");
-            return;
+        out.push(resp.encode(req.keep_alive));
+        if !req.keep_alive || out.len() >= WRITE_BATCH {
+            if let Err(e) = write_vectored(&mut wr, fd, &out).await {
+                tracing::debug!("HTTP responses not written: {e}");
+                return;
+            }
+            out.clear();
         }
         if !req.keep_alive {
             let _ = wr.close().await;
@@ -759,8 +828,7 @@ async fn serve_stream(
     mut wr: Wr,
     fd: RawFd,
 ) {
-    let (tx, rx) = queue(shard.cfg.max_stream_queue);
-    let tx = Rc::new(tx);
+    let tx = Rc::new(OutQueue::new(shard.cfg.max_stream_queue));
     let open = Rc::new(Cell::new(true));
     let queued_bytes: Rc<Cell<usize>> = Rc::default();
     shard
@@ -804,11 +872,21 @@ async fn serve_stream(
         })
     };
     if wr.write_all(&head).await.is_ok() {
-        while let Some(StreamItem::Bytes(b)) = rx.recv().await {
-            if wr.write_all(&b).await.is_err() {
+        // Everything queued at once, each event's shared bytes referenced
+        // by an iovec, until a Close.
+        let mut batch = Vec::new();
+        while tx.recv_many(&mut batch, WRITE_BATCH).await {
+            let close = batch.iter().position(|i| matches!(i, StreamItem::Close));
+            let events = &batch[..close.unwrap_or(batch.len())];
+            if write_vectored(&mut wr, fd, events).await.is_err() {
                 break;
             }
-            queued_bytes.set(queued_bytes.get().saturating_sub(b.len()));
+            let written: usize = events.iter().map(|e| e.as_ref().len()).sum();
+            queued_bytes.set(queued_bytes.get().saturating_sub(written));
+            if close.is_some() {
+                break;
+            }
+            batch.clear();
         }
         let _ = wr.write_all(http::LAST_CHUNK).await;
     }
