@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use crate::report::{self, Plot};
 use crate::sim::{self, AgentCounters, MasterProc, SimOpts};
@@ -81,6 +82,10 @@ pub async fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Calls [`place`] makes at once, of each kind (acknowledgements; launches
+/// and declines).
+const IN_FLIGHT: usize = 512;
+
 /// What [`place`] measured.
 pub struct Placed {
     /// From the first offer to the last task's FINISHED.
@@ -111,20 +116,36 @@ pub async fn place(
     let mut finished = 0usize;
     let mut start: Option<Instant> = None;
     let (ack_tx, mut ack_rx) = mpsc::channel::<TaskStatus>(65_536);
-    // Acknowledgements go out from their own task so the event loop keeps up.
+    // Acknowledgements go out from their own task so the event loop keeps
+    // up, many at once (the driver pipelines them on its connection).
     let acker = {
         let d = driver.clone();
         tokio::spawn(async move {
             let mut failed = 0u64;
+            let mut in_flight = JoinSet::new();
             while let Some(s) = ack_rx.recv().await {
-                if let Err(e) = d.acknowledge(&s).await {
-                    eprintln!("acknowledge: {e}");
-                    failed += 1;
+                while in_flight.len() >= IN_FLIGHT {
+                    failed += in_flight.join_next().await.map_or(0, |r| r.unwrap_or(1));
                 }
+                let d = d.clone();
+                in_flight.spawn(async move {
+                    d.acknowledge(&s).await.map_or_else(
+                        |e| {
+                            eprintln!("acknowledge: {e}");
+                            1
+                        },
+                        |()| 0,
+                    )
+                });
+            }
+            while let Some(r) = in_flight.join_next().await {
+                failed += r.unwrap_or(1);
             }
             failed
         })
     };
+    // Launches and declines, also many at once.
+    let mut calls: JoinSet<Result<(), agora_sdk::Error>> = JoinSet::new();
     let mut last_report = Instant::now();
     while finished < n_tasks {
         let ev = tokio::time::timeout(Duration::from_secs(30), events.recv())
@@ -153,12 +174,21 @@ pub async fn place(
                         ..Default::default()
                     });
                 }
-                if batch.is_empty() {
-                    driver.decline(vec![offer.id.clone()], 0.0).await?;
-                } else {
-                    driver.launch(offer, batch, 0.0).await?;
+                while calls.len() >= IN_FLIGHT {
+                    calls.join_next().await.expect("not empty")??;
                 }
+                let (d, offer) = (driver.clone(), offer.clone());
+                calls.spawn(async move {
+                    if batch.is_empty() {
+                        d.decline(vec![offer.id.clone()], 0.0).await
+                    } else {
+                        d.launch(&offer, batch, 0.0).await
+                    }
+                });
             }
+        }
+        while let Some(r) = calls.try_join_next() {
+            r??;
         }
         if let Some(u) = ev.update {
             let s = u.status;
@@ -187,6 +217,9 @@ pub async fn place(
         }
     }
     let elapsed = start.map(|s| s.elapsed()).unwrap_or_default();
+    while let Some(r) = calls.join_next().await {
+        r??;
+    }
     drop(ack_tx);
     let ack_errors = acker.await.unwrap_or(1);
     Ok(Placed { elapsed, to_running, to_finished, progress, ack_errors })

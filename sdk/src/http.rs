@@ -95,6 +95,145 @@ impl Connection {
     }
 }
 
+/// Requests written at once on a [`Pipeline`] and not yet answered.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+type Answer = Result<(u16, Vec<u8>), Error>;
+
+/// A kept-alive connection on which requests are pipelined: each request is
+/// written as soon as it is made, without waiting for the answers before
+/// it, and a reader task hands each answer (they come back in order) to its
+/// caller. Many calls in flight then cost the master one read and one write
+/// per batch rather than a round trip each. At most [`MAX_IN_FLIGHT`] are
+/// in flight; more wait for room.
+///
+/// Once any request fails (or the master says `Connection: close`) the
+/// pipeline is broken: every request in flight fails with it, and
+/// [`Pipeline::is_broken`] says to open another.
+pub struct Pipeline {
+    host: String,
+    writer: tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>,
+    waiting: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Answer>>,
+    broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Pipeline {
+    pub async fn open(master: &str) -> Result<Pipeline, Error> {
+        use std::sync::atomic::AtomicBool;
+        let (rd, wr) = connect(master).await?.into_split();
+        let (tx, rx) = tokio::sync::mpsc::channel(MAX_IN_FLIGHT);
+        let broken = std::sync::Arc::new(AtomicBool::new(false));
+        let reader = tokio::spawn(read_answers(rd, rx, broken.clone()));
+        Ok(Pipeline { host: master.to_string(), writer: tokio::sync::Mutex::new(wr), waiting: tx, broken, reader })
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// POST with a body of `content_type`; the answer's status and body.
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(u16, Vec<u8>), Error> {
+        let mut h = vec![("Content-Type", content_type), ("Accept", "application/json")];
+        h.extend_from_slice(headers);
+        let raw = codec::request("POST", &self.host, path, &h, body);
+        let answer = {
+            let mut wr = self.writer.lock().await;
+            if self.is_broken() {
+                return Err(Error::Closed);
+            }
+            // The answer's place in the queue is taken before the request
+            // is written, so that answers and callers stay in step.
+            let slot = self.waiting.reserve().await.map_err(|_| Error::Closed)?;
+            // A request cut off halfway (an error, or this future dropped
+            // while writing) leaves the connection unusable.
+            let cut = BreakOnDrop(&self.broken);
+            match tokio::time::timeout(CALL_TIMEOUT, wr.write_all(&raw)).await {
+                Ok(Ok(())) => std::mem::forget(cut),
+                Ok(Err(e)) => return Err(Error::Io(e)),
+                Err(_) => return Err(Error::Io(std::io::ErrorKind::TimedOut.into())),
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            slot.send(tx);
+            rx
+        };
+        answer.await.map_err(|_| Error::Closed)?
+    }
+}
+
+struct BreakOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for BreakOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// The reader of a [`Pipeline`]: one answer per waiting caller, in order,
+/// each within [`CALL_TIMEOUT`]. The first failure breaks the pipeline; the
+/// callers still waiting then get [`Error::Closed`].
+async fn read_answers(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut waiting: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<Answer>>,
+    broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut p = ResponseParser::new(Limits { max_body_bytes: 256 << 20, ..Default::default() });
+    let mut buf = vec![0u8; 64 << 10];
+    while let Some(caller) = waiting.recv().await {
+        let answer = tokio::time::timeout(CALL_TIMEOUT, async {
+            let mut body = Vec::new();
+            let mut ended = false;
+            loop {
+                while let Some(item) = p.next_item()? {
+                    if let ResponseItem::Body(b) = item {
+                        body.extend_from_slice(&b);
+                    }
+                }
+                if p.is_done() {
+                    break;
+                }
+                let n = rd.read(&mut buf).await?;
+                if n == 0 {
+                    // Only a response without a length may end with the
+                    // connection; it is then the last one.
+                    if let Some(ResponseItem::Body(b)) = p.eof()? {
+                        body.extend_from_slice(&b);
+                    }
+                    ended = true;
+                    break;
+                }
+                p.push(&buf[..n]);
+            }
+            let head = p.head().cloned().ok_or(Error::Closed)?;
+            let close = ended || head.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+            Ok::<_, Error>((head, body, close))
+        })
+        .await
+        .unwrap_or_else(|_| Err(Error::Io(std::io::ErrorKind::TimedOut.into())));
+        let last = answer.as_ref().map_or(true, |(_, _, close)| *close);
+        if last {
+            broken.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let _ = caller.send(answer.map(|(head, body, _)| (head.status, body)));
+        if last {
+            return;
+        }
+        p.next_response();
+    }
+}
+
 /// GET on a fresh connection; the body if the status is 200.
 pub async fn get(master: &str, path: &str) -> Result<Vec<u8>, Error> {
     let (status, body) = Connection::open(master).await?.get(path).await?;

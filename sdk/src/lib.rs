@@ -5,7 +5,8 @@
 //! When the subscription stream breaks, the driver re-subscribes with the
 //! same framework id (with backoff), as long as the framework has a failover
 //! timeout; each new subscription arrives as another `Subscribed` event.
-//! Calls go over a separate keep-alive connection.
+//! Calls go over a separate keep-alive connection, pipelined: concurrent
+//! calls do not wait for each other's answers.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), agora_sdk::Error> {
@@ -80,7 +81,9 @@ pub struct Driver {
     master: String,
     encoding: Encoding,
     session: Arc<Mutex<Session>>,
-    calls: Arc<tokio::sync::Mutex<Option<http::Connection>>>,
+    /// The connection calls are pipelined on, opened on the first call and
+    /// replaced once broken.
+    calls: Arc<tokio::sync::Mutex<Option<Arc<http::Pipeline>>>>,
     stop: Arc<tokio::sync::Notify>,
 }
 
@@ -209,29 +212,29 @@ impl Driver {
         call.framework_id = Some(fid.ok_or(Error::NotSubscribed)?);
         let sid = sid.ok_or(Error::NotSubscribed)?;
         let body = self.encoding.encode_call(&call);
-        let mut guard = self.calls.lock().await;
         // One retry on a fresh connection if the kept-alive one went stale.
         for attempt in 0..2 {
-            if guard.is_none() {
-                *guard = Some(http::Connection::open(&self.master).await?);
-            }
-            let conn = guard.as_mut().expect("opened above");
-            match conn.post("/api/v1/scheduler", self.encoding.media_type(), &[("Mesos-Stream-Id", &sid)], &body).await
+            let pipe = {
+                let mut guard = self.calls.lock().await;
+                match guard.as_ref() {
+                    Some(p) if !p.is_broken() => p.clone(),
+                    _ => {
+                        let p = Arc::new(http::Pipeline::open(&self.master).await?);
+                        *guard = Some(p.clone());
+                        p
+                    }
+                }
+            };
+            match pipe.post("/api/v1/scheduler", self.encoding.media_type(), &[("Mesos-Stream-Id", &sid)], &body).await
             {
                 Ok((status, body)) => {
-                    if !conn.reusable() {
-                        *guard = None;
-                    }
                     return if status == 200 || status == 202 {
                         Ok(())
                     } else {
                         Err(Error::Status { status, message: String::from_utf8_lossy(&body).into_owned() })
                     };
                 }
-                Err(e) if attempt == 0 => {
-                    tracing::debug!("call connection failed ({e}); reconnecting");
-                    *guard = None;
-                }
+                Err(e) if attempt == 0 => tracing::debug!("call connection failed ({e}); reconnecting"),
                 Err(e) => return Err(e),
             }
         }

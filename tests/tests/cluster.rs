@@ -417,3 +417,39 @@ async fn json_and_flatbuffers_frameworks_share_a_master() {
         assert!(!stream.stream_id.is_empty(), "{media}");
     }
 }
+
+/// The SDK pipelines calls made at once on its one call connection: each
+/// caller gets the answer to its own call, errors included, whatever the
+/// order they are written in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_each_get_their_own_answer() {
+    use agora_proto::scheduler::{Call, CallType, Roles};
+    let m = Master::start(MasterOpts::default());
+    let (driver, _events) = agora_sdk::Driver::start(&m.addr, info("pipelined")).await.expect("subscribes");
+    let calls: Vec<_> = (0..400)
+        .map(|i| {
+            let d = driver.clone();
+            tokio::spawn(async move {
+                let mut c = Call::new(CallType::Suppress, None);
+                // Every other call names a role the framework does not have,
+                // each a different one, and is refused with its name.
+                let roles = if i % 2 == 0 { vec![] } else { vec![format!("nope{i}")] };
+                c.suppress = Some(Roles { roles });
+                (i, d.call(c).await)
+            })
+        })
+        .collect();
+    for c in calls {
+        let (i, res) = c.await.expect("the call's task");
+        if i % 2 == 0 {
+            res.unwrap_or_else(|e| panic!("call {i}: {e}"));
+        } else {
+            match res {
+                Err(agora_sdk::Error::Status { status: 400, message }) => {
+                    assert!(message.contains(&format!("\"nope{i}\"")), "call {i} got another call's answer: {message}")
+                }
+                other => panic!("call {i}: {other:?}"),
+            }
+        }
+    }
+}
