@@ -35,7 +35,10 @@ pub async fn run(args: &Args) -> Result<()> {
     let encoding = args.encoding()?;
     let info = FrameworkInfo { user: "bench".into(), name: "agora-bench launch".into(), ..Default::default() };
     let (driver, events) = Driver::start_with(&master.addr, info, encoding).await?;
+    let cpu_before = master.cpu_time()?;
     let placed = place(&driver, events, n_tasks, &Resources::parse(sim::TASK_RESOURCES)?, "true").await?;
+    let master_cpu = master.cpu_time()?.saturating_sub(cpu_before);
+    let cpu_per_task_us = master_cpu.as_secs_f64() * 1e6 / n_tasks as f64;
     let _ = driver.teardown().await;
     drop(agents);
     let rate = n_tasks as f64 / placed.elapsed.as_secs_f64();
@@ -47,6 +50,10 @@ pub async fn run(args: &Args) -> Result<()> {
         encoding.media_type()
     );
     println!("  placement throughput: {rate:.0} tasks/s");
+    println!(
+        "  master CPU: {:.0}% of a core, {cpu_per_task_us:.1} us per task",
+        100.0 * master_cpu.as_secs_f64() / placed.elapsed.as_secs_f64()
+    );
     report::print_percentiles("launch -> RUNNING", &placed.to_running);
     report::print_percentiles("launch -> FINISHED", &placed.to_finished);
     report::plot(
@@ -71,6 +78,8 @@ pub async fn run(args: &Args) -> Result<()> {
             "tasks": n_tasks,
             "elapsed_secs": placed.elapsed.as_secs_f64(),
             "tasks_per_sec": rate,
+            "master_cpu_secs": master_cpu.as_secs_f64(),
+            "master_cpu_per_task_us": cpu_per_task_us,
             "launch_to_running": report::percentiles(&placed.to_running),
             "launch_to_finished": report::percentiles(&placed.to_finished),
             "tasks_launched_on_agents": AgentCounters::get(&counters.launched),

@@ -296,11 +296,16 @@ impl Shard {
 
     /// Sends a request to the core and waits for its answer.
     async fn request(&self, make: impl FnOnce(u64) -> ToCore) -> Option<Reply> {
+        self.submit(make).await.recv().await
+    }
+
+    /// Sends a request to the core; its answer will come on the receiver.
+    async fn submit(&self, make: impl FnOnce(u64) -> ToCore) -> LocalReceiver<Reply> {
         let id = self.new_id();
         let (tx, rx) = local_channel::new_bounded(1);
         self.pending.borrow_mut().insert(id, tx);
         self.to_core(make(id)).await;
-        rx.recv().await
+        rx
     }
 
     /// Applies a message from the core to this shard's connections. Never
@@ -712,6 +717,32 @@ async fn serve_agent(shard: Rc<Shard>, stream: TcpStream, mut prefix: Vec<u8>, c
     shard.to_core(ToCore::Input(input)).await;
 }
 
+/// Requests of one connection handed to the core before their answers are
+/// awaited, at most.
+const MAX_PIPELINED: usize = 256;
+
+/// A request's answer: ready, or to come from the core.
+enum Answer {
+    Ready(Response),
+    Core(LocalReceiver<Reply>),
+}
+
+/// The HTTP response for the core's reply to a request.
+fn response_of(reply: Option<Reply>) -> Response {
+    match reply {
+        Some(Reply::Body { content_type, bytes }) => {
+            Response::new(200).header("Content-Type", content_type).body(bytes)
+        }
+        Some(Reply::Call(Ok(status))) => Response::new(status),
+        Some(Reply::Call(Err(e))) => api::error(e.status, e.message),
+        _ => api::error(503, "the master's core is unavailable"),
+    }
+}
+
+/// An HTTP connection. Pipelined requests are taken together: every
+/// complete request already read is handed to the core at once (which then
+/// applies them in one batch, in order), their answers are awaited in
+/// order, and written with one system call.
 async fn serve_http(shard: Rc<Shard>, stream: TcpStream, prefix: Vec<u8>, conn: ConnId) {
     let fd = stream.as_raw_fd();
     let (mut rd, mut wr) = futures_lite::io::split(stream);
@@ -720,96 +751,95 @@ async fn serve_http(shard: Rc<Shard>, stream: TcpStream, prefix: Vec<u8>, conn: 
     let mut buf = vec![0u8; 16 << 10];
     let started = Instant::now();
     let mut served = 0u64;
-    // Responses to pipelined requests already read, written together when
-    // the connection has to wait for more.
+    let mut answers: Vec<(Answer, bool)> = Vec::new();
     let mut out: Vec<Vec<u8>> = Vec::new();
     loop {
-        let req = match parser.next_request() {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                if !out.is_empty() {
-                    if let Err(e) = write_vectored(&mut wr, fd, &out).await {
-                        tracing::debug!("HTTP responses not written: {e}");
-                        return;
-                    }
-                    out.clear();
+        // Every complete request read so far, up to the bound.
+        let (mut need_bytes, mut close, mut subscribe, mut bad) = (false, false, None, None);
+        while answers.len() < MAX_PIPELINED {
+            let req = match parser.next_request() {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    need_bytes = true;
+                    break;
                 }
-                let read = if served == 0 {
-                    // A new connection must finish its first request in time.
-                    let left = FIRST_REQUEST_TIMEOUT.saturating_sub(started.elapsed());
-                    match within(left, rd.read(&mut buf)).await {
-                        Some(r) => r,
-                        None => {
-                            let _ = wr.write_all(&api::error(408, "request timeout").encode(false)).await;
-                            let _ = wr.close().await;
-                            return;
-                        }
-                    }
-                } else {
-                    rd.read(&mut buf).await
-                };
-                match read {
-                    Ok(0) => return,
-                    Err(e) => {
-                        tracing::debug!("HTTP connection failed: {e}");
-                        return;
-                    }
-                    Ok(n) => {
-                        parser.push(&buf[..n]);
-                        continue;
-                    }
+                Err(e) => {
+                    bad = Some(e);
+                    break;
                 }
+            };
+            shard.counters.http_requests.fetch_add(1, Ordering::Relaxed);
+            served += 1;
+            let answer = match api::route(&req, &shard.advertised) {
+                Route::Local(r) => Answer::Ready(r),
+                Route::Render(kind) => Answer::Core(shard.submit(|req| ToCore::Render { kind, req }).await),
+                Route::Operator(call) => {
+                    Answer::Core(shard.submit(|req| ToCore::Operator { call: Box::new(call), req }).await)
+                }
+                Route::Call(call, stream_id) => {
+                    Answer::Core(shard.submit(|req| ToCore::Call { call: Box::new(call), stream_id, req }).await)
+                }
+                Route::Subscribe(call, encoding) => {
+                    subscribe = Some((call, encoding));
+                    break;
+                }
+            };
+            answers.push((answer, req.keep_alive));
+            if !req.keep_alive {
+                close = true;
+                break;
             }
-            Err(e) => {
-                out.push(api::error(e.status(), e.to_string()).encode(false));
-                let _ = write_vectored(&mut wr, fd, &out).await;
-                let _ = wr.close().await;
-                return;
-            }
-        };
-        shard.counters.http_requests.fetch_add(1, Ordering::Relaxed);
-        served += 1;
-        let resp = match api::route(&req, &shard.advertised) {
-            Route::Local(r) => r,
-            Route::Render(kind) => match shard.request(|req| ToCore::Render { kind, req }).await {
-                Some(Reply::Body { content_type, bytes }) => {
-                    Response::new(200).header("Content-Type", content_type).body(bytes)
-                }
-                _ => api::error(503, "the master's core is unavailable"),
-            },
-            Route::Operator(call) => match shard.request(|req| ToCore::Operator { call: Box::new(call), req }).await {
-                Some(Reply::Body { content_type, bytes }) => {
-                    Response::new(200).header("Content-Type", content_type).body(bytes)
-                }
-                Some(Reply::Call(Ok(status))) => Response::new(status),
-                Some(Reply::Call(Err(e))) => api::error(e.status, e.message),
-                _ => api::error(503, "the master's core is unavailable"),
-            },
-            Route::Call(call, stream_id) => {
-                match shard.request(|req| ToCore::Call { call: Box::new(call), stream_id, req }).await {
-                    Some(Reply::Call(Ok(status))) => Response::new(status),
-                    Some(Reply::Call(Err(e))) => api::error(e.status, e.message),
-                    _ => api::error(503, "the master's core is unavailable"),
-                }
-            }
-            Route::Subscribe(call, encoding) => {
-                if write_vectored(&mut wr, fd, &out).await.is_ok() {
-                    serve_stream(shard, conn, call, encoding, rd, wr, fd).await;
-                }
-                return;
-            }
-        };
-        out.push(resp.encode(req.keep_alive));
-        if !req.keep_alive || out.len() >= WRITE_BATCH {
+        }
+        for (answer, keep_alive) in answers.drain(..) {
+            let resp = match answer {
+                Answer::Ready(r) => r,
+                Answer::Core(rx) => response_of(rx.recv().await),
+            };
+            out.push(resp.encode(keep_alive));
+        }
+        if let Some(e) = bad {
+            out.push(api::error(e.status(), e.to_string()).encode(false));
+            close = true;
+        }
+        if close || subscribe.is_some() || need_bytes || out.len() >= WRITE_BATCH {
             if let Err(e) = write_vectored(&mut wr, fd, &out).await {
                 tracing::debug!("HTTP responses not written: {e}");
                 return;
             }
             out.clear();
         }
-        if !req.keep_alive {
+        if let Some((call, encoding)) = subscribe {
+            serve_stream(shard, conn, call, encoding, rd, wr, fd).await;
+            return;
+        }
+        if close {
             let _ = wr.close().await;
             return;
+        }
+        if !need_bytes {
+            continue;
+        }
+        let read = if served == 0 {
+            // A new connection must finish its first request in time.
+            let left = FIRST_REQUEST_TIMEOUT.saturating_sub(started.elapsed());
+            match within(left, rd.read(&mut buf)).await {
+                Some(r) => r,
+                None => {
+                    let _ = wr.write_all(&api::error(408, "request timeout").encode(false)).await;
+                    let _ = wr.close().await;
+                    return;
+                }
+            }
+        } else {
+            rd.read(&mut buf).await
+        };
+        match read {
+            Ok(0) => return,
+            Err(e) => {
+                tracing::debug!("HTTP connection failed: {e}");
+                return;
+            }
+            Ok(n) => parser.push(&buf[..n]),
         }
     }
 }

@@ -95,37 +95,45 @@ impl Connection {
     }
 }
 
-/// Requests written at once on a [`Pipeline`] and not yet answered.
+/// Requests made on a [`Pipeline`] and not yet answered, at most; more
+/// wait for room.
 pub const MAX_IN_FLIGHT: usize = 1024;
 
-type Answer = Result<(u16, Vec<u8>), Error>;
+/// Requests a [`Pipeline`]'s writer sends with one write, at most.
+const WRITE_BATCH: usize = 64;
 
-/// A kept-alive connection on which requests are pipelined: each request is
-/// written as soon as it is made, without waiting for the answers before
-/// it, and a reader task hands each answer (they come back in order) to its
-/// caller. Many calls in flight then cost the master one read and one write
-/// per batch rather than a round trip each. At most [`MAX_IN_FLIGHT`] are
-/// in flight; more wait for room.
+type Answer = Result<(u16, Vec<u8>), Error>;
+type Waiter = tokio::sync::oneshot::Sender<Answer>;
+
+/// A kept-alive connection on which requests are pipelined: a request is
+/// sent without waiting for the answers to those before it, and a reader
+/// task hands each answer (they come back in order) to its caller. A
+/// writer task sends every request made meanwhile with one write. Many
+/// calls in flight then cost the master one read and one write per batch
+/// rather than a round trip each.
 ///
 /// Once any request fails (or the master says `Connection: close`) the
 /// pipeline is broken: every request in flight fails with it, and
 /// [`Pipeline::is_broken`] says to open another.
 pub struct Pipeline {
     host: String,
-    writer: tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>,
-    waiting: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Answer>>,
+    requests: tokio::sync::mpsc::Sender<(Vec<u8>, Waiter)>,
     broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    reader: tokio::task::JoinHandle<()>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
 }
 
 impl Pipeline {
     pub async fn open(master: &str) -> Result<Pipeline, Error> {
         use std::sync::atomic::AtomicBool;
         let (rd, wr) = connect(master).await?.into_split();
-        let (tx, rx) = tokio::sync::mpsc::channel(MAX_IN_FLIGHT);
+        let (requests, to_write) = tokio::sync::mpsc::channel(MAX_IN_FLIGHT);
+        let (written, to_answer) = tokio::sync::mpsc::channel(MAX_IN_FLIGHT);
         let broken = std::sync::Arc::new(AtomicBool::new(false));
-        let reader = tokio::spawn(read_answers(rd, rx, broken.clone()));
-        Ok(Pipeline { host: master.to_string(), writer: tokio::sync::Mutex::new(wr), waiting: tx, broken, reader })
+        let tasks = [
+            tokio::spawn(write_requests(wr, to_write, written, broken.clone())),
+            tokio::spawn(read_answers(rd, to_answer, broken.clone())),
+        ];
+        Ok(Pipeline { host: master.to_string(), requests, broken, tasks })
     }
 
     pub fn is_broken(&self) -> bool {
@@ -140,45 +148,57 @@ impl Pipeline {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<(u16, Vec<u8>), Error> {
+        if self.is_broken() {
+            return Err(Error::Closed);
+        }
         let mut h = vec![("Content-Type", content_type), ("Accept", "application/json")];
         h.extend_from_slice(headers);
         let raw = codec::request("POST", &self.host, path, &h, body);
-        let answer = {
-            let mut wr = self.writer.lock().await;
-            if self.is_broken() {
-                return Err(Error::Closed);
-            }
-            // The answer's place in the queue is taken before the request
-            // is written, so that answers and callers stay in step.
-            let slot = self.waiting.reserve().await.map_err(|_| Error::Closed)?;
-            // A request cut off halfway (an error, or this future dropped
-            // while writing) leaves the connection unusable.
-            let cut = BreakOnDrop(&self.broken);
-            match tokio::time::timeout(CALL_TIMEOUT, wr.write_all(&raw)).await {
-                Ok(Ok(())) => std::mem::forget(cut),
-                Ok(Err(e)) => return Err(Error::Io(e)),
-                Err(_) => return Err(Error::Io(std::io::ErrorKind::TimedOut.into())),
-            }
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            slot.send(tx);
-            rx
-        };
-        answer.await.map_err(|_| Error::Closed)?
-    }
-}
-
-struct BreakOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
-
-impl Drop for BreakOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.requests.send((raw, tx)).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
     }
 }
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
-        self.reader.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
+}
+
+/// The writer of a [`Pipeline`]: everything requested meanwhile (up to
+/// [`WRITE_BATCH`]) in one write, then its callers queued for the reader,
+/// in the same order. A failed write breaks the pipeline; its callers get
+/// [`Error::Closed`].
+async fn write_requests(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut to_write: tokio::sync::mpsc::Receiver<(Vec<u8>, Waiter)>,
+    written: tokio::sync::mpsc::Sender<Waiter>,
+    broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut bytes = Vec::new();
+    while to_write.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        bytes.clear();
+        for (raw, _) in &batch {
+            bytes.extend_from_slice(raw);
+        }
+        if !matches!(tokio::time::timeout(CALL_TIMEOUT, wr.write_all(&bytes)).await, Ok(Ok(()))) {
+            break;
+        }
+        for (_, caller) in batch.drain(..) {
+            if written.send(caller).await.is_err() {
+                // The reader stopped: the pipeline is broken.
+                return;
+            }
+        }
+        if broken.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+    }
+    broken.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The reader of a [`Pipeline`]: one answer per waiting caller, in order,
@@ -186,7 +206,7 @@ impl Drop for Pipeline {
 /// callers still waiting then get [`Error::Closed`].
 async fn read_answers(
     mut rd: tokio::net::tcp::OwnedReadHalf,
-    mut waiting: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<Answer>>,
+    mut waiting: tokio::sync::mpsc::Receiver<Waiter>,
     broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut p = ResponseParser::new(Limits { max_body_bytes: 256 << 20, ..Default::default() });

@@ -83,6 +83,8 @@ fn launch_scenario_places_every_task() {
     assert_eq!(r["tasks_launched_on_agents"], 300, "{r}");
     assert_eq!(r["launch_to_finished"]["count"], 300, "{r}");
     assert!(r["tasks_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    // The master's own CPU time over the placement is measured.
+    assert!(r["master_cpu_per_task_us"].as_f64().unwrap() > 0.0, "{r}");
 }
 
 #[test]
