@@ -771,23 +771,87 @@ impl Agent {
 }
 
 /// Runs the event loop until the agent stops; returns its exit code.
+///
+/// Launches wait in a queue of their own and start one at a time, while
+/// nothing else is waiting. Acknowledgements, exits and timers, which are
+/// about tasks already started, go ahead of the launches still queued: a
+/// batch of launches then does not hold back the acknowledgements that let
+/// each started task's next update (RUNNING) go out. Anything else (a kill,
+/// a reconnection, ...) keeps its place: the launches before it start
+/// first.
 pub async fn run_loop(agent: Rc<RefCell<Agent>>, mut rx: mpsc::Receiver<Ev>) -> i32 {
-    while let Some(ev) = rx.recv().await {
-        let done = {
-            let mut a = agent.borrow_mut();
-            a.handle(ev);
-            a.stopped().map(|code| (code, a.flushed.take()))
+    let mut launches: VecDeque<Ev> = VecDeque::new();
+    loop {
+        let ev = match rx.try_recv() {
+            Ok(ev) => Some(ev),
+            Err(mpsc::error::TryRecvError::Empty) if launches.is_empty() => rx.recv().await,
+            Err(_) => None,
         };
-        if let Some((code, flushed)) = done {
-            // Let the master hear the Unregister before the process goes.
-            if let Some(f) = flushed {
-                let _ = tokio::time::timeout(Duration::from_secs(2), f).await;
+        let ev = match ev {
+            Some(ev) if is_launch(&ev) => {
+                launches.push_back(ev);
+                continue;
             }
-            agent.borrow_mut().cleanup();
+            Some(ev) if launches.is_empty() || overtakes_launches(&ev) => ev,
+            Some(ev) => {
+                for l in launches.drain(..) {
+                    if let Some(code) = step(&agent, l).await {
+                        return code;
+                    }
+                }
+                ev
+            }
+            None => match launches.pop_front() {
+                Some(l) => l,
+                None => return 1,
+            },
+        };
+        if let Some(code) = step(&agent, ev).await {
             return code;
         }
     }
-    1
+}
+
+fn is_launch(ev: &Ev) -> bool {
+    matches!(ev, Ev::Link(LinkEvent::Message(MasterToAgent::RunTask { .. })))
+}
+
+/// Whether `ev` concerns only tasks already started (or none), so that it
+/// may be handled before launches that arrived ahead of it.
+fn overtakes_launches(ev: &Ev) -> bool {
+    matches!(
+        ev,
+        Ev::Link(LinkEvent::Message(MasterToAgent::AcknowledgeUpdate { .. }))
+            | Ev::Exited { .. }
+            | Ev::KillEscalate { .. }
+            | Ev::Tick
+            | Ev::Sample
+            | Ev::CgroupRemoved { .. }
+    )
+}
+
+/// Handles one event; the exit code once the agent has stopped.
+async fn step(agent: &Rc<RefCell<Agent>>, ev: Ev) -> Option<i32> {
+    let launch = is_launch(&ev);
+    let done = {
+        let mut a = agent.borrow_mut();
+        a.handle(ev);
+        a.stopped().map(|code| (code, a.flushed.take()))
+    };
+    if let Some((code, flushed)) = done {
+        // Let the master hear the Unregister before the process goes.
+        if let Some(f) = flushed {
+            let _ = tokio::time::timeout(Duration::from_secs(2), f).await;
+        }
+        agent.borrow_mut().cleanup();
+        return Some(code);
+    }
+    if launch {
+        // A launch takes a while (cgroups, the clone, the exec): the link
+        // gets to send the updates made so far and to read what came in.
+        tokio::task::yield_now().await;
+    }
+    None
 }
 
 /// A task's eBPF policy from its resources: the ports it may bind and its

@@ -4,10 +4,13 @@
 //! [`LinkEvent`]s and a sender of frames for the current connection.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
 use agora_proto::wire::{self, AgentToMaster, FrameDecoder, Hello, MasterToAgent, HELLO_LEN};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::mpsc;
 use tokio_uring::net::TcpStream;
 
@@ -109,23 +112,75 @@ pub async fn run(cfg: LinkConfig, events: mpsc::Sender<LinkEvent>) {
     }
 }
 
+/// Bytes the link's writer gathers for one write, at most (past it, the
+/// rest waits for the next write).
+const WRITE_BATCH_BYTES: usize = 256 << 10;
+
+/// Sends as much of `buf` as the socket takes without waiting; how much.
+fn send_now(fd: std::os::fd::RawFd, buf: &[u8]) -> std::io::Result<usize> {
+    let mut sent = 0;
+    while sent < buf.len() {
+        let rest = &buf[sent..];
+        // SAFETY: send(2) reads `rest`, which is valid for its length; the
+        // fd is the link's socket, alive while `stream` is.
+        let n = unsafe { libc::send(fd, rest.as_ptr().cast(), rest.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::Interrupted => continue,
+                std::io::ErrorKind::WouldBlock => break,
+                _ => return Err(e),
+            }
+        }
+        sent += n as usize;
+    }
+    Ok(sent)
+}
+
 async fn serve(cfg: &LinkConfig, stream: TcpStream, events: &mpsc::Sender<LinkEvent>) -> String {
     let stream = Rc::new(stream);
     let (tx, mut rx) = mpsc::channel::<LinkOut>(SEND_QUEUE);
     let writer = {
         let stream = stream.clone();
         tokio_uring::spawn(async move {
+            // Everything queued goes out in one write (a batch of launches
+            // makes a burst of updates); a flush is answered once what was
+            // queued before it has been written.
+            let mut batch = Vec::new();
+            let mut flushed = Vec::new();
             while let Some(out) = rx.recv().await {
-                match out {
-                    LinkOut::Frame(frame) => {
-                        let (res, _) = stream.write_all(frame).await;
+                let mut next = Some(out);
+                while let Some(out) = next.take() {
+                    match out {
+                        LinkOut::Frame(frame) => batch.extend_from_slice(&frame),
+                        LinkOut::Flush(done) => flushed.push(done),
+                    }
+                    if batch.len() < WRITE_BATCH_BYTES {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                if !batch.is_empty() {
+                    // Sent at once when the socket has room. An io_uring
+                    // write is only submitted when the runtime next goes
+                    // idle, which a busy event loop (a batch of launches)
+                    // puts off; only what does not fit waits for it.
+                    let sent = match send_now(stream.as_raw_fd(), &batch) {
+                        Ok(n) => n,
+                        Err(_) => break,
+                    };
+                    if sent < batch.len() {
+                        let (res, _) = stream.write_all(batch[sent..].to_vec()).await;
                         if res.is_err() {
                             break;
                         }
                     }
-                    LinkOut::Flush(done) => {
-                        let _ = done.send(());
+                    batch.clear();
+                    if batch.capacity() > WRITE_BATCH_BYTES * 2 {
+                        batch = Vec::new();
                     }
+                }
+                for done in flushed.drain(..) {
+                    let _ = done.send(());
                 }
             }
         })
@@ -134,18 +189,27 @@ async fn serve(cfg: &LinkConfig, stream: TcpStream, events: &mpsc::Sender<LinkEv
         writer.abort();
         return "agent stopping".into();
     }
+    // Reads wait on the socket's readiness (epoll), not on an io_uring
+    // read: the runtime submits io_uring operations only when it goes idle,
+    // and a busy event loop (a batch of launches) would hold back the
+    // acknowledgements that let each task's next update go out.
+    // SAFETY: `stream` owns the fd and outlives `readable`, which is
+    // dropped before the stream is shut down and closed.
+    let readable = match unsafe { AsyncFd::register_with_interest(Fd(stream.as_raw_fd()), Interest::READABLE) } {
+        Ok(r) => r,
+        Err(e) => {
+            writer.abort();
+            return format!("cannot watch the connection: {e}");
+        }
+    };
     let mut decoder = FrameDecoder::new(cfg.max_frame_bytes);
     let mut timeout = cfg.initial_timeout;
     let why = 'conn: loop {
-        let buf = Vec::with_capacity(64 << 10);
-        let (res, buf) = match tokio::time::timeout(timeout, stream.read(buf)).await {
-            Ok(r) => r,
+        match tokio::time::timeout(timeout, recv_ready(&readable, &mut decoder)).await {
             Err(_) => break format!("no word from the master for {timeout:?}"),
-        };
-        match res {
-            Ok(0) => break "the master closed the connection".to_string(),
-            Err(e) => break e.to_string(),
-            Ok(_) => decoder.push(&buf),
+            Ok(Ok(0)) => break "the master closed the connection".to_string(),
+            Ok(Err(e)) => break e.to_string(),
+            Ok(Ok(_)) => {}
         }
         loop {
             let frame = match decoder.next_frame() {
@@ -177,6 +241,48 @@ async fn serve(cfg: &LinkConfig, stream: TcpStream, events: &mpsc::Sender<LinkEv
         }
     };
     writer.abort();
+    drop(readable);
     let _ = stream.shutdown(std::net::Shutdown::Both);
     why
+}
+
+/// A socket's fd, watched by [`AsyncFd`] (which does not own it).
+struct Fd(std::os::fd::RawFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
+/// Waits until the socket is readable, then reads what it has into the
+/// decoder; how many bytes (0 at the end of the stream).
+async fn recv_ready(fd: &AsyncFd<Fd>, decoder: &mut FrameDecoder) -> std::io::Result<usize> {
+    loop {
+        let mut ready = fd.readable().await?;
+        let room = decoder.read_buf(64 << 10);
+        let got = ready.try_io(|f| {
+            // SAFETY: recv(2) writes at most `room.len()` bytes into `room`;
+            // the fd is the link's socket, alive while the link serves it.
+            let n = unsafe { libc::recv(f.get_ref().0, room.as_mut_ptr().cast(), room.len(), libc::MSG_DONTWAIT) };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match got {
+            Ok(Ok(n)) => {
+                decoder.commit(n);
+                return Ok(n);
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => decoder.commit(0),
+            Ok(Err(e)) => {
+                decoder.commit(0);
+                return Err(e);
+            }
+            // Not readable after all: wait again.
+            Err(_) => decoder.commit(0),
+        }
+    }
 }
