@@ -778,14 +778,19 @@ impl Agent {
 /// batch of launches then does not hold back the acknowledgements that let
 /// each started task's next update (RUNNING) go out. Anything else (a kill,
 /// a reconnection, ...) keeps its place: the launches before it start
-/// first.
+/// first. At most [`MAX_WAITING_LAUNCHES`] wait; then one starts before
+/// anything more is taken from the channel.
 pub async fn run_loop(agent: Rc<RefCell<Agent>>, mut rx: mpsc::Receiver<Ev>) -> i32 {
     let mut launches: VecDeque<Ev> = VecDeque::new();
     loop {
-        let ev = match rx.try_recv() {
-            Ok(ev) => Some(ev),
-            Err(mpsc::error::TryRecvError::Empty) if launches.is_empty() => rx.recv().await,
-            Err(_) => None,
+        let ev = if launches.len() >= MAX_WAITING_LAUNCHES {
+            None
+        } else {
+            match rx.try_recv() {
+                Ok(ev) => Some(ev),
+                Err(mpsc::error::TryRecvError::Empty) if launches.is_empty() => rx.recv().await,
+                Err(_) => None,
+            }
         };
         let ev = match ev {
             Some(ev) if is_launch(&ev) => {
@@ -811,6 +816,9 @@ pub async fn run_loop(agent: Rc<RefCell<Agent>>, mut rx: mpsc::Receiver<Ev>) -> 
         }
     }
 }
+
+/// Launches taken from the event channel and not yet started, at most.
+const MAX_WAITING_LAUNCHES: usize = 1024;
 
 fn is_launch(ev: &Ev) -> bool {
     matches!(ev, Ev::Link(LinkEvent::Message(MasterToAgent::RunTask { .. })))

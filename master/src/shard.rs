@@ -252,6 +252,31 @@ async fn write_vectored<B: AsRef<[u8]>>(wr: &mut Wr, fd: RawFd, bufs: &[B]) -> s
     Ok(())
 }
 
+/// A connection's writer: everything queued goes out at once (up to
+/// [`WRITE_BATCH`] items a write), until an item `is_close` or a write
+/// fails; `written` hears how many bytes each write took.
+async fn write_queue<T: AsRef<[u8]>>(
+    q: &OutQueue<T>,
+    wr: &mut Wr,
+    fd: RawFd,
+    is_close: impl Fn(&T) -> bool,
+    mut written: impl FnMut(usize),
+) {
+    let mut batch = Vec::new();
+    while q.recv_many(&mut batch, WRITE_BATCH).await {
+        let close = batch.iter().position(&is_close);
+        let items = &batch[..close.unwrap_or(batch.len())];
+        if write_vectored(wr, fd, items).await.is_err() {
+            return;
+        }
+        written(items.iter().map(|i| i.as_ref().len()).sum());
+        if close.is_some() {
+            return;
+        }
+        batch.clear();
+    }
+}
+
 /// The shard's own state.
 struct Shard {
     idx: usize,
@@ -612,15 +637,7 @@ async fn serve_agent(shard: Rc<Shard>, stream: TcpStream, mut prefix: Vec<u8>, c
     let writer = {
         let (open, q) = (open.clone(), tx.clone());
         spawn_local(async move {
-            let mut batch = Vec::new();
-            while q.recv_many(&mut batch, WRITE_BATCH).await {
-                let close = batch.iter().position(|o| matches!(o, Outgoing::Close));
-                if write_vectored(&mut wr, fd, &batch[..close.unwrap_or(batch.len())]).await.is_err() || close.is_some()
-                {
-                    break;
-                }
-                batch.clear();
-            }
+            write_queue(&q, &mut wr, fd, |o| matches!(o, Outgoing::Close), |_| {}).await;
             q.close();
             let _ = wr.close().await;
             if open.get() {
@@ -902,22 +919,9 @@ async fn serve_stream(
         })
     };
     if wr.write_all(&head).await.is_ok() {
-        // Everything queued at once, each event's shared bytes referenced
-        // by an iovec, until a Close.
-        let mut batch = Vec::new();
-        while tx.recv_many(&mut batch, WRITE_BATCH).await {
-            let close = batch.iter().position(|i| matches!(i, StreamItem::Close));
-            let events = &batch[..close.unwrap_or(batch.len())];
-            if write_vectored(&mut wr, fd, events).await.is_err() {
-                break;
-            }
-            let written: usize = events.iter().map(|e| e.as_ref().len()).sum();
-            queued_bytes.set(queued_bytes.get().saturating_sub(written));
-            if close.is_some() {
-                break;
-            }
-            batch.clear();
-        }
+        // Each event's shared bytes referenced by an iovec.
+        let close = |i: &StreamItem| matches!(i, StreamItem::Close);
+        write_queue(&tx, &mut wr, fd, close, |n| queued_bytes.set(queued_bytes.get().saturating_sub(n))).await;
         let _ = wr.write_all(http::LAST_CHUNK).await;
     }
     let _ = wr.close().await;

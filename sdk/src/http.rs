@@ -43,32 +43,9 @@ impl Connection {
     async fn request(&mut self, raw: Vec<u8>) -> Result<(u16, Vec<u8>), Error> {
         tokio::time::timeout(CALL_TIMEOUT, async {
             self.stream.write_all(&raw).await?;
-            let mut p = ResponseParser::new(Limits { max_body_bytes: 256 << 20, ..Default::default() });
-            let mut body = Vec::new();
-            let mut buf = vec![0u8; 64 << 10];
-            loop {
-                while let Some(item) = p.next_item()? {
-                    match item {
-                        ResponseItem::Head => {}
-                        ResponseItem::Body(b) => body.extend_from_slice(&b),
-                        ResponseItem::End => {}
-                    }
-                }
-                if p.is_done() {
-                    break;
-                }
-                let n = self.stream.read(&mut buf).await?;
-                if n == 0 {
-                    if let Some(ResponseItem::Body(b)) = p.eof()? {
-                        body.extend_from_slice(&b);
-                    }
-                    self.reusable = false;
-                    break;
-                }
-                p.push(&buf[..n]);
-            }
-            let head = p.head().cloned().ok_or(Error::Closed)?;
-            if head.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+            let mut p = ResponseParser::new(answer_limits());
+            let (head, body, last) = read_response(&mut self.stream, &mut p, &mut vec![0u8; 64 << 10]).await?;
+            if last {
                 self.reusable = false;
             }
             Ok((head.status, body))
@@ -209,39 +186,12 @@ async fn read_answers(
     mut waiting: tokio::sync::mpsc::Receiver<Waiter>,
     broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
-    let mut p = ResponseParser::new(Limits { max_body_bytes: 256 << 20, ..Default::default() });
+    let mut p = ResponseParser::new(answer_limits());
     let mut buf = vec![0u8; 64 << 10];
     while let Some(caller) = waiting.recv().await {
-        let answer = tokio::time::timeout(CALL_TIMEOUT, async {
-            let mut body = Vec::new();
-            let mut ended = false;
-            loop {
-                while let Some(item) = p.next_item()? {
-                    if let ResponseItem::Body(b) = item {
-                        body.extend_from_slice(&b);
-                    }
-                }
-                if p.is_done() {
-                    break;
-                }
-                let n = rd.read(&mut buf).await?;
-                if n == 0 {
-                    // Only a response without a length may end with the
-                    // connection; it is then the last one.
-                    if let Some(ResponseItem::Body(b)) = p.eof()? {
-                        body.extend_from_slice(&b);
-                    }
-                    ended = true;
-                    break;
-                }
-                p.push(&buf[..n]);
-            }
-            let head = p.head().cloned().ok_or(Error::Closed)?;
-            let close = ended || head.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-            Ok::<_, Error>((head, body, close))
-        })
-        .await
-        .unwrap_or_else(|_| Err(Error::Io(std::io::ErrorKind::TimedOut.into())));
+        let answer = tokio::time::timeout(CALL_TIMEOUT, read_response(&mut rd, &mut p, &mut buf))
+            .await
+            .unwrap_or_else(|_| Err(Error::Io(std::io::ErrorKind::TimedOut.into())));
         let last = answer.as_ref().map_or(true, |(_, _, close)| *close);
         if last {
             broken.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -252,6 +202,46 @@ async fn read_answers(
         }
         p.next_response();
     }
+}
+
+/// What an answer to a request may hold.
+fn answer_limits() -> Limits {
+    Limits { max_body_bytes: 256 << 20, ..Default::default() }
+}
+
+/// Reads one response through `p` (bytes past its end stay in `p`, for the
+/// next one): its head, its body, and whether the connection ends with it
+/// (the peer closed it, which only a response without a length may end
+/// with, or said `Connection: close`).
+async fn read_response<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut R,
+    p: &mut ResponseParser,
+    buf: &mut [u8],
+) -> Result<(codec::ResponseHead, Vec<u8>, bool), Error> {
+    let mut body = Vec::new();
+    let mut ended = false;
+    loop {
+        while let Some(item) = p.next_item()? {
+            if let ResponseItem::Body(b) = item {
+                body.extend_from_slice(&b);
+            }
+        }
+        if p.is_done() {
+            break;
+        }
+        let n = rd.read(buf).await?;
+        if n == 0 {
+            if let Some(ResponseItem::Body(b)) = p.eof()? {
+                body.extend_from_slice(&b);
+            }
+            ended = true;
+            break;
+        }
+        p.push(&buf[..n]);
+    }
+    let head = p.head().cloned().ok_or(Error::Closed)?;
+    let last = ended || head.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    Ok((head, body, last))
 }
 
 /// GET on a fresh connection; the body if the status is 200.
