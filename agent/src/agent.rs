@@ -19,7 +19,9 @@ use agora_proto::mesos::{
     TaskStatus,
 };
 use agora_proto::resources::{Attribute, Resources};
-use agora_proto::wire::{self, AgentInfo, AgentToMaster, MasterToAgent, StatusUpdate, TaskReport};
+use agora_proto::wire::{
+    self, AgentInfo, AgentToMaster, ArchivedMasterToAgent, Checked, MasterToAgent, StatusUpdate, TaskReport,
+};
 use tokio::sync::mpsc;
 
 use crate::cgroups::{Cgroups, Limits, TaskCgroup};
@@ -209,7 +211,7 @@ impl Agent {
                 self.link = None;
                 self.registered = false;
             }
-            Ev::Link(LinkEvent::Message(m)) => self.master_message(m),
+            Ev::Link(LinkEvent::Message(m)) => self.master_message(&m),
             Ev::Exited { key, container_id, status } => self.exited(key, &container_id, status),
             Ev::KillEscalate { key, container_id } => {
                 if let Some(t) = self.tasks.get(&key) {
@@ -259,9 +261,20 @@ impl Agent {
         }
     }
 
-    fn master_message(&mut self, m: MasterToAgent) {
-        match m {
-            MasterToAgent::Registered { agent_id, master_id, .. } => {
+    /// A message from the master, read in place: launches and checkpoints,
+    /// kept whole, are deserialized; the rest copy out at most an id or two.
+    fn master_message(&mut self, m: &Checked<MasterToAgent>) {
+        match m.get() {
+            ArchivedMasterToAgent::RunTask { .. } | ArchivedMasterToAgent::CheckpointResources { .. } => {
+                match m.to_owned() {
+                    Ok(MasterToAgent::RunTask { framework, task }) => self.run_task(*framework, *task),
+                    Ok(MasterToAgent::CheckpointResources { resources }) => self.checkpoint_resources(resources),
+                    Ok(_) => unreachable!("the archive was a launch or a checkpoint"),
+                    Err(e) => tracing::error!("a message from the master could not be read: {e}"),
+                }
+            }
+            ArchivedMasterToAgent::Registered { agent_id, master_id, .. } => {
+                let (agent_id, master_id) = (AgentId::new(agent_id.value.as_str()), master_id.as_str());
                 if self.agent_id.as_ref() != Some(&agent_id) {
                     tracing::info!(%agent_id, %master_id, "registered");
                 } else {
@@ -276,22 +289,28 @@ impl Agent {
                     self.send_head(&k, true);
                 }
             }
-            MasterToAgent::Refused { message } => {
+            ArchivedMasterToAgent::Refused { message } => {
+                let message = message.as_str();
                 tracing::error!("the master refused this agent: {message}");
                 self.stop(&format!("refused by the master: {message}"), 1);
             }
-            MasterToAgent::Ping { seq } => {
-                self.send(&AgentToMaster::Pong { seq });
+            ArchivedMasterToAgent::Ping { seq } => {
+                self.send(&AgentToMaster::Pong { seq: seq.to_native() });
             }
-            MasterToAgent::RunTask { framework, task } => self.run_task(*framework, *task),
-            MasterToAgent::KillTask { framework_id, task_id, kill_policy } => {
-                self.kill((framework_id, task_id), kill_policy, true)
+            ArchivedMasterToAgent::KillTask { framework_id, task_id, kill_policy } => {
+                let key = (FrameworkId::new(framework_id.value.as_str()), TaskId::new(task_id.value.as_str()));
+                match wire::owned(kill_policy) {
+                    Ok(policy) => self.kill(key, policy, true),
+                    Err(e) => tracing::error!("a kill from the master could not be read: {e}"),
+                }
             }
-            MasterToAgent::AcknowledgeUpdate { framework_id, task_id, uuid } => {
-                self.acknowledge((framework_id, task_id), &uuid)
+            ArchivedMasterToAgent::AcknowledgeUpdate { framework_id, task_id, uuid } => {
+                let key = (FrameworkId::new(framework_id.value.as_str()), TaskId::new(task_id.value.as_str()));
+                self.acknowledge(key, uuid.as_slice())
             }
-            MasterToAgent::ShutdownFramework { framework_id } => self.shutdown_framework(framework_id),
-            MasterToAgent::CheckpointResources { resources } => self.checkpoint_resources(resources),
+            ArchivedMasterToAgent::ShutdownFramework { framework_id } => {
+                self.shutdown_framework(FrameworkId::new(framework_id.value.as_str()))
+            }
         }
     }
 
@@ -781,38 +800,34 @@ impl Agent {
 /// first. At most [`MAX_WAITING_LAUNCHES`] wait; then one starts before
 /// anything more is taken from the channel.
 pub async fn run_loop(agent: Rc<RefCell<Agent>>, mut rx: mpsc::Receiver<Ev>) -> i32 {
-    let mut launches: VecDeque<Ev> = VecDeque::new();
+    let mut order = Order::new(MAX_WAITING_LAUNCHES);
     loop {
-        let ev = if launches.len() >= MAX_WAITING_LAUNCHES {
+        let ev = if order.full() {
             None
         } else {
             match rx.try_recv() {
                 Ok(ev) => Some(ev),
-                Err(mpsc::error::TryRecvError::Empty) if launches.is_empty() => rx.recv().await,
+                Err(mpsc::error::TryRecvError::Empty) if !order.waiting() => rx.recv().await,
                 Err(_) => None,
             }
         };
-        let ev = match ev {
-            Some(ev) if is_launch(&ev) => {
-                launches.push_back(ev);
-                continue;
-            }
-            Some(ev) if launches.is_empty() || overtakes_launches(&ev) => ev,
+        match ev {
             Some(ev) => {
-                for l in launches.drain(..) {
-                    if let Some(code) = step(&agent, l).await {
+                let kind = kind_of(&ev);
+                for ev in order.take(ev, kind) {
+                    if let Some(code) = step(&agent, ev).await {
                         return code;
                     }
                 }
-                ev
             }
-            None => match launches.pop_front() {
-                Some(l) => l,
+            None => match order.idle() {
+                Some(launch) => {
+                    if let Some(code) = step(&agent, launch).await {
+                        return code;
+                    }
+                }
                 None => return 1,
             },
-        };
-        if let Some(code) = step(&agent, ev).await {
-            return code;
         }
     }
 }
@@ -820,27 +835,75 @@ pub async fn run_loop(agent: Rc<RefCell<Agent>>, mut rx: mpsc::Receiver<Ev>) -> 
 /// Launches taken from the event channel and not yet started, at most.
 const MAX_WAITING_LAUNCHES: usize = 1024;
 
-fn is_launch(ev: &Ev) -> bool {
-    matches!(ev, Ev::Link(LinkEvent::Message(MasterToAgent::RunTask { .. })))
+/// How an event is ordered against launches that wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Waits its turn with the other launches.
+    Launch,
+    /// Concerns only tasks already started (or none): handled at once,
+    /// ahead of the launches waiting.
+    Overtakes,
+    /// Keeps its place: the launches before it start first.
+    Other,
 }
 
-/// Whether `ev` concerns only tasks already started (or none), so that it
-/// may be handled before launches that arrived ahead of it.
-fn overtakes_launches(ev: &Ev) -> bool {
-    matches!(
-        ev,
-        Ev::Link(LinkEvent::Message(MasterToAgent::AcknowledgeUpdate { .. }))
-            | Ev::Exited { .. }
-            | Ev::KillEscalate { .. }
-            | Ev::Tick
-            | Ev::Sample
-            | Ev::CgroupRemoved { .. }
-    )
+fn kind_of(ev: &Ev) -> Kind {
+    match ev {
+        Ev::Link(LinkEvent::Message(m)) => match m.get() {
+            ArchivedMasterToAgent::RunTask { .. } => Kind::Launch,
+            ArchivedMasterToAgent::AcknowledgeUpdate { .. } => Kind::Overtakes,
+            _ => Kind::Other,
+        },
+        Ev::Exited { .. } | Ev::KillEscalate { .. } | Ev::Tick | Ev::Sample | Ev::CgroupRemoved { .. } => {
+            Kind::Overtakes
+        }
+        Ev::Link(_) | Ev::Shutdown(_) => Kind::Other,
+    }
+}
+
+/// The event loop's order, sans I/O: which events to handle, and when.
+struct Order<E> {
+    launches: VecDeque<E>,
+    max_waiting: usize,
+}
+
+impl<E> Order<E> {
+    fn new(max_waiting: usize) -> Order<E> {
+        Order { launches: VecDeque::new(), max_waiting }
+    }
+
+    /// Whether launches wait.
+    fn waiting(&self) -> bool {
+        !self.launches.is_empty()
+    }
+
+    /// At the bound: a launch starts before another event is taken.
+    fn full(&self) -> bool {
+        self.launches.len() >= self.max_waiting
+    }
+
+    /// An event taken from the channel: what to handle now, in order.
+    fn take(&mut self, ev: E, kind: Kind) -> impl Iterator<Item = E> + '_ {
+        let (before, now) = match kind {
+            Kind::Launch => {
+                self.launches.push_back(ev);
+                (0, None)
+            }
+            Kind::Overtakes => (0, Some(ev)),
+            Kind::Other => (self.launches.len(), Some(ev)),
+        };
+        self.launches.drain(..before).chain(now)
+    }
+
+    /// Nothing more to take (or at the bound): the next launch to start.
+    fn idle(&mut self) -> Option<E> {
+        self.launches.pop_front()
+    }
 }
 
 /// Handles one event; the exit code once the agent has stopped.
 async fn step(agent: &Rc<RefCell<Agent>>, ev: Ev) -> Option<i32> {
-    let launch = is_launch(&ev);
+    let launch = kind_of(&ev) == Kind::Launch;
     let done = {
         let mut a = agent.borrow_mut();
         a.handle(ev);
@@ -942,4 +1005,92 @@ fn summarize(fid: &FrameworkId, tid: &TaskId, u: &Usage) -> Option<wire::TaskUsa
         throttled_secs: s.cgroup.throttled_ns.unwrap_or(0) as f64 / 1e9,
         ebpf: s.ebpf.is_some() as u32,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drives `Order` the way `run_loop` does, with every event already in
+    /// the channel; the order in which they would be handled.
+    fn handled(max_waiting: usize, events: &[(&'static str, Kind)]) -> Vec<&'static str> {
+        let mut order = Order::new(max_waiting);
+        let mut channel = events.iter().copied();
+        let mut out = Vec::new();
+        loop {
+            let next = if order.full() { None } else { channel.next() };
+            match next {
+                Some((name, kind)) => out.extend(order.take(name, kind)),
+                None => match order.idle() {
+                    Some(launch) => out.push(launch),
+                    None => return out,
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn acknowledgements_and_exits_overtake_waiting_launches_and_a_kill_does_not() {
+        use Kind::*;
+        let order = handled(
+            1024,
+            &[
+                ("launch 1", Launch),
+                ("launch 2", Launch),
+                ("ack 1", Overtakes),
+                ("launch 3", Launch),
+                ("exit 1", Overtakes),
+                ("kill 2", Other),
+                ("launch 4", Launch),
+            ],
+        );
+        assert_eq!(order, ["ack 1", "exit 1", "launch 1", "launch 2", "launch 3", "kill 2", "launch 4"]);
+    }
+
+    #[test]
+    fn at_the_bound_a_launch_starts_before_more_is_taken() {
+        use Kind::*;
+        let order = handled(2, &[("launch 1", Launch), ("launch 2", Launch), ("launch 3", Launch), ("ack", Overtakes)]);
+        assert_eq!(order, ["launch 1", "launch 2", "ack", "launch 3"]);
+        let mut o = Order::new(2);
+        assert_eq!(o.take(1, Launch).count(), 0);
+        assert!(!o.full() && o.waiting());
+        assert_eq!(o.take(2, Launch).count(), 0);
+        assert!(o.full());
+        assert_eq!(o.idle(), Some(1));
+        assert!(!o.full());
+    }
+
+    #[test]
+    fn events_are_ordered_by_what_they_concern() {
+        let fid = FrameworkId::new("f");
+        let tid = TaskId::new("t");
+        let msg = |m: MasterToAgent| Ev::Link(LinkEvent::Message(Checked::of(&m)));
+        let launch = msg(MasterToAgent::RunTask {
+            framework: Box::default(),
+            task: Box::new(TaskInfo { task_id: tid.clone(), ..Default::default() }),
+        });
+        let ack = msg(MasterToAgent::AcknowledgeUpdate {
+            framework_id: fid.clone(),
+            task_id: tid.clone(),
+            uuid: vec![1; 16],
+        });
+        let kill = msg(MasterToAgent::KillTask { framework_id: fid.clone(), task_id: tid.clone(), kill_policy: None });
+        let shutdown_fw = msg(MasterToAgent::ShutdownFramework { framework_id: fid.clone() });
+        let exited = Ev::Exited {
+            key: (fid.clone(), tid.clone()),
+            container_id: "c".into(),
+            status: Err(std::io::Error::other("gone")),
+        };
+        assert_eq!(kind_of(&launch), Kind::Launch);
+        assert_eq!(kind_of(&ack), Kind::Overtakes);
+        assert_eq!(kind_of(&exited), Kind::Overtakes);
+        assert_eq!(kind_of(&Ev::Tick), Kind::Overtakes);
+        assert_eq!(kind_of(&Ev::Sample), Kind::Overtakes);
+        assert_eq!(kind_of(&Ev::CgroupRemoved { cgroup_id: 1 }), Kind::Overtakes);
+        assert_eq!(kind_of(&kill), Kind::Other);
+        assert_eq!(kind_of(&shutdown_fw), Kind::Other);
+        assert_eq!(kind_of(&Ev::Link(LinkEvent::Disconnected("x".into()))), Kind::Other);
+        assert_eq!(kind_of(&Ev::Shutdown("x".into())), Kind::Other);
+    }
 }

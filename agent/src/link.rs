@@ -8,7 +8,9 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
-use agora_proto::wire::{self, AgentToMaster, FrameDecoder, Hello, MasterToAgent, HELLO_LEN};
+use agora_proto::wire::{
+    self, AgentToMaster, ArchivedMasterToAgent, Checked, FrameDecoder, Hello, MasterToAgent, HELLO_LEN,
+};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::mpsc;
@@ -29,7 +31,8 @@ pub enum LinkOut {
 pub enum LinkEvent {
     /// A new connection; frames for the master go into this sender.
     Connected(mpsc::Sender<LinkOut>),
-    Message(MasterToAgent),
+    /// Validated once, here; read in place by the agent.
+    Message(Checked<MasterToAgent>),
     Disconnected(String),
 }
 
@@ -217,23 +220,24 @@ async fn serve(cfg: &LinkConfig, stream: TcpStream, events: &mpsc::Sender<LinkEv
                 Ok(None) => break,
                 Err(e) => break 'conn format!("bad frame from the master: {e}"),
             };
-            let msg = match wire::decode::<MasterToAgent>(&frame) {
+            let msg = match Checked::<MasterToAgent>::new(frame) {
                 Ok(m) => m,
                 Err(e) => break 'conn format!("bad frame from the master: {e}"),
             };
-            match msg {
+            match msg.get() {
                 // Pings are answered here, whatever the main loop is doing.
-                MasterToAgent::Ping { seq } => {
-                    if tx.try_send(LinkOut::Frame(wire::encode(&AgentToMaster::Pong { seq }))).is_err() {
+                ArchivedMasterToAgent::Ping { seq } => {
+                    let pong = AgentToMaster::Pong { seq: seq.to_native() };
+                    if tx.try_send(LinkOut::Frame(wire::encode(&pong))).is_err() {
                         break 'conn "the send queue to the master is full".to_string();
                     }
                 }
                 m => {
-                    if let MasterToAgent::Registered { ping_interval_ms, max_missed_pings, .. } = &m {
-                        let ms = ping_interval_ms.saturating_mul(*max_missed_pings as u64 + 1).max(100);
-                        timeout = Duration::from_millis(ms);
+                    if let ArchivedMasterToAgent::Registered { ping_interval_ms, max_missed_pings, .. } = m {
+                        let ms = ping_interval_ms.to_native().saturating_mul(max_missed_pings.to_native() as u64 + 1);
+                        timeout = Duration::from_millis(ms.max(100));
                     }
-                    if events.send(LinkEvent::Message(m)).await.is_err() {
+                    if events.send(LinkEvent::Message(msg)).await.is_err() {
                         break 'conn "agent stopping".to_string();
                     }
                 }

@@ -24,7 +24,7 @@ use agora_proto::mesos::{
 };
 use agora_proto::resources::Resources;
 use agora_proto::scheduler::{Accept, Call, CallType, Decline, Event, Filters, Operation, Subscribe};
-use agora_proto::wire::{AgentInfo, AgentToMaster, MasterToAgent, StatusUpdate};
+use agora_proto::wire::{AgentInfo, AgentToMaster, Checked, MasterToAgent, StatusUpdate};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -202,7 +202,7 @@ impl Sim {
                 status.source = Some(Source::Agent);
                 let u =
                     StatusUpdate { framework_id: self.fws[fw].id.clone(), status, latest_state: TaskState::Finished };
-                self.m.step(now, Input::Agent { conn, msg: AgentToMaster::StatusUpdate(Box::new(u)) });
+                self.m.step(now, Input::Agent { conn, msg: Checked::of(&AgentToMaster::StatusUpdate(Box::new(u))) });
             }
         }
         self.actions();
@@ -268,7 +268,7 @@ fn run(optimistic: usize, load: f64) -> Outcome {
             version: "sim".into(),
         };
         let now = sim.now();
-        sim.m.step(now, Input::Agent { conn, msg: AgentToMaster::Register { info: Box::new(info) } });
+        sim.m.step(now, Input::Agent { conn, msg: Checked::of(&AgentToMaster::Register { info: Box::new(info) }) });
         for a in sim.m.take_actions(now) {
             if let Action::ToAgent { msg: MasterToAgent::Registered { agent_id, .. }, .. } = a {
                 sim.agents.insert(agent_id, conn);

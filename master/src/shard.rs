@@ -33,7 +33,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use agora_proto::http::{self, Limits, RequestParser, Response};
 use agora_proto::scheduler::{Call, Encoding, Event};
-use agora_proto::wire::{self, AgentToMaster, FrameDecoder, Hello, MasterToAgent, HELLO_LEN};
+use agora_proto::wire::{
+    self, AgentToMaster, ArchivedAgentToMaster, Checked, FrameDecoder, Hello, MasterToAgent, HELLO_LEN,
+};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::channels::shared_channel::{self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender};
@@ -690,10 +692,11 @@ async fn serve_agent(shard: Rc<Shard>, stream: TcpStream, mut prefix: Vec<u8>, c
     'read: loop {
         loop {
             match decoder.next_frame() {
-                Ok(Some(frame)) => match wire::decode::<AgentToMaster>(&frame) {
+                // Validated here, once; the core reads the message in place.
+                Ok(Some(frame)) => match Checked::<AgentToMaster>::new(frame) {
                     Ok(msg) => {
                         last_seen.set(Instant::now());
-                        if !matches!(msg, AgentToMaster::Pong { .. }) {
+                        if !matches!(msg.get(), ArchivedAgentToMaster::Pong { .. }) {
                             shard.to_core(ToCore::Input(Input::Agent { conn, msg })).await;
                         }
                     }

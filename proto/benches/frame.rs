@@ -7,6 +7,8 @@
 //!   giving access to the archived message in place.
 //! - `decode/run_task`: validation plus deserialization into owned types.
 //! - `encode/ping`, `decode/status_update`: the small, frequent messages.
+//! - `read_in_place/status_update`: what the master does with one:
+//!   validation, the ids read in place, and only the status copied out.
 
 use agora_proto::mesos::*;
 use agora_proto::resources::Resources;
@@ -78,6 +80,18 @@ fn bench(c: &mut Criterion) {
     let sp = payload(&su);
     c.bench_function("frame/decode/status_update", |b| {
         b.iter(|| wire::decode::<AgentToMaster>(black_box(&sp)).unwrap())
+    });
+    // What the master does with one: validate, look up by the ids read in
+    // place, and copy out only the status it forwards.
+    c.bench_function("frame/read_in_place/status_update", |b| {
+        b.iter(|| {
+            let wire::ArchivedAgentToMaster::StatusUpdate(u) = wire::access::<AgentToMaster>(black_box(&sp)).unwrap()
+            else {
+                unreachable!("a status update")
+            };
+            let status: TaskStatus = wire::owned(&u.status).unwrap();
+            (u.framework_id.value.len(), status)
+        })
     });
     println!("run_task frame: {} bytes; status update frame: {} bytes", frame.len(), su.len());
 }

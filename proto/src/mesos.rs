@@ -51,6 +51,14 @@ macro_rules! id_type {
                 $name::new(s)
             }
         }
+
+        /// Maps keyed by the id are looked up by a `&str` (an archived
+        /// message's, for one), without making an id first.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.value
+            }
+        }
     };
 }
 

@@ -6,10 +6,13 @@
 //! payload length followed by the rkyv archive of an [`AgentToMaster`] or
 //! [`MasterToAgent`]. Bytes from the network are untrusted: the length is bounded
 //! before anything is allocated, the payload is copied once into an aligned
-//! buffer, validated once with bytecheck, and only then used.
+//! buffer, validated once with bytecheck ([`Checked`]), and then read in place:
+//! a receiver deserializes only the parts of a message it keeps.
 //!
 //! The [`FrameDecoder`] is sans-IO: feed it bytes, take frames out. Both the
 //! master (glommio) and the agent (tokio-uring) drive it from their own loops.
+
+use std::marker::PhantomData;
 
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
@@ -247,6 +250,92 @@ where
     T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>,
 {
     rkyv::access::<T::Archived, rancor::Error>(payload).map_err(|e| FrameError::Invalid(e.to_string()))
+}
+
+/// Deserializes part of a validated archive into its owned form.
+pub fn owned<A, T>(archived: &A) -> Result<T, FrameError>
+where
+    A: rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+{
+    rkyv::deserialize::<T, rancor::Error>(archived).map_err(|e| FrameError::Invalid(e.to_string()))
+}
+
+/// One frame's payload that has passed validation as a `T`. The archived
+/// message is then read in place ([`Checked::get`]) as often as needed,
+/// without checking it again; a receiver copies out only the parts it keeps.
+pub struct Checked<T> {
+    /// Validated as a `T::Archived`, and never changed afterwards.
+    bytes: AlignedVec,
+    _of: PhantomData<fn() -> T>,
+}
+
+impl<T> Checked<T>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>,
+{
+    /// Validates a frame's payload, once.
+    pub fn new(payload: AlignedVec) -> Result<Checked<T>, FrameError> {
+        access::<T>(&payload)?;
+        Ok(Checked { bytes: payload, _of: PhantomData })
+    }
+
+    /// The archived message, in place.
+    pub fn get(&self) -> &T::Archived {
+        // SAFETY: `bytes` passed validation as a `T::Archived` in `new` and
+        // cannot have changed since: nothing hands out a mutable reference.
+        unsafe { rkyv::access_unchecked::<T::Archived>(&self.bytes) }
+    }
+
+    /// The whole message, owned.
+    pub fn to_owned(&self) -> Result<T, FrameError>
+    where
+        T::Archived: rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+    {
+        owned(self.get())
+    }
+
+    /// The payload's length in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+impl<T> Checked<T>
+where
+    T: rkyv::Archive
+        + for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+        >,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>,
+{
+    /// A message archived and checked here, as if it had arrived in a frame
+    /// (for callers that drive a receiver directly, such as tests).
+    pub fn of(msg: &T) -> Checked<T> {
+        let bytes = rkyv::to_bytes::<rancor::Error>(msg).expect("serializing into memory cannot fail");
+        Checked::new(bytes).expect("a message just archived is valid")
+    }
+}
+
+impl<T> Clone for Checked<T> {
+    fn clone(&self) -> Checked<T> {
+        Checked { bytes: self.bytes.clone(), _of: PhantomData }
+    }
+}
+
+impl<T> std::fmt::Debug for Checked<T>
+where
+    T: rkyv::Archive,
+    T::Archived:
+        std::fmt::Debug + for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
 }
 
 /// A frame decoder's buffer larger than this is shrunk once mostly empty.
@@ -545,6 +634,36 @@ mod tests {
         let mut short = AlignedVec::new();
         short.extend_from_slice(&f[4..f.len() - 8]);
         assert!(matches!(decode::<AgentToMaster>(&short), Err(FrameError::Invalid(_))));
+    }
+
+    #[test]
+    fn checked_once_then_read_in_place() {
+        let msg = MasterToAgent::AcknowledgeUpdate {
+            framework_id: FrameworkId::new("f1"),
+            task_id: TaskId::new("t1"),
+            uuid: vec![9; 16],
+        };
+        let mut d = FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES);
+        d.push(&encode(&msg));
+        let checked = Checked::<MasterToAgent>::new(d.next_frame().unwrap().unwrap()).unwrap();
+        let ArchivedMasterToAgent::AcknowledgeUpdate { framework_id, task_id, uuid } = checked.get() else {
+            panic!("not an acknowledgement: {checked:?}")
+        };
+        assert_eq!((framework_id.value.as_str(), task_id.value.as_str(), uuid.as_slice()), ("f1", "t1", &[9; 16][..]));
+        // A part copied out, and the whole.
+        let id: FrameworkId = owned(framework_id).unwrap();
+        assert_eq!(id, FrameworkId::new("f1"));
+        assert_eq!(checked.to_owned().unwrap(), msg);
+        assert_eq!(Checked::of(&msg).to_owned().unwrap(), msg);
+
+        // What fails validation is never let in.
+        let bytes = rkyv::to_bytes::<rancor::Error>(&msg).unwrap();
+        let mut short = AlignedVec::new();
+        short.extend_from_slice(&bytes[..bytes.len() - 8]);
+        assert!(matches!(Checked::<MasterToAgent>::new(short), Err(FrameError::Invalid(_))));
+        let mut empty = AlignedVec::new();
+        empty.extend_from_slice(&[0xff; 3]);
+        assert!(matches!(Checked::<MasterToAgent>::new(empty), Err(FrameError::Invalid(_))));
     }
 
     #[test]

@@ -3,28 +3,40 @@
 
 use std::collections::HashSet;
 
-use agora_proto::mesos::{AgentId, FrameworkId, FrameworkInfo, Reason, TaskState};
+use agora_proto::mesos::{AgentId, FrameworkId, FrameworkInfo, Reason, TaskId, TaskState, TaskStatus};
 use agora_proto::resources::{Resources, DEFAULT_ROLE};
 use agora_proto::scheduler::Event;
-use agora_proto::wire::{AgentInfo, AgentToMaster, MasterToAgent, StatusUpdate, TaskReport};
+use agora_proto::wire::{
+    self, AgentInfo, AgentToMaster, ArchivedAgentToMaster, ArchivedStatusUpdate, ArchivedTaskUsage, Checked,
+    MasterToAgent, TaskReport,
+};
+use rkyv::option::ArchivedOption;
+use rkyv::vec::ArchivedVec;
 
 use super::{Action, Agent, ConnId, Master, Now, StatusRecord, Task};
 use crate::registry::{RegistryAgent, RegistryState};
 
 impl Master {
-    pub(super) fn agent_message(&mut self, now: Now, conn: ConnId, msg: AgentToMaster) {
-        match msg {
-            AgentToMaster::Register { info } => self.register_agent(now, conn, *info),
-            AgentToMaster::Reregister { agent_id, info, tasks, frameworks } => {
-                self.reregister_agent(now, conn, agent_id, *info, tasks, frameworks)
-            }
-            AgentToMaster::StatusUpdate(u) => self.status_update(now, conn, *u),
+    /// A message from an agent, read in place: the frequent ones (status
+    /// updates, usage reports) copy out only what the master keeps or
+    /// forwards; registrations, rare and kept whole, are deserialized.
+    pub(super) fn agent_message(&mut self, now: Now, conn: ConnId, msg: &Checked<AgentToMaster>) {
+        match msg.get() {
+            ArchivedAgentToMaster::Register { .. } | ArchivedAgentToMaster::Reregister { .. } => match msg.to_owned() {
+                Ok(AgentToMaster::Register { info }) => self.register_agent(now, conn, *info),
+                Ok(AgentToMaster::Reregister { agent_id, info, tasks, frameworks }) => {
+                    self.reregister_agent(now, conn, agent_id, *info, tasks, frameworks)
+                }
+                Ok(_) => unreachable!("the archive was a registration"),
+                Err(e) => self.refuse(conn, format!("Registration could not be read: {e}")),
+            },
+            ArchivedAgentToMaster::StatusUpdate(u) => self.status_update(now, conn, u),
             // Pongs are answered by the agent's shard; one that gets here is harmless.
-            AgentToMaster::Pong { .. } => {}
-            AgentToMaster::Usage { tasks } => self.usage_report(conn, tasks),
-            AgentToMaster::Unregister { reason } => {
+            ArchivedAgentToMaster::Pong { .. } => {}
+            ArchivedAgentToMaster::Usage { tasks } => self.usage_report(conn, tasks),
+            ArchivedAgentToMaster::Unregister { reason } => {
                 if let Some(id) = self.agents_by_conn.get(&conn).cloned() {
-                    self.remove_agent(now, &id, &format!("Agent shut down: {reason}"));
+                    self.remove_agent(now, &id, &format!("Agent shut down: {}", reason.as_str()));
                 }
             }
         }
@@ -120,7 +132,7 @@ impl Master {
         // (it restarted): recover them, waiting for them to re-subscribe.
         for info in frameworks {
             let Some(fid) = info.id.clone() else { continue };
-            if self.frameworks.contains_key(&fid) || self.is_removed_framework(&fid) {
+            if self.frameworks.contains_key(&fid) || self.is_removed_framework(fid.as_str()) {
                 continue;
             }
             self.recover_framework(now, fid, info);
@@ -182,7 +194,7 @@ impl Master {
         for report in reports {
             let fid = report.framework_id.clone();
             let tid = report.task.task_id.clone();
-            let framework_gone = self.is_removed_framework(&fid) || !self.frameworks.contains_key(&fid);
+            let framework_gone = self.is_removed_framework(fid.as_str()) || !self.frameworks.contains_key(&fid);
             // A task the master already declared lost (its framework was not
             // partition-aware) or whose framework is gone must not keep running.
             let declared_lost = self.frameworks.get(&fid).is_some_and(|f| {
@@ -272,56 +284,70 @@ impl Master {
     }
 
     /// Usage of an agent's tasks: kept on each task (only tasks of that agent).
-    fn usage_report(&mut self, conn: ConnId, tasks: Vec<agora_proto::wire::TaskUsage>) {
-        let Some(agent_id) = self.agents_by_conn.get(&conn).cloned() else { return };
-        for u in tasks {
-            if let Some(t) = self.frameworks.get_mut(&u.framework_id).and_then(|f| f.tasks.get_mut(&u.task_id)) {
-                if t.agent_id == agent_id {
-                    t.usage = Some(u);
+    fn usage_report(&mut self, conn: ConnId, tasks: &ArchivedVec<ArchivedTaskUsage>) {
+        let Some(agent_id) = self.agents_by_conn.get(&conn) else { return };
+        for u in tasks.iter() {
+            let (fid, tid) = (u.framework_id.value.as_str(), u.task_id.value.as_str());
+            if let Some(t) = self.frameworks.get_mut(fid).and_then(|f| f.tasks.get_mut(tid)) {
+                if t.agent_id == *agent_id {
+                    if let Ok(usage) = wire::owned(u) {
+                        t.usage = Some(usage);
+                    }
                 }
             }
         }
     }
 
     /// A status update from an agent: record it and forward it.
-    fn status_update(&mut self, now: Now, conn: ConnId, u: StatusUpdate) {
+    fn status_update(&mut self, now: Now, conn: ConnId, u: &ArchivedStatusUpdate) {
         let Some(agent_id) = self.agents_by_conn.get(&conn).cloned() else {
             self.counters.invalid_status_updates += 1;
             return;
         };
-        let fid = u.framework_id.clone();
-        let mut status = u.status;
-        status.agent_id = Some(agent_id.clone());
-        if self.is_removed_framework(&fid) {
+        let fid = u.framework_id.value.as_str();
+        let tid = u.status.task_id.value.as_str();
+        if self.is_removed_framework(fid) {
             // Nobody will acknowledge it: tell the agent to stop.
             self.counters.invalid_status_updates += 1;
-            if let Some(uuid) = status.uuid.clone() {
+            let framework_id = FrameworkId::new(fid);
+            if let ArchivedOption::Some(uuid) = &u.status.uuid {
                 self.actions.push(Action::ToAgent {
                     conn,
-                    msg: MasterToAgent::AcknowledgeUpdate { framework_id: fid.clone(), task_id: status.task_id, uuid },
+                    msg: MasterToAgent::AcknowledgeUpdate {
+                        framework_id: framework_id.clone(),
+                        task_id: TaskId::new(tid),
+                        uuid: uuid.to_vec(),
+                    },
                 });
             }
-            self.actions.push(Action::ToAgent { conn, msg: MasterToAgent::ShutdownFramework { framework_id: fid } });
+            self.actions.push(Action::ToAgent { conn, msg: MasterToAgent::ShutdownFramework { framework_id } });
             return;
         }
-        let Some(fw) = self.frameworks.get_mut(&fid) else {
+        // The status is copied out once, to be forwarded; the rest is read
+        // in place.
+        let (Ok(mut status), Ok(latest)) = (wire::owned::<_, TaskStatus>(&u.status), wire::owned(&u.latest_state))
+        else {
+            self.counters.invalid_status_updates += 1;
+            return;
+        };
+        let Some(fw) = self.frameworks.get_mut(fid) else {
             // Unknown framework, perhaps about to re-subscribe: the agent retries.
             self.counters.invalid_status_updates += 1;
             return;
         };
         self.counters.valid_status_updates += 1;
-        let tid = status.task_id.clone();
-        let latest = u.latest_state;
+        let fid = fw.id.clone();
         let mut became_terminal = false;
-        if let Some(task) = fw.tasks.get_mut(&tid) {
+        if let Some(task) = fw.tasks.get_mut(tid) {
             if task.agent_id == agent_id && task.state != latest {
                 task.record(latest, status.timestamp.unwrap_or(now.wall_secs));
                 became_terminal = latest.is_terminal();
             }
         }
+        status.agent_id = Some(agent_id);
         if became_terminal {
             self.count_terminal(latest);
-            self.complete_task(&fid, &tid, now);
+            self.complete_task(&fid, &status.task_id, now);
         }
         self.send(&fid, Event::update(status));
     }

@@ -82,7 +82,7 @@ impl Master {
         };
         let stream_id = self.random_uuid().to_string();
         let framework_id = match info.id.clone() {
-            Some(id) if self.is_removed_framework(&id) => {
+            Some(id) if self.is_removed_framework(id.as_str()) => {
                 return Subscription::Refused { message: "Framework has been removed".into() };
             }
             Some(id) => {

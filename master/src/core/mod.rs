@@ -104,9 +104,10 @@ impl Config {
 /// Inputs from connections.
 #[derive(Clone, Debug)]
 pub enum Input {
-    /// A validated frame from an agent connection (pongs never get here; the
-    /// shard that owns the connection handles them).
-    Agent { conn: ConnId, msg: agora_proto::wire::AgentToMaster },
+    /// A frame from an agent connection, validated once by its shard and
+    /// read here in place (pongs never get here; the shard that owns the
+    /// connection handles them).
+    Agent { conn: ConnId, msg: agora_proto::wire::Checked<agora_proto::wire::AgentToMaster> },
     /// The agent's connection closed.
     AgentClosed { conn: ConnId },
     /// The agent stopped answering pings; its shard closed the connection.
@@ -435,7 +436,7 @@ impl Master {
     /// Handles one input.
     pub fn step(&mut self, now: Now, input: Input) {
         match input {
-            Input::Agent { conn, msg } => self.agent_message(now, conn, msg),
+            Input::Agent { conn, msg } => self.agent_message(now, conn, &msg),
             Input::AgentClosed { conn } => self.agent_disconnected(now, conn, false),
             Input::AgentUnresponsive { conn } => self.agent_disconnected(now, conn, true),
             Input::StreamClosed { stream } => self.stream_closed(now, stream),
@@ -706,8 +707,8 @@ impl Master {
     }
 
     /// Whether `id` names a framework that was removed.
-    pub fn is_removed_framework(&self, id: &FrameworkId) -> bool {
-        self.completed_frameworks.iter().any(|f| &f.id == id)
+    pub fn is_removed_framework(&self, id: &str) -> bool {
+        self.completed_frameworks.iter().any(|f| f.id.as_str() == id)
     }
 
     fn unreachable_time(&self, id: &AgentId) -> Option<f64> {

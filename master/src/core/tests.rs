@@ -3,7 +3,7 @@
 use agora_proto::mesos::*;
 use agora_proto::resources::Resources;
 use agora_proto::scheduler::*;
-use agora_proto::wire::{AgentInfo, AgentToMaster, MasterToAgent, StatusUpdate, TaskReport};
+use agora_proto::wire::{AgentInfo, AgentToMaster, Checked, MasterToAgent, StatusUpdate, TaskReport};
 
 use super::*;
 
@@ -55,7 +55,10 @@ impl Sim {
     }
 
     fn register_agent(&mut self, conn: ConnId, resources: &str) -> AgentId {
-        self.input(Input::Agent { conn, msg: AgentToMaster::Register { info: Box::new(agent_info(resources)) } });
+        self.input(Input::Agent {
+            conn,
+            msg: Checked::of(&AgentToMaster::Register { info: Box::new(agent_info(resources)) }),
+        });
         self.sent_to_agent(conn)
             .into_iter()
             .find_map(|m| match m {
@@ -135,11 +138,11 @@ impl Sim {
         status.source = Some(Source::Agent);
         self.input(Input::Agent {
             conn,
-            msg: AgentToMaster::StatusUpdate(Box::new(StatusUpdate {
+            msg: Checked::of(&AgentToMaster::StatusUpdate(Box::new(StatusUpdate {
                 framework_id: fid.clone(),
                 status,
                 latest_state: state,
-            })),
+            }))),
         });
     }
 }
@@ -448,12 +451,12 @@ fn master_restart_agent_reregisters_and_framework_reconciles() {
     assert!(s2.m.recovered_agents.contains_key(&agent));
     s2.input(Input::Agent {
         conn: 7,
-        msg: AgentToMaster::Reregister {
+        msg: Checked::of(&AgentToMaster::Reregister {
             agent_id: agent.clone(),
             info: Box::new(agent_info("cpus:1;mem:128")),
             tasks: vec![TaskReport { framework_id: fid.clone(), task: launched, state: TaskState::Running }],
             frameworks: vec![fw_info.clone()],
-        },
+        }),
     });
     assert!(matches!(&s2.sent_to_agent(7)[0], MasterToAgent::Registered { agent_id, .. } if agent_id == &agent));
     assert!(s2.m.frameworks[&fid].recovered);
@@ -535,7 +538,7 @@ fn bad_agent_registration_is_refused() {
     let mut s = Sim::new();
     let mut info = agent_info("cpus:1");
     info.hostname.clear();
-    s.input(Input::Agent { conn: 9, msg: AgentToMaster::Register { info: Box::new(info) } });
+    s.input(Input::Agent { conn: 9, msg: Checked::of(&AgentToMaster::Register { info: Box::new(info) }) });
     assert!(matches!(&s.sent_to_agent(9)[0], MasterToAgent::Refused { .. }));
     assert!(s.actions.contains(&Action::CloseAgent { conn: 9 }));
     assert!(s.m.agents.is_empty());
@@ -559,7 +562,7 @@ fn invalid_subscriptions_are_refused() {
 fn reregister(s: &mut Sim, conn: ConnId, agent: &AgentId, fw: &FrameworkInfo, reports: Vec<(&TaskInfo, TaskState)>) {
     s.input(Input::Agent {
         conn,
-        msg: AgentToMaster::Reregister {
+        msg: Checked::of(&AgentToMaster::Reregister {
             agent_id: agent.clone(),
             info: Box::new(agent_info("cpus:1;mem:128")),
             tasks: reports
@@ -567,7 +570,7 @@ fn reregister(s: &mut Sim, conn: ConnId, agent: &AgentId, fw: &FrameworkInfo, re
                 .map(|(t, state)| TaskReport { framework_id: fw.id.clone().unwrap(), task: t.clone(), state })
                 .collect(),
             frameworks: vec![fw.clone()],
-        },
+        }),
     });
 }
 
@@ -934,7 +937,10 @@ fn offer_constraints_pick_the_agents_a_framework_is_offered() {
         if let Some(z) = zone {
             info.attributes = agora_proto::resources::parse_attributes(&format!("zone:{z}")).unwrap();
         }
-        s.input(Input::Agent { conn: 10 + i as u64, msg: AgentToMaster::Register { info: Box::new(info) } });
+        s.input(Input::Agent {
+            conn: 10 + i as u64,
+            msg: Checked::of(&AgentToMaster::Register { info: Box::new(info) }),
+        });
     }
     s.advance(s.m.config.allocation_interval_ms);
     let hosts: Vec<String> = s.offers(FW_STREAM).into_iter().map(|o| o.hostname).collect();
@@ -1145,12 +1151,12 @@ fn operator_reservations_and_volumes() {
     s2.m.recover(&registry, s2.now);
     s2.input(Input::Agent {
         conn: 7,
-        msg: AgentToMaster::Reregister {
+        msg: Checked::of(&AgentToMaster::Reregister {
             agent_id: agent.clone(),
             info: Box::new(agent_info("cpus:2;mem:256;disk:1024")),
             tasks: vec![],
             frameworks: vec![],
-        },
+        }),
     });
     assert_eq!(checkpoints(&s2.sent_to_agent(7)), vec![kept.clone()]);
     assert_eq!(s2.m.agents[&agent].info.resources.checkpointed(), kept);
