@@ -363,7 +363,9 @@ impl Master {
         }
         let Some(agent) = self.agents.get_mut(&id) else { return };
         agent.conn = None;
-        agent.removal_deadline_ms = Some(now.mono_ms.saturating_add(self.config.agent_removal_timeout_ms()));
+        let deadline = now.mono_ms.saturating_add(self.config.agent_removal_timeout_ms());
+        agent.removal_deadline_ms = Some(deadline);
+        self.next_agent_removal_ms = self.next_agent_removal_ms.min(deadline);
         self.allocator.set_agent_active(&id, false);
         let offers: Vec<_> = agent.offers.iter().cloned().collect();
         for o in offers {
@@ -372,14 +374,23 @@ impl Master {
     }
 
     pub(super) fn expire_agents(&mut self, now: Now) {
-        let due: Vec<AgentId> = self
-            .agents
-            .values()
-            .filter(|a| a.conn.is_none() && a.removal_deadline_ms.is_some_and(|d| d <= now.mono_ms))
-            .map(|a| a.id.clone())
-            .collect();
-        for id in due {
-            self.mark_unreachable(now, &id);
+        // Every agent is looked at only once a disconnected agent's removal
+        // may be due, not on every tick: with tens of thousands connected,
+        // the look costs more than anything else a tick does.
+        if now.mono_ms >= self.next_agent_removal_ms {
+            let mut due = Vec::new();
+            let mut next = u64::MAX;
+            for a in self.agents.values().filter(|a| a.conn.is_none()) {
+                match a.removal_deadline_ms {
+                    Some(d) if d <= now.mono_ms => due.push(a.id.clone()),
+                    Some(d) => next = next.min(d),
+                    None => {}
+                }
+            }
+            self.next_agent_removal_ms = next;
+            for id in due {
+                self.mark_unreachable(now, &id);
+            }
         }
         let recovered_due: Vec<AgentId> = self
             .recovered_agents

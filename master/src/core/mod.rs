@@ -331,6 +331,9 @@ pub struct Master {
     /// Agents the registry knew at start-up that have not re-registered yet,
     /// with the deadline for doing so.
     pub recovered_agents: HashMap<AgentId, RecoveredAgent>,
+    /// No disconnected agent's removal is due before this (`u64::MAX`:
+    /// none is waiting); it may be early, never late.
+    next_agent_removal_ms: u64,
     pub frameworks: HashMap<FrameworkId, Framework>,
     frameworks_by_stream: HashMap<ConnId, FrameworkId>,
     pub completed_frameworks: VecDeque<Framework>,
@@ -376,6 +379,7 @@ impl Master {
             unreachable_agents: VecDeque::new(),
             removed_agents: VecDeque::new(),
             recovered_agents: HashMap::new(),
+            next_agent_removal_ms: u64::MAX,
             frameworks: HashMap::new(),
             frameworks_by_stream: HashMap::new(),
             completed_frameworks: VecDeque::new(),

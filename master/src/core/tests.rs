@@ -359,6 +359,41 @@ fn lost_agent_tasks_become_lost_or_unreachable() {
 }
 
 #[test]
+fn each_disconnected_agent_is_removed_at_its_own_deadline() {
+    let mut c = Config::for_test();
+    c.agent_ping_timeout_ms = 1_000;
+    c.max_agent_ping_timeouts = 3;
+    let mut s = Sim::with(c);
+    let a = s.register_agent(1, "cpus:1;mem:128");
+    let b = s.register_agent(2, "cpus:1;mem:128");
+    s.input(Input::AgentClosed { conn: 1 });
+    s.advance(1_000);
+    s.input(Input::AgentClosed { conn: 2 });
+    s.advance(1_000);
+    // `a` comes back before its deadline, which was the earliest.
+    s.input(Input::Agent {
+        conn: 3,
+        msg: Checked::of(&AgentToMaster::Reregister {
+            agent_id: a.clone(),
+            info: Box::new(agent_info("cpus:1;mem:128")),
+            tasks: vec![],
+            frameworks: vec![],
+        }),
+    });
+    s.advance(1_100);
+    assert!(s.m.agents.contains_key(&a) && s.m.agents.contains_key(&b), "removed before b's deadline");
+    s.advance(1_000);
+    assert!(s.m.agents.contains_key(&a), "a reconnected");
+    assert!(!s.m.agents.contains_key(&b), "b is past its deadline");
+    // Disconnected again, `a` gets a deadline of its own, from now.
+    s.input(Input::AgentClosed { conn: 3 });
+    s.advance(2_900);
+    assert!(s.m.agents.contains_key(&a));
+    s.advance(200);
+    assert!(!s.m.agents.contains_key(&a));
+}
+
+#[test]
 fn unresponsive_agent_is_unreachable_at_once() {
     let mut s = Sim::new();
     s.register_agent(1, "cpus:1;mem:128");
