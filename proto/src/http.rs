@@ -118,10 +118,7 @@ struct Inbox {
 
 impl Inbox {
     fn push(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start >= self.buf.len() - self.start {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
+        crate::compact_front(&mut self.buf, &mut self.start);
         self.buf.extend_from_slice(bytes);
     }
 

@@ -294,15 +294,6 @@ where
     {
         owned(self.get())
     }
-
-    /// The payload's length in bytes.
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
 }
 
 impl<T> Checked<T>
@@ -369,13 +360,8 @@ impl FrameDecoder {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// Drops the decoded front before bytes are added, once it is at least
-    /// as long as what remains (so each byte moves at most once more).
     fn compact(&mut self) {
-        if self.start > 0 && self.start >= self.buf.len() - self.start {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
+        crate::compact_front(&mut self.buf, &mut self.start);
     }
 
     /// The bytes not yet decoded.
