@@ -35,6 +35,12 @@
 
 #![no_std]
 #![no_main]
+// The egress limit's compare-and-swap (BPF_CMPXCHG): the target has no
+// `Atomic*` types with read-modify-write operations.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+use core::intrinsics::{atomic_cxchg, AtomicOrdering};
 
 use agora_ebpf_common::{
     CpuState, EgressState, KernelOffsets, TaskCounters, TaskPolicy, ThreadSlot, MAX_PORT_RANGES, MAX_TASKS, N_STATS,
@@ -96,6 +102,9 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(N_STATS, 0);
 const SKB_PASS: i32 = 1;
 const SKB_DROP_CN: i32 = 2;
 const SKB_PASS_CN: i32 = 3;
+/// How many times a packet tries to move its task's egress clock before it
+/// is dropped as losing to the task's packets on other CPUs.
+const CAS_TRIES: usize = 8;
 
 #[inline(always)]
 fn bump_stat(idx: u32) {
@@ -301,28 +310,52 @@ fn try_egress(ctx: &SkBuffContext) -> Option<i32> {
                 // Generic cell rate algorithm: each packet moves the
                 // theoretical arrival time on by its transmission time at the
                 // allowed rate; a packet that would put it more than the burst
-                // ahead of now is dropped. The update is not atomic (the BPF
-                // target has no compare-and-swap in Rust): packets leaving on
-                // two CPUs at the same instant can both pass. Paced TCP stays
-                // below the limit and is not affected.
+                // ahead of now is dropped. Packets of one task leave on every
+                // CPU at once, so the move is a compare-and-swap: a plain
+                // read and write would let two packets both pass on one
+                // packet's cost, and past the limit each such pair lets a
+                // whole segment through unpaid.
                 // SAFETY: no preconditions.
                 let now = unsafe { bpf_ktime_get_ns() };
                 let cost = len * 1_000_000_000 / p.egress_bytes_per_sec;
-                // SAFETY: the map's entry for this task.
-                let tat = unsafe { (*st).tat_ns };
-                let start = if tat > now { tat } else { now };
-                if start + cost > now + p.egress_burst_ns {
+                // SAFETY: the map's entry for this task, which lives while
+                // the program runs.
+                let tat_ptr = unsafe { core::ptr::addr_of_mut!((*st).tat_ns) };
+                // SAFETY: as above.
+                let mut tat = unsafe { core::ptr::read_volatile(tat_ptr) };
+                let mut passed = None;
+                // A bounded number of tries (the verifier wants a bound);
+                // a packet that loses every race is dropped, which errs on
+                // the side of the limit.
+                for _ in 0..CAS_TRIES {
+                    let start = if tat > now { tat } else { now };
+                    if start + cost > now + p.egress_burst_ns {
+                        break;
+                    }
+                    // SAFETY: an aligned u64 in the map's value.
+                    let (seen, swapped) = unsafe {
+                        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::Relaxed }>(
+                            tat_ptr,
+                            tat,
+                            start + cost,
+                        )
+                    };
+                    if swapped {
+                        passed = Some(start + cost);
+                        break;
+                    }
+                    tat = seen;
+                }
+                let Some(new_tat) = passed else {
                     c.egress_dropped_packets += 1;
                     c.egress_dropped_bytes += len;
                     return Some(SKB_DROP_CN);
-                }
-                // SAFETY: as above.
-                unsafe { (*st).tat_ns = start + cost };
+                };
                 c.net_tx_bytes += len;
                 c.net_tx_packets += 1;
                 // Past half the burst: ask TCP to slow down before anything
                 // has to be dropped.
-                if start + cost > now + p.egress_burst_ns / 2 {
+                if new_tat > now + p.egress_burst_ns / 2 {
                     return Some(SKB_PASS_CN);
                 }
                 return Some(SKB_PASS);
