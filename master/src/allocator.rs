@@ -48,7 +48,7 @@
 use std::collections::BTreeSet;
 
 use agora_proto::mesos::{AgentId, FrameworkId};
-use agora_proto::resources::{Fixed, Resources};
+use agora_proto::resources::{Fixed, Resource, Resources};
 use rand::rngs::SmallRng;
 use rand::Rng;
 use rand::SeedableRng;
@@ -102,6 +102,11 @@ impl Scalars {
             }
         }
         out
+    }
+
+    fn plus(mut self, o: Scalars) -> Scalars {
+        self.add(o);
+        self
     }
 
     fn add(&mut self, o: Scalars) {
@@ -751,48 +756,32 @@ impl Allocator {
     /// role has no room left for them: a role at its cpu limit is not sent
     /// the agent's memory alone. (At its memory limit it may still be sent
     /// cpus: they may join memory it got earlier in the round.)
-    fn within_limits(&self, role: &str, usable: Resources) -> Resources {
+    fn within_limits(&self, role: &str, usable: &Resources) -> Resources {
         if self.limits.is_empty() {
-            return usable;
+            return usable.clone();
         }
-        let mut room = self.room(role);
-        if room.iter().all(Option::is_none) {
-            return usable;
-        }
-        let offered = Scalars::of(&usable);
-        if room[0] == Some(0) && offered.0[0] > 0 {
-            return Resources::new();
-        }
-        let mut out = Resources::new();
-        let reserved_first =
-            usable.iter().filter(|r| r.reservation.is_some()).chain(usable.iter().filter(|r| r.reservation.is_none()));
-        for r in reserved_first {
-            let mut r = r.clone();
-            if let (Some(i), agora_proto::resources::Value::Scalar(v)) =
-                (SHARE_KINDS.iter().position(|k| *k == r.name), &mut r.value)
-            {
-                if let Some(left) = room[i].as_mut() {
-                    let take = v.0.min(*left);
-                    *left -= take;
-                    if take == 0 {
-                        continue;
-                    }
-                    v.0 = take;
-                }
-            }
-            out.add_one(r);
-        }
-        out
+        within_room(self.room(role), usable, |_| true)
     }
 
     /// What `role` may still be allocated of each share kind under its own
     /// quota limits and those of the roles above it (`None`: no limit).
     fn room(&self, role: &str) -> [Option<i64>; 4] {
-        let mut room: [Option<i64>; 4] = [None; 4];
+        self.room_under(&self.limited_path(role))
+    }
+
+    /// The roles on `role`'s path (itself included) that have quota limits,
+    /// with their limits.
+    fn limited_path(&self, role: &str) -> Vec<(String, Quantities)> {
         let nodes = role.match_indices('/').map(|(i, _)| &role[..i]).chain(std::iter::once(role));
-        for node in nodes {
-            let Some(limit) = self.limits.get(node) else { continue };
-            let used = self.subtree.get(node).copied().unwrap_or_default();
+        nodes.filter_map(|node| self.limits.get(node).map(|l| (node.to_string(), *l))).collect()
+    }
+
+    /// [`Allocator::room`] for a role whose [`Allocator::limited_path`] is
+    /// `path`.
+    fn room_under(&self, path: &[(String, Quantities)]) -> [Option<i64>; 4] {
+        let mut room: [Option<i64>; 4] = [None; 4];
+        for (node, limit) in path {
+            let used = self.subtree.get(node.as_str()).copied().unwrap_or_default();
             for ((room, l), used) in room.iter_mut().zip(limit.0).zip(used.0) {
                 if let Some(l) = l {
                     let left = (l - used).max(0);
@@ -801,19 +790,6 @@ impl Allocator {
             }
         }
         room
-    }
-
-    /// Whether `role` is at a cpu limit while `available` has cpus it could
-    /// use: [`Allocator::within_limits`] would leave it nothing. Worked out
-    /// without copying `available`.
-    fn at_cpu_limit_for(&self, role: &str, available: &Resources) -> bool {
-        !self.limits.is_empty()
-            && self.room(role)[0] == Some(0)
-            && available.iter().any(|r| {
-                r.name == "cpus"
-                    && (r.reservation.is_none() || r.role() == role)
-                    && matches!(r.value, agora_proto::resources::Value::Scalar(v) if v.0 > 0)
-            })
     }
 
     pub fn weight(&self, role: &str) -> f64 {
@@ -970,6 +946,9 @@ impl Allocator {
         stage: Stage,
         out: &mut Vec<Allocation>,
     ) {
+        let mut rooms: Vec<Option<LeafRoom>> = vec![None; tree.leaves.len()];
+        // Each leaf's limited and guaranteed roles above it, for the stage.
+        let mut paths: Vec<Option<LeafPath>> = (0..tree.leaves.len()).map(|_| None).collect();
         for &a in agents {
             if stage == Stage::Guarantees && !guarantees.as_ref().is_some_and(Guarantees::any_shortfall) {
                 // Every guarantee is met: stage one is over.
@@ -997,7 +976,9 @@ impl Allocator {
                 let whole =
                     guarantees.is_none() && self.limits.is_empty() && available.iter().all(|r| r.reservation.is_none());
                 let mut leaf_usable: Option<Resources> = None;
-                let mut try_grant = |f: Option<usize>, role: &str| -> bool {
+                // The share kinds of `available`, summed once per walk.
+                let shares = if whole { Shares::default() } else { Shares::of(&available) };
+                let mut try_grant = |f: Option<usize>, leaf: usize, role: &str| -> bool {
                     let Some(f) = f else {
                         if whole {
                             // Untouched (a whole grant ends the agent), and
@@ -1005,15 +986,36 @@ impl Allocator {
                             leaf_usable = None;
                             return true;
                         }
-                        if stage == Stage::Guarantees && !guarantees.as_ref().is_some_and(|g| g.owes(role)) {
+                        let path = paths[leaf].get_or_insert_with(|| LeafPath {
+                            limits: self.limited_path(role),
+                            guaranteed: guarantees.as_ref().map(|g| g.path(role)).unwrap_or_default(),
+                        });
+                        if stage == Stage::Guarantees && !guarantees.as_ref().is_some_and(|g| g.owes(&path.guaranteed))
+                        {
                             return false;
                         }
-                        if self.at_cpu_limit_for(role, &available) {
+                        // The cuts below only take away: a role that could
+                        // not take an offer's worth out of everything it may
+                        // use gets nothing, and is skipped before anything
+                        // is copied.
+                        let (reserved, unreserved) = shares.usable_by(role);
+                        if !self.offerable(reserved.plus(unreserved)) {
                             return false;
                         }
-                        let mut usable = self.within_limits(role, available.usable_by(role));
-                        if let Some(g) = guarantees.as_ref() {
-                            usable = g.cut(role, usable, stage);
+                        // The leaf's room under quota limits and around the
+                        // headroom changes only with a grant: worked out
+                        // once between grants.
+                        let room = rooms[leaf].get_or_insert_with(|| LeafRoom {
+                            limits: self.room_under(&path.limits),
+                            cut: guarantees.as_ref().map(|g| g.room(&path.guaranteed, stage)),
+                        });
+                        if !self.offerable(room.most(reserved, unreserved)) {
+                            return false;
+                        }
+                        let mut usable =
+                            within_room(room.limits, &available, |r| r.reservation.is_none() || r.role() == role);
+                        if let Some(cut) = room.cut.as_ref() {
+                            usable = cut.apply(usable, stage);
                         }
                         let take = !usable.is_empty() && self.offerable(Scalars::of(&usable));
                         leaf_usable = Some(usable);
@@ -1058,6 +1060,7 @@ impl Allocator {
                     true
                 };
                 let Some((leaf, f)) = tree.walk(0, &mut try_grant) else { break };
+                rooms.iter_mut().for_each(|r| *r = None);
                 tree.rerank(self, leaf, f);
                 if self.config.optimistic > 0 {
                     let last = out.last_mut().expect("granted");
@@ -1088,10 +1091,10 @@ impl Allocator {
         let fits = |role: &str| {
             let usable = granted.usable_by(role);
             usable.contains(granted)
-                && self.within_limits(role, usable.clone()).contains(granted)
+                && self.within_limits(role, &usable).contains(granted)
                 && guarantees.is_none_or(|g| g.cut(role, usable, Stage::Fair).contains(granted))
         };
-        tree.walk(0, &mut |f, role| {
+        tree.walk(0, &mut |f, _, role| {
             let Some(f) = f else { return fits(role) };
             if f == winner || picked.iter().any(|(p, _)| *p == f) || !self.wants(f, role, a) {
                 return false;
@@ -1268,9 +1271,10 @@ impl Guarantees {
         self.roles.iter().any(|g| (0..4).any(|i| g.shortfall(i).is_some_and(|s| s > 0)))
     }
 
-    /// Whether `role` may take something toward a guarantee.
-    fn owes(&self, role: &str) -> bool {
-        self.need(role).iter().any(|n| n.is_some_and(|n| n > 0))
+    /// Whether a role whose [`Guarantees::path`] is `path` may take
+    /// something toward a guarantee.
+    fn owes(&self, path: &[usize]) -> bool {
+        self.need_on(path).iter().any(|n| n.is_some_and(|n| n > 0))
     }
 
     /// Whether a guaranteed role is on `role`'s path.
@@ -1278,12 +1282,17 @@ impl Guarantees {
         self.roles.iter().any(|g| on_path(&g.name, role))
     }
 
-    /// Per kind, what `role` may still take toward guarantees: the least
-    /// shortfall among the guaranteed roles on its path that guarantee the
-    /// kind (`None` where none does).
-    fn need(&self, role: &str) -> [Option<i64>; 4] {
+    /// The guaranteed roles on `role`'s path, by index.
+    fn path(&self, role: &str) -> Vec<usize> {
+        (0..self.roles.len()).filter(|&g| on_path(&self.roles[g].name, role)).collect()
+    }
+
+    /// Per kind, what a role whose [`Guarantees::path`] is `path` may still
+    /// take toward guarantees: the least shortfall among the guaranteed
+    /// roles on its path that guarantee the kind (`None` where none does).
+    fn need_on(&self, path: &[usize]) -> [Option<i64>; 4] {
         let mut need = [None; 4];
-        for g in self.roles.iter().filter(|g| on_path(&g.name, role)) {
+        for g in path.iter().map(|&g| &self.roles[g]) {
             for (i, n) in need.iter_mut().enumerate() {
                 if let Some(s) = g.shortfall(i) {
                     *n = Some(n.map_or(s, |n: i64| n.min(s)));
@@ -1294,10 +1303,11 @@ impl Guarantees {
     }
 
     /// Per kind, what the headroom holds for the top-most guaranteed role on
-    /// `role`'s path (its shortfall), if there is one.
-    fn held_for(&self, role: &str) -> [Option<i64>; 4] {
+    /// a role's path (its shortfall), if there is one; `path` is the role's
+    /// [`Guarantees::path`].
+    fn held_for(&self, path: &[usize]) -> [Option<i64>; 4] {
         let mut held = [None; 4];
-        if let Some(g) = self.roles.iter().find(|g| g.top && on_path(&g.name, role)) {
+        if let Some(g) = path.iter().map(|&g| &self.roles[g]).find(|g| g.top) {
             for (i, h) in held.iter_mut().enumerate() {
                 *h = g.shortfall(i);
             }
@@ -1329,9 +1339,15 @@ impl Guarantees {
     /// unreserved resources are offered at all (memory alone is of no use
     /// without cpus).
     fn cut(&self, role: &str, usable: Resources, stage: Stage) -> Resources {
-        let need = self.need(role);
+        self.room(&self.path(role), stage).apply(usable, stage)
+    }
+
+    /// What a role whose [`Guarantees::path`] is `path` may take in
+    /// `stage`, per kind (see [`Guarantees::cut`]).
+    fn room(&self, path: &[usize], stage: Stage) -> CutRoom {
+        let need = self.need_on(path);
         let slack = self.slack();
-        let held = self.held_for(role);
+        let held = self.held_for(path);
         let mut room = [0i64; 4];
         for (i, r) in room.iter_mut().enumerate() {
             *r = match (stage, need[i]) {
@@ -1340,6 +1356,105 @@ impl Guarantees {
                 (Stage::Fair, _) => slack[i] + held[i].unwrap_or(0),
             };
         }
+        CutRoom { room, need }
+    }
+
+    /// `r` was granted to `role`: its unreserved share kinds are no longer
+    /// free, and count toward the guarantees on the role's path.
+    fn granted(&mut self, role: &str, r: &Resources) {
+        let plain = Scalars::of(&r.filter(|x| x.reservation.is_none()));
+        self.free.sub(plain);
+        for g in self.roles.iter_mut().filter(|g| on_path(&g.name, role)) {
+            g.consumed.add(plain);
+        }
+    }
+}
+
+/// The resources of `from` that `keep` accepts, cut down to `room` (see
+/// [`Allocator::within_limits`]).
+fn within_room(mut room: [Option<i64>; 4], from: &Resources, keep: impl Fn(&Resource) -> bool) -> Resources {
+    if room.iter().all(Option::is_none) {
+        return from.filter(keep);
+    }
+    let usable = || from.iter().filter(|r| keep(r));
+    if room[0] == Some(0)
+        && usable().any(|r| r.name == "cpus" && matches!(r.value, agora_proto::resources::Value::Scalar(v) if v.0 > 0))
+    {
+        return Resources::new();
+    }
+    let mut out = Resources::new();
+    let reserved_first =
+        usable().filter(|r| r.reservation.is_some()).chain(usable().filter(|r| r.reservation.is_none()));
+    for r in reserved_first {
+        let mut r = r.clone();
+        if let (Some(i), agora_proto::resources::Value::Scalar(v)) =
+            (SHARE_KINDS.iter().position(|k| *k == r.name), &mut r.value)
+        {
+            if let Some(left) = room[i].as_mut() {
+                let take = v.0.min(*left);
+                *left -= take;
+                if take == 0 {
+                    continue;
+                }
+                v.0 = take;
+            }
+        }
+        out.add_one(r);
+    }
+    out
+}
+
+/// The share kinds of an agent's available resources: the unreserved ones,
+/// and those reserved to each role.
+#[derive(Default)]
+struct Shares {
+    unreserved: Scalars,
+    reserved: Vec<(String, Scalars)>,
+}
+
+impl Shares {
+    fn of(available: &Resources) -> Shares {
+        let mut shares = Shares::default();
+        for r in available.iter() {
+            let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&r.name), &r.value) else {
+                continue;
+            };
+            let s = match &r.reservation {
+                None => &mut shares.unreserved,
+                Some(res) => match shares.reserved.iter().position(|(role, _)| *role == res.role) {
+                    Some(k) => &mut shares.reserved[k].1,
+                    None => {
+                        shares.reserved.push((res.role.clone(), Scalars::default()));
+                        &mut shares.reserved.last_mut().expect("pushed").1
+                    }
+                },
+            };
+            s.0[i] += v.0;
+        }
+        shares
+    }
+
+    /// What `role` may use (as [`Resources::usable_by`]): the share kinds
+    /// reserved to it, and the unreserved ones.
+    fn usable_by(&self, role: &str) -> (Scalars, Scalars) {
+        let reserved = self.reserved.iter().find(|(r, _)| r == role).map(|(_, s)| *s).unwrap_or_default();
+        (reserved, self.unreserved)
+    }
+}
+
+/// A role's room in one stage of a round, between two grants.
+#[derive(Clone, Copy)]
+struct CutRoom {
+    /// Per kind, what the role may take of unreserved resources.
+    room: [i64; 4],
+    /// Per kind, what the role may still take toward guarantees.
+    need: [Option<i64>; 4],
+}
+
+impl CutRoom {
+    /// `usable`, cut to the room (see [`Guarantees::cut`]).
+    fn apply(&self, usable: Resources, stage: Stage) -> Resources {
+        let (mut room, need) = (self.room, self.need);
         // Most often everything fits: nothing to cut.
         let mut plain = [0i64; 4];
         for r in usable.iter().filter(|r| r.reservation.is_none()) {
@@ -1384,15 +1499,54 @@ impl Guarantees {
         }
         reserved
     }
+}
 
-    /// `r` was granted to `role`: its unreserved share kinds are no longer
-    /// free, and count toward the guarantees on the role's path.
-    fn granted(&mut self, role: &str, r: &Resources) {
-        let plain = Scalars::of(&r.filter(|x| x.reservation.is_none()));
-        self.free.sub(plain);
-        for g in self.roles.iter_mut().filter(|g| on_path(&g.name, role)) {
-            g.consumed.add(plain);
+/// The roles above a leaf (its own included) that its room depends on.
+struct LeafPath {
+    /// Those with quota limits, and the limits (see
+    /// [`Allocator::limited_path`]).
+    limits: Vec<(String, Quantities)>,
+    /// Those with guarantees (see [`Guarantees::path`]).
+    guaranteed: Vec<usize>,
+}
+
+/// A leaf's room in one stage of a round, between two grants: under quota
+/// limits (see [`Allocator::room`]) and around the headroom.
+#[derive(Clone, Copy)]
+struct LeafRoom {
+    limits: [Option<i64>; 4],
+    cut: Option<CutRoom>,
+}
+
+impl LeafRoom {
+    /// No less, per kind, than what [`within_room`] and then
+    /// [`CutRoom::apply`] leave of resources whose share kinds are
+    /// `reserved` (to the role) and `unreserved`: a role for which this is
+    /// not worth an offer gets nothing, and is skipped without a copy.
+    /// Exact but for two of the cut's rules, which only take more away:
+    /// starving (applied here only where it is certain, with no room at all
+    /// for unreserved cpus), and stage one going toward a guarantee.
+    fn most(&self, reserved: Scalars, unreserved: Scalars) -> Scalars {
+        let (mut r, mut u) = (reserved, unreserved);
+        if self.limits[0] == Some(0) && r.0[0] + u.0[0] > 0 {
+            return Scalars::default();
         }
+        for i in 0..4 {
+            if let Some(l) = self.limits[i] {
+                r.0[i] = r.0[i].min(l);
+                u.0[i] = u.0[i].min(l - r.0[i]);
+            }
+        }
+        if let Some(cut) = &self.cut {
+            if cut.room[0] == 0 && u.0[0] > 0 {
+                u = Scalars::default();
+            } else {
+                for i in 0..4 {
+                    u.0[i] = u.0[i].min(cut.room[i]);
+                }
+            }
+        }
+        r.plus(u)
     }
 }
 
@@ -1514,10 +1668,10 @@ impl Tree {
         }
     }
 
-    /// The first (leaf, framework) in order for which `grant(Some(f), role)`
-    /// succeeds, entering only the leaves for which `grant(None, role)`
-    /// does.
-    fn walk(&self, n: usize, grant: &mut dyn FnMut(Option<usize>, &str) -> bool) -> Option<(usize, usize)> {
+    /// The first (leaf, framework) in order for which `grant(Some(f), leaf,
+    /// role)` succeeds, entering only the leaves for which `grant(None,
+    /// leaf, role)` does.
+    fn walk(&self, n: usize, grant: &mut dyn FnMut(Option<usize>, usize, &str) -> bool) -> Option<(usize, usize)> {
         for &(_, item) in &self.nodes[n].items {
             match item {
                 Item::Role(c) => {
@@ -1527,11 +1681,11 @@ impl Tree {
                 }
                 Item::Leaf(l) => {
                     let leaf = &self.leaves[l];
-                    if !grant(None, &leaf.role) {
+                    if !grant(None, l, &leaf.role) {
                         continue;
                     }
                     for &(_, f) in &leaf.frameworks {
-                        if grant(Some(f), &leaf.role) {
+                        if grant(Some(f), l, &leaf.role) {
                             return Some((l, f));
                         }
                     }
