@@ -1387,9 +1387,7 @@ fn within_room(mut room: [Option<i64>; 4], from: &Resources, keep: impl Fn(&Reso
         usable().filter(|r| r.reservation.is_some()).chain(usable().filter(|r| r.reservation.is_none()));
     for r in reserved_first {
         let mut r = r.clone();
-        if let (Some(i), agora_proto::resources::Value::Scalar(v)) =
-            (SHARE_KINDS.iter().position(|k| *k == r.name), &mut r.value)
-        {
+        if let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&r.name), &mut r.value) {
             if let Some(left) = room[i].as_mut() {
                 let take = v.0.min(*left);
                 *left -= take;
