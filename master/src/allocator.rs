@@ -729,7 +729,10 @@ impl Allocator {
                 };
                 match &r.reservation {
                     None => free.0[i] += v.0,
-                    Some(res) => reserved.entry(res.role.clone()).or_default().0[i] += v.0,
+                    Some(res) => match reserved.get_mut(res.role.as_str()) {
+                        Some(s) => s.0[i] += v.0,
+                        None => reserved.entry(res.role.clone()).or_default().0[i] += v.0,
+                    },
                 }
             }
         }
@@ -779,17 +782,9 @@ impl Allocator {
     /// [`Allocator::room`] for a role whose [`Allocator::limited_path`] is
     /// `path`.
     fn room_under(&self, path: &[(String, Quantities)]) -> [Option<i64>; 4] {
-        let mut room: [Option<i64>; 4] = [None; 4];
-        for (node, limit) in path {
-            let used = self.subtree.get(node.as_str()).copied().unwrap_or_default();
-            for ((room, l), used) in room.iter_mut().zip(limit.0).zip(used.0) {
-                if let Some(l) = l {
-                    let left = (l - used).max(0);
-                    *room = Some(room.map_or(left, |r| r.min(left)));
-                }
-            }
-        }
-        room
+        room_left(
+            path.iter().map(|(node, limit)| (*limit, self.subtree.get(node.as_str()).copied().unwrap_or_default())),
+        )
     }
 
     pub fn weight(&self, role: &str) -> f64 {
@@ -947,6 +942,7 @@ impl Allocator {
         out: &mut Vec<Allocation>,
     ) {
         let mut rooms: Vec<Option<LeafRoom>> = vec![None; tree.leaves.len()];
+        let mut limited = Limited::default();
         // Each leaf's limited and guaranteed roles above it, for the stage.
         let mut paths: Vec<Option<LeafPath>> = (0..tree.leaves.len()).map(|_| None).collect();
         for &a in agents {
@@ -977,7 +973,7 @@ impl Allocator {
                     guarantees.is_none() && self.limits.is_empty() && available.iter().all(|r| r.reservation.is_none());
                 let mut leaf_usable: Option<Resources> = None;
                 // The share kinds of `available`, summed once per walk.
-                let shares = if whole { Shares::default() } else { Shares::of(&available) };
+                let shares = if whole { Shares::default() } else { Shares::of(&available, |role| tree.leaf_of(role)) };
                 let mut try_grant = |f: Option<usize>, leaf: usize, role: &str| -> bool {
                     let Some(f) = f else {
                         if whole {
@@ -987,7 +983,7 @@ impl Allocator {
                             return true;
                         }
                         let path = paths[leaf].get_or_insert_with(|| LeafPath {
-                            limits: self.limited_path(role),
+                            limits: limited.path(self, role),
                             guaranteed: guarantees.as_ref().map(|g| g.path(role)).unwrap_or_default(),
                         });
                         if stage == Stage::Guarantees && !guarantees.as_ref().is_some_and(|g| g.owes(&path.guaranteed))
@@ -998,7 +994,7 @@ impl Allocator {
                         // not take an offer's worth out of everything it may
                         // use gets nothing, and is skipped before anything
                         // is copied.
-                        let (reserved, unreserved) = shares.usable_by(role);
+                        let (reserved, unreserved) = shares.usable_by(leaf);
                         if !self.offerable(reserved.plus(unreserved)) {
                             return false;
                         }
@@ -1006,7 +1002,7 @@ impl Allocator {
                         // headroom changes only with a grant: worked out
                         // once between grants.
                         let room = rooms[leaf].get_or_insert_with(|| LeafRoom {
-                            limits: self.room_under(&path.limits),
+                            limits: limited.room(&path.limits),
                             cut: guarantees.as_ref().map(|g| g.room(&path.guaranteed, stage)),
                         });
                         if !self.offerable(room.most(reserved, unreserved)) {
@@ -1036,15 +1032,21 @@ impl Allocator {
                         leaf_usable.is_none() && self.agents[a].as_ref().is_some_and(|s| s.allocated.is_empty());
                     let (usable, s) = match leaf_usable.take() {
                         Some(usable) => {
-                            let _ = available.subtract(&usable);
+                            // Taken from `available`: contained in it.
+                            available.subtract_saturating(&usable);
                             let s = Scalars::of(&usable);
                             (usable, s)
                         }
                         // Untouched until now: all of what was free.
                         None => (std::mem::take(&mut available), free),
                     };
-                    if let Some(g) = guarantees.as_mut() {
-                        g.granted(role, &usable);
+                    // A leaf taken whole has no path: no role has limits or
+                    // guarantees.
+                    if let Some(path) = paths[leaf].as_ref() {
+                        limited.granted(&path.limits, s);
+                        if let Some(g) = guarantees.as_mut() {
+                            g.granted(&path.guaranteed, &usable);
+                        }
                     }
                     let r = usable.into_allocated_to(role);
                     self.charge_grant(f, a, role, &r, s, whole_agent);
@@ -1170,21 +1172,25 @@ fn bump(map: &mut HashMap<String, Scalars>, key: &str, s: Scalars, add: bool) {
 /// same framework, agent and role (from `out[..first]`), if any: one offer
 /// for both.
 fn merge_stages(out: &mut Vec<Allocation>, first: usize) {
-    let mut index: HashMap<(FrameworkId, AgentId, String), usize> = HashMap::default();
-    for (i, x) in out[..first].iter().enumerate() {
-        index.insert((x.framework_id.clone(), x.agent_id.clone(), x.role.clone()), i);
-    }
     let second = out.split_off(first);
+    fn key(x: &Allocation) -> (&str, &str, &str) {
+        (x.framework_id.as_str(), x.agent_id.as_str(), x.role.as_str())
+    }
+    let index: HashMap<(&str, &str, &str), usize> = out.iter().enumerate().map(|(i, x)| (key(x), i)).collect();
+    let (mut merged, mut rest) = (Vec::new(), Vec::new());
     for x in second {
-        match index.get(&(x.framework_id.clone(), x.agent_id.clone(), x.role.clone())) {
-            Some(&i) => {
-                out[i].resources.add(&x.resources);
-                // Optimistic copies must be able to take all of it.
-                out[i].also.retain(|p| x.also.contains(p));
-            }
-            None => out.push(x),
+        match index.get(&key(&x)) {
+            Some(&i) => merged.push((i, x)),
+            None => rest.push(x),
         }
     }
+    drop(index);
+    for (i, x) in merged {
+        out[i].resources.add(&x.resources);
+        // Optimistic copies must be able to take all of it.
+        out[i].also.retain(|p| x.also.contains(p));
+    }
+    out.extend(rest);
 }
 
 /// What roles consume of their quota, from one look at the agents.
@@ -1244,6 +1250,9 @@ struct Guarantees {
     roles: Vec<GuaranteedRole>,
     /// Unreserved, unallocated share kinds on active agents.
     free: Scalars,
+    /// Per kind, what is free beyond the headroom (see
+    /// [`Guarantees::slack`]), kept up to date by [`Guarantees::granted`].
+    slack: [i64; 4],
 }
 
 impl Guarantees {
@@ -1264,7 +1273,9 @@ impl Guarantees {
                 GuaranteedRole { name: name.clone(), guarantee: *guarantee, consumed, top }
             })
             .collect();
-        Some(Guarantees { roles, free })
+        let mut g = Guarantees { roles, free, slack: [0; 4] };
+        g.slack = g.slack();
+        Some(g)
     }
 
     fn any_shortfall(&self) -> bool {
@@ -1346,7 +1357,7 @@ impl Guarantees {
     /// `stage`, per kind (see [`Guarantees::cut`]).
     fn room(&self, path: &[usize], stage: Stage) -> CutRoom {
         let need = self.need_on(path);
-        let slack = self.slack();
+        let slack = self.slack;
         let held = self.held_for(path);
         let mut room = [0i64; 4];
         for (i, r) in room.iter_mut().enumerate() {
@@ -1359,14 +1370,24 @@ impl Guarantees {
         CutRoom { room, need }
     }
 
-    /// `r` was granted to `role`: its unreserved share kinds are no longer
-    /// free, and count toward the guarantees on the role's path.
-    fn granted(&mut self, role: &str, r: &Resources) {
-        let plain = Scalars::of(&r.filter(|x| x.reservation.is_none()));
-        self.free.sub(plain);
-        for g in self.roles.iter_mut().filter(|g| on_path(&g.name, role)) {
-            g.consumed.add(plain);
+    /// `r` was granted to a role whose [`Guarantees::path`] is `path`: its
+    /// unreserved share kinds are no longer free, and count toward the
+    /// guarantees on the role's path.
+    fn granted(&mut self, path: &[usize], r: &Resources) {
+        let mut plain = Scalars::default();
+        for x in r.iter().filter(|x| x.reservation.is_none()) {
+            if let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&x.name), &x.value) {
+                plain.0[i] += v.0;
+            }
         }
+        if plain.0 == [0; 4] {
+            return;
+        }
+        self.free.sub(plain);
+        for &g in path {
+            self.roles[g].consumed.add(plain);
+        }
+        self.slack = self.slack();
     }
 }
 
@@ -1403,39 +1424,52 @@ fn within_room(mut room: [Option<i64>; 4], from: &Resources, keep: impl Fn(&Reso
 }
 
 /// The share kinds of an agent's available resources: the unreserved ones,
-/// and those reserved to each role.
+/// and those reserved to each role that is a leaf of the round's tree (by
+/// leaf, so that looking a leaf up compares no names).
 #[derive(Default)]
 struct Shares {
     unreserved: Scalars,
-    reserved: Vec<(String, Scalars)>,
+    reserved: Vec<(usize, Scalars)>,
 }
 
 impl Shares {
-    fn of(available: &Resources) -> Shares {
+    /// `leaf_of` finds a role's leaf; resources reserved to a role that
+    /// has none are left out (no leaf may use them).
+    fn of(available: &Resources, leaf_of: impl Fn(&str) -> Option<usize>) -> Shares {
         let mut shares = Shares::default();
+        // Reservations come in runs of one role (cpus, mem, ... of it).
+        let mut last: Option<(&str, Option<usize>)> = None;
         for r in available.iter() {
             let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&r.name), &r.value) else {
                 continue;
             };
             let s = match &r.reservation {
                 None => &mut shares.unreserved,
-                Some(res) => match shares.reserved.iter().position(|(role, _)| *role == res.role) {
-                    Some(k) => &mut shares.reserved[k].1,
-                    None => {
-                        shares.reserved.push((res.role.clone(), Scalars::default()));
-                        &mut shares.reserved.last_mut().expect("pushed").1
+                Some(res) => {
+                    let leaf = match last {
+                        Some((role, leaf)) if role == res.role => leaf,
+                        _ => leaf_of(&res.role),
+                    };
+                    last = Some((&res.role, leaf));
+                    let Some(leaf) = leaf else { continue };
+                    match shares.reserved.iter().position(|&(l, _)| l == leaf) {
+                        Some(k) => &mut shares.reserved[k].1,
+                        None => {
+                            shares.reserved.push((leaf, Scalars::default()));
+                            &mut shares.reserved.last_mut().expect("pushed").1
+                        }
                     }
-                },
+                }
             };
             s.0[i] += v.0;
         }
         shares
     }
 
-    /// What `role` may use (as [`Resources::usable_by`]): the share kinds
-    /// reserved to it, and the unreserved ones.
-    fn usable_by(&self, role: &str) -> (Scalars, Scalars) {
-        let reserved = self.reserved.iter().find(|(r, _)| r == role).map(|(_, s)| *s).unwrap_or_default();
+    /// What `leaf`'s role may use (as [`Resources::usable_by`]): the share
+    /// kinds reserved to it, and the unreserved ones.
+    fn usable_by(&self, leaf: usize) -> (Scalars, Scalars) {
+        let reserved = self.reserved.iter().find(|&&(l, _)| l == leaf).map(|(_, s)| *s).unwrap_or_default();
         (reserved, self.unreserved)
     }
 }
@@ -1499,11 +1533,69 @@ impl CutRoom {
     }
 }
 
+/// Per kind, the least room left under `limits`, each a role's limits
+/// (`None` where it sets none) and what its subtree holds.
+fn room_left(limits: impl Iterator<Item = (Quantities, Scalars)>) -> [Option<i64>; 4] {
+    let mut room: [Option<i64>; 4] = [None; 4];
+    for (limit, used) in limits {
+        for ((room, l), used) in room.iter_mut().zip(limit.0).zip(used.0) {
+            if let Some(l) = l {
+                let left = (l - used).max(0);
+                *room = Some(room.map_or(left, |r| r.min(left)));
+            }
+        }
+    }
+    room
+}
+
+/// The roles with quota limits met in one stage of a round, and what their
+/// subtrees hold, kept up to date by the stage's grants: a leaf's room is
+/// worked out from them without looking roles up by name.
+#[derive(Default)]
+struct Limited {
+    names: Vec<String>,
+    limits: Vec<Quantities>,
+    used: Vec<Scalars>,
+}
+
+impl Limited {
+    /// The roles on `role`'s path (itself included) that have quota
+    /// limits, by index here.
+    fn path(&mut self, a: &Allocator, role: &str) -> Vec<usize> {
+        let mut path = Vec::new();
+        for (node, limits) in a.limited_path(role) {
+            let i = match self.names.iter().position(|n| *n == node) {
+                Some(i) => i,
+                None => {
+                    self.used.push(a.subtree.get(&node).copied().unwrap_or_default());
+                    self.names.push(node);
+                    self.limits.push(limits);
+                    self.names.len() - 1
+                }
+            };
+            path.push(i);
+        }
+        path
+    }
+
+    /// The room left under the limits of the roles on `path` (as
+    /// [`Allocator::room`]).
+    fn room(&self, path: &[usize]) -> [Option<i64>; 4] {
+        room_left(path.iter().map(|&i| (self.limits[i], self.used[i])))
+    }
+
+    /// `s` was granted to a role whose [`Limited::path`] is `path`.
+    fn granted(&mut self, path: &[usize], s: Scalars) {
+        for &i in path {
+            self.used[i].add(s);
+        }
+    }
+}
+
 /// The roles above a leaf (its own included) that its room depends on.
 struct LeafPath {
-    /// Those with quota limits, and the limits (see
-    /// [`Allocator::limited_path`]).
-    limits: Vec<(String, Quantities)>,
+    /// Those with quota limits (see [`Limited::path`]).
+    limits: Vec<usize>,
     /// Those with guarantees (see [`Guarantees::path`]).
     guaranteed: Vec<usize>,
 }
@@ -1623,6 +1715,11 @@ impl Tree {
         self.nodes[parent].items.push((0, Item::Role(n)));
         self.index.insert(name.to_string(), n);
         n
+    }
+
+    /// The leaf of `role`, if it has one.
+    fn leaf_of(&self, role: &str) -> Option<usize> {
+        self.index.get(role).and_then(|&n| self.nodes[n].leaf)
     }
 
     /// Framework `f` takes part for `role`.
