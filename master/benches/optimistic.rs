@@ -1,8 +1,10 @@
 //! Optimistic against pessimistic offers: time-to-placement and fairness.
 //!
-//! Not a timing benchmark: a deterministic simulation of the master's real
-//! core (allocator, offers, accepts, rescinds) on a simulated clock, so the
-//! figures do not depend on the machine. 40 agents of 8 cpus; 8 frameworks
+//! Not a timing benchmark: a simulation of the master's real core
+//! (allocator, offers, accepts, rescinds) on a simulated clock, so the
+//! figures do not depend on the machine's speed. They vary a little from run
+//! to run: the master's maps hash with a per-process seed, which orders some
+//! ties. 40 agents of 8 cpus; 8 frameworks
 //! in one role, 4 fast (they answer an offer in 10 ms) and 4 slow (1 s);
 //! events take 2 ms to reach a framework. Each framework submits 1-cpu
 //! tasks at a steady rate; a task runs 5 to 15 s. A framework packs its
