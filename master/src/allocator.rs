@@ -75,7 +75,7 @@ impl Scalars {
         let mut s = [0i64; 4];
         for res in r.iter() {
             if let agora_proto::resources::Value::Scalar(v) = res.value {
-                if let Some(i) = SHARE_KINDS.iter().position(|k| *k == res.name) {
+                if let Some(i) = kind_index(&res.name) {
                     s[i] += v.0;
                 }
             }
@@ -91,7 +91,7 @@ impl Scalars {
             let (Some(role), agora_proto::resources::Value::Scalar(v)) = (&res.allocation_role, &res.value) else {
                 continue;
             };
-            let Some(i) = SHARE_KINDS.iter().position(|k| *k == res.name) else { continue };
+            let Some(i) = kind_index(&res.name) else { continue };
             match out.iter_mut().find(|(r, _)| r == role) {
                 Some((_, s)) => s.0[i] += v.0,
                 None => {
@@ -234,7 +234,17 @@ impl Quota {
 
 /// The index of a share kind in `SHARE_KINDS`.
 fn kind_index(name: &str) -> Option<usize> {
-    SHARE_KINDS.iter().position(|k| *k == name)
+    // A match, not a search of SHARE_KINDS: it branches on the length
+    // first, and this runs for every resource an allocation round looks at.
+    let i = match name {
+        "cpus" => 0,
+        "mem" => 1,
+        "disk" => 2,
+        "gpus" => 3,
+        _ => return None,
+    };
+    debug_assert_eq!(SHARE_KINDS[i], name);
+    Some(i)
 }
 
 /// Resources of one agent allocated to one framework under one role.
@@ -945,6 +955,13 @@ impl Allocator {
         let mut limited = Limited::default();
         // Each leaf's limited and guaranteed roles above it, for the stage.
         let mut paths: Vec<Option<LeafPath>> = (0..tree.leaves.len()).map(|_| None).collect();
+        // Whether every leaf's role is at its cpu limit (or, in stage one,
+        // owes no guarantee): then no role is offered anything of an agent
+        // with unreserved cpus free, since those come with any offer and a
+        // role with no room for cpus is offered nothing (see
+        // [`within_room`]). Worked out once between grants, when an agent
+        // asks, stopping at the first leaf that is not.
+        let mut all_blocked: Option<bool> = None;
         for &a in agents {
             if stage == Stage::Guarantees && !guarantees.as_ref().is_some_and(Guarantees::any_shortfall) {
                 // Every guarantee is met: stage one is over.
@@ -954,6 +971,23 @@ impl Allocator {
             let free = Scalars::of(&slot.free);
             if !slot.active || !self.offerable(free) {
                 continue;
+            }
+            if !self.limits.is_empty() && has_unreserved_cpus(&slot.free) {
+                let blocked = *all_blocked.get_or_insert_with(|| {
+                    (0..tree.leaves.len()).all(|l| {
+                        let role = &tree.leaves[l].role;
+                        let path = paths[l].get_or_insert_with(|| LeafPath::of(self, &mut limited, guarantees, role));
+                        if stage == Stage::Guarantees && !guarantees.as_ref().is_some_and(|g| g.owes(&path.guaranteed))
+                        {
+                            return true;
+                        }
+                        let room = rooms[l].get_or_insert_with(|| LeafRoom::of(&limited, guarantees, path, stage));
+                        room.limits[0] == Some(0)
+                    })
+                });
+                if blocked {
+                    continue;
+                }
             }
             // Grants take from the agent's free resources in place; they go
             // back into the slot when the agent is done.
@@ -982,10 +1016,8 @@ impl Allocator {
                             leaf_usable = None;
                             return true;
                         }
-                        let path = paths[leaf].get_or_insert_with(|| LeafPath {
-                            limits: limited.path(self, role),
-                            guaranteed: guarantees.as_ref().map(|g| g.path(role)).unwrap_or_default(),
-                        });
+                        let path =
+                            paths[leaf].get_or_insert_with(|| LeafPath::of(self, &mut limited, guarantees, role));
                         if stage == Stage::Guarantees && !guarantees.as_ref().is_some_and(|g| g.owes(&path.guaranteed))
                         {
                             return false;
@@ -1001,10 +1033,7 @@ impl Allocator {
                         // The leaf's room under quota limits and around the
                         // headroom changes only with a grant: worked out
                         // once between grants.
-                        let room = rooms[leaf].get_or_insert_with(|| LeafRoom {
-                            limits: limited.room(&path.limits),
-                            cut: guarantees.as_ref().map(|g| g.room(&path.guaranteed, stage)),
-                        });
+                        let room = rooms[leaf].get_or_insert_with(|| LeafRoom::of(&limited, guarantees, path, stage));
                         if !self.offerable(room.most(reserved, unreserved)) {
                             return false;
                         }
@@ -1063,6 +1092,7 @@ impl Allocator {
                 };
                 let Some((leaf, f)) = tree.walk(0, &mut try_grant) else { break };
                 rooms.iter_mut().for_each(|r| *r = None);
+                all_blocked = None;
                 tree.rerank(self, leaf, f);
                 if self.config.optimistic > 0 {
                     let last = out.last_mut().expect("granted");
@@ -1423,6 +1453,15 @@ fn within_room(mut room: [Option<i64>; 4], from: &Resources, keep: impl Fn(&Reso
     out
 }
 
+/// Whether `r` has unreserved cpus.
+fn has_unreserved_cpus(r: &Resources) -> bool {
+    r.iter().any(|r| {
+        r.reservation.is_none()
+            && r.name == "cpus"
+            && matches!(r.value, agora_proto::resources::Value::Scalar(v) if v.0 > 0)
+    })
+}
+
 /// The share kinds of an agent's available resources: the unreserved ones,
 /// and those reserved to each role that is a leaf of the round's tree (by
 /// leaf, so that looking a leaf up compares no names).
@@ -1600,6 +1639,15 @@ struct LeafPath {
     guaranteed: Vec<usize>,
 }
 
+impl LeafPath {
+    fn of(a: &Allocator, limited: &mut Limited, guarantees: &Option<Guarantees>, role: &str) -> LeafPath {
+        LeafPath {
+            limits: limited.path(a, role),
+            guaranteed: guarantees.as_ref().map(|g| g.path(role)).unwrap_or_default(),
+        }
+    }
+}
+
 /// A leaf's room in one stage of a round, between two grants: under quota
 /// limits (see [`Allocator::room`]) and around the headroom.
 #[derive(Clone, Copy)]
@@ -1609,6 +1657,13 @@ struct LeafRoom {
 }
 
 impl LeafRoom {
+    fn of(limited: &Limited, guarantees: &Option<Guarantees>, path: &LeafPath, stage: Stage) -> LeafRoom {
+        LeafRoom {
+            limits: limited.room(&path.limits),
+            cut: guarantees.as_ref().map(|g| g.room(&path.guaranteed, stage)),
+        }
+    }
+
     /// No less, per kind, than what [`within_room`] and then
     /// [`CutRoom::apply`] leave of resources whose share kinds are
     /// `reserved` (to the role) and `unreserved`: a role for which this is
