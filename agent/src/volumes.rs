@@ -66,7 +66,7 @@ pub fn volume_dir(work_dir: &Path, resource: &Resource) -> Option<PathBuf> {
 
 /// The volumes among `resources`, with their directories.
 pub fn volumes<'a>(work_dir: &'a Path, resources: &'a Resources) -> impl Iterator<Item = (&'a Volume, PathBuf)> + 'a {
-    resources.iter().filter_map(move |r| Some((r.volume.as_ref()?, volume_dir(work_dir, r)?)))
+    resources.iter().filter_map(move |r| Some((r.volume.as_deref()?, volume_dir(work_dir, r)?)))
 }
 
 /// Creates the directories of the volumes in `now` and removes those of
@@ -105,7 +105,8 @@ mod tests {
 
     fn volume(role: &str, id: &str) -> Resource {
         let mut r = Resource::scalar("disk", 64.0).reserved_to(role, agora_proto::resources::ReservationKind::Dynamic);
-        r.volume = Some(Volume { id: id.into(), principal: None, container_path: "data".into(), read_only: false });
+        r.volume =
+            Some(Box::new(Volume { id: id.into(), principal: None, container_path: "data".into(), read_only: false }));
         r
     }
 

@@ -517,12 +517,12 @@ async fn volume(cmd: VolumeCmd) -> anyhow::Result<()> {
             if let Some(res) = r.reservation.as_mut() {
                 res.principal = principal;
             }
-            r.volume = Some(agora_proto::resources::Volume {
+            r.volume = Some(Box::new(agora_proto::resources::Volume {
                 id: id.clone(),
                 principal: None,
                 container_path: path,
                 read_only,
-            });
+            }));
             let volumes = Resources::from_vec(vec![r]);
             let call = serde_json::json!({"type": "CREATE_VOLUMES",
                 "create_volumes": {"agent_id": {"value": agent}, "volumes": volumes}});

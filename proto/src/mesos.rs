@@ -1000,10 +1000,10 @@ impl TryFrom<JsonResource> for Resource {
         Ok(Resource {
             name: j.name,
             value,
-            reservation,
+            reservation: reservation.map(Box::new),
             revocable: j.revocable.is_some(),
             allocation_role: j.allocation_info.and_then(|a| a.role),
-            volume,
+            volume: volume.map(Box::new),
         })
     }
 }

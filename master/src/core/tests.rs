@@ -1032,12 +1032,12 @@ fn dynamic(text: &str) -> Resources {
 /// `size` MB of disk dynamically reserved to `role`, holding volume `id`.
 fn volume(role: &str, size: u32, id: &str) -> Resources {
     let mut r = dynamic(&format!("disk({role}):{size}")).into_vec().remove(0);
-    r.volume = Some(agora_proto::resources::Volume {
+    r.volume = Some(Box::new(agora_proto::resources::Volume {
         id: id.into(),
         principal: None,
         container_path: "data".into(),
         read_only: false,
-    });
+    }));
     Resources::from_vec(vec![r])
 }
 
