@@ -1433,24 +1433,30 @@ fn within_room(mut room: [Option<i64>; 4], from: &Resources, keep: impl Fn(&Reso
     {
         return Resources::new();
     }
-    let mut out = Resources::new();
+    // Taken from normalized resources, values only made smaller: no two
+    // alike.
+    let mut out = Vec::with_capacity(from.len());
     let reserved_first =
         usable().filter(|r| r.reservation.is_some()).chain(usable().filter(|r| r.reservation.is_none()));
     for r in reserved_first {
-        let mut r = r.clone();
-        if let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&r.name), &mut r.value) {
+        let mut take = None;
+        if let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&r.name), &r.value) {
             if let Some(left) = room[i].as_mut() {
-                let take = v.0.min(*left);
-                *left -= take;
-                if take == 0 {
+                let t = v.0.min(*left);
+                *left -= t;
+                if t == 0 {
                     continue;
                 }
-                v.0 = take;
+                take = Some(t);
             }
         }
-        out.add_one(r);
+        let mut r = r.clone();
+        if let (Some(t), agora_proto::resources::Value::Scalar(v)) = (take, &mut r.value) {
+            v.0 = t;
+        }
+        out.push(r);
     }
-    out
+    Resources::from_distinct(out)
 }
 
 /// Whether `r` has unreserved cpus.

@@ -380,6 +380,15 @@ impl Resources {
         r
     }
 
+    /// Resources of which no two are alike and none is empty, such as
+    /// those of a `Resources` with some values made smaller: nothing needs
+    /// merging, so nothing is compared (checked in debug builds).
+    pub fn from_distinct(v: Vec<Resource>) -> Resources {
+        debug_assert!(v.iter().all(|r| !r.value.is_empty()), "an empty resource");
+        debug_assert!(v.iter().enumerate().all(|(i, r)| v[..i].iter().all(|x| !x.same_kind(r))), "resources alike");
+        Resources(v)
+    }
+
     pub fn iter(&self) -> std::slice::Iter<'_, Resource> {
         self.0.iter()
     }
