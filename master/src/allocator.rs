@@ -72,12 +72,15 @@ impl Scalars {
     }
 
     pub fn of(r: &Resources) -> Scalars {
+        Scalars::of_where(r, |_| true)
+    }
+
+    /// The share kinds of the resources of `r` that `keep` accepts.
+    fn of_where(r: &Resources, keep: impl Fn(&Resource) -> bool) -> Scalars {
         let mut s = [0i64; 4];
-        for res in r.iter() {
-            if let agora_proto::resources::Value::Scalar(v) = res.value {
-                if let Some(i) = kind_index(&res.name) {
-                    s[i] += v.0;
-                }
+        for res in r.iter().filter(|x| keep(x)) {
+            if let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&res.name), &res.value) {
+                s[i] += v.0;
             }
         }
         Scalars(s)
@@ -779,7 +782,10 @@ impl Allocator {
     /// What `role` may still be allocated of each share kind under its own
     /// quota limits and those of the roles above it (`None`: no limit).
     fn room(&self, role: &str) -> [Option<i64>; 4] {
-        self.room_under(&self.limited_path(role))
+        let path = self.limited_path(role);
+        room_left(
+            path.iter().map(|(node, limit)| (*limit, self.subtree.get(node.as_str()).copied().unwrap_or_default())),
+        )
     }
 
     /// The roles on `role`'s path (itself included) that have quota limits,
@@ -787,14 +793,6 @@ impl Allocator {
     fn limited_path(&self, role: &str) -> Vec<(String, Quantities)> {
         let nodes = role.match_indices('/').map(|(i, _)| &role[..i]).chain(std::iter::once(role));
         nodes.filter_map(|node| self.limits.get(node).map(|l| (node.to_string(), *l))).collect()
-    }
-
-    /// [`Allocator::room`] for a role whose [`Allocator::limited_path`] is
-    /// `path`.
-    fn room_under(&self, path: &[(String, Quantities)]) -> [Option<i64>; 4] {
-        room_left(
-            path.iter().map(|(node, limit)| (*limit, self.subtree.get(node.as_str()).copied().unwrap_or_default())),
-        )
     }
 
     pub fn weight(&self, role: &str) -> f64 {
@@ -1404,12 +1402,7 @@ impl Guarantees {
     /// unreserved share kinds are no longer free, and count toward the
     /// guarantees on the role's path.
     fn granted(&mut self, path: &[usize], r: &Resources) {
-        let mut plain = Scalars::default();
-        for x in r.iter().filter(|x| x.reservation.is_none()) {
-            if let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&x.name), &x.value) {
-                plain.0[i] += v.0;
-            }
-        }
+        let plain = Scalars::of_where(r, |x| x.reservation.is_none());
         if plain.0 == [0; 4] {
             return;
         }
@@ -1428,9 +1421,7 @@ fn within_room(mut room: [Option<i64>; 4], from: &Resources, keep: impl Fn(&Reso
         return from.filter(keep);
     }
     let usable = || from.iter().filter(|r| keep(r));
-    if room[0] == Some(0)
-        && usable().any(|r| r.name == "cpus" && matches!(r.value, agora_proto::resources::Value::Scalar(v) if v.0 > 0))
-    {
+    if room[0] == Some(0) && usable().any(is_cpus) {
         return Resources::new();
     }
     // Taken from normalized resources, values only made smaller: no two
@@ -1459,13 +1450,14 @@ fn within_room(mut room: [Option<i64>; 4], from: &Resources, keep: impl Fn(&Reso
     Resources::from_distinct(out)
 }
 
+/// Whether `r` is some cpus.
+fn is_cpus(r: &Resource) -> bool {
+    r.name == "cpus" && matches!(r.value, agora_proto::resources::Value::Scalar(v) if v.0 > 0)
+}
+
 /// Whether `r` has unreserved cpus.
 fn has_unreserved_cpus(r: &Resources) -> bool {
-    r.iter().any(|r| {
-        r.reservation.is_none()
-            && r.name == "cpus"
-            && matches!(r.value, agora_proto::resources::Value::Scalar(v) if v.0 > 0)
-    })
+    r.iter().any(|r| r.reservation.is_none() && is_cpus(r))
 }
 
 /// The share kinds of an agent's available resources: the unreserved ones,
@@ -1533,12 +1525,7 @@ impl CutRoom {
     fn apply(&self, usable: Resources, stage: Stage) -> Resources {
         let (mut room, need) = (self.room, self.need);
         // Most often everything fits: nothing to cut.
-        let mut plain = [0i64; 4];
-        for r in usable.iter().filter(|r| r.reservation.is_none()) {
-            if let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&r.name), &r.value) {
-                plain[i] += v.0;
-            }
-        }
+        let plain = Scalars::of_where(&usable, |r| r.reservation.is_none()).0;
         if (0..4).all(|i| plain[i] <= room[i]) {
             let toward = (0..4).any(|i| plain[i] > 0 && need[i].is_some_and(|n| n > 0));
             return match stage {
