@@ -776,7 +776,7 @@ impl Allocator {
         if self.limits.is_empty() {
             return usable.clone();
         }
-        within_room(self.room(role), usable, |_| true)
+        within_room(self.room(role), usable, |_| true).copy(usable)
     }
 
     /// What `role` may still be allocated of each share kind under its own
@@ -867,15 +867,17 @@ impl Allocator {
         self.refuse(framework, agent, r, refuse_ms, now_ms);
     }
 
-    /// Whether a filter of `fw` refuses `offer` (without allocation markers).
-    fn is_filtered(fw: &mut FrameworkSlot, agent: usize, offer: &Resources, now_ms: u64) -> bool {
-        let Some(filters) = fw.filters.get_mut(&agent) else { return false };
+    /// The filters of `fw` on `agent` still in force, if any (expired ones
+    /// are dropped). One refuses an offer (without allocation markers) that
+    /// its resources contain.
+    fn live_filters(fw: &mut FrameworkSlot, agent: usize, now_ms: u64) -> Option<&[Filter]> {
+        let filters = fw.filters.get_mut(&agent)?;
         filters.retain(|f| f.expires_ms > now_ms);
         if filters.is_empty() {
             fw.filters.remove(&agent);
-            return false;
+            return None;
         }
-        filters.iter().any(|f| f.resources.contains(offer))
+        fw.filters.get(&agent).map(Vec::as_slice)
     }
 
     /// Whether share kinds `s` are worth an offer: enough cpus or memory.
@@ -1003,7 +1005,11 @@ impl Allocator {
                 // agent is reserved and no quota cuts it (nothing copied).
                 let whole =
                     guarantees.is_none() && self.limits.is_empty() && available.iter().all(|r| r.reservation.is_none());
-                let mut leaf_usable: Option<Resources> = None;
+                // What the current leaf takes, and its share kinds; copied
+                // only when a framework's filters on the agent ask, and when
+                // it is granted (moved out of `available` then).
+                let mut leaf_usable: Option<(Take, Scalars)> = None;
+                let mut leaf_copy: Option<Resources> = None;
                 // The share kinds of `available`, summed once per walk.
                 let shares = if whole { Shares::default() } else { Shares::of(&available, |role| tree.leaf_of(role)) };
                 let mut try_grant = |f: Option<usize>, leaf: usize, role: &str| -> bool {
@@ -1035,22 +1041,30 @@ impl Allocator {
                         if !self.offerable(room.most(reserved, unreserved)) {
                             return false;
                         }
-                        let mut usable =
+                        let mut take =
                             within_room(room.limits, &available, |r| r.reservation.is_none() || r.role() == role);
                         if let Some(cut) = room.cut.as_ref() {
-                            usable = cut.apply(usable, stage);
+                            take = cut.apply(take, &available, stage);
                         }
-                        let take = !usable.is_empty() && self.offerable(Scalars::of(&usable));
-                        leaf_usable = Some(usable);
-                        return take;
+                        let s = take.scalars(&available);
+                        let worth = !take.is_empty() && self.offerable(s);
+                        leaf_usable = Some((take, s));
+                        leaf_copy = None;
+                        return worth;
                     };
                     if !self.wants(f, role, a) {
                         return false;
                     }
                     let Some(fw) = self.frameworks[f].as_mut() else { return false };
-                    if Self::is_filtered(fw, a, leaf_usable.as_ref().unwrap_or(&available), now_ms) {
-                        self.stats.filtered += 1;
-                        return false;
+                    if let Some(filters) = Self::live_filters(fw, a, now_ms) {
+                        let offer = match &leaf_usable {
+                            Some((take, _)) => &*leaf_copy.get_or_insert_with(|| take.copy(&available)),
+                            None => &available,
+                        };
+                        if filters.iter().any(|x| x.resources.contains(offer)) {
+                            self.stats.filtered += 1;
+                            return false;
+                        }
                     }
                     // Granted: the walk ends here, and the next one works
                     // the leaf's share out again.
@@ -1058,12 +1072,9 @@ impl Allocator {
                     let whole_agent =
                         leaf_usable.is_none() && self.agents[a].as_ref().is_some_and(|s| s.allocated.is_empty());
                     let (usable, s) = match leaf_usable.take() {
-                        Some(usable) => {
-                            // Taken from `available`: contained in it.
-                            available.subtract_saturating(&usable);
-                            let s = Scalars::of(&usable);
-                            (usable, s)
-                        }
+                        // Moved out of `available` (what is taken whole) or
+                        // split off it (part of a scalar).
+                        Some((take, s)) => (available.take_parts(&take.parts), s),
                         // Untouched until now: all of what was free.
                         None => (std::mem::take(&mut available), free),
                     };
@@ -1377,8 +1388,9 @@ impl Guarantees {
     /// agent has cpus free but the role gets no room for them, no
     /// unreserved resources are offered at all (memory alone is of no use
     /// without cpus).
-    fn cut(&self, role: &str, usable: Resources, stage: Stage) -> Resources {
-        self.room(&self.path(role), stage).apply(usable, stage)
+    fn cut(&self, role: &str, mut usable: Resources, stage: Stage) -> Resources {
+        let take = self.room(&self.path(role), stage).apply(Take::all(&usable), &usable, stage);
+        usable.take_parts(&take.parts)
     }
 
     /// What a role whose [`Guarantees::path`] is `path` may take in
@@ -1416,20 +1428,18 @@ impl Guarantees {
 
 /// The resources of `from` that `keep` accepts, cut down to `room` (see
 /// [`Allocator::within_limits`]).
-fn within_room(mut room: [Option<i64>; 4], from: &Resources, keep: impl Fn(&Resource) -> bool) -> Resources {
+fn within_room(mut room: [Option<i64>; 4], from: &Resources, keep: impl Fn(&Resource) -> bool) -> Take {
+    let usable = || from.iter().enumerate().filter(|(_, r)| keep(r));
     if room.iter().all(Option::is_none) {
-        return from.filter(keep);
+        return Take { parts: usable().map(|(i, _)| (i, None)).collect() };
     }
-    let usable = || from.iter().filter(|r| keep(r));
-    if room[0] == Some(0) && usable().any(is_cpus) {
-        return Resources::new();
+    if room[0] == Some(0) && usable().any(|(_, r)| is_cpus(r)) {
+        return Take::default();
     }
-    // Taken from normalized resources, values only made smaller: no two
-    // alike.
-    let mut out = Vec::with_capacity(from.len());
+    let mut parts = Vec::with_capacity(from.len());
     let reserved_first =
-        usable().filter(|r| r.reservation.is_some()).chain(usable().filter(|r| r.reservation.is_none()));
-    for r in reserved_first {
+        usable().filter(|(_, r)| r.reservation.is_some()).chain(usable().filter(|(_, r)| r.reservation.is_none()));
+    for (k, r) in reserved_first {
         let mut take = None;
         if let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&r.name), &r.value) {
             if let Some(left) = room[i].as_mut() {
@@ -1441,13 +1451,71 @@ fn within_room(mut room: [Option<i64>; 4], from: &Resources, keep: impl Fn(&Reso
                 take = Some(t);
             }
         }
-        let mut r = r.clone();
-        if let (Some(t), agora_proto::resources::Value::Scalar(v)) = (take, &mut r.value) {
-            v.0 = t;
-        }
-        out.push(r);
+        parts.push((k, take));
     }
-    Resources::from_distinct(out)
+    Take { parts }
+}
+
+/// What a role takes of an agent's available resources, before anything
+/// is copied: by index into them, all of a resource or (`Some`) that much
+/// of a scalar, in the order an offer of them lists them (see
+/// [`Resources::take_parts`], which moves them out).
+#[derive(Default)]
+struct Take {
+    parts: Vec<(usize, Option<i64>)>,
+}
+
+impl Take {
+    /// All of `from`, in its order.
+    fn all(from: &Resources) -> Take {
+        Take { parts: (0..from.len()).map(|i| (i, None)).collect() }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// Each part of `from` taken, and what is taken of it when it is a
+    /// scalar.
+    fn of<'a>(&'a self, from: &'a Resources) -> impl Iterator<Item = (usize, &'a Resource, Option<i64>)> + 'a {
+        let all = from.iter().as_slice();
+        self.parts.iter().map(move |&(i, t)| {
+            let r = &all[i];
+            let v = match &r.value {
+                agora_proto::resources::Value::Scalar(v) => Some(t.map_or(v.0, |t| t.min(v.0))),
+                _ => None,
+            };
+            (i, r, v)
+        })
+    }
+
+    /// The share kinds taken of `from`.
+    fn scalars(&self, from: &Resources) -> Scalars {
+        let mut s = Scalars::default();
+        for (_, r, v) in self.of(from) {
+            if let (Some(k), Some(v)) = (kind_index(&r.name), v) {
+                s.0[k] += v;
+            }
+        }
+        s
+    }
+
+    /// A copy of what is taken of `from` (which stays as it is).
+    fn copy(&self, from: &Resources) -> Resources {
+        // Parts of normalized resources, values only made smaller: no two
+        // alike.
+        Resources::from_distinct(
+            self.of(from)
+                .map(|(_, r, v)| {
+                    let mut r = r.clone();
+                    if let (Some(v), agora_proto::resources::Value::Scalar(x)) = (v, &mut r.value) {
+                        x.0 = v;
+                    }
+                    r
+                })
+                .collect(),
+        )
+    }
 }
 
 /// Whether `r` is some cpus.
@@ -1521,47 +1589,53 @@ struct CutRoom {
 }
 
 impl CutRoom {
-    /// `usable`, cut to the room (see [`Guarantees::cut`]).
-    fn apply(&self, usable: Resources, stage: Stage) -> Resources {
+    /// `usable` (taken of `from`), cut to the room (see
+    /// [`Guarantees::cut`]): the parts reserved first, then the unreserved.
+    fn apply(&self, usable: Take, from: &Resources, stage: Stage) -> Take {
         let (mut room, need) = (self.room, self.need);
         // Most often everything fits: nothing to cut.
-        let plain = Scalars::of_where(&usable, |r| r.reservation.is_none()).0;
+        let mut plain = [0i64; 4];
+        for (_, r, v) in usable.of(from).filter(|(_, r, _)| r.reservation.is_none()) {
+            if let (Some(i), Some(v)) = (kind_index(&r.name), v) {
+                plain[i] += v;
+            }
+        }
         if (0..4).all(|i| plain[i] <= room[i]) {
             let toward = (0..4).any(|i| plain[i] > 0 && need[i].is_some_and(|n| n > 0));
             return match stage {
-                Stage::Guarantees if !toward => Resources::new(),
+                Stage::Guarantees if !toward => Take::default(),
                 _ => usable,
             };
         }
-        let mut reserved = Resources::new();
-        let mut unreserved = Resources::new();
+        let mut reserved = Vec::with_capacity(usable.parts.len());
+        let mut unreserved = Vec::new();
         let mut toward = false;
         let mut starved = false;
-        for r in usable.iter() {
+        for ((k, r, v), &part) in usable.of(from).zip(&usable.parts) {
             if r.reservation.is_some() {
-                reserved.add_one(r.clone());
+                reserved.push(part);
                 continue;
             }
-            let mut r = r.clone();
-            if let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&r.name), &mut r.value) {
-                let take = v.0.min(room[i]);
+            if let (Some(i), Some(v)) = (kind_index(&r.name), v) {
+                let take = v.min(room[i]);
                 room[i] -= take;
                 if take == 0 {
-                    starved |= i == 0 && v.0 > 0;
+                    starved |= i == 0 && v > 0;
                     continue;
                 }
                 toward |= need[i].is_some_and(|n| n > 0);
-                v.0 = take;
+                unreserved.push((k, Some(take)));
+            } else {
+                unreserved.push(part);
             }
-            unreserved.add_one(r);
         }
         if stage == Stage::Guarantees && !toward {
-            return Resources::new();
+            return Take::default();
         }
         if !starved {
-            reserved.add(&unreserved);
+            reserved.append(&mut unreserved);
         }
-        reserved
+        Take { parts: reserved }
     }
 }
 

@@ -458,6 +458,37 @@ impl Resources {
         Ok(())
     }
 
+    /// Moves out the resources at the indices of `parts`, in the order of
+    /// `parts`: all of one, or of a scalar the amount given (its fixed-point
+    /// units), which stays behind less that amount. What is taken whole is
+    /// moved, not copied. Indices must be distinct and in range, and amounts
+    /// positive; an amount no smaller than the scalar takes all of it.
+    pub fn take_parts(&mut self, parts: &[(usize, Option<i64>)]) -> Resources {
+        let mut taken: Vec<Option<Resource>> = Vec::with_capacity(parts.len());
+        for &(i, amount) in parts {
+            let r = &mut self.0[i];
+            taken.push(match (amount, &mut r.value) {
+                (Some(t), Value::Scalar(v)) if t < v.0 => {
+                    debug_assert!(t > 0, "an empty part");
+                    v.0 -= t;
+                    let mut part = r.clone();
+                    part.value = Value::Scalar(Fixed(t));
+                    Some(part)
+                }
+                _ => None,
+            });
+        }
+        let all = std::mem::take(&mut self.0);
+        self.0.reserve(all.len());
+        for (i, r) in all.into_iter().enumerate() {
+            match parts.iter().position(|&(j, _)| j == i) {
+                Some(k) if taken[k].is_none() => taken[k] = Some(r),
+                _ => self.0.push(r),
+            }
+        }
+        Resources(taken.into_iter().flatten().collect())
+    }
+
     /// Removes as much of `other` as is present, ignoring what is not.
     pub fn subtract_saturating(&mut self, other: &Resources) {
         for r in &other.0 {
@@ -920,6 +951,24 @@ mod tests {
         assert_eq!(r.usable_by("other").cpus(), 4.0);
         let eng = r.filter(|x| x.role() == "eng");
         assert_eq!(eng.to_string(), "cpus(eng):2");
+    }
+
+    #[test]
+    fn take_parts_moves_out_whole_and_splits_scalars() {
+        let mut r = Resources::parse("cpus:4;mem:8192;ports:[31000-32000];cpus(eng):2").unwrap();
+        let before = r.clone();
+        // In the order asked: the reservation, half the memory, the ports.
+        let taken = r.take_parts(&[(3, None), (1, Some(Fixed::from_f64(4096.0).0)), (2, Some(1))]);
+        assert_eq!(taken.to_string(), "cpus(eng):2; mem:4096; ports:[31000-32000]");
+        assert_eq!(r.to_string(), "cpus:4; mem:4096");
+        let mut back = r.clone();
+        back.add(&taken);
+        assert!(back.contains(&before) && before.contains(&back));
+        // An amount no smaller than the scalar takes all of it.
+        let all = r.take_parts(&[(0, Some(Fixed::from_f64(5.0).0))]);
+        assert_eq!((all.to_string().as_str(), r.to_string().as_str()), ("cpus:4", "mem:4096"));
+        assert!(r.take_parts(&[]).is_empty());
+        assert_eq!(r.len(), 1);
     }
 
     #[test]
