@@ -285,7 +285,47 @@ struct AgentSlot {
     /// place; every other change to `total` or `allocated` works it out
     /// again ([`AgentSlot::refresh_free`]).
     free: Resources,
+    /// The share kinds of `free`, set with it ([`AgentSlot::set_free`]).
+    free_sums: FreeSums,
     active: bool,
+}
+
+/// The share kinds of an agent's free resources: the unreserved ones, and
+/// per role those reserved to it. A round reads them for every agent (to
+/// pass over those not worth an offer, and for the headroom) without
+/// going through the resources.
+#[derive(Debug, Default, PartialEq)]
+struct FreeSums {
+    unreserved: Scalars,
+    reserved: Vec<(String, Scalars)>,
+}
+
+impl FreeSums {
+    fn of(free: &Resources) -> FreeSums {
+        let mut sums = FreeSums::default();
+        for r in free.iter() {
+            let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&r.name), &r.value) else {
+                continue;
+            };
+            let s = match &r.reservation {
+                None => &mut sums.unreserved,
+                Some(res) => match sums.reserved.iter().position(|(role, _)| *role == res.role) {
+                    Some(k) => &mut sums.reserved[k].1,
+                    None => {
+                        sums.reserved.push((res.role.clone(), Scalars::default()));
+                        &mut sums.reserved.last_mut().expect("pushed").1
+                    }
+                },
+            };
+            s.0[i] += v.0;
+        }
+        sums
+    }
+
+    /// All of them (as [`Scalars::of`] the free resources).
+    fn all(&self) -> Scalars {
+        self.reserved.iter().fold(self.unreserved, |all, (_, s)| all.plus(*s))
+    }
 }
 
 /// What one framework holds on an agent.
@@ -332,6 +372,11 @@ impl AgentSlot {
                 Holding::Total(_) => free = Resources::new(),
             }
         }
+        self.set_free(free);
+    }
+
+    fn set_free(&mut self, free: Resources) {
+        self.free_sums = FreeSums::of(&free);
         self.free = free;
     }
 
@@ -450,7 +495,8 @@ impl Allocator {
             id: id.clone(),
             hostname: String::new(),
             attributes: Vec::new(),
-            free: total.unallocated(),
+            free: Resources::new(),
+            free_sums: FreeSums::default(),
             total: total.unallocated(),
             allocated: HashMap::default(),
             active: true,
@@ -736,16 +782,13 @@ impl Allocator {
         let mut free = Scalars::default();
         let mut reserved: HashMap<String, Scalars> = HashMap::default();
         for slot in self.agents.iter().flatten().filter(|s| s.active) {
-            for r in slot.free.iter() {
-                let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&r.name), &r.value) else {
-                    continue;
-                };
-                match &r.reservation {
-                    None => free.0[i] += v.0,
-                    Some(res) => match reserved.get_mut(res.role.as_str()) {
-                        Some(s) => s.0[i] += v.0,
-                        None => reserved.entry(res.role.clone()).or_default().0[i] += v.0,
-                    },
+            free.add(slot.free_sums.unreserved);
+            for (role, s) in &slot.free_sums.reserved {
+                match reserved.get_mut(role.as_str()) {
+                    Some(r) => r.add(*s),
+                    None => {
+                        reserved.insert(role.clone(), *s);
+                    }
                 }
             }
         }
@@ -968,11 +1011,11 @@ impl Allocator {
                 return;
             }
             let Some(slot) = self.agents[a].as_ref() else { continue };
-            let free = Scalars::of(&slot.free);
+            let free = slot.free_sums.all();
             if !slot.active || !self.offerable(free) {
                 continue;
             }
-            if !self.limits.is_empty() && has_unreserved_cpus(&slot.free) {
+            if !self.limits.is_empty() && slot.free_sums.unreserved.0[0] > 0 {
                 let blocked = *all_blocked.get_or_insert_with(|| {
                     (0..tree.leaves.len()).all(|l| {
                         let role = &tree.leaves[l].role;
@@ -992,6 +1035,7 @@ impl Allocator {
             // Grants take from the agent's free resources in place; they go
             // back into the slot when the agent is done.
             let mut available = self.agents[a].as_mut().map(|s| std::mem::take(&mut s.free)).unwrap_or_default();
+            let mut granted = false;
             // Walk (framework, role) pairs down the role tree, lowest share
             // first; each gets all of what its role may use. Leftovers
             // reserved to other roles go on to the next. After a grant the
@@ -1100,6 +1144,7 @@ impl Allocator {
                     true
                 };
                 let Some((leaf, f)) = tree.walk(0, &mut try_grant) else { break };
+                granted = true;
                 rooms.iter_mut().for_each(|r| *r = None);
                 all_blocked = None;
                 tree.rerank(self, leaf, f);
@@ -1109,7 +1154,12 @@ impl Allocator {
                 }
             }
             if let Some(slot) = self.agents[a].as_mut() {
-                slot.free = available;
+                if granted {
+                    slot.set_free(available);
+                } else {
+                    // Untouched: its sums stand.
+                    slot.free = available;
+                }
             }
         }
     }
@@ -1521,11 +1571,6 @@ impl Take {
 /// Whether `r` is some cpus.
 fn is_cpus(r: &Resource) -> bool {
     r.name == "cpus" && matches!(r.value, agora_proto::resources::Value::Scalar(v) if v.0 > 0)
-}
-
-/// Whether `r` has unreserved cpus.
-fn has_unreserved_cpus(r: &Resources) -> bool {
-    r.iter().any(|r| r.reservation.is_none() && is_cpus(r))
 }
 
 /// The share kinds of an agent's available resources: the unreserved ones,
@@ -2400,6 +2445,7 @@ mod tests {
                     let mut free = slot.total.clone();
                     free.subtract(&sum).expect("contained");
                     proptest::prop_assert_eq!(&slot.free, &free);
+                    proptest::prop_assert_eq!(&slot.free_sums, &FreeSums::of(&free));
                 }
                 for x in out.iter().step_by(2) {
                     a.recover(&x.framework_id, &x.agent_id, &x.resources, 0, round as u64);
