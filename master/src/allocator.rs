@@ -298,11 +298,13 @@ struct AgentSlot {
 struct FreeSums {
     unreserved: Scalars,
     reserved: Vec<(String, Scalars)>,
+    /// Whether some of the resources (of any kind) are reserved.
+    any_reserved: bool,
 }
 
 impl FreeSums {
     fn of(free: &Resources) -> FreeSums {
-        let mut sums = FreeSums::default();
+        let mut sums = FreeSums { any_reserved: free.iter().any(|r| r.reservation.is_some()), ..FreeSums::default() };
         for r in free.iter() {
             let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&r.name), &r.value) else {
                 continue;
@@ -1036,6 +1038,8 @@ impl Allocator {
             // back into the slot when the agent is done.
             let mut available = self.agents[a].as_mut().map(|s| std::mem::take(&mut s.free)).unwrap_or_default();
             let mut granted = false;
+            // Until a grant, what the agent's free sums say of `available`.
+            let any_reserved = self.agents[a].as_ref().is_some_and(|s| s.free_sums.any_reserved);
             // Walk (framework, role) pairs down the role tree, lowest share
             // first; each gets all of what its role may use. Leftovers
             // reserved to other roles go on to the next. After a grant the
@@ -1047,8 +1051,9 @@ impl Allocator {
                 // guarantees) is skipped whole. `None` when it is all of
                 // `available`, as it is for every role when nothing on the
                 // agent is reserved and no quota cuts it (nothing copied).
-                let whole =
-                    guarantees.is_none() && self.limits.is_empty() && available.iter().all(|r| r.reservation.is_none());
+                let whole = guarantees.is_none()
+                    && self.limits.is_empty()
+                    && if granted { available.iter().all(|r| r.reservation.is_none()) } else { !any_reserved };
                 // What the current leaf takes, and its share kinds; copied
                 // only when a framework's filters on the agent ask, and when
                 // it is granted (moved out of `available` then).
