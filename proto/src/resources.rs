@@ -462,7 +462,9 @@ impl Resources {
     /// `parts`: all of one, or of a scalar the amount given (its fixed-point
     /// units), which stays behind less that amount. What is taken whole is
     /// moved, not copied. Indices must be distinct and in range, and amounts
-    /// positive; an amount no smaller than the scalar takes all of it.
+    /// positive; an amount no smaller than the scalar takes all of it, and
+    /// one given for a resource that is not a scalar is ignored (all of it
+    /// is taken).
     pub fn take_parts(&mut self, parts: &[(usize, Option<i64>)]) -> Resources {
         let mut taken: Vec<Option<Resource>> = Vec::with_capacity(parts.len());
         for &(i, amount) in parts {
@@ -957,7 +959,8 @@ mod tests {
     fn take_parts_moves_out_whole_and_splits_scalars() {
         let mut r = Resources::parse("cpus:4;mem:8192;ports:[31000-32000];cpus(eng):2").unwrap();
         let before = r.clone();
-        // In the order asked: the reservation, half the memory, the ports.
+        // In the order asked: the reservation, half the memory, the ports
+        // (whole: they are not a scalar).
         let taken = r.take_parts(&[(3, None), (1, Some(Fixed::from_f64(4096.0).0)), (2, Some(1))]);
         assert_eq!(taken.to_string(), "cpus(eng):2; mem:4096; ports:[31000-32000]");
         assert_eq!(r.to_string(), "cpus:4; mem:4096");
