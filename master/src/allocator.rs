@@ -285,15 +285,16 @@ struct AgentSlot {
     /// place; every other change to `total` or `allocated` works it out
     /// again ([`AgentSlot::refresh_free`]).
     free: Resources,
-    /// The share kinds of `free`, set with it ([`AgentSlot::set_free`]).
+    /// The share kinds of `free`, set with it ([`AgentSlot::set_free`]; a
+    /// round works them out again after each grant).
     free_sums: FreeSums,
     active: bool,
 }
 
 /// The share kinds of an agent's free resources: the unreserved ones, and
 /// per role those reserved to it. A round reads them for every agent (to
-/// pass over those not worth an offer, and for the headroom) without
-/// going through the resources.
+/// pass over those not worth an offer, for the headroom, and by leaf for
+/// what each leaf's role may use) without going through the resources.
 #[derive(Debug, Default, PartialEq)]
 struct FreeSums {
     unreserved: Scalars,
@@ -1013,8 +1014,7 @@ impl Allocator {
                 return;
             }
             let Some(slot) = self.agents[a].as_ref() else { continue };
-            let free = slot.free_sums.all();
-            if !slot.active || !self.offerable(free) {
+            if !slot.active || !self.offerable(slot.free_sums.all()) {
                 continue;
             }
             if !self.limits.is_empty() && slot.free_sums.unreserved.0[0] > 0 {
@@ -1035,11 +1035,12 @@ impl Allocator {
                 }
             }
             // Grants take from the agent's free resources in place; they go
-            // back into the slot when the agent is done.
-            let mut available = self.agents[a].as_mut().map(|s| std::mem::take(&mut s.free)).unwrap_or_default();
-            let mut granted = false;
-            // Until a grant, what the agent's free sums say of `available`.
-            let any_reserved = self.agents[a].as_ref().is_some_and(|s| s.free_sums.any_reserved);
+            // back into the slot, with their sums (worked out again after
+            // each grant), when the agent is done.
+            let (mut available, mut sums) = self.agents[a]
+                .as_mut()
+                .map(|s| (std::mem::take(&mut s.free), std::mem::take(&mut s.free_sums)))
+                .unwrap_or_default();
             // Walk (framework, role) pairs down the role tree, lowest share
             // first; each gets all of what its role may use. Leftovers
             // reserved to other roles go on to the next. After a grant the
@@ -1051,16 +1052,14 @@ impl Allocator {
                 // guarantees) is skipped whole. `None` when it is all of
                 // `available`, as it is for every role when nothing on the
                 // agent is reserved and no quota cuts it (nothing copied).
-                let whole = guarantees.is_none()
-                    && self.limits.is_empty()
-                    && if granted { available.iter().all(|r| r.reservation.is_none()) } else { !any_reserved };
+                let whole = guarantees.is_none() && self.limits.is_empty() && !sums.any_reserved;
                 // What the current leaf takes, and its share kinds; copied
                 // only when a framework's filters on the agent ask, and when
                 // it is granted (moved out of `available` then).
                 let mut leaf_usable: Option<(Take, Scalars)> = None;
                 let mut leaf_copy: Option<Resources> = None;
-                // The share kinds of `available`, summed once per walk.
-                let shares = if whole { Shares::default() } else { Shares::of(&available, |role| tree.leaf_of(role)) };
+                // The share kinds of `available`, by leaf.
+                let shares = if whole { Shares::default() } else { Shares::of(&sums, |role| tree.leaf_of(role)) };
                 let mut try_grant = |f: Option<usize>, leaf: usize, role: &str| -> bool {
                     let Some(f) = f else {
                         if whole {
@@ -1125,7 +1124,7 @@ impl Allocator {
                         // split off it (part of a scalar).
                         Some((take, s)) => (available.take_parts(&take.parts), s),
                         // Untouched until now: all of what was free.
-                        None => (std::mem::take(&mut available), free),
+                        None => (std::mem::take(&mut available), sums.all()),
                     };
                     // A leaf taken whole has no path: no role has limits or
                     // guarantees.
@@ -1149,7 +1148,7 @@ impl Allocator {
                     true
                 };
                 let Some((leaf, f)) = tree.walk(0, &mut try_grant) else { break };
-                granted = true;
+                sums = FreeSums::of(&available);
                 rooms.iter_mut().for_each(|r| *r = None);
                 all_blocked = None;
                 tree.rerank(self, leaf, f);
@@ -1159,12 +1158,7 @@ impl Allocator {
                 }
             }
             if let Some(slot) = self.agents[a].as_mut() {
-                if granted {
-                    slot.set_free(available);
-                } else {
-                    // Untouched: its sums stand.
-                    slot.free = available;
-                }
+                (slot.free, slot.free_sums) = (available, sums);
             }
         }
     }
@@ -1588,37 +1582,14 @@ struct Shares {
 }
 
 impl Shares {
-    /// `leaf_of` finds a role's leaf; resources reserved to a role that
-    /// has none are left out (no leaf may use them).
-    fn of(available: &Resources, leaf_of: impl Fn(&str) -> Option<usize>) -> Shares {
-        let mut shares = Shares::default();
-        // Reservations come in runs of one role (cpus, mem, ... of it).
-        let mut last: Option<(&str, Option<usize>)> = None;
-        for r in available.iter() {
-            let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&r.name), &r.value) else {
-                continue;
-            };
-            let s = match &r.reservation {
-                None => &mut shares.unreserved,
-                Some(res) => {
-                    let leaf = match last {
-                        Some((role, leaf)) if role == res.role => leaf,
-                        _ => leaf_of(&res.role),
-                    };
-                    last = Some((&res.role, leaf));
-                    let Some(leaf) = leaf else { continue };
-                    match shares.reserved.iter().position(|&(l, _)| l == leaf) {
-                        Some(k) => &mut shares.reserved[k].1,
-                        None => {
-                            shares.reserved.push((leaf, Scalars::default()));
-                            &mut shares.reserved.last_mut().expect("pushed").1
-                        }
-                    }
-                }
-            };
-            s.0[i] += v.0;
+    /// From the sums of the resources; `leaf_of` finds a role's leaf, and
+    /// resources reserved to a role that has none are left out (no leaf
+    /// may use them).
+    fn of(sums: &FreeSums, leaf_of: impl Fn(&str) -> Option<usize>) -> Shares {
+        Shares {
+            unreserved: sums.unreserved,
+            reserved: sums.reserved.iter().filter_map(|(role, s)| leaf_of(role).map(|l| (l, *s))).collect(),
         }
-        shares
     }
 
     /// What `leaf`'s role may use (as [`Resources::usable_by`]): the share
