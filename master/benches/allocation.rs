@@ -16,6 +16,10 @@
 //!   the 10 top-level roles of the tree, a guarantee on five of them (so
 //!   that a round has both stages, and holds back headroom), and a quarter
 //!   of every agent reserved to one of them.
+//! - `round/10000x1000_2_workers` and
+//!   `round/10000x1000_quota_reservations_2_workers`: the same two, with
+//!   rounds split between two workers (threads), each offering half of the
+//!   agents.
 //! - `curve/<agents>x<frameworks>`: the cost as both grow, 10 agents per
 //!   framework.
 //!
@@ -43,9 +47,12 @@ struct Shape {
     /// Quota limits on the top-level roles, and a quarter of each agent
     /// reserved to one of them (needs `tree`).
     quota_reservations: bool,
+    /// Allocation workers (see `Config::workers`).
+    workers: usize,
 }
 
-const SMALL: Shape = Shape { agents: 1000, frameworks: 100, filtered: false, tree: false, quota_reservations: false };
+const SMALL: Shape =
+    Shape { agents: 1000, frameworks: 100, filtered: false, tree: false, quota_reservations: false, workers: 1 };
 
 /// The role of framework `f`: `*`, or one of 30 in a tree.
 fn role(f: usize, tree: bool) -> String {
@@ -64,8 +71,8 @@ fn cluster(filtered: bool) -> Allocator {
 }
 
 fn cluster_of(shape: Shape) -> Allocator {
-    let Shape { agents, frameworks, filtered, tree, quota_reservations } = shape;
-    let mut a = Allocator::new(Config::default());
+    let Shape { agents, frameworks, filtered, tree, quota_reservations, workers } = shape;
+    let mut a = Allocator::new(Config { workers, ..Config::default() });
     let total = Resources::parse("cpus:16;mem:65536;disk:1000000;ports:[31000-32000]").unwrap();
     for f in 0..frameworks {
         a.add_framework(FrameworkId::new(format!("f{f}")), vec![role(f, tree)], &[]);
@@ -163,14 +170,9 @@ fn bench(c: &mut Criterion) {
         )
     });
     g.sample_size(10);
-    g.bench_function("10000x1000", |b| b.iter_batched(|| cluster_of(large), round, BatchSize::LargeInput));
-    g.bench_function("10000x1000_quota_reservations", |b| {
-        b.iter_batched(
-            || cluster_of(Shape { tree: true, quota_reservations: true, ..large }),
-            round,
-            BatchSize::LargeInput,
-        )
-    });
+    for (name, shape) in large_cases(large) {
+        g.bench_function(name, |b| b.iter_batched(|| cluster_of(shape), round, BatchSize::LargeInput));
+    }
     g.finish();
 
     let mut g = c.benchmark_group("curve");
@@ -184,12 +186,21 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// The 10,000 × 1,000 cases: plain, and with quota and reservations; each
+/// serial and split between two workers.
+fn large_cases(large: Shape) -> [(&'static str, Shape); 4] {
+    let quota = Shape { tree: true, quota_reservations: true, ..large };
+    [
+        ("10000x1000", large),
+        ("10000x1000_quota_reservations", quota),
+        ("10000x1000_2_workers", Shape { workers: 2, ..large }),
+        ("10000x1000_quota_reservations_2_workers", Shape { workers: 2, ..quota }),
+    ]
+}
+
 /// Times `n` fresh rounds of each 10,000 × 1,000 case.
 fn min_of(n: usize, large: Shape) {
-    for (name, shape) in [
-        ("round/10000x1000", large),
-        ("round/10000x1000_quota_reservations", Shape { tree: true, quota_reservations: true, ..large }),
-    ] {
+    for (name, shape) in large_cases(large) {
         let times: Vec<f64> = (0..n)
             .map(|_| {
                 let a = cluster_of(shape);
@@ -202,7 +213,7 @@ fn min_of(n: usize, large: Shape) {
             .collect();
         let least = times.iter().copied().fold(f64::MAX, f64::min);
         let all: Vec<String> = times.iter().map(|t| format!("{t:.1}")).collect();
-        println!("{name}: least {least:.2} ms of {n} ({} ms)", all.join(", "));
+        println!("round/{name}: least {least:.2} ms of {n} ({} ms)", all.join(", "));
     }
 }
 

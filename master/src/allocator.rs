@@ -1,11 +1,13 @@
 //! The allocator: decides which framework is offered which agent's free
 //! resources, by Dominant Resource Fairness across frameworks.
 //!
-//! It is sans-IO: no sockets, no clocks, no threads. Callers tell it about
-//! agents, frameworks and resources (`add_*`, `recover`, ...) and ask it to
+//! It is sans-IO: no sockets, no clocks. Callers tell it about agents,
+//! frameworks and resources (`add_*`, `recover`, ...) and ask it to
 //! `allocate(now_ms)`; it returns [`Allocation`]s, which the master turns into
 //! offers. Time is an argument, so filters expire deterministically, and its
 //! only randomness (the agent order of a round) comes from a seeded generator.
+//! A large round may run on scoped worker threads (see *Parallel rounds*);
+//! what it grants does not depend on their timing.
 //!
 //! Shares are computed over the four scalar kinds (`cpus`, `mem`, `disk`,
 //! `gpus`) of all active agents. Offered and used resources both count as
@@ -44,6 +46,33 @@
 //! path (which goes toward that role's guarantee). Guarantees never exceed
 //! limits, and children's guarantees never exceed their parent's (the
 //! operator API checks both).
+//!
+//! **Parallel rounds.** With `Config::workers` above 1, a round over at
+//! least twice `Config::min_agents_per_worker` agents is split: its agents
+//! in `k` parts of contiguous slots, each offered by its own worker (a
+//! scoped thread; the calling thread is one of them). Stage one runs first,
+//! serially, over the parts' agents in turn, so that what goes toward
+//! guarantees is what a serial round grants. Each worker then runs stage
+//! two over its part against the figures of the start of stage two: it
+//! ranks by what roles and frameworks held then plus `k` times what it
+//! granted them itself (the other workers are taken to grant about as
+//! much meanwhile). Quota stays exact: each role's room under its limit
+//! and the headroom's slack and shortfalls are split between the parts by
+//! what each has free, in whole parts that add up to the whole
+//! ([`apportion`]), so no limit is passed and the headroom holds. When a
+//! role has a limit or a guarantee, a serial pass over the agents with
+//! something left then offers what a part's room left unused.
+//!
+//! *The fairness bound.* Serial DRF grants a framework only when its share
+//! is the least of those that want the resources. So a framework granted
+//! something in a round ends it no more than one grant's share `g` ahead
+//! of any other that wanted the same offers, beyond the lead it had before
+//! the round (if any). With `k` workers, each does the same in its own
+//! view, where its grants weigh `k` times; averaged over the workers'
+//! views, the bound becomes `k·g` beyond the lead before. (The proof adds
+//! shares up, which holds for resources in the cluster's proportions;
+//! `parallel_rounds_stay_within_k_grants_of_fair` checks it.) Sibling roles
+//! are ranked the same way, by weighted shares.
 
 use std::collections::BTreeSet;
 
@@ -107,6 +136,14 @@ impl Scalars {
         out
     }
 
+    /// `self + k × o`.
+    fn plus_times(mut self, o: Scalars, k: i64) -> Scalars {
+        for (a, b) in self.0.iter_mut().zip(o.0) {
+            *a += k * b;
+        }
+        self
+    }
+
     fn plus(mut self, o: Scalars) -> Scalars {
         self.add(o);
         self
@@ -148,11 +185,24 @@ pub struct Config {
     /// resources, to be offered them too (0: pessimistic, one framework
     /// per resource).
     pub optimistic: usize,
+    /// Parallel rounds: a round over at least twice
+    /// `min_agents_per_worker` agents is split among up to this many
+    /// workers (threads), each offering its own part of the agents (see
+    /// the module's notes). 1: every round is serial.
+    pub workers: usize,
+    pub min_agents_per_worker: usize,
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config { min_offer_cpus: Fixed(10), min_offer_mem_mb: Fixed(32_000), seed: 0x5eed, optimistic: 0 }
+        Config {
+            min_offer_cpus: Fixed(10),
+            min_offer_mem_mb: Fixed(32_000),
+            seed: 0x5eed,
+            optimistic: 0,
+            workers: 1,
+            min_agents_per_worker: 2048,
+        }
     }
 }
 
@@ -418,6 +468,31 @@ struct FrameworkSlot {
     filters: HashMap<usize, Vec<Filter>>,
 }
 
+impl FrameworkSlot {
+    /// A copy for a worker of a parallel round, with the filters on the
+    /// agent slots in `agents` only.
+    fn for_agents(&self, agents: &std::ops::Range<usize>) -> FrameworkSlot {
+        FrameworkSlot {
+            id: self.id.clone(),
+            roles: self.roles.clone(),
+            suppressed: self.suppressed.clone(),
+            active: self.active,
+            allocated: self.allocated,
+            by_role: self.by_role.clone(),
+            constraints: self.constraints.clone(),
+            filters: self
+                .filters
+                .iter()
+                .filter(|(a, _)| agents.contains(a))
+                .map(|(a, fs)| {
+                    let fs = fs.iter().map(|x| Filter { resources: x.resources.clone(), expires_ms: x.expires_ms });
+                    (*a, fs.collect())
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Counters for metrics.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stats {
@@ -429,7 +504,7 @@ pub struct Stats {
 #[derive(Debug)]
 pub struct Allocator {
     config: Config,
-    agents: Vec<Option<AgentSlot>>,
+    agents: Vec<Option<Box<AgentSlot>>>,
     agent_index: HashMap<AgentId, usize>,
     free_agent_slots: Vec<usize>,
     frameworks: Vec<Option<FrameworkSlot>>,
@@ -450,6 +525,36 @@ pub struct Allocator {
     guarantees: HashMap<String, Quantities>,
     rng: SmallRng,
     pub stats: Stats,
+    /// In a worker of a parallel round: the index of the first agent slot
+    /// it holds (`agents` is its part of them; 0 otherwise).
+    agent_base: usize,
+    /// In a worker of a parallel round: its own grants, and how it ranks.
+    part: Option<Box<Part>>,
+}
+
+/// What a worker of a parallel round granted, by framework and role, and
+/// by role (its own and its subtree's); its role and framework figures
+/// stay those of the start of the round. A worker ranks roles and
+/// frameworks by what they held then plus `k` times its own grants to them
+/// (the other `k − 1` workers are taken to grant about as much meanwhile).
+/// One worker's part of a parallel round.
+struct PartWork {
+    /// Agent slots from `base` on (`slots`), moved out of the allocator
+    /// for the round, and those of them to offer, in order.
+    base: usize,
+    slots: Vec<Option<Box<AgentSlot>>>,
+    agents: Vec<usize>,
+    /// Its part of the headroom and of the room under each role's limit.
+    guarantees: Option<Guarantees>,
+    limits: HashMap<String, Quantities>,
+}
+
+#[derive(Debug)]
+struct Part {
+    k: i64,
+    by_role: Vec<HashMap<String, Scalars>>,
+    direct: HashMap<String, Scalars>,
+    subtree: HashMap<String, Scalars>,
 }
 
 impl Allocator {
@@ -471,6 +576,8 @@ impl Allocator {
             guarantees: HashMap::default(),
             rng,
             stats: Stats::default(),
+            agent_base: 0,
+            part: None,
         }
     }
 
@@ -480,7 +587,7 @@ impl Allocator {
 
     fn agent(&self, id: &AgentId) -> Option<(usize, &AgentSlot)> {
         let idx = *self.agent_index.get(id)?;
-        self.agents[idx].as_ref().map(|a| (idx, a))
+        self.agents[idx].as_deref().map(|a| (idx, a))
     }
 
     fn framework_idx(&self, id: &FrameworkId) -> Option<usize> {
@@ -494,7 +601,7 @@ impl Allocator {
         if self.agent_index.contains_key(&id) {
             self.remove_agent(&id);
         }
-        let slot = AgentSlot {
+        let slot = Box::new(AgentSlot {
             id: id.clone(),
             hostname: String::new(),
             attributes: Vec::new(),
@@ -503,7 +610,7 @@ impl Allocator {
             total: total.unallocated(),
             allocated: HashMap::default(),
             active: true,
-        };
+        });
         let idx = match self.free_agent_slots.pop() {
             Some(i) => {
                 self.agents[i] = Some(slot);
@@ -570,7 +677,7 @@ impl Allocator {
 
     /// Whether framework `f` wants agent `a`'s resources for `role`.
     fn wants(&self, f: usize, role: &str, a: usize) -> bool {
-        let (Some(fw), Some(agent)) = (self.frameworks[f].as_ref(), self.agents[a].as_ref()) else { return false };
+        let (Some(fw), Some(agent)) = (self.frameworks[f].as_ref(), self.slot(a)) else { return false };
         match fw.constraints.get(role) {
             None => true,
             Some(groups) => groups.iter().any(|g| g.iter().all(|c| c.holds(&agent.hostname, &agent.attributes))),
@@ -695,13 +802,27 @@ impl Allocator {
     fn charge_grant(&mut self, f: usize, a: usize, role: &str, r: &Resources, s: Scalars, whole: bool) {
         let holding = if whole { Holding::Total(role.to_string()) } else { Holding::Listed(r.clone()) };
         self.hold(f, a, s, holding);
-        self.account(f, role, s, true);
+        match self.part.as_mut() {
+            // A worker's role figures stay those of the start of the round;
+            // its own grants are counted apart.
+            Some(part) => {
+                bump(&mut part.by_role[f], role, s, true);
+                add_to_roles(&mut part.direct, &mut part.subtree, role, s, true);
+            }
+            None => self.account(f, role, s, true),
+        }
+    }
+
+    /// Agent slot `a` (in a worker, if it holds it).
+    fn slot(&self, a: usize) -> Option<&AgentSlot> {
+        self.agents.get(a.wrapping_sub(self.agent_base))?.as_deref()
     }
 
     /// Records that framework `f` holds more (`more`, whose share kinds
     /// are `s`) on agent `a`.
     fn hold(&mut self, f: usize, a: usize, s: Scalars, more: Holding) {
-        let (Some(fw), Some(agent)) = (self.frameworks[f].as_mut(), self.agents[a].as_mut()) else { return };
+        let agent = self.agents.get_mut(a.wrapping_sub(self.agent_base)).and_then(Option::as_mut);
+        let (Some(fw), Some(agent)) = (self.frameworks[f].as_mut(), agent) else { return };
         fw.allocated.add(s);
         if let std::collections::hash_map::Entry::Vacant(e) = agent.allocated.entry(f) {
             e.insert(more);
@@ -724,11 +845,7 @@ impl Allocator {
     }
 
     fn role_add(&mut self, role: &str, s: Scalars, add: bool) {
-        bump(&mut self.direct, role, s, add);
-        for (i, _) in role.match_indices('/') {
-            bump(&mut self.subtree, &role[..i], s, add);
-        }
-        bump(&mut self.subtree, role, s, add);
+        add_to_roles(&mut self.direct, &mut self.subtree, role, s, add);
     }
 
     /// Sets a role's weight (positive and finite; 1 restores the default).
@@ -829,9 +946,7 @@ impl Allocator {
     /// quota limits and those of the roles above it (`None`: no limit).
     fn room(&self, role: &str) -> [Option<i64>; 4] {
         let path = self.limited_path(role);
-        room_left(
-            path.iter().map(|(node, limit)| (*limit, self.subtree.get(node.as_str()).copied().unwrap_or_default())),
-        )
+        room_left(path.iter().map(|(node, limit)| (*limit, self.subtree_held(node))))
     }
 
     /// The roles on `role`'s path (itself included) that have quota limits,
@@ -853,14 +968,48 @@ impl Allocator {
 
     /// A role's place among its siblings: the weighted dominant share of
     /// `s` (its subtree's, or its own leaf's, allocations).
-    fn role_key(&self, role: &str, s: Option<&Scalars>) -> u64 {
-        share_key(s.copied().unwrap_or_default().dominant_share(&self.total) / self.weight(role))
+    fn role_key(&self, role: &str, s: Scalars) -> u64 {
+        share_key(s.dominant_share(&self.total) / self.weight(role))
+    }
+
+    /// What a role's subtree holds: in a worker of a parallel round, with
+    /// the worker's own grants (see [`Part`]).
+    fn subtree_held(&self, role: &str) -> Scalars {
+        self.seen(&self.subtree, role, |p| (&p.subtree, 1))
+    }
+
+    /// What a role's subtree holds, as this round ranks it.
+    fn subtree_seen(&self, role: &str) -> Scalars {
+        self.seen(&self.subtree, role, |p| (&p.subtree, p.k))
+    }
+
+    /// What is allocated to a role itself, as this round ranks it.
+    fn direct_seen(&self, role: &str) -> Scalars {
+        self.seen(&self.direct, role, |p| (&p.direct, p.k))
+    }
+
+    /// `role`'s figure in `map`, plus, in a worker, `times` its own grants'
+    /// figure in the map `own` picks (with `times`).
+    fn seen(
+        &self,
+        map: &HashMap<String, Scalars>,
+        role: &str,
+        own: impl Fn(&Part) -> (&HashMap<String, Scalars>, i64),
+    ) -> Scalars {
+        let now = map.get(role).copied().unwrap_or_default();
+        match self.part.as_deref().map(own) {
+            Some((mine, times)) => now.plus_times(mine.get(role).copied().unwrap_or_default(), times),
+            None => now,
+        }
     }
 
     /// A framework's place among the role's frameworks: its share in it.
     fn framework_key(&self, f: usize, role: &str) -> u64 {
-        let own = self.frameworks[f].as_ref().and_then(|fw| fw.by_role.get(role).copied()).unwrap_or_default();
-        share_key(own.dominant_share(&self.total))
+        let mut held = self.frameworks[f].as_ref().and_then(|fw| fw.by_role.get(role).copied()).unwrap_or_default();
+        if let Some(p) = &self.part {
+            held = held.plus_times(p.by_role[f].get(role).copied().unwrap_or_default(), p.k);
+        }
+        share_key(held.dominant_share(&self.total))
     }
 
     /// An operation changed part of an agent's resources into another form
@@ -941,34 +1090,218 @@ impl Allocator {
         };
         agents.sort_unstable();
         agents.dedup();
+        let workers = self.config.workers.min(agents.len() / self.config.min_agents_per_worker.max(1));
+        if workers > 1 {
+            return self.allocate_parallel(&agents, workers, now_ms);
+        }
         // Start at a random agent, so that none is always offered first.
         if !agents.is_empty() {
             let start = self.rng.gen_range(0..agents.len());
             agents.rotate_left(start);
         }
+        let guarantees = Guarantees::new(self);
+        self.stages(&agents, guarantees, now_ms)
+    }
 
+    /// A parallel round (see the module's notes): stage one serially, then
+    /// `agents` (in slot order) in `workers` parts of contiguous slots, each
+    /// offered by its own worker against what roles and frameworks held
+    /// then, within its part of each role's room under quota limits and of
+    /// the headroom; then, serially, what quota left of them.
+    fn allocate_parallel(&mut self, agents: &[usize], workers: usize, now_ms: u64) -> Vec<Allocation> {
+        let per = agents.len().div_ceil(workers);
+        let mut chunks: Vec<Vec<usize>> = agents.chunks(per).map(<[usize]>::to_vec).collect();
+        // Part `i` holds the slots from its first agent's (0 for the first)
+        // to the next part's.
+        let firsts: Vec<usize> = chunks.iter().enumerate().map(|(i, c)| if i == 0 { 0 } else { c[0] }).collect();
+        for c in &mut chunks {
+            // Each part starts at a random agent of its own.
+            let start = self.rng.gen_range(0..c.len());
+            c.rotate_left(start);
+        }
+        // Stage one, serially: what goes toward guarantees is what a serial
+        // round would grant, whole (split, a shortfall could come in parts
+        // each too small to offer). It takes the parts' agents in turn, so
+        // that it leaves them about as much to do each.
         let mut guarantees = Guarantees::new(self);
         let mut out = Vec::with_capacity(agents.len());
-        // Stage one: the roles under a guarantee that is not met yet.
-        if let Some(g) = guarantees.as_ref().filter(|g| g.any_shortfall()) {
-            let mut tree = self.tree(|role| g.covers(role));
-            if !tree.leaves.is_empty() {
-                tree.rank_all(self);
-                self.offer_agents(&mut tree, &agents, now_ms, &mut guarantees, Stage::Guarantees, &mut out);
+        let in_turn: Vec<usize> = (0..per).flat_map(|i| chunks.iter().filter_map(move |c| c.get(i).copied())).collect();
+        self.stage_one(&in_turn, &mut guarantees, now_ms, &mut out);
+        let first = out.len();
+        // What each part has free, unreserved and all, to share out the
+        // room under limits and the headroom by.
+        let free: Vec<(Scalars, Scalars)> = chunks
+            .iter()
+            .map(|c| {
+                let slots = c.iter().filter_map(|&a| self.agents[a].as_ref()).filter(|s| s.active);
+                slots.fold((Scalars::default(), Scalars::default()), |(u, all), s| {
+                    (u.plus(s.free_sums.unreserved), all.plus(s.free_sums.all()))
+                })
+            })
+            .collect();
+        let k = chunks.len();
+        let unreserved: Vec<Scalars> = free.iter().map(|f| f.0).collect();
+        let all: Vec<Scalars> = free.iter().map(|f| f.1).collect();
+        let mut guarantees: Vec<Option<Guarantees>> = match guarantees {
+            Some(g) => g.parts(&unreserved).into_iter().map(Some).collect(),
+            None => (0..k).map(|_| None).collect(),
+        };
+        let mut limits: Vec<HashMap<String, Quantities>> = (0..k).map(|_| HashMap::default()).collect();
+        for (role, l) in &self.limits {
+            let used = self.subtree.get(role).copied().unwrap_or_default();
+            for (part, q) in limits.iter_mut().zip(part_limits(*l, used, &all)) {
+                part.insert(role.clone(), q);
             }
         }
-        // Stage two: every role, fairly, around the headroom.
-        let mut tree = self.tree(|_| true);
-        if tree.leaves.is_empty() {
+        let mut slots = std::mem::take(&mut self.agents);
+        let mut held: Vec<Vec<Option<Box<AgentSlot>>>> =
+            firsts[1..].iter().rev().map(|&at| slots.split_off(at)).collect();
+        held.push(slots);
+        held.reverse();
+        let work: Vec<PartWork> = firsts
+            .into_iter()
+            .zip(held)
+            .zip(chunks)
+            .zip(guarantees.drain(..).zip(limits))
+            .map(|(((base, slots), agents), (guarantees, limits))| PartWork { base, slots, agents, guarantees, limits })
+            .collect();
+        let this = &*self;
+        let done: Vec<(Allocator, Vec<Allocation>, Vec<usize>)> = std::thread::scope(|scope| {
+            let mut work = work.into_iter();
+            let own = work.next().expect("two parts or more");
+            let others: Vec<_> = work.map(|w| scope.spawn(move || this.run_part(w, k, now_ms))).collect();
+            let mut done = vec![this.run_part(own, k, now_ms)];
+            for h in others {
+                done.push(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+            }
+            done
+        });
+        let mut left = Vec::new();
+        for (mut worker, granted, chunk) in done {
+            if self.agents.is_empty() {
+                // The first part: the slots' own vector, with room for all.
+                self.agents = std::mem::take(&mut worker.agents);
+            } else {
+                self.agents.append(&mut worker.agents);
+            }
+            self.stats.allocations += worker.stats.allocations;
+            self.stats.filtered += worker.stats.filtered;
+            // Its grants, as `account` would have counted them one by one.
+            let part = worker.part.take().expect("a worker");
+            for (f, by_role) in part.by_role.into_iter().enumerate() {
+                let Some(fw) = self.frameworks[f].as_mut() else { continue };
+                for (role, s) in by_role {
+                    fw.allocated.add(s);
+                    bump(&mut fw.by_role, &role, s, true);
+                }
+            }
+            for (role, s) in part.direct {
+                bump(&mut self.direct, &role, s, true);
+            }
+            for (role, s) in part.subtree {
+                bump(&mut self.subtree, &role, s, true);
+            }
+            out.extend(granted);
+            left.extend(chunk);
+        }
+        if first > 0 {
+            merge_stages(&mut out, first);
+        }
+        // Without quota, a worker left nothing that another could have
+        // offered: who may take an agent does not depend on shares. With
+        // it, a part's room may have run out where another's did not.
+        if self.limits.is_empty() && self.guarantees.is_empty() {
             return out;
         }
-        tree.rank_all(self);
+        left.retain(|&a| self.agents[a].as_ref().is_some_and(|s| s.active && self.offerable(s.free_sums.all())));
+        if !left.is_empty() {
+            let first = out.len();
+            let guarantees = Guarantees::new(self);
+            out.extend(self.stages(&left, guarantees, now_ms));
+            merge_stages(&mut out, first);
+        }
+        out
+    }
+
+    /// One of `k` workers of a parallel round: stage two over its part
+    /// (`w`). Returns the worker, holding the slots and its grants
+    /// ([`Part`]), with its allocations and its agents.
+    fn run_part(&self, w: PartWork, k: usize, now_ms: u64) -> (Allocator, Vec<Allocation>, Vec<usize>) {
+        let PartWork { base, slots, agents, mut guarantees, limits } = w;
+        let range = base..base + slots.len();
+        let mut worker = Allocator {
+            config: self.config.clone(),
+            agents: slots,
+            agent_index: HashMap::default(),
+            free_agent_slots: Vec::new(),
+            frameworks: self.frameworks.iter().map(|f| f.as_ref().map(|f| f.for_agents(&range))).collect(),
+            framework_index: HashMap::default(),
+            free_framework_slots: Vec::new(),
+            total: self.total,
+            subtree: self.subtree.clone(),
+            direct: self.direct.clone(),
+            weights: self.weights.clone(),
+            limits,
+            guarantees: self.guarantees.clone(),
+            rng: SmallRng::seed_from_u64(self.config.seed),
+            stats: Stats::default(),
+            agent_base: base,
+            part: Some(Box::new(Part {
+                k: k as i64,
+                by_role: self.frameworks.iter().map(|_| HashMap::default()).collect(),
+                direct: HashMap::default(),
+                subtree: HashMap::default(),
+            })),
+        };
+        let mut out = Vec::with_capacity(agents.len());
+        worker.stage_two(&agents, &mut guarantees, now_ms, &mut out);
+        // Its copies of the frameworks go here, not on the calling thread.
+        drop(std::mem::take(&mut worker.frameworks));
+        (worker, out, agents)
+    }
+
+    /// Stage one and stage two of a round over `agents`, in order.
+    fn stages(&mut self, agents: &[usize], mut guarantees: Option<Guarantees>, now_ms: u64) -> Vec<Allocation> {
+        let mut out = Vec::with_capacity(agents.len());
+        self.stage_one(agents, &mut guarantees, now_ms, &mut out);
         let first = out.len();
-        self.offer_agents(&mut tree, &agents, now_ms, &mut guarantees, Stage::Fair, &mut out);
+        self.stage_two(agents, &mut guarantees, now_ms, &mut out);
         if first > 0 {
             merge_stages(&mut out, first);
         }
         out
+    }
+
+    /// Stage one: the roles under a guarantee that is not met yet.
+    fn stage_one(
+        &mut self,
+        agents: &[usize],
+        guarantees: &mut Option<Guarantees>,
+        now_ms: u64,
+        out: &mut Vec<Allocation>,
+    ) {
+        if let Some(g) = guarantees.as_ref().filter(|g| g.any_shortfall()) {
+            let mut tree = self.tree(|role| g.covers(role));
+            if !tree.leaves.is_empty() {
+                tree.rank_all(self);
+                self.offer_agents(&mut tree, agents, now_ms, guarantees, Stage::Guarantees, out);
+            }
+        }
+    }
+
+    /// Stage two: every role, fairly, around the headroom.
+    fn stage_two(
+        &mut self,
+        agents: &[usize],
+        guarantees: &mut Option<Guarantees>,
+        now_ms: u64,
+        out: &mut Vec<Allocation>,
+    ) {
+        let mut tree = self.tree(|_| true);
+        if !tree.leaves.is_empty() {
+            tree.rank_all(self);
+            self.offer_agents(&mut tree, agents, now_ms, guarantees, Stage::Fair, out);
+        }
     }
 
     /// The role tree of the active frameworks' unsuppressed roles that
@@ -1013,7 +1346,7 @@ impl Allocator {
                 // Every guarantee is met: stage one is over.
                 return;
             }
-            let Some(slot) = self.agents[a].as_ref() else { continue };
+            let Some(slot) = self.slot(a) else { continue };
             if !slot.active || !self.offerable(slot.free_sums.all()) {
                 continue;
             }
@@ -1037,8 +1370,10 @@ impl Allocator {
             // Grants take from the agent's free resources in place; they go
             // back into the slot, with their sums (worked out again after
             // each grant), when the agent is done.
-            let (mut available, mut sums) = self.agents[a]
-                .as_mut()
+            let (mut available, mut sums) = self
+                .agents
+                .get_mut(a.wrapping_sub(self.agent_base))
+                .and_then(Option::as_mut)
                 .map(|s| (std::mem::take(&mut s.free), std::mem::take(&mut s.free_sums)))
                 .unwrap_or_default();
             // Walk (framework, role) pairs down the role tree, lowest share
@@ -1117,8 +1452,7 @@ impl Allocator {
                     // Granted: the walk ends here, and the next one works
                     // the leaf's share out again.
                     // All of an agent nobody holds anything on is its total.
-                    let whole_agent =
-                        leaf_usable.is_none() && self.agents[a].as_ref().is_some_and(|s| s.allocated.is_empty());
+                    let whole_agent = leaf_usable.is_none() && self.slot(a).is_some_and(|s| s.allocated.is_empty());
                     let (usable, s) = match leaf_usable.take() {
                         // Moved out of `available` (what is taken whole) or
                         // split off it (part of a scalar).
@@ -1140,7 +1474,7 @@ impl Allocator {
                     let fw = self.frameworks[f].as_ref().expect("charged above");
                     out.push(Allocation {
                         framework_id: fw.id.clone(),
-                        agent_id: self.agents[a].as_ref().expect("slot checked").id.clone(),
+                        agent_id: self.slot(a).expect("slot checked").id.clone(),
                         role: role.to_string(),
                         resources: r,
                         also: Vec::new(),
@@ -1157,7 +1491,7 @@ impl Allocator {
                     last.also = self.also_offer(tree, a, f, &last.resources.unallocated(), now_ms, guarantees.as_ref());
                 }
             }
-            if let Some(slot) = self.agents[a].as_mut() {
+            if let Some(slot) = self.agents.get_mut(a.wrapping_sub(self.agent_base)).and_then(Option::as_mut) {
                 (slot.free, slot.free_sums) = (available, sums);
             }
         }
@@ -1241,6 +1575,22 @@ impl Allocator {
 
 /// Adds (or takes away) `s` to `map[key]`; an entry that comes to zero is
 /// removed. The key is copied only when it is new.
+/// Adds (or takes away) `s`, allocated to `role`, to the role's own figure
+/// in `direct` and to its subtree's and those above it in `subtree`.
+fn add_to_roles(
+    direct: &mut HashMap<String, Scalars>,
+    subtree: &mut HashMap<String, Scalars>,
+    role: &str,
+    s: Scalars,
+    add: bool,
+) {
+    bump(direct, role, s, add);
+    for (i, _) in role.match_indices('/') {
+        bump(subtree, &role[..i], s, add);
+    }
+    bump(subtree, role, s, add);
+}
+
 fn bump(map: &mut HashMap<String, Scalars>, key: &str, s: Scalars, add: bool) {
     let e = match map.get_mut(key) {
         Some(e) => e,
@@ -1260,25 +1610,38 @@ fn bump(map: &mut HashMap<String, Scalars>, key: &str, s: Scalars, add: bool) {
 /// same framework, agent and role (from `out[..first]`), if any: one offer
 /// for both.
 fn merge_stages(out: &mut Vec<Allocation>, first: usize) {
-    let second = out.split_off(first);
-    fn key(x: &Allocation) -> (&str, &str, &str) {
-        (x.framework_id.as_str(), x.agent_id.as_str(), x.role.as_str())
+    // Stage one's allocations by agent: a stage-two allocation on an agent
+    // stage one did not grant on (most) is left where it is.
+    let mut by_agent: HashMap<&str, Vec<usize>> = HashMap::default();
+    for (i, x) in out[..first].iter().enumerate() {
+        by_agent.entry(x.agent_id.as_str()).or_default().push(i);
     }
-    let index: HashMap<(&str, &str, &str), usize> = out.iter().enumerate().map(|(i, x)| (key(x), i)).collect();
-    let (mut merged, mut rest) = (Vec::new(), Vec::new());
-    for x in second {
-        match index.get(&key(&x)) {
-            Some(&i) => merged.push((i, x)),
-            None => rest.push(x),
-        }
+    let same = |x: &Allocation, y: &Allocation| x.framework_id == y.framework_id && x.role == y.role;
+    let merges: Vec<(usize, usize)> = (first..out.len())
+        .filter_map(|j| {
+            let x = &out[j];
+            let stage_one = by_agent.get(x.agent_id.as_str())?;
+            stage_one.iter().find(|&&i| same(&out[i], x)).map(|&i| (i, j))
+        })
+        .collect();
+    drop(by_agent);
+    if merges.is_empty() {
+        return;
     }
-    drop(index);
-    for (i, x) in merged {
-        out[i].resources.add(&x.resources);
+    let (one, two) = out.split_at_mut(first);
+    for &(i, j) in &merges {
+        let x = &two[j - first];
+        one[i].resources.add(&x.resources);
         // Optimistic copies must be able to take all of it.
-        out[i].also.retain(|p| x.also.contains(p));
+        one[i].also.retain(|p| x.also.contains(p));
     }
-    out.extend(rest);
+    let mut merged = merges.iter().map(|&(_, j)| j).peekable();
+    let mut j = 0;
+    out.retain(|_| {
+        let keep = merged.next_if_eq(&j).is_none();
+        j += 1;
+        keep
+    });
 }
 
 /// What roles consume of their quota, from one look at the agents.
@@ -1341,6 +1704,10 @@ struct Guarantees {
     /// Per kind, what is free beyond the headroom (see
     /// [`Guarantees::slack`]), kept up to date by [`Guarantees::granted`].
     slack: [i64; 4],
+    /// Per kind, added to what is free beyond the shortfalls to make the
+    /// slack: 0 but in a worker of a parallel round (see
+    /// [`Guarantees::parts`]).
+    adjust: [i64; 4],
 }
 
 impl Guarantees {
@@ -1361,9 +1728,53 @@ impl Guarantees {
                 GuaranteedRole { name: name.clone(), guarantee: *guarantee, consumed, top }
             })
             .collect();
-        let mut g = Guarantees { roles, free, slack: [0; 4] };
+        let mut g = Guarantees { roles, free, slack: [0; 4], adjust: [0; 4] };
         g.slack = g.slack();
         Some(g)
+    }
+
+    /// The parts of a parallel round, one per worker whose agents have
+    /// `free` of unreserved resources free: each shortfall, and the slack,
+    /// split by those (see [`apportion`]). The parts add up to the whole
+    /// exactly: stage one grants no more toward a guarantee than the whole
+    /// round would, and the parts together grant no more beyond the
+    /// headroom than its slack. Each part has only its own free.
+    fn parts(&self, free: &[Scalars]) -> Vec<Guarantees> {
+        let mut parts: Vec<Guarantees> = free
+            .iter()
+            .map(|&f| Guarantees {
+                roles: Vec::with_capacity(self.roles.len()),
+                free: f,
+                slack: [0; 4],
+                adjust: [0; 4],
+            })
+            .collect();
+        for r in &self.roles {
+            let mut guarantee = vec![r.guarantee; free.len()];
+            for i in 0..4 {
+                let Some(short) = r.shortfall(i) else { continue };
+                let weights: Vec<i64> = free.iter().map(|f| f.0[i]).collect();
+                for (g, s) in guarantee.iter_mut().zip(apportion(short, &weights)) {
+                    g.0[i] = Some(r.consumed.0[i] + s);
+                }
+            }
+            for (part, guarantee) in parts.iter_mut().zip(guarantee) {
+                part.roles.push(GuaranteedRole { name: r.name.clone(), guarantee, consumed: r.consumed, top: r.top });
+            }
+        }
+        for i in 0..4 {
+            let weights: Vec<i64> = free.iter().map(|f| f.0[i]).collect();
+            for (part, slack) in parts.iter_mut().zip(apportion(self.slack[i], &weights)) {
+                // What the part's own free and shortfalls leave, made its
+                // part of the slack; grants move it as they move the
+                // whole's.
+                part.adjust[i] = slack - part.beyond_shortfalls()[i];
+            }
+        }
+        for part in &mut parts {
+            part.slack = part.slack();
+        }
+        parts
     }
 
     fn any_shortfall(&self) -> bool {
@@ -1415,15 +1826,22 @@ impl Guarantees {
     }
 
     /// Per kind, what is free beyond the headroom (the top-most guaranteed
-    /// roles' shortfalls).
+    /// roles' shortfalls), with a worker's adjustment.
     fn slack(&self) -> [i64; 4] {
-        let mut slack = self.free.0;
+        let beyond = self.beyond_shortfalls();
+        std::array::from_fn(|i| (beyond[i] + self.adjust[i]).max(0))
+    }
+
+    /// Per kind, what is free less the top-most guaranteed roles'
+    /// shortfalls (below 0 when they are more).
+    fn beyond_shortfalls(&self) -> [i64; 4] {
+        let mut beyond = self.free.0;
         for g in self.roles.iter().filter(|g| g.top) {
-            for (i, s) in slack.iter_mut().enumerate() {
+            for (i, s) in beyond.iter_mut().enumerate() {
                 *s -= g.shortfall(i).unwrap_or(0);
             }
         }
-        slack.map(|s| s.max(0))
+        beyond
     }
 
     /// What `role` may take of `usable` in `stage`. Reserved resources are
@@ -1660,6 +2078,42 @@ impl CutRoom {
     }
 }
 
+/// The parts of a role's quota limit in a parallel round, one per worker:
+/// what its subtree holds (`used`) plus, per kind, a part of the room left
+/// by what each worker's agents have free (`free`, see [`apportion`]). The
+/// parts' rooms add up to the role's.
+fn part_limits(limit: Quantities, used: Scalars, free: &[Scalars]) -> Vec<Quantities> {
+    let mut parts = vec![Quantities::default(); free.len()];
+    for i in 0..4 {
+        let Some(l) = limit.0[i] else { continue };
+        let weights: Vec<i64> = free.iter().map(|f| f.0[i]).collect();
+        for (q, room) in parts.iter_mut().zip(apportion((l - used.0[i]).max(0), &weights)) {
+            q.0[i] = Some(used.0[i] + room);
+        }
+    }
+    parts
+}
+
+/// `total` (at least 0) in whole parts by `weights`, which add up to it
+/// exactly: each its share rounded down, and what rounding left one by one
+/// to the largest remainders (first index on a tie). All 0 when no weight
+/// is positive.
+fn apportion(total: i64, weights: &[i64]) -> Vec<i64> {
+    let w: Vec<i128> = weights.iter().map(|&w| w.max(0) as i128).collect();
+    let sum: i128 = w.iter().sum();
+    if sum == 0 || total <= 0 {
+        return vec![0; w.len()];
+    }
+    let mut parts: Vec<i64> = w.iter().map(|&w| (total as i128 * w / sum) as i64).collect();
+    let mut order: Vec<usize> = (0..w.len()).collect();
+    order.sort_by_key(|&k| (std::cmp::Reverse(total as i128 * w[k] % sum), k));
+    let left = total - parts.iter().sum::<i64>();
+    for &k in order.iter().take(left as usize) {
+        parts[k] += 1;
+    }
+    parts
+}
+
 /// Per kind, the least room left under `limits`, each a role's limits
 /// (`None` where it sets none) and what its subtree holds.
 fn room_left(limits: impl Iterator<Item = (Quantities, Scalars)>) -> [Option<i64>; 4] {
@@ -1694,7 +2148,7 @@ impl Limited {
             let i = match self.names.iter().position(|n| *n == node) {
                 Some(i) => i,
                 None => {
-                    self.used.push(a.subtree.get(&node).copied().unwrap_or_default());
+                    self.used.push(a.subtree_held(&node));
                     self.names.push(node);
                     self.limits.push(limits);
                     self.names.len() - 1
@@ -1890,8 +2344,8 @@ impl Tree {
 
     fn item_key(&self, a: &Allocator, item: Item) -> u64 {
         match item {
-            Item::Role(n) => a.role_key(&self.nodes[n].name, a.subtree.get(&self.nodes[n].name)),
-            Item::Leaf(l) => a.role_key(&self.leaves[l].role, a.direct.get(&self.leaves[l].role)),
+            Item::Role(n) => a.role_key(&self.nodes[n].name, a.subtree_seen(&self.nodes[n].name)),
+            Item::Leaf(l) => a.role_key(&self.leaves[l].role, a.direct_seen(&self.leaves[l].role)),
         }
     }
 
@@ -2022,6 +2476,11 @@ mod tests {
             v.sort();
             v
         }
+    }
+
+    /// Rounds split among up to `workers` workers, however few the agents.
+    fn parallel(workers: usize) -> Config {
+        Config { workers, min_agents_per_worker: 1, ..Config::default() }
     }
 
     /// `n` identical agents named a0.. .
@@ -2316,9 +2775,10 @@ mod tests {
             weights in proptest::collection::vec(1u32..5, 6),
             agents in 1usize..12,
             rounds in 1usize..4,
+            workers in 1usize..4,
         ) {
             const TREE: [&str; 6] = ["a", "a/b", "a/c", "b", "b/x/y", "c"];
-            let mut a = Allocator::new(Config::default());
+            let mut a = Allocator::new(parallel(workers));
             for (i, w) in weights.iter().enumerate() {
                 a.set_weight(TREE[i], *w as f64);
             }
@@ -2367,9 +2827,10 @@ mod tests {
             agents in proptest::collection::vec((1u32..4, 0usize..7, 0u32..3), 1..10),
             reserves in proptest::collection::vec((0usize..10, 0usize..6), 0..4),
             rounds in 1usize..4,
+            workers in 1usize..4,
         ) {
             const TREE: [&str; 6] = ["a", "a/b", "a/c", "b", "b/x/y", "c"];
-            let mut a = Allocator::new(Config::default());
+            let mut a = Allocator::new(parallel(workers));
             let mut limits: HashMap<&str, i64> = HashMap::default();
             for (r, cpus) in &limited {
                 a.set_limits(TREE[*r], Quantities([Some(*cpus as i64 * 1000), None, None, None]));
@@ -2441,9 +2902,10 @@ mod tests {
             guaranteed in proptest::collection::vec((0usize..6, 0u32..4), 0..4),
             agents in proptest::collection::vec((1u32..4, 0usize..7), 1..10),
             rounds in 1usize..4,
+            workers in 1usize..4,
         ) {
             const TREE: [&str; 6] = ["a", "a/b", "a/c", "b", "b/x/y", "c"];
-            let mut a = Allocator::new(Config::default());
+            let mut a = Allocator::new(parallel(workers));
             let mut unreserved = 0i64;
             for (i, (cpus, role)) in agents.iter().enumerate() {
                 let text = match TREE.get(*role) {
@@ -2520,6 +2982,115 @@ mod tests {
             // One agent is 1/n of the cluster; weighted, at most 1/n per role.
             proptest::prop_assert!(hi - lo <= 1.0 / n as f64 + 1e-9, "{:?} with weights {:?}", shares, weights);
         }
+    }
+
+    proptest::proptest! {
+        /// The fairness bound of parallel rounds (see the module's notes):
+        /// frameworks of one role that take anything, on agents and with
+        /// starting holdings all in the cluster's proportions (so that
+        /// shares add up), split among `k` workers. After the round, a
+        /// framework granted something is ahead of any other by no more
+        /// than it was before (if it was) plus `k` times the largest
+        /// grant's share. With one worker this is serial DRF's bound.
+        #[test]
+        fn parallel_rounds_stay_within_k_grants_of_fair(
+            held in proptest::collection::vec(0u32..24, 2..12),
+            sizes in proptest::collection::vec(1u32..5, 4..64),
+            workers in 1usize..4,
+        ) {
+            let mut a = Allocator::new(parallel(workers));
+            let used: u32 = held.iter().sum();
+            if used > 0 {
+                a.add_agent(AgentId::new("used"), res(&format!("cpus:{used};mem:{}", used * 100)), &[]);
+            }
+            for (i, c) in sizes.iter().enumerate() {
+                a.add_agent(AgentId::new(format!("a{i}")), res(&format!("cpus:{c};mem:{}", c * 100)), &[]);
+            }
+            for (f, h) in held.iter().enumerate() {
+                let id = FrameworkId::new(format!("f{f}"));
+                a.add_framework(id.clone(), vec!["*".into()], &[]);
+                if *h > 0 {
+                    let r = res(&format!("cpus:{h};mem:{}", h * 100)).allocate_to("*");
+                    a.add_used(&id, &AgentId::new("used"), &r);
+                }
+            }
+            let before: Vec<f64> = (0..held.len()).map(|f| a.share(&FrameworkId::new(format!("f{f}"))).unwrap()).collect();
+            let out = a.allocate(0, None);
+            // Every agent went to someone.
+            proptest::prop_assert_eq!(out.len(), sizes.len());
+            let total = a.total();
+            let largest = out.iter().map(|x| Scalars::of(&x.resources).dominant_share(&total)).fold(0.0, f64::max);
+            let agents = sizes.len() + usize::from(used > 0);
+            let k = workers.min(agents) as f64;
+            let after: Vec<f64> = (0..held.len()).map(|f| a.share(&FrameworkId::new(format!("f{f}"))).unwrap()).collect();
+            for f in 0..held.len() {
+                if after[f] == before[f] {
+                    continue;
+                }
+                for h in 0..held.len() {
+                    let bound = (before[f] - before[h]).max(0.0) + k * largest;
+                    proptest::prop_assert!(
+                        after[f] - after[h] <= bound + 1e-9,
+                        "f{} ends {} ahead of f{} (bound {}): before {:?}, after {:?}",
+                        f, after[f] - after[h], h, bound, before, after
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_parts_of_the_headroom_add_up_to_the_whole() {
+        // Two top-most roles each short of one thousandth of a cpu, three
+        // parts with one each free: rounding puts both shortfalls in the
+        // first part, beyond what it has free.
+        let role = |name: &str| GuaranteedRole {
+            name: name.into(),
+            guarantee: Quantities([Some(1), None, None, None]),
+            consumed: Scalars::default(),
+            top: true,
+        };
+        let mut whole = Guarantees {
+            roles: vec![role("a"), role("b")],
+            free: Scalars([3, 0, 0, 0]),
+            slack: [0; 4],
+            adjust: [0; 4],
+        };
+        whole.slack = whole.slack();
+        assert_eq!(whole.slack[0], 1);
+        let parts = whole.parts(&[Scalars([1, 0, 0, 0]); 3]);
+        let short: Vec<i64> = parts.iter().map(|p| p.roles.iter().map(|r| r.shortfall(0).unwrap()).sum()).collect();
+        assert_eq!(short.iter().sum::<i64>(), 2, "{short:?}");
+        // The parts' slack is the whole's, not what each part's own free
+        // and shortfalls leave (0, 1 and 1).
+        assert_eq!(parts.iter().map(|p| p.slack[0]).sum::<i64>(), 1);
+        assert_eq!(apportion(7, &[1, 2, 4]), [1, 2, 4]);
+        assert_eq!(apportion(5, &[1, 1, 0]), [3, 2, 0]);
+        assert_eq!(apportion(5, &[0, 0]), [0, 0]);
+    }
+
+    #[test]
+    fn a_parallel_round_offers_the_room_under_a_limit_that_one_part_could_not_use() {
+        // Two parts of two agents; the first part's are reserved to a role
+        // nobody is in. Half of r's room under its limit goes to each part.
+        let mut c = Check::new(
+            &[
+                ("a0", "cpus(x):1;mem(x):100"),
+                ("a1", "cpus(x):1;mem(x):100"),
+                ("a2", "cpus:1;mem:100"),
+                ("a3", "cpus:1;mem:100"),
+            ],
+            &[("f", &["r"])],
+        );
+        c.a.config = parallel(2);
+        c.a.set_limits("r", cpus(2));
+        // The second part offers one cpu, at its part of the room; the
+        // serial pass after the workers offers the room the first part
+        // could not use.
+        let out = c.run(0);
+        assert_eq!(out, vec!["f -> a2: cpus:1; mem:100", "f -> a3: cpus:1; mem:100"]);
+        assert_eq!(c.a.role_share("r").0 .0[0], 2000);
+        assert!(c.run(1).is_empty());
     }
 
     #[test]
