@@ -497,6 +497,8 @@ impl FrameworkSlot {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stats {
     pub allocation_runs: u64,
+    /// Rounds split among workers (see the module's notes).
+    pub parallel_runs: u64,
     pub allocations: u64,
     pub filtered: u64,
 }
@@ -1109,6 +1111,7 @@ impl Allocator {
     /// then, within its part of each role's room under quota limits and of
     /// the headroom; then, serially, what quota left of them.
     fn allocate_parallel(&mut self, agents: &[usize], workers: usize, now_ms: u64) -> Vec<Allocation> {
+        self.stats.parallel_runs += 1;
         let per = agents.len().div_ceil(workers);
         let mut chunks: Vec<Vec<usize>> = agents.chunks(per).map(<[usize]>::to_vec).collect();
         // Part `i` holds the slots from its first agent's (0 for the first)
@@ -3016,11 +3019,12 @@ mod tests {
             }
             let before: Vec<f64> = (0..held.len()).map(|f| a.share(&FrameworkId::new(format!("f{f}"))).unwrap()).collect();
             let out = a.allocate(0, None);
+            let agents = sizes.len() + usize::from(used > 0);
+            proptest::prop_assert_eq!(a.stats.parallel_runs, u64::from(workers.min(agents) > 1));
             // Every agent went to someone.
             proptest::prop_assert_eq!(out.len(), sizes.len());
             let total = a.total();
             let largest = out.iter().map(|x| Scalars::of(&x.resources).dominant_share(&total)).fold(0.0, f64::max);
-            let agents = sizes.len() + usize::from(used > 0);
             let k = workers.min(agents) as f64;
             let after: Vec<f64> = (0..held.len()).map(|f| a.share(&FrameworkId::new(format!("f{f}"))).unwrap()).collect();
             for f in 0..held.len() {

@@ -673,6 +673,7 @@ pub fn metrics(m: &Master, s: &ShellStats) -> BTreeMap<String, f64> {
     put("master/shards", s.n_shards as f64);
     let st = m.allocator.stats;
     put("allocator/mesos/allocation_runs", st.allocation_runs as f64);
+    put("allocator/agora/parallel_runs", st.parallel_runs as f64);
     put("allocator/agora/allocations", st.allocations as f64);
     put("allocator/agora/filtered", st.filtered as f64);
     for r in m.roles() {

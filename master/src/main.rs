@@ -48,6 +48,13 @@ struct Args {
     /// pessimistic: each resource is offered to one framework at a time.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
     optimistic_offers: u16,
+    /// Threads a large allocation round is split among (a round over at
+    /// least 2048 agents per thread): each offers its own part of the
+    /// agents, and shares stay within a bound of serial DRF's (see
+    /// docs/benchmarks.md). Defaults to the number of shards; 1 keeps every
+    /// round serial.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    allocation_workers: Option<u16>,
     /// Rescind offers not used within this time; "0" never rescinds.
     #[arg(long, default_value = "0", value_parser = duration::parse)]
     offer_timeout: std::time::Duration,
@@ -154,6 +161,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     flags.insert("max_agent_ping_timeouts".into(), args.max_agent_ping_timeouts.to_string());
     flags.insert("heartbeat_interval".into(), format!("{:?}", args.heartbeat_interval));
     flags.insert("shards".into(), n_shards.to_string());
+    let allocation_workers = args.allocation_workers.map_or(n_shards, usize::from);
+    flags.insert("allocation_workers".into(), allocation_workers.to_string());
     flags.insert("work_dir".into(), args.work_dir.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
     let core = core::Config {
         master_id,
@@ -174,6 +183,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         allocator: allocator::Config {
             seed: rand::random(),
             optimistic: args.optimistic_offers as usize,
+            workers: allocation_workers,
             ..Default::default()
         },
         seed: rand::random(),

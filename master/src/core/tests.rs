@@ -867,6 +867,36 @@ fn quota_limits_offers_and_survives_a_restart() {
     assert_eq!(s.m.allocator.limits("eng"), Quantities::default());
 }
 
+/// With allocation workers, a full round over enough agents is split
+/// between them: each agent is still offered once, a role's limit holds
+/// across the parts, and the metrics count the split rounds.
+#[test]
+fn parallel_rounds_offer_each_agent_once_within_quota() {
+    use crate::allocator::{Quantities, Quota};
+    let mut config = Config::for_test();
+    config.allocator.workers = 2;
+    config.allocator.min_agents_per_worker = 4;
+    let mut s = Sim::with(config);
+    let quota = Quota { limits: Quantities([Some(5000), None, None, None]), ..Quota::default() };
+    let call = OperatorCall::update_quota(vec![("eng".into(), quota)], false).unwrap();
+    s.m.operator(s.now, call).unwrap();
+    for i in 0..16 {
+        s.register_agent(i + 1, "cpus:1;mem:128");
+    }
+    // Each subscription runs a full round over the 16 agents.
+    s.subscribe_with(FW_STREAM, FrameworkInfo { role: Some("eng".into()), ..Default::default() });
+    let eng = s.offers(FW_STREAM);
+    assert_eq!(eng.iter().map(|o| o.resources.cpus()).sum::<f64>(), 5.0, "{eng:?}");
+    s.subscribe_with(FW_STREAM + 1, FrameworkInfo { role: Some("ops".into()), ..Default::default() });
+    let ops = s.offers(FW_STREAM + 1);
+    assert_eq!(ops.iter().map(|o| o.resources.cpus()).sum::<f64>(), 11.0, "{ops:?}");
+    let mut agents: Vec<&AgentId> = eng.iter().chain(&ops).map(|o| &o.agent_id).collect();
+    agents.sort_unstable_by_key(|a| a.as_str());
+    agents.dedup();
+    assert_eq!(agents.len(), 16);
+    assert_eq!(s.m.allocator.stats.parallel_runs, 2);
+}
+
 /// UPDATE_QUOTA with guarantees: they must nest and (unless forced) fit
 /// the cluster; raising one takes back offers of other roles, and the
 /// headroom is held back until the role's framework comes; they show in
