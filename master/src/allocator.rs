@@ -1333,10 +1333,13 @@ impl Allocator {
         stage: Stage,
         out: &mut Vec<Allocation>,
     ) {
-        let mut rooms: Vec<Option<LeafRoom>> = vec![None; tree.leaves.len()];
-        let mut limited = Limited::default();
-        // Each leaf's limited and guaranteed roles above it, for the stage.
-        let mut paths: Vec<Option<LeafPath>> = (0..tree.leaves.len()).map(|_| None).collect();
+        let mut looks = Looks {
+            rooms: vec![None; tree.leaves.len()],
+            limited: Limited::default(),
+            paths: (0..tree.leaves.len()).map(|_| None).collect(),
+            no_cpus: vec![false; tree.leaves.len()],
+            stage,
+        };
         // Whether every leaf's role is at its cpu limit (or, in stage one,
         // owes no guarantee): then no role is offered anything of an agent
         // with unreserved cpus free, since those come with any offer and a
@@ -1357,13 +1360,10 @@ impl Allocator {
                 let blocked = *all_blocked.get_or_insert_with(|| {
                     (0..tree.leaves.len()).all(|l| {
                         let role = &tree.leaves[l].role;
-                        let path = paths[l].get_or_insert_with(|| LeafPath::of(self, &mut limited, guarantees, role));
-                        if stage == Stage::Guarantees && !guarantees.as_ref().is_some_and(|g| g.owes(&path.guaranteed))
-                        {
+                        if !looks.owed(self, guarantees, l, role) || looks.no_cpus[l] {
                             return true;
                         }
-                        let room = rooms[l].get_or_insert_with(|| LeafRoom::of(&limited, guarantees, path, stage));
-                        room.limits[0] == Some(0)
+                        looks.room(guarantees, l).limits[0] == Some(0)
                     })
                 });
                 if blocked {
@@ -1398,6 +1398,18 @@ impl Allocator {
                 let mut leaf_copy: Option<Resources> = None;
                 // The share kinds of `available`, by leaf.
                 let shares = if whole { Shares::default() } else { Shares::of(&sums, |role| tree.leaf_of(role)) };
+                // With nothing unreserved worth an offer, only the leaves
+                // with reservations here could be offered anything: when
+                // none of them may, the agent is done without a walk.
+                if !whole
+                    && !self.offerable(shares.unreserved)
+                    && !shares
+                        .reserved
+                        .iter()
+                        .any(|&(l, _)| looks.may_take(self, guarantees, &shares, l, &tree.leaves[l].role).is_some())
+                {
+                    break;
+                }
                 let mut try_grant = |f: Option<usize>, leaf: usize, role: &str| -> bool {
                     let Some(f) = f else {
                         if whole {
@@ -1406,27 +1418,9 @@ impl Allocator {
                             leaf_usable = None;
                             return true;
                         }
-                        let path =
-                            paths[leaf].get_or_insert_with(|| LeafPath::of(self, &mut limited, guarantees, role));
-                        if stage == Stage::Guarantees && !guarantees.as_ref().is_some_and(|g| g.owes(&path.guaranteed))
-                        {
+                        let Some(room) = looks.may_take(self, guarantees, &shares, leaf, role) else {
                             return false;
-                        }
-                        // The cuts below only take away: a role that could
-                        // not take an offer's worth out of everything it may
-                        // use gets nothing, and is skipped before anything
-                        // is copied.
-                        let (reserved, unreserved) = shares.usable_by(leaf);
-                        if !self.offerable(reserved.plus(unreserved)) {
-                            return false;
-                        }
-                        // The leaf's room under quota limits and around the
-                        // headroom changes only with a grant: worked out
-                        // once between grants.
-                        let room = rooms[leaf].get_or_insert_with(|| LeafRoom::of(&limited, guarantees, path, stage));
-                        if !self.offerable(room.most(reserved, unreserved)) {
-                            return false;
-                        }
+                        };
                         let mut take =
                             within_room(room.limits, &available, |r| r.reservation.is_none() || r.role() == role);
                         if let Some(cut) = room.cut.as_ref() {
@@ -1465,8 +1459,8 @@ impl Allocator {
                     };
                     // A leaf taken whole has no path: no role has limits or
                     // guarantees.
-                    if let Some(path) = paths[leaf].as_ref() {
-                        limited.granted(&path.limits, s);
+                    if let Some(path) = looks.paths[leaf].as_ref() {
+                        looks.limited.granted(&path.limits, s);
                         if let Some(g) = guarantees.as_mut() {
                             g.granted(&path.guaranteed, &usable);
                         }
@@ -1486,7 +1480,7 @@ impl Allocator {
                 };
                 let Some((leaf, f)) = tree.walk(0, &mut try_grant) else { break };
                 sums = FreeSums::of(&available);
-                rooms.iter_mut().for_each(|r| *r = None);
+                looks.rooms.iter_mut().for_each(|r| *r = None);
                 all_blocked = None;
                 tree.rerank(self, leaf, f);
                 if self.config.optimistic > 0 {
@@ -2173,6 +2167,66 @@ impl Limited {
         for &i in path {
             self.used[i].add(s);
         }
+    }
+}
+
+/// What one stage of a round knows of its leaves between grants: each
+/// leaf's limited and guaranteed roles (found once), its room (worked out
+/// once between two grants) and the limited roles' figures.
+struct Looks {
+    rooms: Vec<Option<LeafRoom>>,
+    limited: Limited,
+    paths: Vec<Option<LeafPath>>,
+    /// Leaves found with no room for cpus under their limits. What the
+    /// limited roles hold only grows in a stage, so that lasts to its end:
+    /// such a leaf is offered nothing of an agent with cpus its role could
+    /// use (see [`within_room`]), and is passed over without its room.
+    no_cpus: Vec<bool>,
+    stage: Stage,
+}
+
+impl Looks {
+    /// Whether `leaf` (of `role`) takes part in the stage: in stage one,
+    /// only if a guarantee on its path is short.
+    fn owed(&mut self, a: &Allocator, guarantees: &Option<Guarantees>, leaf: usize, role: &str) -> bool {
+        let path = self.paths[leaf].get_or_insert_with(|| LeafPath::of(a, &mut self.limited, guarantees, role));
+        self.stage == Stage::Fair || guarantees.as_ref().is_some_and(|g| g.owes(&path.guaranteed))
+    }
+
+    /// `leaf`'s room under quota limits and around the headroom (it changes
+    /// only with a grant); its path must have been found ([`Looks::owed`]).
+    fn room(&mut self, guarantees: &Option<Guarantees>, leaf: usize) -> LeafRoom {
+        let path = self.paths[leaf].as_ref().expect("path found first");
+        let room = *self.rooms[leaf].get_or_insert_with(|| LeafRoom::of(&self.limited, guarantees, path, self.stage));
+        self.no_cpus[leaf] |= room.limits[0] == Some(0);
+        room
+    }
+
+    /// The walk's first look at `leaf` (of `role`), on sums only: its room,
+    /// when what its role may use of the agent (`shares`) could still be
+    /// worth an offer within it. The cuts only take away: a role that could
+    /// not take an offer's worth out of everything it may use gets nothing,
+    /// and is skipped before anything is copied.
+    fn may_take(
+        &mut self,
+        a: &Allocator,
+        guarantees: &Option<Guarantees>,
+        shares: &Shares,
+        leaf: usize,
+        role: &str,
+    ) -> Option<LeafRoom> {
+        if !self.owed(a, guarantees, leaf, role) {
+            return None;
+        }
+        let (reserved, unreserved) = shares.usable_by(leaf);
+        if !a.offerable(reserved.plus(unreserved)) {
+            return None;
+        }
+        if self.no_cpus[leaf] && reserved.0[0] + unreserved.0[0] > 0 {
+            return None;
+        }
+        let room = self.room(guarantees, leaf);
+        a.offerable(room.most(reserved, unreserved)).then_some(room)
     }
 }
 
