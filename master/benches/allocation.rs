@@ -32,7 +32,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use agora_master::allocator::{Allocation, Allocator, Config, Quantities};
+use agora_master::allocator::{Allocation, Allocator, Config, Quantities, Scalars};
 use agora_proto::mesos::{AgentId, FrameworkId};
 use agora_proto::resources::Resources;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
@@ -198,15 +198,21 @@ fn large_cases(large: Shape) -> [(&'static str, Shape); 4] {
     ]
 }
 
-/// Times `n` fresh rounds of each 10,000 × 1,000 case.
+/// Times `n` fresh rounds of each 10,000 × 1,000 case, and prints how far
+/// the plain cases' first round strays from fair.
 fn min_of(n: usize, large: Shape) {
     for (name, shape) in large_cases(large) {
+        let mut lead = None;
         let times: Vec<f64> = (0..n)
-            .map(|_| {
+            .map(|i| {
                 let a = cluster_of(shape);
+                let before = shares(&a, shape);
                 let t = std::time::Instant::now();
                 let (a, out) = round(a);
                 let ms = t.elapsed().as_secs_f64() * 1e3;
+                if i == 0 && !shape.tree {
+                    lead = Some(excess_lead(&before, &shares(&a, shape), &a, &out));
+                }
                 drop((a, out));
                 ms
             })
@@ -214,7 +220,33 @@ fn min_of(n: usize, large: Shape) {
         let least = times.iter().copied().fold(f64::MAX, f64::min);
         let all: Vec<String> = times.iter().map(|t| format!("{t:.1}")).collect();
         println!("round/{name}: least {least:.2} ms of {n} ({} ms)", all.join(", "));
+        if let Some(lead) = lead {
+            println!(
+                "  most a framework granted something ends ahead of another, beyond its lead before: {lead:.2} grants"
+            );
+        }
     }
+}
+
+/// Every framework's dominant share.
+fn shares(a: &Allocator, shape: Shape) -> Vec<f64> {
+    (0..shape.frameworks).map(|f| a.share(&FrameworkId::new(format!("f{f}"))).unwrap_or(0.0)).collect()
+}
+
+/// The fairness bound's figure (see the allocator's notes): the most that a
+/// framework granted something in the round ends ahead of any other,
+/// beyond the lead it had before (if any), in units of the largest grant's
+/// share. At most 1 for a serial round, `k` for `k` workers.
+fn excess_lead(before: &[f64], after: &[f64], a: &Allocator, out: &[Allocation]) -> f64 {
+    let total = a.total();
+    let g = out.iter().map(|x| Scalars::of(&x.resources).dominant_share(&total)).fold(0.0, f64::max);
+    let mut worst = 0f64;
+    for f in (0..after.len()).filter(|&f| after[f] > before[f]) {
+        for h in 0..after.len() {
+            worst = worst.max(after[f] - after[h] - (before[f] - before[h]).max(0.0));
+        }
+    }
+    worst / g
 }
 
 criterion_group!(benches, bench);

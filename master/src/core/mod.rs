@@ -503,9 +503,9 @@ impl Master {
                 self.next_offer_group += 1;
                 self.next_offer_group
             });
-            let plain = a.resources.unallocated();
+            let plain = (!also.is_empty()).then(|| a.resources.unallocated());
             let copies = also.into_iter().map(|(f, role)| {
-                let r = plain.allocate_to(&role);
+                let r = plain.as_ref().expect("copies come with also").allocate_to(&role);
                 (f, role, r, false)
             });
             let offers: Vec<_> = std::iter::once((a.framework_id, a.role, a.resources, true)).chain(copies).collect();
