@@ -26,7 +26,9 @@
 //! With `ALLOCATION_MIN_OF=N` set, the bench instead times `N` fresh rounds
 //! of each 10,000 × 1,000 case and prints the least and every one: on a
 //! shared machine the least is the steadiest figure to compare two builds
-//! by (the first round of a process also pays for fresh pages).
+//! by (the first round of a process also pays for fresh pages). For the
+//! plain cases it also prints the fairness bound's figure of the first
+//! round (see the allocator's notes on parallel rounds).
 
 // The master's own allocator (see master/src/main.rs).
 #[global_allocator]
