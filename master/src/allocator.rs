@@ -534,11 +534,6 @@ pub struct Allocator {
     part: Option<Box<Part>>,
 }
 
-/// What a worker of a parallel round granted, by framework and role, and
-/// by role (its own and its subtree's); its role and framework figures
-/// stay those of the start of the round. A worker ranks roles and
-/// frameworks by what they held then plus `k` times its own grants to them
-/// (the other `k − 1` workers are taken to grant about as much meanwhile).
 /// One worker's part of a parallel round.
 struct PartWork {
     /// Agent slots from `base` on (`slots`), moved out of the allocator
@@ -551,6 +546,11 @@ struct PartWork {
     limits: HashMap<String, Quantities>,
 }
 
+/// What a worker of a parallel round granted, by framework and role, and
+/// by role (its own and its subtree's); its role and framework figures
+/// stay those of the start of stage two. A worker ranks roles and
+/// frameworks by what they held then plus `k` times its own grants to them
+/// (the other `k − 1` workers are taken to grant about as much meanwhile).
 #[derive(Debug)]
 struct Part {
     k: i64,
@@ -3079,7 +3079,8 @@ mod tests {
             proptest::prop_assert_eq!(out.len(), sizes.len());
             let total = a.total();
             let largest = out.iter().map(|x| Scalars::of(&x.resources).dominant_share(&total)).fold(0.0, f64::max);
-            let k = workers.min(agents) as f64;
+            // The parts a round is split into (see `allocate_parallel`).
+            let k = agents.div_ceil(agents.div_ceil(workers)) as f64;
             let after: Vec<f64> = (0..held.len()).map(|f| a.share(&FrameworkId::new(format!("f{f}"))).unwrap()).collect();
             for f in 0..held.len() {
                 if after[f] == before[f] {
