@@ -191,6 +191,11 @@ pub struct Config {
     /// the module's notes). 1: every round is serial.
     pub workers: usize,
     pub min_agents_per_worker: usize,
+    /// Called first on each thread a split round starts (not on the calling
+    /// thread, which is one of the workers): the shell's chance to place it.
+    /// The master lets it run on every CPU, where it would otherwise inherit
+    /// the pinning of the shard that runs the round.
+    pub on_worker_start: Option<fn()>,
 }
 
 impl Default for Config {
@@ -202,6 +207,7 @@ impl Default for Config {
             optimistic: 0,
             workers: 1,
             min_agents_per_worker: 2048,
+            on_worker_start: None,
         }
     }
 }
@@ -1172,7 +1178,17 @@ impl Allocator {
         let done: Vec<(Allocator, Vec<Allocation>, Vec<usize>)> = std::thread::scope(|scope| {
             let mut work = work.into_iter();
             let own = work.next().expect("two parts or more");
-            let others: Vec<_> = work.map(|w| scope.spawn(move || this.run_part(w, k, now_ms))).collect();
+            let start = this.config.on_worker_start;
+            let others: Vec<_> = work
+                .map(|w| {
+                    scope.spawn(move || {
+                        if let Some(start) = start {
+                            start();
+                        }
+                        this.run_part(w, k, now_ms)
+                    })
+                })
+                .collect();
             let mut done = vec![this.run_part(own, k, now_ms)];
             for h in others {
                 done.push(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
@@ -3126,6 +3142,22 @@ mod tests {
         assert_eq!(apportion(7, &[1, 2, 4]), [1, 2, 4]);
         assert_eq!(apportion(5, &[1, 1, 0]), [3, 2, 0]);
         assert_eq!(apportion(5, &[0, 0]), [0, 0]);
+    }
+
+    #[test]
+    fn each_thread_a_split_round_starts_calls_the_start_hook() {
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        fn started() {
+            STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let agents = agents(9);
+        let agents: Vec<(&str, &str)> = agents.iter().map(|(a, r)| (a.as_str(), *r)).collect();
+        let mut c = Check::new(&agents, &[("f", &["*"])]);
+        c.a.config = Config { on_worker_start: Some(started), ..parallel(3) };
+        assert_eq!(c.run(0).len(), 9);
+        // Three parts: the calling thread and two started for the round.
+        assert_eq!(c.a.stats.parallel_runs, 1);
+        assert_eq!(STARTED.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -100,6 +100,33 @@ fn wire_default_max_frame() -> u32 {
     agora_proto::wire::DEFAULT_MAX_FRAME_BYTES
 }
 
+/// The CPUs the process may run on, as it started (before the shards pin
+/// their threads).
+static CPUS: std::sync::OnceLock<libc::cpu_set_t> = std::sync::OnceLock::new();
+
+/// Notes the calling thread's CPUs as the process's ([`CPUS`]); call before
+/// any thread is pinned.
+fn remember_cpus() {
+    // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity fills
+    // it for the calling thread.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } == 0 {
+        let _ = CPUS.set(set);
+    }
+}
+
+/// Run first on each allocation worker thread: started from shard 0's
+/// thread, it would inherit that shard's pinning to one CPU, and the split
+/// round would run on one CPU after all. It may run on any of the
+/// process's CPUs instead.
+fn unpin_allocation_worker() {
+    if let Some(set) = CPUS.get() {
+        // SAFETY: a valid set, for the calling thread. On failure the
+        // worker keeps its CPU: slower, not wrong.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
+    }
+}
+
 /// glommio needs some locked memory for its rings; say so clearly instead
 /// of failing obscurely.
 fn check_memlock() -> anyhow::Result<()> {
@@ -142,6 +169,7 @@ fn main() {
 
 fn run(args: Args) -> anyhow::Result<()> {
     check_memlock()?;
+    remember_cpus();
     let n_shards = args.shards.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     anyhow::ensure!((1..=1024).contains(&n_shards), "--shards must be between 1 and 1024");
     let (fds, addr) = shard::bind_listeners(SocketAddr::new(args.ip, args.port), n_shards, args.port_wait)
@@ -184,6 +212,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             seed: rand::random(),
             optimistic: args.optimistic_offers as usize,
             workers: allocation_workers,
+            on_worker_start: Some(unpin_allocation_worker),
             ..Default::default()
         },
         seed: rand::random(),
@@ -208,4 +237,45 @@ fn run(args: Args) -> anyhow::Result<()> {
     println!("agora-master listening on http://{addr} (shards: {n_shards})");
     std::io::stdout().flush()?;
     shard::run(cfg, fds)
+}
+
+#[cfg(test)]
+mod tests {
+    /// How many CPUs the calling thread may run on.
+    fn cpus_of_this_thread() -> u32 {
+        // SAFETY: as in `remember_cpus`.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }, 0);
+        unsafe { libc::CPU_COUNT(&set) as u32 }
+    }
+
+    #[test]
+    fn an_allocation_worker_started_from_a_pinned_thread_may_run_on_every_cpu() {
+        super::remember_cpus();
+        let all = cpus_of_this_thread();
+        if all < 2 {
+            eprintln!("skipped: this process may run on one CPU only");
+            return;
+        }
+        std::thread::spawn(move || {
+            // Pinned to one CPU, as a shard's thread is.
+            // SAFETY: a set holding one CPU this process may use.
+            let mut one: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            let first = (0..libc::CPU_SETSIZE as usize)
+                .find(|&c| unsafe { libc::CPU_ISSET(c, super::CPUS.get().expect("remembered")) })
+                .expect("a CPU");
+            unsafe { libc::CPU_SET(first, &mut one) };
+            assert_eq!(unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) }, 0);
+            assert_eq!(cpus_of_this_thread(), 1);
+            let inherited = std::thread::spawn(cpus_of_this_thread).join().unwrap();
+            assert_eq!(inherited, 1, "a thread starts with its parent's CPUs");
+            let unpinned = std::thread::spawn(|| {
+                super::unpin_allocation_worker();
+                cpus_of_this_thread()
+            });
+            assert_eq!(unpinned.join().unwrap(), all);
+        })
+        .join()
+        .unwrap();
+    }
 }
