@@ -75,6 +75,7 @@
 //! are ranked the same way, by weighted shares.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use agora_proto::mesos::{AgentId, FrameworkId};
 use agora_proto::resources::{Fixed, Resource, Resources};
@@ -320,7 +321,7 @@ pub struct Allocation {
     pub also: Vec<(FrameworkId, String)>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Filter {
     /// Resources (without allocation markers) the framework refused.
     resources: Resources,
@@ -460,7 +461,10 @@ impl AgentSlot {
     }
 }
 
-#[derive(Debug)]
+/// Clone only for `Arc::make_mut`, which never copies one: the only other
+/// holders are a split round's workers, and nothing changes a framework
+/// while they run (see `Allocator::frameworks`).
+#[derive(Clone, Debug)]
 struct FrameworkSlot {
     id: FrameworkId,
     roles: Vec<String>,
@@ -472,31 +476,6 @@ struct FrameworkSlot {
     /// Offer constraints per role (none: every agent).
     constraints: std::collections::HashMap<String, ConstraintGroups>,
     filters: HashMap<usize, Vec<Filter>>,
-}
-
-impl FrameworkSlot {
-    /// A copy for a worker of a parallel round, with the filters on the
-    /// agent slots in `agents` only.
-    fn for_agents(&self, agents: &std::ops::Range<usize>) -> FrameworkSlot {
-        FrameworkSlot {
-            id: self.id.clone(),
-            roles: self.roles.clone(),
-            suppressed: self.suppressed.clone(),
-            active: self.active,
-            allocated: self.allocated,
-            by_role: self.by_role.clone(),
-            constraints: self.constraints.clone(),
-            filters: self
-                .filters
-                .iter()
-                .filter(|(a, _)| agents.contains(a))
-                .map(|(a, fs)| {
-                    let fs = fs.iter().map(|x| Filter { resources: x.resources.clone(), expires_ms: x.expires_ms });
-                    (*a, fs.collect())
-                })
-                .collect(),
-        }
-    }
 }
 
 /// Counters for metrics.
@@ -515,7 +494,9 @@ pub struct Allocator {
     agents: Vec<Option<Box<AgentSlot>>>,
     agent_index: HashMap<AgentId, usize>,
     free_agent_slots: Vec<usize>,
-    frameworks: Vec<Option<FrameworkSlot>>,
+    /// Shared with the workers of a split round (see `run_part`); changed
+    /// through `Arc::make_mut`, which copies nothing when none holds them.
+    frameworks: Vec<Option<Arc<FrameworkSlot>>>,
     framework_index: HashMap<FrameworkId, usize>,
     free_framework_slots: Vec<usize>,
     /// Sum of active agents' totals.
@@ -649,14 +630,14 @@ impl Allocator {
         }
         for (f, h) in slot.allocated {
             let r = h.into_resources(&slot.total);
-            if let Some(fw) = self.frameworks[f].as_mut() {
+            if let Some(fw) = self.frameworks[f].as_mut().map(Arc::make_mut) {
                 fw.allocated.sub(Scalars::of(&r));
             }
             self.discharge(f, &r);
         }
         // The slot will be reused for another agent: nothing about this one
         // (filters included) may stick to it.
-        for fw in self.frameworks.iter_mut().flatten() {
+        for fw in self.frameworks.iter_mut().flatten().map(Arc::make_mut) {
             fw.filters.remove(&idx);
         }
         self.free_agent_slots.push(idx);
@@ -678,7 +659,7 @@ impl Allocator {
         id: &FrameworkId,
         constraints: std::collections::HashMap<String, ConstraintGroups>,
     ) {
-        if let Some(f) = self.framework_idx(id).and_then(|i| self.frameworks[i].as_mut()) {
+        if let Some(f) = self.framework_idx(id).and_then(|i| self.frameworks[i].as_mut().map(Arc::make_mut)) {
             f.constraints = constraints;
         }
     }
@@ -710,7 +691,7 @@ impl Allocator {
     pub fn add_framework(&mut self, id: FrameworkId, roles: Vec<String>, suppressed: &[String]) {
         if let Some(idx) = self.framework_idx(&id) {
             // Re-subscription: keep allocations, update roles.
-            if let Some(f) = self.frameworks[idx].as_mut() {
+            if let Some(f) = self.frameworks[idx].as_mut().map(Arc::make_mut) {
                 f.roles = roles;
                 f.suppressed = suppressed.iter().cloned().collect();
                 f.active = true;
@@ -729,11 +710,11 @@ impl Allocator {
         };
         let idx = match self.free_framework_slots.pop() {
             Some(i) => {
-                self.frameworks[i] = Some(slot);
+                self.frameworks[i] = Some(Arc::new(slot));
                 i
             }
             None => {
-                self.frameworks.push(Some(slot));
+                self.frameworks.push(Some(Arc::new(slot)));
                 self.frameworks.len() - 1
             }
         };
@@ -760,7 +741,7 @@ impl Allocator {
     /// Inactive (disconnected) frameworks keep their allocations but get no offers.
     pub fn set_framework_active(&mut self, id: &FrameworkId, active: bool) {
         if let Some(idx) = self.framework_idx(id) {
-            if let Some(f) = self.frameworks[idx].as_mut() {
+            if let Some(f) = self.frameworks[idx].as_mut().map(Arc::make_mut) {
                 f.active = active;
             }
         }
@@ -769,7 +750,7 @@ impl Allocator {
     /// Clears the framework's filters and unsuppresses `roles` (all when empty).
     pub fn revive(&mut self, id: &FrameworkId, roles: &[String]) {
         let Some(idx) = self.framework_idx(id) else { return };
-        let Some(f) = self.frameworks[idx].as_mut() else { return };
+        let Some(f) = self.frameworks[idx].as_mut().map(Arc::make_mut) else { return };
         f.filters.clear();
         if roles.is_empty() {
             f.suppressed.clear();
@@ -783,7 +764,7 @@ impl Allocator {
     /// Stops offers to `roles` (all when empty) until revived.
     pub fn suppress(&mut self, id: &FrameworkId, roles: &[String]) {
         let Some(idx) = self.framework_idx(id) else { return };
-        let Some(f) = self.frameworks[idx].as_mut() else { return };
+        let Some(f) = self.frameworks[idx].as_mut().map(Arc::make_mut) else { return };
         let all = if roles.is_empty() { f.roles.clone() } else { roles.to_vec() };
         f.suppressed.extend(all);
     }
@@ -829,9 +810,14 @@ impl Allocator {
     /// Records that framework `f` holds more (`more`, whose share kinds
     /// are `s`) on agent `a`.
     fn hold(&mut self, f: usize, a: usize, s: Scalars, more: Holding) {
-        let agent = self.agents.get_mut(a.wrapping_sub(self.agent_base)).and_then(Option::as_mut);
-        let (Some(fw), Some(agent)) = (self.frameworks[f].as_mut(), agent) else { return };
-        fw.allocated.add(s);
+        let Some(agent) = self.agents.get_mut(a.wrapping_sub(self.agent_base)).and_then(Option::as_mut) else {
+            return;
+        };
+        if self.part.is_none() {
+            // A worker counts its grants apart (`Part`).
+            let Some(fw) = self.frameworks[f].as_mut().map(Arc::make_mut) else { return };
+            fw.allocated.add(s);
+        }
         if let std::collections::hash_map::Entry::Vacant(e) = agent.allocated.entry(f) {
             e.insert(more);
             return;
@@ -846,7 +832,7 @@ impl Allocator {
     /// to the role figures: the framework's per role, and the roles' own
     /// and subtrees'.
     fn account(&mut self, f: usize, role: &str, s: Scalars, add: bool) {
-        if let Some(fw) = self.frameworks[f].as_mut() {
+        if let Some(fw) = self.frameworks[f].as_mut().map(Arc::make_mut) {
             bump(&mut fw.by_role, role, s, add);
         }
         self.role_add(role, s, add);
@@ -1055,7 +1041,9 @@ impl Allocator {
     pub fn recover(&mut self, framework: &FrameworkId, agent: &AgentId, r: &Resources, refuse_ms: u64, now_ms: u64) {
         let Some(f) = self.framework_idx(framework) else { return };
         let Some(&a) = self.agent_index.get(agent) else { return };
-        let (Some(fw), Some(slot)) = (self.frameworks[f].as_mut(), self.agents[a].as_mut()) else { return };
+        let (Some(fw), Some(slot)) = (self.frameworks[f].as_mut().map(Arc::make_mut), self.agents[a].as_mut()) else {
+            return;
+        };
         if let Some(held) = slot.listed_mut(f) {
             // Only give back what the framework actually holds.
             let give = if held.contains(r) { r.clone() } else { intersect(held, r) };
@@ -1073,14 +1061,12 @@ impl Allocator {
     /// The filters of `fw` on `agent` still in force, if any (expired ones
     /// are dropped). One refuses an offer (without allocation markers) that
     /// its resources contain.
-    fn live_filters(fw: &mut FrameworkSlot, agent: usize, now_ms: u64) -> Option<&[Filter]> {
-        let filters = fw.filters.get_mut(&agent)?;
+    fn drop_expired_filters(fw: &mut FrameworkSlot, agent: usize, now_ms: u64) {
+        let Some(filters) = fw.filters.get_mut(&agent) else { return };
         filters.retain(|f| f.expires_ms > now_ms);
         if filters.is_empty() {
             fw.filters.remove(&agent);
-            return None;
         }
-        fw.filters.get(&agent).map(Vec::as_slice)
     }
 
     /// Whether share kinds `s` are worth an offer: enough cpus or memory.
@@ -1208,7 +1194,7 @@ impl Allocator {
             // Its grants, as `account` would have counted them one by one.
             let part = worker.part.take().expect("a worker");
             for (f, by_role) in part.by_role.into_iter().enumerate() {
-                let Some(fw) = self.frameworks[f].as_mut() else { continue };
+                let Some(fw) = self.frameworks[f].as_mut().map(Arc::make_mut) else { continue };
                 for (role, s) in by_role {
                     fw.allocated.add(s);
                     bump(&mut fw.by_role, &role, s, true);
@@ -1247,13 +1233,12 @@ impl Allocator {
     /// ([`Part`]), with its allocations and its agents.
     fn run_part(&self, w: PartWork, k: usize, now_ms: u64) -> (Allocator, Vec<Allocation>, Vec<usize>) {
         let PartWork { base, slots, agents, mut guarantees, limits } = w;
-        let range = base..base + slots.len();
         let mut worker = Allocator {
             config: self.config.clone(),
             agents: slots,
             agent_index: HashMap::default(),
             free_agent_slots: Vec::new(),
-            frameworks: self.frameworks.iter().map(|f| f.as_ref().map(|f| f.for_agents(&range))).collect(),
+            frameworks: self.frameworks.clone(),
             framework_index: HashMap::default(),
             free_framework_slots: Vec::new(),
             total: self.total,
@@ -1274,7 +1259,7 @@ impl Allocator {
         };
         let mut out = Vec::with_capacity(agents.len());
         worker.stage_two(&agents, &mut guarantees, now_ms, &mut out);
-        // Its copies of the frameworks go here, not on the calling thread.
+        // Its hold on the shared frameworks ends with the round.
         drop(std::mem::take(&mut worker.frameworks));
         (worker, out, agents)
     }
@@ -1451,15 +1436,22 @@ impl Allocator {
                     if !self.wants(f, role, a) {
                         return false;
                     }
-                    let Some(fw) = self.frameworks[f].as_mut() else { return false };
-                    if let Some(filters) = Self::live_filters(fw, a, now_ms) {
+                    let Some(fw) = self.frameworks[f].as_deref() else { return false };
+                    if let Some(filters) = fw.filters.get(&a) {
                         let offer = match &leaf_usable {
                             Some((take, _)) => &*leaf_copy.get_or_insert_with(|| take.copy(&available)),
                             None => &available,
                         };
-                        if filters.iter().any(|x| x.resources.contains(offer)) {
+                        if filters.iter().any(|x| x.expires_ms > now_ms && x.resources.contains(offer)) {
                             self.stats.filtered += 1;
                             return false;
+                        }
+                        // Expired ones go, but not in a worker: its
+                        // frameworks are shared.
+                        if self.part.is_none() && filters.iter().any(|x| x.expires_ms <= now_ms) {
+                            if let Some(fw) = self.frameworks[f].as_mut().map(Arc::make_mut) {
+                                Self::drop_expired_filters(fw, a, now_ms);
+                            }
                         }
                     }
                     // Granted: the walk ends here, and the next one works
@@ -1558,7 +1550,7 @@ impl Allocator {
             return;
         }
         // Filters hold unallocated resources.
-        if let Some(fw) = self.frameworks[f].as_mut() {
+        if let Some(fw) = self.frameworks[f].as_mut().map(Arc::make_mut) {
             fw.filters
                 .entry(a)
                 .or_default()
@@ -3158,6 +3150,9 @@ mod tests {
         // Three parts: the calling thread and two started for the round.
         assert_eq!(c.a.stats.parallel_runs, 1);
         assert_eq!(STARTED.load(std::sync::atomic::Ordering::Relaxed), 2);
+        // The workers' hold on the shared frameworks ended with the round:
+        // changing one copies nothing.
+        assert!(c.a.frameworks.iter().flatten().all(|f| Arc::strong_count(f) == 1));
     }
 
     #[test]
