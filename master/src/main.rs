@@ -49,12 +49,16 @@ struct Args {
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
     optimistic_offers: u16,
     /// Threads a large allocation round is split among (a round over at
-    /// least 2048 agents per thread): each offers its own part of the
-    /// agents, and shares stay within a bound of serial DRF's (see
-    /// docs/benchmarks.md). Defaults to the number of shards; 1 keeps every
-    /// round serial.
+    /// least `--allocation-min-agents-per-worker` agents per thread): each
+    /// offers its own part of the agents, and shares stay within a bound of
+    /// serial DRF's (see docs/benchmarks.md). Defaults to the number of
+    /// shards; 1 keeps every round serial.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     allocation_workers: Option<u16>,
+    /// The fewest agents per thread for a round to be split: below it,
+    /// starting threads costs more than it saves.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
+    allocation_min_agents_per_worker: u32,
     /// Rescind offers not used within this time; "0" never rescinds.
     #[arg(long, default_value = "0", value_parser = duration::parse)]
     offer_timeout: std::time::Duration,
@@ -191,6 +195,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     flags.insert("shards".into(), n_shards.to_string());
     let allocation_workers = args.allocation_workers.map_or(n_shards, usize::from);
     flags.insert("allocation_workers".into(), allocation_workers.to_string());
+    flags.insert("allocation_min_agents_per_worker".into(), args.allocation_min_agents_per_worker.to_string());
     flags.insert("work_dir".into(), args.work_dir.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
     let core = core::Config {
         master_id,
@@ -212,6 +217,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             seed: rand::random(),
             optimistic: args.optimistic_offers as usize,
             workers: allocation_workers,
+            min_agents_per_worker: args.allocation_min_agents_per_worker as usize,
             on_worker_start: Some(unpin_allocation_worker),
             ..Default::default()
         },

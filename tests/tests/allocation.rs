@@ -109,6 +109,31 @@ async fn weights_split_a_saturated_cluster_one_to_three() {
     drop(agents);
 }
 
+/// Split allocation rounds in the real master (`--allocation-workers 2`,
+/// any round over two agents or more split): a framework that comes to a
+/// cluster of four agents is offered each of them once, by a split round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_rounds_offer_every_agent_once() {
+    let mut opts = MasterOpts::default();
+    opts.extra.extend(["--allocation-workers", "2", "--allocation-min-agents-per-worker", "1"].map(String::from));
+    let m = Master::start(opts);
+    let agents: Vec<Agent> = (0..4).map(|_| Agent::start(&m.addr, AgentOpts::default())).collect();
+    wait_until(Duration::from_secs(60), "4 agents", || active_agents(&m.state()) == 4);
+    let mut a = TestFramework::start(&m.addr, info("a")).await;
+    a.until(Duration::from_secs(30), "4 offers", |f| f.offers.len() >= 4).await;
+    // Nothing more comes: each agent was offered once.
+    a.step(Duration::from_millis(500)).await;
+    let mut offered: Vec<&str> = a.offers.iter().map(|o| o.agent_id.value.as_str()).collect();
+    assert_eq!(offered.len(), 4, "{:?}", a.offers);
+    offered.sort_unstable();
+    offered.dedup();
+    assert_eq!(offered.len(), 4, "{:?}", a.offers);
+    let metrics = m.metrics();
+    assert!(metrics["allocator/agora/parallel_runs"].as_f64().unwrap_or(0.0) >= 1.0, "{metrics}");
+    a.driver.teardown().await.expect("teardown");
+    drop(agents);
+}
+
 /// Optimistic offers (`--optimistic-offers 1`): two frameworks are offered
 /// the same resources and both launch on them. Exactly one launch runs;
 /// the other gets TASK_DROPPED saying another framework took the offer
