@@ -2893,9 +2893,10 @@ mod tests {
             reserves in proptest::collection::vec((0usize..10, 0usize..6), 0..4),
             rounds in 1usize..4,
             workers in 1usize..4,
+            optimistic in 0usize..2,
         ) {
             const TREE: [&str; 6] = ["a", "a/b", "a/c", "b", "b/x/y", "c"];
-            let mut a = Allocator::new(parallel(workers));
+            let mut a = Allocator::new(Config { optimistic, ..parallel(workers) });
             let mut limits: HashMap<&str, i64> = HashMap::default();
             for (r, cpus) in &limited {
                 a.set_limits(TREE[*r], Quantities([Some(*cpus as i64 * 1000), None, None, None]));
@@ -2924,7 +2925,9 @@ mod tests {
                         a.convert(&id, None, &from, &to);
                     }
                 }
-                let out = a.allocate(round as u64, None);
+                // Odd rounds over every other agent only, as after events.
+                let some: Vec<AgentId> = (0..agents.len()).step_by(2).map(|i| AgentId::new(format!("a{i}"))).collect();
+                let out = a.allocate(round as u64, (round % 2 == 1).then_some(some.as_slice()));
                 for x in &out {
                     for r in x.resources.iter() {
                         if let Some(res) = &r.reservation {
