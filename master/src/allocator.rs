@@ -786,14 +786,20 @@ impl Allocator {
         }
     }
 
-    /// `charge` of a grant: `r` (share kinds `s`) is all allocated to
-    /// `role`, and is the agent's whole total when `whole` is set.
+    /// `charge` of a grant, but for the role figures (the stage's [`Tree`]
+    /// keeps those and hands them over in [`Tree::flush`]): `r` (share
+    /// kinds `s`) is all allocated to `role`, and is the agent's whole total
+    /// when `whole` is set.
     fn charge_grant(&mut self, f: usize, a: usize, role: &str, r: &Resources, s: Scalars, whole: bool) {
         let holding = if whole { Holding::Total(role.to_string()) } else { Holding::Listed(r.clone()) };
         self.hold(f, a, s, holding);
+    }
+
+    /// What a stage granted framework `f` under `role` (`s`), counted in
+    /// the role figures: the allocator's, or in a worker its own
+    /// ([`Part`]; its role figures stay those of the start of the round).
+    fn account_granted(&mut self, f: usize, role: &str, s: Scalars) {
         match self.part.as_mut() {
-            // A worker's role figures stay those of the start of the round;
-            // its own grants are counted apart.
             Some(part) => {
                 bump(&mut part.by_role[f], role, s, true);
                 add_to_roles(&mut part.direct, &mut part.subtree, role, s, true);
@@ -960,12 +966,6 @@ impl Allocator {
         (s, s.dominant_share(&self.total) / self.weight(role))
     }
 
-    /// A role's place among its siblings: the weighted dominant share of
-    /// `s` (its subtree's, or its own leaf's, allocations).
-    fn role_key(&self, role: &str, s: Scalars) -> u64 {
-        share_key(s.dominant_share(&self.total) / self.weight(role))
-    }
-
     /// What a role's subtree holds: in a worker of a parallel round, with
     /// the worker's own grants (see [`Part`]).
     fn subtree_held(&self, role: &str) -> Scalars {
@@ -997,13 +997,13 @@ impl Allocator {
         }
     }
 
-    /// A framework's place among the role's frameworks: its share in it.
-    fn framework_key(&self, f: usize, role: &str) -> u64 {
-        let mut held = self.frameworks[f].as_ref().and_then(|fw| fw.by_role.get(role).copied()).unwrap_or_default();
-        if let Some(p) = &self.part {
-            held = held.plus_times(p.by_role[f].get(role).copied().unwrap_or_default(), p.k);
+    /// What framework `f` holds under `role`, as this round ranks it.
+    fn framework_seen(&self, f: usize, role: &str) -> Scalars {
+        let held = self.frameworks[f].as_ref().and_then(|fw| fw.by_role.get(role).copied()).unwrap_or_default();
+        match &self.part {
+            Some(p) => held.plus_times(p.by_role[f].get(role).copied().unwrap_or_default(), p.k),
+            None => held,
         }
-        share_key(held.dominant_share(&self.total))
     }
 
     /// An operation changed part of an agent's resources into another form
@@ -1287,7 +1287,7 @@ impl Allocator {
         if let Some(g) = guarantees.as_ref().filter(|g| g.any_shortfall()) {
             let mut tree = self.tree(|role| g.covers(role));
             if !tree.leaves.is_empty() {
-                tree.rank_all(self);
+                tree.rank_all();
                 self.offer_agents(&mut tree, agents, now_ms, guarantees, Stage::Guarantees, out);
             }
         }
@@ -1303,7 +1303,7 @@ impl Allocator {
     ) {
         let mut tree = self.tree(|_| true);
         if !tree.leaves.is_empty() {
-            tree.rank_all(self);
+            tree.rank_all();
             self.offer_agents(&mut tree, agents, now_ms, guarantees, Stage::Fair, out);
         }
     }
@@ -1311,7 +1311,14 @@ impl Allocator {
     /// The role tree of the active frameworks' unsuppressed roles that
     /// `take` accepts.
     fn tree(&self, take: impl Fn(&str) -> bool) -> Tree {
-        let mut tree = Tree::default();
+        let mut tree = Tree {
+            k: self.part.as_ref().map_or(1, |p| p.k),
+            total: self.total,
+            nodes: Vec::new(),
+            leaves: Vec::new(),
+            index: HashMap::default(),
+            pending: Vec::new(),
+        };
         for (idx, f) in self.frameworks.iter().enumerate() {
             let Some(f) = f else { continue };
             if !f.active {
@@ -1341,6 +1348,7 @@ impl Allocator {
             no_cpus: vec![false; tree.leaves.len()],
             stage,
         };
+
         // Whether every leaf's role is at its cpu limit (or, in stage one,
         // owes no guarantee): then no role is offered anything of an agent
         // with unreserved cpus free, since those come with any offer and a
@@ -1351,7 +1359,7 @@ impl Allocator {
         for &a in agents {
             if stage == Stage::Guarantees && !guarantees.as_ref().is_some_and(Guarantees::any_shortfall) {
                 // Every guarantee is met: stage one is over.
-                return;
+                break;
             }
             let Some(slot) = self.slot(a) else { continue };
             if !slot.active || !self.offerable(slot.free_sums.all()) {
@@ -1396,6 +1404,8 @@ impl Allocator {
                 // only when a framework's filters on the agent ask, and when
                 // it is granted (moved out of `available` then).
                 let mut leaf_usable: Option<(Take, Scalars)> = None;
+                // The share kinds granted, once a walk ends in a grant.
+                let mut granted = Scalars::default();
                 let mut leaf_copy: Option<Resources> = None;
                 // The share kinds of `available`, by leaf.
                 let shares = if whole { Shares::default() } else { Shares::of(&sums, |role| tree.leaf_of(role)) };
@@ -1475,6 +1485,7 @@ impl Allocator {
                     }
                     let r = usable.into_allocated_to(role);
                     self.charge_grant(f, a, role, &r, s, whole_agent);
+                    granted = s;
                     self.stats.allocations += 1;
                     let fw = self.frameworks[f].as_ref().expect("charged above");
                     out.push(Allocation {
@@ -1490,8 +1501,12 @@ impl Allocator {
                 sums = FreeSums::of(&available);
                 looks.rooms.iter_mut().for_each(|r| *r = None);
                 all_blocked = None;
-                tree.rerank(self, leaf, f);
+                tree.rerank(leaf, f, granted);
+                #[cfg(test)]
+                tree.check(self);
                 if self.config.optimistic > 0 {
+                    // The copies' rooms read the role figures.
+                    tree.flush(self);
                     let last = out.last_mut().expect("granted");
                     last.also = self.also_offer(tree, a, f, &last.resources.unallocated(), now_ms, guarantees.as_ref());
                 }
@@ -1500,6 +1515,7 @@ impl Allocator {
                 (slot.free, slot.free_sums) = (available, sums);
             }
         }
+        tree.flush(self);
     }
 
     /// Optimistic offers: the next frameworks (up to `config.optimistic`,
@@ -2146,7 +2162,10 @@ struct Limited {
 
 impl Limited {
     /// The roles on `role`'s path (itself included) that have quota
-    /// limits, by index here.
+    /// limits, by index here. A role's figure is read from the allocator
+    /// when it is first found: before anything under it is granted in the
+    /// stage (a leaf's path is found before it is offered anything), so
+    /// what the stage's tree has not handed over yet is not missed.
     fn path(&mut self, a: &Allocator, role: &str) -> Vec<usize> {
         let mut path = Vec::new();
         for (node, limits) in a.limited_path(role) {
@@ -2326,25 +2345,40 @@ fn intersect(a: &Resources, b: &Resources) -> Resources {
     out
 }
 
-/// The role tree of one allocation round, in the order resources are
+/// The role tree of one stage of a round, in the order resources are
 /// offered: each role node's items (child roles, and the leaf of frameworks
 /// subscribed to the role itself) by weighted share, each leaf's frameworks
 /// by their share within the role. A grant changes shares along one path
 /// only, which `rerank` updates: O(log frameworks + depth × siblings) per
 /// grant, plus the walk to the first framework that takes the resources.
-#[derive(Default)]
+///
+/// The tree is also the stage's ledger of role figures: each node, leaf and
+/// framework keeps what it holds as ranked (taken from the allocator's
+/// figures when the tree is built, plus `k` times each grant), with its
+/// weight, so that ranking looks nothing up by name; what was granted
+/// goes into the allocator's figures once per framework and role, when
+/// the stage is done ([`Tree::flush`]). Until then the allocator's role
+/// figures are those of the start of the stage.
 struct Tree {
     /// `nodes[0]` is the root, above the top-level roles.
     nodes: Vec<RoleNode>,
     leaves: Vec<Leaf>,
     index: HashMap<String, usize>,
+    /// What a grant weighs in the ranking: 1, or `k` in a worker of a split
+    /// round (see [`Part`]).
+    k: i64,
+    total: Scalars,
+    /// The (leaf, framework) pairs granted something not yet handed over.
+    pending: Vec<(usize, usize)>,
 }
 
 struct RoleNode {
-    name: String,
     parent: usize,
     items: Vec<(u64, Item)>,
     leaf: Option<usize>,
+    weight: f64,
+    /// What its subtree holds, as ranked.
+    held: Scalars,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -2357,23 +2391,47 @@ struct Leaf {
     role: String,
     node: usize,
     frameworks: BTreeSet<(u64, usize)>,
-    keys: HashMap<usize, u64>,
+    members: HashMap<usize, Member>,
+    weight: f64,
+    /// What the role itself holds, as ranked.
+    held: Scalars,
+}
+
+/// A framework in a leaf.
+struct Member {
+    key: u64,
+    /// What it holds under the leaf's role, as ranked.
+    held: Scalars,
+    /// What the stage granted it there, not yet handed over.
+    granted: Scalars,
 }
 
 impl Tree {
-    fn node(&mut self, name: &str) -> usize {
+    fn node(&mut self, a: &Allocator, name: &str) -> usize {
         if self.nodes.is_empty() {
-            self.nodes.push(RoleNode { name: String::new(), parent: 0, items: Vec::new(), leaf: None });
+            self.nodes.push(RoleNode {
+                parent: 0,
+                items: Vec::new(),
+                leaf: None,
+                weight: 1.0,
+                held: Scalars::default(),
+            });
         }
         if let Some(&n) = self.index.get(name) {
             return n;
         }
         let parent = match name.rfind('/') {
-            Some(i) => self.node(&name[..i]),
+            Some(i) => self.node(a, &name[..i]),
             None => 0,
         };
         let n = self.nodes.len();
-        self.nodes.push(RoleNode { name: name.to_string(), parent, items: Vec::new(), leaf: None });
+        self.nodes.push(RoleNode {
+            parent,
+            items: Vec::new(),
+            leaf: None,
+            weight: a.weight(name),
+            held: a.subtree_seen(name),
+        });
         self.nodes[parent].items.push((0, Item::Role(n)));
         self.index.insert(name.to_string(), n);
         n
@@ -2386,7 +2444,7 @@ impl Tree {
 
     /// Framework `f` takes part for `role`.
     fn add(&mut self, a: &Allocator, f: usize, role: &str) {
-        let n = self.node(role);
+        let n = self.node(a, role);
         let l = match self.nodes[n].leaf {
             Some(l) => l,
             None => {
@@ -2395,30 +2453,35 @@ impl Tree {
                     role: role.to_string(),
                     node: n,
                     frameworks: BTreeSet::new(),
-                    keys: HashMap::default(),
+                    members: HashMap::default(),
+                    weight: a.weight(role),
+                    held: a.direct_seen(role),
                 });
                 self.nodes[n].leaf = Some(l);
                 self.nodes[n].items.push((0, Item::Leaf(l)));
                 l
             }
         };
-        let key = a.framework_key(f, role);
+        let held = a.framework_seen(f, role);
+        let key = share_key(held.dominant_share(&self.total));
         self.leaves[l].frameworks.insert((key, f));
-        self.leaves[l].keys.insert(f, key);
+        self.leaves[l].members.insert(f, Member { key, held, granted: Scalars::default() });
     }
 
-    fn item_key(&self, a: &Allocator, item: Item) -> u64 {
-        match item {
-            Item::Role(n) => a.role_key(&self.nodes[n].name, a.subtree_seen(&self.nodes[n].name)),
-            Item::Leaf(l) => a.role_key(&self.leaves[l].role, a.direct_seen(&self.leaves[l].role)),
-        }
+    /// A role's place among its siblings: its weighted dominant share.
+    fn item_key(&self, item: Item) -> u64 {
+        let (held, weight) = match item {
+            Item::Role(n) => (self.nodes[n].held, self.nodes[n].weight),
+            Item::Leaf(l) => (self.leaves[l].held, self.leaves[l].weight),
+        };
+        share_key(held.dominant_share(&self.total) / weight)
     }
 
-    fn rank_all(&mut self, a: &Allocator) {
+    fn rank_all(&mut self) {
         for n in 0..self.nodes.len() {
             let mut items = std::mem::take(&mut self.nodes[n].items);
             for (k, item) in items.iter_mut() {
-                *k = self.item_key(a, *item);
+                *k = self.item_key(*item);
             }
             items.sort_unstable();
             self.nodes[n].items = items;
@@ -2452,19 +2515,32 @@ impl Tree {
         None
     }
 
-    /// After a grant to framework `f` in leaf `l`: its share, the leaf's and
+    /// Framework `f` in leaf `l` was granted `s`: its share, the leaf's and
     /// those of the roles above it changed.
-    fn rerank(&mut self, a: &Allocator, l: usize, f: usize) {
-        let new = a.framework_key(f, &self.leaves[l].role);
+    fn rerank(&mut self, l: usize, f: usize, s: Scalars) {
+        let (k, total) = (self.k, self.total);
+        let ranked = Scalars::default().plus_times(s, k);
         let leaf = &mut self.leaves[l];
-        if let Some(old) = leaf.keys.insert(f, new) {
-            leaf.frameworks.remove(&(old, f));
+        leaf.held.add(ranked);
+        let m = leaf.members.get_mut(&f).expect("a framework of the leaf");
+        if m.granted == Scalars::default() {
+            self.pending.push((l, f));
         }
+        m.held.add(ranked);
+        m.granted.add(s);
+        let new = share_key(m.held.dominant_share(&total));
+        leaf.frameworks.remove(&(m.key, f));
+        m.key = new;
         leaf.frameworks.insert((new, f));
+        let mut n = leaf.node;
+        while n != 0 {
+            self.nodes[n].held.add(ranked);
+            n = self.nodes[n].parent;
+        }
         let mut item = Item::Leaf(l);
         let mut n = self.leaves[l].node;
         loop {
-            let key = self.item_key(a, item);
+            let key = self.item_key(item);
             let items = &mut self.nodes[n].items;
             if let Some(e) = items.iter_mut().find(|(_, i)| *i == item) {
                 e.0 = key;
@@ -2476,26 +2552,51 @@ impl Tree {
             item = Item::Role(n);
             n = self.nodes[n].parent;
         }
-        #[cfg(test)]
-        self.check(a);
+    }
+
+    /// Hands what the stage granted over to the allocator's role figures,
+    /// once per framework and role.
+    fn flush(&mut self, a: &mut Allocator) {
+        for (l, f) in self.pending.drain(..) {
+            let leaf = &mut self.leaves[l];
+            if let Some(m) = leaf.members.get_mut(&f) {
+                a.account_granted(f, &leaf.role, std::mem::take(&mut m.granted));
+            }
+        }
     }
 
     /// In tests: the incremental re-ranking leaves exactly what ranking
-    /// everything afresh would.
+    /// everything afresh would, and what the tree holds is the allocator's
+    /// figures plus `k` times what it has not handed over.
     #[cfg(test)]
     fn check(&self, a: &Allocator) {
-        for node in &self.nodes {
+        for (n, node) in self.nodes.iter().enumerate() {
             for &(key, item) in &node.items {
-                assert_eq!(key, self.item_key(a, item), "stale key of {item:?} under {:?}", node.name);
+                assert_eq!(key, self.item_key(item), "stale key of {item:?} under node {n}");
             }
-            assert!(node.items.windows(2).all(|w| w[0] <= w[1]), "{:?} out of order", node.name);
+            assert!(node.items.windows(2).all(|w| w[0] <= w[1]), "node {n} out of order");
         }
+        let mut under = vec![Scalars::default(); self.nodes.len()];
         for leaf in &self.leaves {
-            assert_eq!(leaf.frameworks.len(), leaf.keys.len());
+            assert_eq!(leaf.frameworks.len(), leaf.members.len());
+            let mut pending = Scalars::default();
             for &(key, f) in &leaf.frameworks {
-                assert_eq!(key, a.framework_key(f, &leaf.role), "stale key of framework {f} in {:?}", leaf.role);
-                assert_eq!(leaf.keys.get(&f), Some(&key));
+                let m = &leaf.members[&f];
+                assert_eq!(key, m.key);
+                assert_eq!(key, share_key(m.held.dominant_share(&self.total)), "stale key of framework {f}");
+                assert_eq!(m.held, a.framework_seen(f, &leaf.role).plus_times(m.granted, self.k), "framework {f}");
+                pending.add(m.granted);
             }
+            assert_eq!(leaf.held, a.direct_seen(&leaf.role).plus_times(pending, self.k), "{:?}", leaf.role);
+            let mut n = leaf.node;
+            while n != 0 {
+                under[n].add(pending);
+                n = self.nodes[n].parent;
+            }
+        }
+        for (name, &n) in &self.index {
+            let held = a.subtree_seen(name).plus_times(under[n], self.k);
+            assert_eq!(self.nodes[n].held, held, "{name:?}");
         }
     }
 }
