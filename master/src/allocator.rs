@@ -2933,8 +2933,9 @@ mod tests {
 
     proptest::proptest! {
         /// Random role trees, weights and clusters: every round re-ranks
-        /// incrementally what a full ranking would give (checked inside
-        /// `rerank`), and the role figures always add up.
+        /// incrementally what a full ranking would give (checked after
+        /// every grant, with the tree's figures), and the role figures
+        /// always add up.
         #[test]
         fn ranking_and_role_figures_stay_consistent(
             roles in proptest::collection::vec(0usize..6, 1..8),
@@ -3151,9 +3152,7 @@ mod tests {
             // One agent is 1/n of the cluster; weighted, at most 1/n per role.
             proptest::prop_assert!(hi - lo <= 1.0 / n as f64 + 1e-9, "{:?} with weights {:?}", shares, weights);
         }
-    }
 
-    proptest::proptest! {
         /// The fairness bound of parallel rounds (see the module's notes):
         /// frameworks of one role that take anything, on agents and with
         /// starting holdings all in the cluster's proportions (so that
