@@ -50,7 +50,8 @@
 //! **Parallel rounds.** With `Config::workers` above 1, a round over at
 //! least twice `Config::min_agents_per_worker` agents is split: its agents
 //! in `k` parts of contiguous slots, each offered by its own worker (a
-//! scoped thread; the calling thread is one of them). Stage one runs first,
+//! scoped thread; the calling thread is one of them, and runs any part
+//! whose thread the system would not start). Stage one runs first,
 //! serially, over the parts' agents in turn, so that what goes toward
 //! guarantees is what a serial round grants. Each worker then runs stage
 //! two over its part against the figures of the start of stage two: it
@@ -1161,23 +1162,38 @@ impl Allocator {
             .map(|(((base, slots), agents), (guarantees, limits))| PartWork { base, slots, agents, guarantees, limits })
             .collect();
         let this = &*self;
+        // Each part waits in its cell for the thread that takes it; a part
+        // whose thread could not be started (the system's limit on threads)
+        // is still there to run on this thread, after its own part.
+        let cells: Vec<std::sync::Mutex<Option<PartWork>>> =
+            work.into_iter().map(|w| std::sync::Mutex::new(Some(w))).collect();
+        let take = |cell: &std::sync::Mutex<Option<PartWork>>| {
+            cell.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take().expect("a part runs once")
+        };
         let done: Vec<(Allocator, Vec<Allocation>, Vec<usize>)> = std::thread::scope(|scope| {
-            let mut work = work.into_iter();
-            let own = work.next().expect("two parts or more");
             let start = this.config.on_worker_start;
-            let others: Vec<_> = work
-                .map(|w| {
-                    scope.spawn(move || {
+            let threads: Vec<_> = cells[1..]
+                .iter()
+                .map(|cell| {
+                    let run = move || {
                         if let Some(start) = start {
                             start();
                         }
-                        this.run_part(w, k, now_ms)
-                    })
+                        this.run_part(take(cell), k, now_ms)
+                    };
+                    #[cfg(test)]
+                    if tests::NO_THREADS.with(std::cell::Cell::get) {
+                        return None;
+                    }
+                    std::thread::Builder::new().name("allocation".into()).spawn_scoped(scope, run).ok()
                 })
                 .collect();
-            let mut done = vec![this.run_part(own, k, now_ms)];
-            for h in others {
-                done.push(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+            let mut done = vec![this.run_part(take(&cells[0]), k, now_ms)];
+            for (cell, thread) in cells[1..].iter().zip(threads) {
+                done.push(match thread {
+                    Some(t) => t.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+                    None => this.run_part(take(cell), k, now_ms),
+                });
             }
             done
         });
@@ -3237,6 +3253,32 @@ mod tests {
         assert_eq!(apportion(7, &[1, 2, 4]), [1, 2, 4]);
         assert_eq!(apportion(5, &[1, 1, 0]), [3, 2, 0]);
         assert_eq!(apportion(5, &[0, 0]), [0, 0]);
+    }
+
+    std::thread_local! {
+        /// Set in a test: a split round started on this thread is refused
+        /// every thread, as when the system's limit on threads is reached.
+        pub(super) static NO_THREADS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    fn a_split_round_refused_threads_runs_every_part_on_the_calling_thread() {
+        let mut c = Check::new(
+            &[("a0", "cpus:1;mem:100"), ("a1", "cpus:2;mem:100"), ("a2", "cpus:3;mem:100"), ("a3", "cpus:4;mem:100")],
+            &[("f", &["r"]), ("g", &["r"])],
+        );
+        fn started() {
+            panic!("a thread was started for the round");
+        }
+        c.a.config = Config { on_worker_start: Some(started), ..parallel(2) };
+        c.a.set_limits("r", cpus(6));
+        NO_THREADS.with(|n| n.set(true));
+        let out = c.run(0);
+        NO_THREADS.with(|n| n.set(false));
+        assert_eq!(c.a.stats.parallel_runs, 1);
+        // Every part ran: within the limit, both frameworks got offers.
+        assert_eq!(c.a.role_share("r").0 .0[0], 6000, "{out:?}");
+        assert!(out.iter().any(|l| l.starts_with("f ")) && out.iter().any(|l| l.starts_with("g ")), "{out:?}");
     }
 
     #[test]

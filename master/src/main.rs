@@ -52,7 +52,7 @@ struct Args {
     /// least `--allocation-min-agents-per-worker` agents per thread): each
     /// offers its own part of the agents, and shares stay within a bound of
     /// serial DRF's (see docs/benchmarks.md). Defaults to the number of
-    /// shards; 1 keeps every round serial.
+    /// shards (at most 256); 1 keeps every round serial.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     allocation_workers: Option<u16>,
     /// The fewest agents per thread for a round to be split: below it,
@@ -116,6 +116,11 @@ fn remember_cpus() {
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } == 0 {
         let _ = CPUS.set(set);
+    } else {
+        tracing::warn!(
+            "cannot read the CPUs this process may use ({}): allocation worker threads stay on shard 0's CPU",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -193,7 +198,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     flags.insert("max_agent_ping_timeouts".into(), args.max_agent_ping_timeouts.to_string());
     flags.insert("heartbeat_interval".into(), format!("{:?}", args.heartbeat_interval));
     flags.insert("shards".into(), n_shards.to_string());
-    let allocation_workers = args.allocation_workers.map_or(n_shards, usize::from);
+    let allocation_workers = args.allocation_workers.map_or(n_shards.min(256), usize::from);
     flags.insert("allocation_workers".into(), allocation_workers.to_string());
     flags.insert("allocation_min_agents_per_worker".into(), args.allocation_min_agents_per_worker.to_string());
     flags.insert("work_dir".into(), args.work_dir.as_ref().map(|p| p.display().to_string()).unwrap_or_default());
