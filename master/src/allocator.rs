@@ -1126,7 +1126,7 @@ impl Allocator {
         let first = out.len();
         // What each part has free, unreserved and all, to share out the
         // room under limits and the headroom by.
-        let free: Vec<(Scalars, Scalars)> = chunks
+        let (unreserved, all): (Vec<Scalars>, Vec<Scalars>) = chunks
             .iter()
             .map(|c| {
                 let slots = c.iter().filter_map(|&a| self.agents[a].as_ref()).filter(|s| s.active);
@@ -1134,11 +1134,9 @@ impl Allocator {
                     (u.plus(s.free_sums.unreserved), all.plus(s.free_sums.all()))
                 })
             })
-            .collect();
+            .unzip();
         let k = chunks.len();
-        let unreserved: Vec<Scalars> = free.iter().map(|f| f.0).collect();
-        let all: Vec<Scalars> = free.iter().map(|f| f.1).collect();
-        let mut guarantees: Vec<Option<Guarantees>> = match guarantees {
+        let guarantees: Vec<Option<Guarantees>> = match guarantees {
             Some(g) => g.parts(&unreserved).into_iter().map(Some).collect(),
             None => (0..k).map(|_| None).collect(),
         };
@@ -1158,7 +1156,7 @@ impl Allocator {
             .into_iter()
             .zip(held)
             .zip(chunks)
-            .zip(guarantees.drain(..).zip(limits))
+            .zip(guarantees.into_iter().zip(limits))
             .map(|(((base, slots), agents), (guarantees, limits))| PartWork { base, slots, agents, guarantees, limits })
             .collect();
         let this = &*self;
@@ -1786,12 +1784,13 @@ impl Guarantees {
                 adjust: [0; 4],
             })
             .collect();
+        // Per kind, what each part has free: the weights of every split.
+        let weights: [Vec<i64>; 4] = std::array::from_fn(|i| free.iter().map(|f| f.0[i]).collect());
         for r in &self.roles {
             let mut guarantee = vec![r.guarantee; free.len()];
-            for i in 0..4 {
+            for (i, weights) in weights.iter().enumerate() {
                 let Some(short) = r.shortfall(i) else { continue };
-                let weights: Vec<i64> = free.iter().map(|f| f.0[i]).collect();
-                for (g, s) in guarantee.iter_mut().zip(apportion(short, &weights)) {
+                for (g, s) in guarantee.iter_mut().zip(apportion(short, weights)) {
                     g.0[i] = Some(r.consumed.0[i] + s);
                 }
             }
@@ -1799,9 +1798,8 @@ impl Guarantees {
                 part.roles.push(GuaranteedRole { name: r.name.clone(), guarantee, consumed: r.consumed, top: r.top });
             }
         }
-        for i in 0..4 {
-            let weights: Vec<i64> = free.iter().map(|f| f.0[i]).collect();
-            for (part, slack) in parts.iter_mut().zip(apportion(self.slack[i], &weights)) {
+        for (i, weights) in weights.iter().enumerate() {
+            for (part, slack) in parts.iter_mut().zip(apportion(self.slack[i], weights)) {
                 // What the part's own free and shortfalls leave, made its
                 // part of the slack; grants move it as they move the
                 // whole's.
