@@ -617,7 +617,7 @@ fn quota_arg(flag: &str, s: &str) -> anyhow::Result<(String, Value)> {
         if !QUOTA_KINDS.contains(&r.name.as_str()) {
             anyhow::bail!("{flag} {s:?}: quota applies to cpus, mem, disk and gpus, not {}", r.name);
         }
-        amounts.insert(r.name.clone(), serde_json::json!({"value": parsed.scalar(&r.name).0 as f64 / 1000.0}));
+        amounts.insert(r.name.to_string(), serde_json::json!({"value": parsed.scalar(&r.name).0 as f64 / 1000.0}));
     }
     Ok((role.to_string(), amounts.into()))
 }

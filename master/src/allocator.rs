@@ -79,7 +79,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use agora_proto::mesos::{AgentId, FrameworkId};
-use agora_proto::resources::{Fixed, Resource, Resources};
+use agora_proto::resources::{Fixed, Name, Resource, Resources};
 use rand::rngs::SmallRng;
 use rand::Rng;
 use rand::SeedableRng;
@@ -131,7 +131,7 @@ impl Scalars {
                 None => {
                     let mut s = Scalars::default();
                     s.0[i] = v.0;
-                    out.push((role.clone(), s));
+                    out.push((role.to_string(), s));
                 }
             }
         }
@@ -356,7 +356,7 @@ struct AgentSlot {
 #[derive(Debug, Default, PartialEq)]
 struct FreeSums {
     unreserved: Scalars,
-    reserved: Vec<(String, Scalars)>,
+    reserved: Vec<(Name, Scalars)>,
     /// Whether some of the resources (of any kind) are reserved.
     any_reserved: bool,
 }
@@ -908,7 +908,7 @@ impl Allocator {
                 match reserved.get_mut(role.as_str()) {
                     Some(r) => r.add(*s),
                     None => {
-                        reserved.insert(role.clone(), *s);
+                        reserved.insert(role.to_string(), *s);
                     }
                 }
             }
@@ -1932,13 +1932,14 @@ impl Guarantees {
 /// [`Allocator::within_limits`]).
 fn within_room(mut room: [Option<i64>; 4], from: &Resources, keep: impl Fn(&Resource) -> bool) -> Take {
     let usable = || from.iter().enumerate().filter(|(_, r)| keep(r));
+    let mut parts = Vec::with_capacity(from.len());
     if room.iter().all(Option::is_none) {
-        return Take { parts: usable().map(|(i, _)| (i, None)).collect() };
+        parts.extend(usable().map(|(i, _)| (i, None)));
+        return Take { parts };
     }
     if room[0] == Some(0) && usable().any(|(_, r)| is_cpus(r)) {
         return Take::default();
     }
-    let mut parts = Vec::with_capacity(from.len());
     let reserved_first =
         usable().filter(|(_, r)| r.reservation.is_some()).chain(usable().filter(|(_, r)| r.reservation.is_none()));
     for (k, r) in reserved_first {
@@ -2556,10 +2557,18 @@ impl Tree {
         loop {
             let key = self.item_key(item);
             let items = &mut self.nodes[n].items;
-            if let Some(e) = items.iter_mut().find(|(_, i)| *i == item) {
-                e.0 = key;
+            if let Some(mut i) = items.iter().position(|(_, x)| *x == item) {
+                // Only this key changed: move it to its place.
+                items[i].0 = key;
+                while i > 0 && items[i] < items[i - 1] {
+                    items.swap(i, i - 1);
+                    i -= 1;
+                }
+                while i + 1 < items.len() && items[i + 1] < items[i] {
+                    items.swap(i, i + 1);
+                    i += 1;
+                }
             }
-            items.sort_unstable();
             if n == 0 {
                 break;
             }

@@ -14,7 +14,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::resources::{
-    Attribute, AttributeValue, Fixed, Ranges, Reservation, ReservationKind, Resource, Resources, Value, Volume,
+    Attribute, AttributeValue, Fixed, Name, Ranges, Reservation, ReservationKind, Resource, Resources, Value, Volume,
     DEFAULT_ROLE,
 };
 
@@ -743,7 +743,7 @@ pub fn flat_resources(r: &Resources) -> serde_json::Value {
     }
     let mut ranges: std::collections::BTreeMap<String, Resources> = std::collections::BTreeMap::new();
     for res in r.iter() {
-        let name = if res.revocable { format!("{}_revocable", res.name) } else { res.name.clone() };
+        let name = if res.revocable { format!("{}_revocable", res.name) } else { res.name.to_string() };
         match &res.value {
             Value::Scalar(s) => {
                 let cur = m.get(&name).and_then(Json::as_f64).unwrap_or(0.0);
@@ -943,7 +943,7 @@ impl TryFrom<JsonResource> for Resource {
                     Some(JsonReservationType::Dynamic) => ReservationKind::Dynamic,
                     _ => ReservationKind::Static,
                 },
-                role,
+                role: role.into(),
                 principal: last.principal,
                 labels: labels_to_pairs(last.labels),
             })
@@ -953,13 +953,13 @@ impl TryFrom<JsonResource> for Resource {
                 Some(role) => Some(match j.reservation {
                     Some(r) => Reservation {
                         kind: ReservationKind::Dynamic,
-                        role: role.to_string(),
+                        role: role.into(),
                         principal: r.principal,
                         labels: labels_to_pairs(r.labels),
                     },
                     None => Reservation {
                         kind: ReservationKind::Static,
-                        role: role.to_string(),
+                        role: role.into(),
                         principal: None,
                         labels: Vec::new(),
                     },
@@ -998,11 +998,11 @@ impl TryFrom<JsonResource> for Resource {
             return Err(format!("resource {:?}: only a scalar can hold a persistent volume", j.name));
         }
         Ok(Resource {
-            name: j.name,
+            name: j.name.into(),
             value,
             reservation: reservation.map(Box::new),
             revocable: j.revocable.is_some(),
-            allocation_role: j.allocation_info.and_then(|a| a.role),
+            allocation_role: j.allocation_info.and_then(|a| a.role.map(Name::from)),
             volume: volume.map(Box::new),
         })
     }
@@ -1030,13 +1030,13 @@ impl From<&Resource> for JsonResource {
                     ReservationKind::Static => JsonReservationType::Static,
                     ReservationKind::Dynamic => JsonReservationType::Dynamic,
                 }),
-                role: Some(res.role.clone()),
+                role: Some(res.role.to_string()),
                 principal: res.principal.clone(),
                 labels: pairs_to_labels(&res.labels),
             })
             .collect();
         JsonResource {
-            name: r.name.clone(),
+            name: r.name.to_string(),
             kind,
             scalar,
             ranges,
@@ -1044,7 +1044,7 @@ impl From<&Resource> for JsonResource {
             role: Some(r.role().to_string()),
             reservation: None,
             reservations,
-            allocation_info: r.allocation_role.as_ref().map(|role| AllocationInfo { role: Some(role.clone()) }),
+            allocation_info: r.allocation_role.as_ref().map(|role| AllocationInfo { role: Some(role.to_string()) }),
             revocable: r.revocable.then(JsonRevocable::default),
             disk: r.volume.as_ref().map(|v| JsonDisk {
                 persistence: Some(JsonPersistence { id: v.id.clone(), principal: v.principal.clone() }),

@@ -9,6 +9,11 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+/// A resource's name, or a role. Names and roles are short, and every offer
+/// and holding copies them: up to 24 bytes are kept inline, so a copy does
+/// not allocate.
+pub type Name = compact_str::CompactString;
+
 /// The role of resources that are not reserved.
 pub const DEFAULT_ROLE: &str = "*";
 
@@ -239,7 +244,7 @@ pub enum ReservationKind {
 #[rkyv(derive(Debug))]
 pub struct Reservation {
     pub kind: ReservationKind,
-    pub role: String,
+    pub role: Name,
     pub principal: Option<String>,
     pub labels: Vec<(String, String)>,
 }
@@ -260,7 +265,7 @@ pub struct Volume {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct Resource {
-    pub name: String,
+    pub name: Name,
     pub value: Value,
     /// `None` means unreserved (role `*`). Boxed, as `volume` is: most
     /// resources have neither, and a `Resource` is copied into every offer
@@ -269,7 +274,7 @@ pub struct Resource {
     /// Revocable resources may be taken back (oversubscription).
     pub revocable: bool,
     /// The role these resources are allocated to, once offered.
-    pub allocation_role: Option<String>,
+    pub allocation_role: Option<Name>,
     /// Set on `disk` that holds a persistent volume.
     pub volume: Option<Box<Volume>>,
 }
@@ -282,7 +287,7 @@ const _: () = assert!(std::mem::size_of::<Resource>() == 104);
 impl Resource {
     pub fn scalar(name: &str, v: f64) -> Resource {
         Resource {
-            name: name.to_string(),
+            name: name.into(),
             value: Value::Scalar(Fixed::from_f64(v)),
             reservation: None,
             revocable: false,
@@ -293,7 +298,7 @@ impl Resource {
 
     pub fn ranges(name: &str, r: Ranges) -> Resource {
         Resource {
-            name: name.to_string(),
+            name: name.into(),
             value: Value::Ranges(r),
             reservation: None,
             revocable: false,
@@ -308,8 +313,7 @@ impl Resource {
     }
 
     pub fn reserved_to(mut self, role: &str, kind: ReservationKind) -> Resource {
-        self.reservation =
-            Some(Box::new(Reservation { kind, role: role.to_string(), principal: None, labels: Vec::new() }));
+        self.reservation = Some(Box::new(Reservation { kind, role: role.into(), principal: None, labels: Vec::new() }));
         self
     }
 
@@ -480,15 +484,16 @@ impl Resources {
                 _ => None,
             });
         }
-        let all = std::mem::take(&mut self.0);
-        self.0.reserve(all.len());
-        for (i, r) in all.into_iter().enumerate() {
-            match parts.iter().position(|&(j, _)| j == i) {
-                Some(k) if taken[k].is_none() => taken[k] = Some(r),
-                _ => self.0.push(r),
-            }
+        // What is taken whole is removed from the highest index down, so
+        // that no removal moves another still to be taken, and what stays
+        // keeps its order (and its allocation).
+        let mut whole: Vec<(usize, usize)> =
+            parts.iter().enumerate().filter(|&(k, _)| taken[k].is_none()).map(|(k, &(i, _))| (i, k)).collect();
+        whole.sort_unstable_by(|a, b| b.cmp(a));
+        for (i, k) in whole {
+            taken[k] = Some(self.0.remove(i));
         }
-        Resources(taken.into_iter().flatten().collect())
+        Resources(taken.into_iter().map(|r| r.expect("every part is taken")).collect())
     }
 
     /// Removes as much of `other` as is present, ignoring what is not.
@@ -521,7 +526,7 @@ impl Resources {
             } else {
                 Some(Box::new(Reservation {
                     kind: ReservationKind::Static,
-                    role: role.to_string(),
+                    role: role.into(),
                     principal: None,
                     labels: Vec::new(),
                 }))
@@ -551,7 +556,7 @@ impl Resources {
         let mut out = Resources::new();
         for r in &self.0 {
             let mut r = r.clone();
-            r.allocation_role = Some(role.to_string());
+            r.allocation_role = Some(role.into());
             out.add_one(r);
         }
         out
@@ -566,7 +571,7 @@ impl Resources {
         // Normalized and unallocated: marking every resource alike merges
         // nothing.
         for r in &mut self.0 {
-            r.allocation_role = Some(role.to_string());
+            r.allocation_role = Some(role.into());
         }
         self
     }
@@ -757,12 +762,7 @@ fn parse_item(item: &str) -> Result<Resource, ParseError> {
             let reservation = if role == DEFAULT_ROLE {
                 None
             } else {
-                Some(Reservation {
-                    kind: ReservationKind::Static,
-                    role: role.to_string(),
-                    principal,
-                    labels: Vec::new(),
-                })
+                Some(Reservation { kind: ReservationKind::Static, role: role.into(), principal, labels: Vec::new() })
             };
             (head[..open].trim(), reservation)
         }
@@ -778,7 +778,7 @@ fn parse_item(item: &str) -> Result<Resource, ParseError> {
         }
     }
     Ok(Resource {
-        name: name.to_string(),
+        name: name.into(),
         value,
         reservation: reservation.map(Box::new),
         revocable: false,
@@ -953,6 +953,16 @@ mod tests {
         assert_eq!(r.usable_by("other").cpus(), 4.0);
         let eng = r.filter(|x| x.role() == "eng");
         assert_eq!(eng.to_string(), "cpus(eng):2");
+    }
+
+    #[test]
+    fn names_and_roles_are_copied_without_allocating() {
+        let r = Resources::parse("cpus(eng/dev/batch-jobs-1):2").unwrap().allocate_to("eng/dev/batch-jobs-1");
+        let copy = r.clone();
+        let c = copy.iter().next().unwrap();
+        assert!(!c.name.is_heap_allocated());
+        assert!(!c.allocation_role.as_ref().unwrap().is_heap_allocated());
+        assert!(!c.reservation.as_ref().unwrap().role.is_heap_allocated());
     }
 
     #[test]

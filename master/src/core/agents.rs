@@ -220,7 +220,7 @@ impl Master {
                 .task
                 .resources
                 .iter()
-                .find_map(|r| r.allocation_role.clone())
+                .find_map(|r| r.allocation_role.as_deref().map(str::to_string))
                 .unwrap_or_else(|| fw.roles.first().cloned().unwrap_or_else(|| DEFAULT_ROLE.to_string()));
             let was_unreachable_task = fw.tasks.get(&tid).is_some_and(|t| t.state == TaskState::Unreachable);
             let task = fw.tasks.entry(tid.clone()).or_insert_with(|| {

@@ -72,7 +72,7 @@ impl ResourceOp {
                         return Err(format!("RESERVE needs resources with a dynamic reservation, not {r}"));
                     };
                     fill_principal(&mut res.principal, principal, "reservation")?;
-                    if r.allocation_role.as_ref().is_some_and(|a| a != &res.role) {
+                    if r.allocation_role.as_ref().is_some_and(|a| *a != res.role) {
                         return Err(format!(
                             "RESERVE of {r}: resources allocated to role {:?} can only be reserved to it",
                             r.allocation_role.as_deref().unwrap_or_default()

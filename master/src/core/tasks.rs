@@ -18,11 +18,11 @@ use super::{Master, Now, StatusRecord, Task};
 /// frameworks may leave allocation_info out; Mesos fills it in). `what`
 /// names `r` in errors.
 fn allocated(r: Resources, single_role: Option<&str>, what: &str) -> Result<(Resources, String), String> {
-    let given: HashSet<Option<&String>> = r.iter().map(|x| x.allocation_role.as_ref()).collect();
+    let given: HashSet<Option<&str>> = r.iter().map(|x| x.allocation_role.as_deref()).collect();
     match (given.len(), given.iter().next().copied().flatten(), single_role) {
         (0, _, _) => Err(format!("{what}: none are given")),
         (1, Some(role), _) => {
-            let role = role.clone();
+            let role = role.to_string();
             Ok((r, role))
         }
         (1, None, Some(role)) => Ok((r.allocate_to(role), role.to_string())),
