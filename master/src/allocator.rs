@@ -363,7 +363,17 @@ struct FreeSums {
 
 impl FreeSums {
     fn of(free: &Resources) -> FreeSums {
-        let mut sums = FreeSums { any_reserved: free.iter().any(|r| r.reservation.is_some()), ..FreeSums::default() };
+        let mut sums = FreeSums::default();
+        sums.refill(free);
+        sums
+    }
+
+    /// Works them out again, for `free`, in place (keeping the list).
+    fn refill(&mut self, free: &Resources) {
+        let sums = self;
+        sums.unreserved = Scalars::default();
+        sums.reserved.clear();
+        sums.any_reserved = free.iter().any(|r| r.reservation.is_some());
         for r in free.iter() {
             let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&r.name), &r.value) else {
                 continue;
@@ -380,7 +390,6 @@ impl FreeSums {
             };
             s.0[i] += v.0;
         }
-        sums
     }
 
     /// All of them (as [`Scalars::of`] the free resources).
@@ -1370,6 +1379,9 @@ impl Allocator {
         // [`within_room`]). Worked out once between grants, when an agent
         // asks, stopping at the first leaf that is not.
         let mut all_blocked: Option<bool> = None;
+        // The share kinds of what is left of the agent, by leaf (see
+        // [`Shares`]): worked out again for each walk, in place.
+        let mut shares = Shares::default();
         for &a in agents {
             if stage == Stage::Guarantees && !guarantees.as_ref().is_some_and(Guarantees::any_shortfall) {
                 // Every guarantee is met: stage one is over.
@@ -1422,7 +1434,12 @@ impl Allocator {
                 let mut granted = Scalars::default();
                 let mut leaf_copy: Option<Resources> = None;
                 // The share kinds of `available`, by leaf.
-                let shares = if whole { Shares::default() } else { Shares::of(&sums, |role| tree.leaf_of(role)) };
+                if whole {
+                    shares.unreserved = Scalars::default();
+                    shares.reserved.clear();
+                } else {
+                    shares.refill(&sums, |role| tree.leaf_of(role));
+                }
                 // With nothing unreserved worth an offer, only the leaves
                 // with reservations here could be offered anything: when
                 // none of them may, the agent is done without a walk.
@@ -1512,7 +1529,7 @@ impl Allocator {
                     true
                 };
                 let Some((leaf, f)) = tree.walk(0, &mut try_grant) else { break };
-                sums = FreeSums::of(&available);
+                sums.refill(&available);
                 looks.rooms.iter_mut().for_each(|r| *r = None);
                 all_blocked = None;
                 tree.rerank(leaf, f, granted);
@@ -2036,14 +2053,13 @@ struct Shares {
 }
 
 impl Shares {
-    /// From the sums of the resources; `leaf_of` finds a role's leaf, and
-    /// resources reserved to a role that has none are left out (no leaf
-    /// may use them).
-    fn of(sums: &FreeSums, leaf_of: impl Fn(&str) -> Option<usize>) -> Shares {
-        Shares {
-            unreserved: sums.unreserved,
-            reserved: sums.reserved.iter().filter_map(|(role, s)| leaf_of(role).map(|l| (l, *s))).collect(),
-        }
+    /// Works them out again (in place) from the sums of the resources;
+    /// `leaf_of` finds a role's leaf, and resources reserved to a role that
+    /// has none are left out (no leaf may use them).
+    fn refill(&mut self, sums: &FreeSums, leaf_of: impl Fn(&str) -> Option<usize>) {
+        self.unreserved = sums.unreserved;
+        self.reserved.clear();
+        self.reserved.extend(sums.reserved.iter().filter_map(|(role, s)| leaf_of(role).map(|l| (l, *s))));
     }
 
     /// What `leaf`'s role may use (as [`Resources::usable_by`]): the share
