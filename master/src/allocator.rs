@@ -1497,9 +1497,12 @@ impl Allocator {
                     }
                     // Granted: the walk ends here, and the next one works
                     // the leaf's share out again.
+                    // Everything left, in its order: moved out as it is.
+                    let all_left = leaf_usable.as_ref().is_none_or(|(take, _)| take.is_all_of(&available));
                     // All of an agent nobody holds anything on is its total.
-                    let whole_agent = leaf_usable.is_none() && self.slot(a).is_some_and(|s| s.allocated.is_empty());
+                    let whole_agent = all_left && self.slot(a).is_some_and(|s| s.allocated.is_empty());
                     let (usable, s) = match leaf_usable.take() {
+                        Some((_, s)) if all_left => (std::mem::take(&mut available), s),
                         // Moved out of `available` (what is taken whole) or
                         // split off it (part of a scalar).
                         Some((take, s)) => (available.take_parts(&take.parts), s),
@@ -1993,6 +1996,21 @@ impl Take {
 
     fn is_empty(&self) -> bool {
         self.parts.is_empty()
+    }
+
+    /// Whether it takes all of `from`, whole, in its order (what
+    /// [`Resources::take_parts`] would then give is `from` itself).
+    fn is_all_of(&self, from: &Resources) -> bool {
+        self.parts.len() == from.len()
+            && self.of(from).enumerate().all(|(k, (i, r, v))| {
+                // A scalar taken whole, or a resource of another kind
+                // (always taken whole).
+                i == k
+                    && match (&r.value, v) {
+                        (agora_proto::resources::Value::Scalar(x), Some(v)) => v == x.0,
+                        _ => true,
+                    }
+            })
     }
 
     /// Each part of `from` taken, and what is taken of it when it is a
@@ -3514,5 +3532,33 @@ mod tests {
         c.a.remove_agent(&a1);
         assert_eq!(c.a.share(holder), Some(0.0));
         assert!(c.a.roles_allocated().next().is_none());
+    }
+    #[test]
+    fn an_agent_taken_all_under_a_limit_is_held_without_a_copy() {
+        // With quota in force every grant plans its take (here all of the
+        // cpus, within the limit); one that takes all of an idle agent is
+        // still held as its total.
+        let mut c = Check::new(&[("a1", "cpus:4;mem:1024;ports:[1-10]")], &[("f1", &["eng"])]);
+        c.a.set_limits("eng", Quantities([Some(8000), None, None, None]));
+        let out = c.a.allocate(0, None);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].resources, res("cpus:4;mem:1024;ports:[1-10]").allocate_to("eng"));
+        let slot = c.a.agents[0].as_ref().unwrap();
+        assert!(matches!(slot.allocated.values().next(), Some(Holding::Total(role)) if role == "eng"));
+        assert_eq!(c.a.allocated(&FrameworkId::new("f1"), &AgentId::new("a1")), out[0].resources);
+        assert_eq!(c.a.available(&AgentId::new("a1")), Some(Resources::new()));
+    }
+
+    #[test]
+    fn a_take_is_all_only_of_everything_whole_in_order() {
+        let from = res("cpus:4;mem:1024;ports:[1-10]");
+        let cpus = Fixed::from_f64(4.0).0;
+        assert!(Take { parts: vec![(0, None), (1, None), (2, None)] }.is_all_of(&from));
+        // A scalar's whole amount, and an amount given for ranges (taken whole).
+        assert!(Take { parts: vec![(0, Some(cpus)), (1, None), (2, Some(1))] }.is_all_of(&from));
+        // Part of a scalar, a resource left out, or another order.
+        assert!(!Take { parts: vec![(0, Some(cpus - 1)), (1, None), (2, None)] }.is_all_of(&from));
+        assert!(!Take { parts: vec![(0, None), (1, None)] }.is_all_of(&from));
+        assert!(!Take { parts: vec![(1, None), (0, None), (2, None)] }.is_all_of(&from));
     }
 }
