@@ -1377,7 +1377,8 @@ impl Allocator {
         // with unreserved cpus free, since those come with any offer and a
         // role with no room for cpus is offered nothing (see
         // [`within_room`]). Worked out once between grants, when an agent
-        // asks, stopping at the first leaf that is not.
+        // (or what a grant left of one) asks, stopping at the first leaf
+        // that is not.
         let mut all_blocked: Option<bool> = None;
         // The share kinds of what is left of the agent, by leaf (see
         // [`Shares`]): worked out again for each walk, in place.
@@ -1391,19 +1392,12 @@ impl Allocator {
             if !slot.active || !self.offerable(slot.free_sums.all()) {
                 continue;
             }
-            if !self.limits.is_empty() && slot.free_sums.unreserved.0[0] > 0 {
-                let blocked = *all_blocked.get_or_insert_with(|| {
-                    (0..tree.leaves.len()).all(|l| {
-                        let role = &tree.leaves[l].role;
-                        if !looks.owed(self, guarantees, l, role) || looks.no_cpus[l] {
-                            return true;
-                        }
-                        looks.room(guarantees, l).limits[0] == Some(0)
-                    })
-                });
-                if blocked {
-                    continue;
-                }
+            if !self.limits.is_empty()
+                && shortcuts()
+                && slot.free_sums.unreserved.0[0] > 0
+                && *all_blocked.get_or_insert_with(|| looks.all_blocked(self, tree, guarantees))
+            {
+                continue;
             }
             // Grants take from the agent's free resources in place; they go
             // back into the slot, with their sums (worked out again after
@@ -1440,10 +1434,20 @@ impl Allocator {
                 } else {
                     shares.refill(&sums, |role| tree.leaf_of(role));
                 }
+                // What is left has unreserved cpus, which come with any
+                // offer of it, and no leaf has room for cpus: done.
+                if !self.limits.is_empty()
+                    && shortcuts()
+                    && sums.unreserved.0[0] > 0
+                    && *all_blocked.get_or_insert_with(|| looks.all_blocked(self, tree, guarantees))
+                {
+                    break;
+                }
                 // With nothing unreserved worth an offer, only the leaves
                 // with reservations here could be offered anything: when
                 // none of them may, the agent is done without a walk.
                 if !whole
+                    && shortcuts()
                     && !self.offerable(shares.unreserved)
                     && !shares
                         .reserved
@@ -2269,6 +2273,18 @@ impl Looks {
         self.stage == Stage::Fair || guarantees.as_ref().is_some_and(|g| g.owes(&path.guaranteed))
     }
 
+    /// Whether every leaf's role is at its cpu limit (or, in stage one, owes
+    /// no guarantee), stopping at the first that is not.
+    fn all_blocked(&mut self, a: &Allocator, tree: &Tree, guarantees: &Option<Guarantees>) -> bool {
+        (0..tree.leaves.len()).all(|l| {
+            let role = &tree.leaves[l].role;
+            if !self.owed(a, guarantees, l, role) || self.no_cpus[l] {
+                return true;
+            }
+            self.room(guarantees, l).limits[0] == Some(0)
+        })
+    }
+
     /// `leaf`'s room under quota limits and around the headroom (it changes
     /// only with a grant); its path must have been found ([`Looks::owed`]).
     fn room(&mut self, guarantees: &Option<Guarantees>, leaf: usize) -> LeafRoom {
@@ -2298,12 +2314,26 @@ impl Looks {
         if !a.offerable(reserved.plus(unreserved)) {
             return None;
         }
+        if !shortcuts() {
+            return Some(self.room(guarantees, leaf));
+        }
         if self.no_cpus[leaf] && reserved.0[0] + unreserved.0[0] > 0 {
             return None;
         }
         let room = self.room(guarantees, leaf);
         a.offerable(room.most(reserved, unreserved)).then_some(room)
     }
+}
+
+/// Whether the walk may pass over, on sums alone, what it would find
+/// nothing in (always, but in a test that compares rounds with and without;
+/// see `tests::NO_SHORTCUTS`).
+fn shortcuts() -> bool {
+    #[cfg(test)]
+    if tests::NO_SHORTCUTS.with(std::cell::Cell::get) {
+        return false;
+    }
+    true
 }
 
 /// The roles above a leaf (its own included) that its room depends on.
@@ -3189,6 +3219,61 @@ mod tests {
             }
         }
 
+        /// The walk passes over, on sums alone, agents and leaves it would
+        /// find nothing in (every leaf at its cpu limit, a leaf whose room
+        /// could not hold an offer, reservations no leaf may take): rounds
+        /// with those shortcuts and without them make the same offers, in
+        /// the same order, under random limits, guarantees and
+        /// reservations.
+        #[test]
+        fn passing_over_on_sums_changes_no_offer(
+            roles in proptest::collection::vec(0usize..6, 1..8),
+            limited in proptest::collection::vec((0usize..6, 0u32..6), 0..3),
+            guaranteed in proptest::collection::vec((0usize..6, 0u32..4), 0..3),
+            agents in proptest::collection::vec((1u32..8, 0usize..7, 0u32..3), 1..10),
+            rounds in 1usize..4,
+        ) {
+            const TREE: [&str; 6] = ["a", "a/b", "a/c", "b", "b/x/y", "c"];
+            let build = || {
+                let mut a = Allocator::new(Config::default());
+                for (r, cpus) in &limited {
+                    a.set_limits(TREE[*r], Quantities([Some(*cpus as i64 * 1000), None, None, None]));
+                }
+                for (r, cpus) in &guaranteed {
+                    a.set_guarantees(TREE[*r], Quantities([Some(*cpus as i64 * 1000), None, None, None]));
+                }
+                for (f, r) in roles.iter().enumerate() {
+                    a.add_framework(FrameworkId::new(format!("f{f}")), vec![TREE[*r].to_string()], &[]);
+                }
+                // Halves of cpus, so that what is left under a limit can
+                // be less than one.
+                for (i, (halves, role, reserved)) in agents.iter().enumerate() {
+                    let cpus = *halves as f64 / 2.0;
+                    let text = match TREE.get(*role) {
+                        Some(r) if *reserved > 0 => format!("cpus:{cpus};mem:100;cpus({r}):{reserved};mem({r}):50"),
+                        _ => format!("cpus:{cpus};mem:100"),
+                    };
+                    a.add_agent(AgentId::new(format!("a{i}")), res(&text), &[]);
+                }
+                a
+            };
+            let (mut with, mut without) = (build(), build());
+            let show = |out: &[Allocation]| -> Vec<String> {
+                out.iter().map(|x| format!("{} {} {} {}", x.framework_id, x.agent_id, x.role, x.resources)).collect()
+            };
+            for round in 0..rounds {
+                let a = with.allocate(round as u64, None);
+                NO_SHORTCUTS.with(|n| n.set(true));
+                let b = without.allocate(round as u64, None);
+                NO_SHORTCUTS.with(|n| n.set(false));
+                proptest::prop_assert_eq!(show(&a), show(&b));
+                for (x, y) in a.iter().zip(&b).step_by(2) {
+                    with.recover(&x.framework_id, &x.agent_id, &x.resources, 0, round as u64);
+                    without.recover(&y.framework_id, &y.agent_id, &y.resources, 0, round as u64);
+                }
+            }
+        }
+
         /// Steady demand from one framework per sibling role, on many small
         /// agents: the weighted dominant shares end up equal, within what
         /// one agent weighs.
@@ -3300,6 +3385,9 @@ mod tests {
         /// Set in a test: a split round started on this thread is refused
         /// every thread, as when the system's limit on threads is reached.
         pub(super) static NO_THREADS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        /// Set in a test: rounds on this thread pass nothing over on sums
+        /// alone (see [`shortcuts`]).
+        pub(super) static NO_SHORTCUTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
 
     #[test]
