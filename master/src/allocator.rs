@@ -1669,21 +1669,34 @@ fn bump(map: &mut HashMap<String, Scalars>, key: &str, s: Scalars, add: bool) {
 /// same framework, agent and role (from `out[..first]`), if any: one offer
 /// for both.
 fn merge_stages(out: &mut Vec<Allocation>, first: usize) {
-    // Stage one's allocations by agent: a stage-two allocation on an agent
-    // stage one did not grant on (most) is left where it is.
-    let mut by_agent: HashMap<&str, Vec<usize>> = HashMap::default();
-    for (i, x) in out[..first].iter().enumerate() {
-        by_agent.entry(x.agent_id.as_str()).or_default().push(i);
+    // Each later allocation merges into the first earlier one of the same
+    // framework and role on the same agent (most have none). The smaller
+    // side is indexed: after a split round's parts, the pass over what
+    // they left grants little against all that came before.
+    fn key(x: &Allocation) -> (&str, &str, &str) {
+        (x.agent_id.as_str(), x.framework_id.as_str(), x.role.as_str())
     }
-    let same = |x: &Allocation, y: &Allocation| x.framework_id == y.framework_id && x.role == y.role;
-    let merges: Vec<(usize, usize)> = (first..out.len())
-        .filter_map(|j| {
-            let x = &out[j];
-            let stage_one = by_agent.get(x.agent_id.as_str())?;
-            stage_one.iter().find(|&&i| same(&out[i], x)).map(|&i| (i, j))
-        })
-        .collect();
-    drop(by_agent);
+    let merges: Vec<(usize, usize)> = if first <= out.len() - first {
+        let mut earlier: HashMap<(&str, &str, &str), usize> = HashMap::default();
+        for (i, x) in out[..first].iter().enumerate() {
+            earlier.entry(key(x)).or_insert(i);
+        }
+        (first..out.len()).filter_map(|j| earlier.get(&key(&out[j])).map(|&i| (i, j))).collect()
+    } else {
+        let mut later: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::default();
+        for (j, x) in out.iter().enumerate().skip(first) {
+            later.entry(key(x)).or_default().push(j);
+        }
+        let mut merges = Vec::new();
+        for (i, x) in out[..first].iter().enumerate() {
+            // Taken by the first earlier one.
+            if let Some(js) = later.remove(&key(x)) {
+                merges.extend(js.into_iter().map(|j| (i, j)));
+            }
+        }
+        merges.sort_unstable_by_key(|&(_, j)| j);
+        merges
+    };
     if merges.is_empty() {
         return;
     }
@@ -3635,6 +3648,54 @@ mod tests {
         assert!(matches!(slot.allocated.values().next(), Some(Holding::Total(role)) if role == "eng"));
         assert_eq!(c.a.allocated(&FrameworkId::new("f1"), &AgentId::new("a1")), out[0].resources);
         assert_eq!(c.a.available(&AgentId::new("a1")), Some(Resources::new()));
+    }
+
+    #[test]
+    fn merging_stages_folds_later_allocations_into_the_first_alike_whichever_side_is_smaller() {
+        let alloc = |f: &str, agent: &str, role: &str, r: &str| Allocation {
+            framework_id: FrameworkId::new(f),
+            agent_id: AgentId::new(agent),
+            role: role.into(),
+            resources: res(r).allocate_to(role),
+            also: Vec::new(),
+        };
+        let show = |out: &[Allocation]| -> Vec<String> {
+            out.iter().map(|x| format!("{} {} {} {}", x.framework_id, x.agent_id, x.role, x.resources)).collect()
+        };
+        let earlier = [
+            alloc("g", "a2", "r", "cpus:7"),
+            alloc("f", "a1", "r", "cpus:1"),
+            alloc("f", "a1", "r", "mem:1"),
+            alloc("g", "a1", "r", "cpus:2"),
+            alloc("f", "a2", "s", "cpus:3"),
+        ];
+        let later = [
+            alloc("f", "a1", "r", "mem:10"),
+            alloc("f", "a2", "r", "cpus:4"),
+            alloc("f", "a1", "r", "disk:5"),
+            alloc("g", "a2", "r", "cpus:6"),
+        ];
+        // Each later one into the first earlier one alike; the rest kept,
+        // in order.
+        let expected = [
+            "g a2 r cpus:13",
+            "f a1 r cpus:1; mem:10; disk:5",
+            "f a1 r mem:1",
+            "g a1 r cpus:2",
+            "f a2 s cpus:3",
+            "f a2 r cpus:4",
+        ];
+        // The earlier side no larger (it is indexed), then larger (the
+        // later side is), by allocations on other agents before it.
+        for pad in [0, 6] {
+            let padding = (0..pad).map(|i| alloc("h", &format!("b{i}"), "r", "cpus:1"));
+            let mut out: Vec<Allocation> =
+                padding.chain(earlier.iter().cloned()).chain(later.iter().cloned()).collect();
+            merge_stages(&mut out, pad + earlier.len());
+            let shown = show(&out);
+            assert_eq!(shown.len(), pad + expected.len(), "padded by {pad}");
+            assert_eq!(shown[pad..], expected, "padded by {pad}");
+        }
     }
 
     #[test]
