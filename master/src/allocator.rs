@@ -1383,7 +1383,17 @@ impl Allocator {
         // The share kinds of what is left of the agent, by leaf (see
         // [`Shares`]): worked out again for each walk, in place.
         let mut shares = Shares::default();
-        for &a in agents {
+        for (n, &a) in agents.iter().enumerate() {
+            // The agents' slots and their resources lie all over the heap:
+            // ask for the next ones' early, so that they are in cache when
+            // their turn comes.
+            if let Some(next) = agents.get(n + 2).and_then(|&b| self.slot(b)) {
+                prefetch(next);
+                prefetch(&next.free_sums);
+            }
+            if let Some(next) = agents.get(n + 1).and_then(|&b| self.slot(b)) {
+                prefetch(next.free.iter().as_slice().as_ptr());
+            }
             if stage == Stage::Guarantees && !guarantees.as_ref().is_some_and(Guarantees::any_shortfall) {
                 // Every guarantee is met: stage one is over.
                 break;
@@ -2699,6 +2709,19 @@ impl Tree {
             assert_eq!(self.nodes[n].held, held, "{name:?}");
         }
     }
+}
+
+/// Asks the CPU to start loading the cache line at `p` (a hint: nothing is
+/// read, and no address faults).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing and cannot fault, whatever `p` is.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// Orders shares as integers so that ties are broken by slot index.
