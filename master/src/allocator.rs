@@ -1146,7 +1146,10 @@ impl Allocator {
             .unzip();
         let k = chunks.len();
         let guarantees: Vec<Option<Guarantees>> = match guarantees {
-            Some(g) => g.parts(&unreserved).into_iter().map(Some).collect(),
+            Some(g) => {
+                let grains = [self.config.min_offer_cpus.0, self.config.min_offer_mem_mb.0, 1, 1];
+                g.parts(&unreserved, grains).into_iter().map(Some).collect()
+            }
             None => (0..k).map(|_| None).collect(),
         };
         let mut limits: Vec<HashMap<String, Quantities>> = (0..k).map(|_| HashMap::default()).collect();
@@ -1816,12 +1819,17 @@ impl Guarantees {
     }
 
     /// The parts of a parallel round, one per worker whose agents have
-    /// `free` of unreserved resources free: each shortfall, and the slack,
-    /// split by those (see [`apportion`]). The parts add up to the whole
+    /// `free` of unreserved resources free: each shortfall split by those,
+    /// and the slack by what each part's free leaves beyond its shortfalls
+    /// (see [`apportion`]). The parts add up to the whole
     /// exactly: stage one grants no more toward a guarantee than the whole
     /// round would, and the parts together grant no more beyond the
     /// headroom than its slack. Each part has only its own free.
-    fn parts(&self, free: &[Scalars]) -> Vec<Guarantees> {
+    ///
+    /// A shortfall is split in whole `grains` per kind (the least worth an
+    /// offer; see [`apportion_in`]): a part given less than that of the
+    /// headroom could offer none of it, and its slack would go to others.
+    fn parts(&self, free: &[Scalars], grains: [i64; 4]) -> Vec<Guarantees> {
         let mut parts: Vec<Guarantees> = free
             .iter()
             .map(|&f| Guarantees {
@@ -1837,7 +1845,7 @@ impl Guarantees {
             let mut guarantee = vec![r.guarantee; free.len()];
             for (i, weights) in weights.iter().enumerate() {
                 let Some(short) = r.shortfall(i) else { continue };
-                for (g, s) in guarantee.iter_mut().zip(apportion(short, weights)) {
+                for (g, s) in guarantee.iter_mut().zip(apportion_in(short, weights, grains[i])) {
                     g.0[i] = Some(r.consumed.0[i] + s);
                 }
             }
@@ -1845,11 +1853,13 @@ impl Guarantees {
                 part.roles.push(GuaranteedRole { name: r.name.clone(), guarantee, consumed: r.consumed, top: r.top });
             }
         }
-        for (i, weights) in weights.iter().enumerate() {
-            for (part, slack) in parts.iter_mut().zip(apportion(self.slack[i], weights)) {
-                // What the part's own free and shortfalls leave, made its
-                // part of the slack; grants move it as they move the
-                // whole's.
+        for i in 0..4 {
+            // The slack by what each part's own free and shortfalls leave
+            // (those add up to the whole's but where a part holds more of
+            // the headroom than it has free), made its part of the slack;
+            // grants move it as they move the whole's.
+            let own: Vec<i64> = parts.iter().map(|p| p.beyond_shortfalls()[i].max(0)).collect();
+            for (part, slack) in parts.iter_mut().zip(apportion(self.slack[i], &own)) {
                 part.adjust[i] = slack - part.beyond_shortfalls()[i];
             }
         }
@@ -2207,6 +2217,21 @@ fn apportion(total: i64, weights: &[i64]) -> Vec<i64> {
     let left = total - parts.iter().sum::<i64>();
     for &k in order.iter().take(left as usize) {
         parts[k] += 1;
+    }
+    parts
+}
+
+/// [`apportion`], but each part's share rounded down to whole `grain`s
+/// (and to no more than its weight), what that leaves all to the part with
+/// the largest weight: no part is given a share it could not offer
+/// (worth less than an offer, or more than it has), but the largest.
+fn apportion_in(total: i64, weights: &[i64], grain: i64) -> Vec<i64> {
+    let grain = grain.max(1);
+    let mut parts: Vec<i64> =
+        apportion(total, weights).into_iter().zip(weights).map(|(p, &w)| p.min(w.max(0)) / grain * grain).collect();
+    let left = total.max(0) - parts.iter().sum::<i64>();
+    if let Some(k) = (0..weights.len()).max_by_key(|&k| (weights[k], std::cmp::Reverse(k))) {
+        parts[k] += left;
     }
     parts
 }
@@ -3406,7 +3431,7 @@ mod tests {
         };
         whole.slack = whole.slack();
         assert_eq!(whole.slack[0], 1);
-        let parts = whole.parts(&[Scalars([1, 0, 0, 0]); 3]);
+        let parts = whole.parts(&[Scalars([1, 0, 0, 0]); 3], [1; 4]);
         let short: Vec<i64> = parts.iter().map(|p| p.roles.iter().map(|r| r.shortfall(0).unwrap()).sum()).collect();
         assert_eq!(short.iter().sum::<i64>(), 2, "{short:?}");
         // The parts' slack is the whole's, not what each part's own free
@@ -3415,6 +3440,35 @@ mod tests {
         assert_eq!(apportion(7, &[1, 2, 4]), [1, 2, 4]);
         assert_eq!(apportion(5, &[1, 1, 0]), [3, 2, 0]);
         assert_eq!(apportion(5, &[0, 0]), [0, 0]);
+    }
+
+    #[test]
+    fn a_shortfall_is_split_in_pieces_worth_an_offer() {
+        // A role short of 0.2 cpus, three parts with 3, 1 and 0.119 cpus
+        // free: by free alone the last would hold 0.006 cpus of the
+        // headroom, less than an offer, and a role with a guarantee met
+        // further down its path would end the round short of it.
+        let mut whole = Guarantees {
+            roles: vec![GuaranteedRole {
+                name: "b".into(),
+                guarantee: Quantities([Some(3000), None, None, None]),
+                consumed: Scalars([2800, 0, 0, 0]),
+                top: true,
+            }],
+            free: Scalars([4119, 0, 0, 0]),
+            slack: [0; 4],
+            adjust: [0; 4],
+        };
+        whole.slack = whole.slack();
+        let free = [Scalars([3000, 0, 0, 0]), Scalars([1000, 0, 0, 0]), Scalars([119, 0, 0, 0])];
+        let held =
+            |parts: &[Guarantees]| -> Vec<i64> { parts.iter().map(|p| p.roles[0].shortfall(0).unwrap()).collect() };
+        assert_eq!(held(&whole.parts(&free, [1; 4])), [146, 48, 6]);
+        assert_eq!(held(&whole.parts(&free, [10, 32_000, 1, 1])), [160, 40, 0]);
+        assert_eq!(apportion_in(200, &[3000, 1000, 119], 10), [160, 40, 0]);
+        // No share beyond what a part has; all of it where nothing is free.
+        assert_eq!(apportion_in(200, &[100, 100, 9], 10), [110, 90, 0]);
+        assert_eq!(apportion_in(5, &[0, 0], 10), [5, 0]);
     }
 
     std::thread_local! {
