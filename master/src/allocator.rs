@@ -58,9 +58,11 @@
 //! ranks by what roles and frameworks held then plus `k` times what it
 //! granted them itself (the other workers are taken to grant about as
 //! much meanwhile). Quota stays exact: each role's room under its limit
-//! and the headroom's slack and shortfalls are split between the parts by
-//! what each has free, in whole parts that add up to the whole
-//! ([`apportion`]), so no limit is passed and the headroom holds. When a
+//! and the headroom's shortfalls are split between the parts by what each
+//! has free, in whole parts that add up to the whole ([`apportion`]; a
+//! shortfall in pieces worth an offer, [`apportion_in`]), and the slack by
+//! what each part's free leaves beyond its pieces, so no limit is passed
+//! and the headroom holds. When a
 //! role has a limit or a guarantee, a serial pass over the agents with
 //! something left then offers what a part's room left unused.
 //!
@@ -1426,6 +1428,15 @@ impl Allocator {
             // reserved to other roles go on to the next. After a grant the
             // shares along its path change: re-rank them, start again.
             while !available.is_empty() {
+                // What is left has unreserved cpus, which come with any
+                // offer of it, and no leaf has room for cpus: done.
+                if !self.limits.is_empty()
+                    && shortcuts()
+                    && sums.unreserved.0[0] > 0
+                    && *all_blocked.get_or_insert_with(|| looks.all_blocked(self, tree, guarantees))
+                {
+                    break;
+                }
                 // What the current leaf's role may take of this agent: worked
                 // out once per leaf, and a leaf whose role can take nothing
                 // (reserved elsewhere, at its quota limit, held back for
@@ -1446,15 +1457,6 @@ impl Allocator {
                     shares.reserved.clear();
                 } else {
                     shares.refill(&sums, |role| tree.leaf_of(role));
-                }
-                // What is left has unreserved cpus, which come with any
-                // offer of it, and no leaf has room for cpus: done.
-                if !self.limits.is_empty()
-                    && shortcuts()
-                    && sums.unreserved.0[0] > 0
-                    && *all_blocked.get_or_insert_with(|| looks.all_blocked(self, tree, guarantees))
-                {
-                    break;
                 }
                 // With nothing unreserved worth an offer, only the leaves
                 // with reservations here could be offered anything: when
@@ -1853,12 +1855,17 @@ impl Guarantees {
                 part.roles.push(GuaranteedRole { name: r.name.clone(), guarantee, consumed: r.consumed, top: r.top });
             }
         }
-        for i in 0..4 {
+        for (i, free) in weights.iter().enumerate() {
             // The slack by what each part's own free and shortfalls leave
             // (those add up to the whole's but where a part holds more of
             // the headroom than it has free), made its part of the slack;
             // grants move it as they move the whole's.
-            let own: Vec<i64> = parts.iter().map(|p| p.beyond_shortfalls()[i].max(0)).collect();
+            let mut own: Vec<i64> = parts.iter().map(|p| p.beyond_shortfalls()[i].max(0)).collect();
+            if own.iter().all(|&o| o == 0) {
+                // Nothing beyond the pieces anywhere (the whole's free may
+                // count agents outside the round): by free, as a whole.
+                own.clone_from(free);
+            }
             for (part, slack) in parts.iter_mut().zip(apportion(self.slack[i], &own)) {
                 part.adjust[i] = slack - part.beyond_shortfalls()[i];
             }
@@ -2221,16 +2228,30 @@ fn apportion(total: i64, weights: &[i64]) -> Vec<i64> {
     parts
 }
 
-/// [`apportion`], but each part's share rounded down to whole `grain`s
-/// (and to no more than its weight), what that leaves all to the part with
-/// the largest weight: no part is given a share it could not offer
-/// (worth less than an offer, or more than it has), but the largest.
+/// [`apportion`] for what a part must be able to offer: each part's share
+/// rounded down to whole `grain`s (or all of its weight, when the share
+/// would take that much); what that leaves to the parts with room (most
+/// room first), each as long as its share ends at least a grain or all it
+/// has; and what is still left (beyond what the weights hold, or what only
+/// a share smaller than a grain could take) to the part with the largest
+/// weight. So no part but that one is given a share that is neither 0, at
+/// least a grain, nor all it has, or more than it has.
 fn apportion_in(total: i64, weights: &[i64], grain: i64) -> Vec<i64> {
     let grain = grain.max(1);
+    let w: Vec<i64> = weights.iter().map(|&w| w.max(0)).collect();
     let mut parts: Vec<i64> =
-        apportion(total, weights).into_iter().zip(weights).map(|(p, &w)| p.min(w.max(0)) / grain * grain).collect();
-    let left = total.max(0) - parts.iter().sum::<i64>();
-    if let Some(k) = (0..weights.len()).max_by_key(|&k| (weights[k], std::cmp::Reverse(k))) {
+        apportion(total, &w).into_iter().zip(&w).map(|(p, &w)| if p >= w { w } else { p / grain * grain }).collect();
+    let mut left = total.max(0) - parts.iter().sum::<i64>();
+    let mut order: Vec<usize> = (0..w.len()).collect();
+    order.sort_by_key(|&k| (std::cmp::Reverse(w[k] - parts[k]), k));
+    for k in order {
+        let more = left.min(w[k] - parts[k]);
+        if more > 0 && parts[k] + more >= grain.min(w[k]) {
+            parts[k] += more;
+            left -= more;
+        }
+    }
+    if let Some(k) = (0..w.len()).max_by_key(|&k| (w[k], std::cmp::Reverse(k))) {
         parts[k] += left;
     }
     parts
@@ -2741,7 +2762,10 @@ impl Tree {
 #[inline(always)]
 fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch reads nothing and cannot fault, whatever `p` is.
+    // SAFETY: the intrinsic needs SSE, which every x86_64 CPU has; a
+    // prefetch reads nothing and cannot fault, whatever `p` is. (Newer
+    // toolchains declare it safe to call.)
+    #[allow(unused_unsafe)]
     unsafe {
         std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
     }
@@ -3322,11 +3346,20 @@ mod tests {
             let show = |out: &[Allocation]| -> Vec<String> {
                 out.iter().map(|x| format!("{} {} {} {}", x.framework_id, x.agent_id, x.role, x.resources)).collect()
             };
+            // Set for one round, and unset however it ends.
+            struct Without;
+            impl Drop for Without {
+                fn drop(&mut self) {
+                    NO_SHORTCUTS.with(|n| n.set(false));
+                }
+            }
             for round in 0..rounds {
                 let a = with.allocate(round as u64, None);
-                NO_SHORTCUTS.with(|n| n.set(true));
-                let b = without.allocate(round as u64, None);
-                NO_SHORTCUTS.with(|n| n.set(false));
+                let b = {
+                    NO_SHORTCUTS.with(|n| n.set(true));
+                    let _unset = Without;
+                    without.allocate(round as u64, None)
+                };
                 proptest::prop_assert_eq!(show(&a), show(&b));
                 for (x, y) in a.iter().zip(&b).step_by(2) {
                     with.recover(&x.framework_id, &x.agent_id, &x.resources, 0, round as u64);
@@ -3434,8 +3467,9 @@ mod tests {
         let parts = whole.parts(&[Scalars([1, 0, 0, 0]); 3], [1; 4]);
         let short: Vec<i64> = parts.iter().map(|p| p.roles.iter().map(|r| r.shortfall(0).unwrap()).sum()).collect();
         assert_eq!(short.iter().sum::<i64>(), 2, "{short:?}");
-        // The parts' slack is the whole's, not what each part's own free
-        // and shortfalls leave (0, 1 and 1).
+        // The parts' slack adds up to the whole's (1), split by what each
+        // part's own free and shortfalls leave (0, 1 and 1, which add up
+        // to more).
         assert_eq!(parts.iter().map(|p| p.slack[0]).sum::<i64>(), 1);
         assert_eq!(apportion(7, &[1, 2, 4]), [1, 2, 4]);
         assert_eq!(apportion(5, &[1, 1, 0]), [3, 2, 0]);
@@ -3466,9 +3500,55 @@ mod tests {
         assert_eq!(held(&whole.parts(&free, [1; 4])), [146, 48, 6]);
         assert_eq!(held(&whole.parts(&free, [10, 32_000, 1, 1])), [160, 40, 0]);
         assert_eq!(apportion_in(200, &[3000, 1000, 119], 10), [160, 40, 0]);
-        // No share beyond what a part has; all of it where nothing is free.
-        assert_eq!(apportion_in(200, &[100, 100, 9], 10), [110, 90, 0]);
+        // A round over some agents only: the whole's free counts others, and
+        // the parts have nothing beyond their pieces. The slack is still
+        // split whole, by what the parts have free.
+        let mut some = Guarantees {
+            roles: vec![GuaranteedRole {
+                name: "b".into(),
+                guarantee: Quantities([Some(3000), None, None, None]),
+                consumed: Scalars([2800, 0, 0, 0]),
+                top: true,
+            }],
+            free: Scalars([5000, 0, 0, 0]),
+            slack: [0; 4],
+            adjust: [0; 4],
+        };
+        some.slack = some.slack();
+        let parts = some.parts(&[Scalars([100, 0, 0, 0]), Scalars([100, 0, 0, 0])], [10, 32_000, 1, 1]);
+        assert_eq!(held(&parts), [100, 100]);
+        assert_eq!(parts.iter().map(|p| p.slack[0]).sum::<i64>(), some.slack[0]);
+        assert_eq!(some.slack[0], 4800);
+        // No share beyond what a part has while another has room; beyond
+        // all that is free, or where nothing is, to the largest.
+        assert_eq!(apportion_in(200, &[100, 100, 9], 10), [100, 100, 0]);
+        assert_eq!(apportion_in(205, &[100, 100, 9], 10), [100, 96, 9]);
+        assert_eq!(apportion_in(210, &[105, 105], 10), [105, 105]);
+        assert_eq!(apportion_in(300, &[105, 105], 10), [195, 105]);
         assert_eq!(apportion_in(5, &[0, 0], 10), [5, 0]);
+    }
+
+    proptest::proptest! {
+        /// The pieces add up to the total, and each part but the one with
+        /// the largest weight gets nothing, at least a grain, or all it
+        /// has, and no more than it has.
+        #[test]
+        fn pieces_worth_an_offer_add_up_and_fit(
+            total in 0i64..5000,
+            weights in proptest::collection::vec(0i64..3000, 1..5),
+            grain in 1i64..100,
+        ) {
+            let parts = apportion_in(total, &weights, grain);
+            proptest::prop_assert_eq!(parts.iter().sum::<i64>(), total);
+            let largest = (0..weights.len()).max_by_key(|&k| (weights[k], std::cmp::Reverse(k))).unwrap();
+            for (k, (&p, &w)) in parts.iter().zip(&weights).enumerate() {
+                proptest::prop_assert!(p >= 0);
+                if k != largest {
+                    proptest::prop_assert!(p == 0 || p >= grain || p == w, "{:?} of {:?}", parts, weights);
+                    proptest::prop_assert!(p <= w, "{:?} of {:?}", parts, weights);
+                }
+            }
+        }
     }
 
     std::thread_local! {
@@ -3762,16 +3842,22 @@ mod tests {
             "f a2 s cpus:3",
             "f a2 r cpus:4",
         ];
-        // The earlier side no larger (it is indexed), then larger (the
-        // later side is), by allocations on other agents before it.
-        for pad in [0, 6] {
-            let padding = (0..pad).map(|i| alloc("h", &format!("b{i}"), "r", "cpus:1"));
-            let mut out: Vec<Allocation> =
-                padding.chain(earlier.iter().cloned()).chain(later.iter().cloned()).collect();
-            merge_stages(&mut out, pad + earlier.len());
+        // Allocations on other agents make one side or the other the
+        // smaller: the earlier (5 against 10: it is indexed), then the later
+        // (11 against 4).
+        let padding = |n: usize| (0..n).map(|i| alloc("h", &format!("b{i}"), "r", "cpus:1")).collect::<Vec<_>>();
+        for (before, after) in [(0, 6), (6, 0)] {
+            let mut out: Vec<Allocation> = padding(before);
+            out.extend(earlier.iter().cloned());
+            out.extend(later.iter().cloned());
+            out.extend(padding(after).into_iter().map(|mut x| {
+                x.agent_id = AgentId::new(format!("c{}", x.agent_id));
+                x
+            }));
+            merge_stages(&mut out, before + earlier.len());
             let shown = show(&out);
-            assert_eq!(shown.len(), pad + expected.len(), "padded by {pad}");
-            assert_eq!(shown[pad..], expected, "padded by {pad}");
+            assert_eq!(shown.len(), before + expected.len() + after, "padded by {before} and {after}");
+            assert_eq!(shown[before..before + expected.len()], expected, "padded by {before} and {after}");
         }
     }
 

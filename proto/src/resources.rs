@@ -470,6 +470,10 @@ impl Resources {
     /// one given for a resource that is not a scalar is ignored (all of it
     /// is taken).
     pub fn take_parts(&mut self, parts: &[(usize, Option<i64>)]) -> Resources {
+        debug_assert!(
+            parts.iter().enumerate().all(|(k, &(i, _))| parts[..k].iter().all(|&(j, _)| j != i)),
+            "parts taken twice"
+        );
         let mut taken: Vec<Option<Resource>> = Vec::with_capacity(parts.len());
         for &(i, amount) in parts {
             let r = &mut self.0[i];
