@@ -372,21 +372,20 @@ impl FreeSums {
 
     /// Works them out again, for `free`, in place (keeping the list).
     fn refill(&mut self, free: &Resources) {
-        let sums = self;
-        sums.unreserved = Scalars::default();
-        sums.reserved.clear();
-        sums.any_reserved = free.iter().any(|r| r.reservation.is_some());
+        self.unreserved = Scalars::default();
+        self.reserved.clear();
+        self.any_reserved = free.iter().any(|r| r.reservation.is_some());
         for r in free.iter() {
             let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&r.name), &r.value) else {
                 continue;
             };
             let s = match &r.reservation {
-                None => &mut sums.unreserved,
-                Some(res) => match sums.reserved.iter().position(|(role, _)| *role == res.role) {
-                    Some(k) => &mut sums.reserved[k].1,
+                None => &mut self.unreserved,
+                Some(res) => match self.reserved.iter().position(|(role, _)| *role == res.role) {
+                    Some(k) => &mut self.reserved[k].1,
                     None => {
-                        sums.reserved.push((res.role.clone(), Scalars::default()));
-                        &mut sums.reserved.last_mut().expect("pushed").1
+                        self.reserved.push((res.role.clone(), Scalars::default()));
+                        &mut self.reserved.last_mut().expect("pushed").1
                     }
                 },
             };
@@ -1407,13 +1406,6 @@ impl Allocator {
             if !slot.active || !self.offerable(slot.free_sums.all()) {
                 continue;
             }
-            if !self.limits.is_empty()
-                && shortcuts()
-                && slot.free_sums.unreserved.0[0] > 0
-                && *all_blocked.get_or_insert_with(|| looks.all_blocked(self, tree, guarantees))
-            {
-                continue;
-            }
             // Grants take from the agent's free resources in place; they go
             // back into the slot, with their sums (worked out again after
             // each grant), when the agent is done.
@@ -1428,8 +1420,9 @@ impl Allocator {
             // reserved to other roles go on to the next. After a grant the
             // shares along its path change: re-rank them, start again.
             while !available.is_empty() {
-                // What is left has unreserved cpus, which come with any
-                // offer of it, and no leaf has room for cpus: done.
+                // The agent (or what a grant left of it) has unreserved
+                // cpus, which come with any offer of it, and no leaf has
+                // room for cpus: done.
                 if !self.limits.is_empty()
                     && shortcuts()
                     && sums.unreserved.0[0] > 0
@@ -1647,8 +1640,6 @@ impl Allocator {
     }
 }
 
-/// Adds (or takes away) `s` to `map[key]`; an entry that comes to zero is
-/// removed. The key is copied only when it is new.
 /// Adds (or takes away) `s`, allocated to `role`, to the role's own figure
 /// in `direct` and to its subtree's and those above it in `subtree`.
 fn add_to_roles(
@@ -1665,6 +1656,8 @@ fn add_to_roles(
     bump(subtree, role, s, add);
 }
 
+/// Adds (or takes away) `s` to `map[key]`; an entry that comes to zero is
+/// removed. The key is copied only when it is new.
 fn bump(map: &mut HashMap<String, Scalars>, key: &str, s: Scalars, add: bool) {
     let e = match map.get_mut(key) {
         Some(e) => e,
@@ -3482,18 +3475,23 @@ mod tests {
         // free: by free alone the last would hold 0.006 cpus of the
         // headroom, less than an offer, and a role with a guarantee met
         // further down its path would end the round short of it.
-        let mut whole = Guarantees {
-            roles: vec![GuaranteedRole {
-                name: "b".into(),
-                guarantee: Quantities([Some(3000), None, None, None]),
-                consumed: Scalars([2800, 0, 0, 0]),
-                top: true,
-            }],
-            free: Scalars([4119, 0, 0, 0]),
-            slack: [0; 4],
-            adjust: [0; 4],
+        // Role `b` short of 0.2 cpus, with `free` cpus free in all.
+        let short = |free: i64| {
+            let mut g = Guarantees {
+                roles: vec![GuaranteedRole {
+                    name: "b".into(),
+                    guarantee: Quantities([Some(3000), None, None, None]),
+                    consumed: Scalars([2800, 0, 0, 0]),
+                    top: true,
+                }],
+                free: Scalars([free, 0, 0, 0]),
+                slack: [0; 4],
+                adjust: [0; 4],
+            };
+            g.slack = g.slack();
+            g
         };
-        whole.slack = whole.slack();
+        let whole = short(4119);
         let free = [Scalars([3000, 0, 0, 0]), Scalars([1000, 0, 0, 0]), Scalars([119, 0, 0, 0])];
         let held =
             |parts: &[Guarantees]| -> Vec<i64> { parts.iter().map(|p| p.roles[0].shortfall(0).unwrap()).collect() };
@@ -3503,18 +3501,7 @@ mod tests {
         // A round over some agents only: the whole's free counts others, and
         // the parts have nothing beyond their pieces. The slack is still
         // split whole, by what the parts have free.
-        let mut some = Guarantees {
-            roles: vec![GuaranteedRole {
-                name: "b".into(),
-                guarantee: Quantities([Some(3000), None, None, None]),
-                consumed: Scalars([2800, 0, 0, 0]),
-                top: true,
-            }],
-            free: Scalars([5000, 0, 0, 0]),
-            slack: [0; 4],
-            adjust: [0; 4],
-        };
-        some.slack = some.slack();
+        let some = short(5000);
         let parts = some.parts(&[Scalars([100, 0, 0, 0]), Scalars([100, 0, 0, 0])], [10, 32_000, 1, 1]);
         assert_eq!(held(&parts), [100, 100]);
         assert_eq!(parts.iter().map(|p| p.slack[0]).sum::<i64>(), some.slack[0]);
