@@ -176,6 +176,8 @@ impl Btf {
             kernfs_node_id: self.member_offset("kernfs_node", "id")?,
             task_sum_exec_runtime: self.member_offset("task_struct", "se")?
                 + self.member_offset("sched_entity", "sum_exec_runtime")?,
+            task_prev_sum_exec_runtime: self.member_offset("task_struct", "se")?
+                + self.member_offset("sched_entity", "prev_sum_exec_runtime")?,
             task_run_delay: run_delay.unwrap_or(0),
             has_run_delay: run_delay.is_some() as u32,
         })
@@ -196,6 +198,7 @@ mod tests {
         // kernfs_node.id follows a few fields; pid is well inside task_struct.
         assert!(o.task_pid > 0 && o.task_cgroups > o.task_pid, "{o:?}");
         assert!(o.task_sum_exec_runtime > 0, "{o:?}");
+        assert!(o.task_prev_sum_exec_runtime > o.task_sum_exec_runtime, "{o:?}");
         // /proc/<pid>/schedstat has a run delay exactly when sched_info is in.
         let schedstat = std::fs::read_to_string("/proc/self/schedstat").unwrap_or_default();
         assert_eq!(o.has_run_delay == 1, schedstat.split_whitespace().count() == 3, "{o:?}");

@@ -27,8 +27,10 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// Programs that must load for eBPF accounting to be on.
 const REQUIRED_TRACEPOINTS: [&str; 1] = ["sched_switch"];
-/// Programs that are useful but not essential (their kernel hook may be absent).
-const OPTIONAL_TRACEPOINTS: [&str; 1] = ["mark_victim"];
+/// Programs that are useful but not essential (their kernel hook may be
+/// absent), with the tracepoints they attach to.
+const OPTIONAL_TRACEPOINTS: [(&str, &str); 2] =
+    [("mark_victim", "mark_victim"), ("cpu_state_tick", "hrtimer_expire_entry")];
 
 /// Run statistics of one program (kernel BPF stats, as bpftop shows them).
 #[derive(Clone, Debug)]
@@ -130,17 +132,17 @@ impl Ebpf {
             .load(OBJECT)
             .map_err(err("loading the eBPF object"))?;
         let mut loaded = Vec::new();
-        for name in REQUIRED_TRACEPOINTS.iter().chain(OPTIONAL_TRACEPOINTS.iter()) {
-            let required = REQUIRED_TRACEPOINTS.contains(name);
+        let required = REQUIRED_TRACEPOINTS.iter().map(|&name| (name, name, true));
+        for (name, tracepoint, required) in required.chain(OPTIONAL_TRACEPOINTS.iter().map(|&(n, t)| (n, t, false))) {
             let res = (|| -> Result<(), String> {
                 let p: &mut BtfTracePoint =
                     bpf.program_mut(name).ok_or("missing")?.try_into().map_err(err("program type"))?;
-                p.load(name, &btf).map_err(err("load"))?;
+                p.load(tracepoint, &btf).map_err(err("load"))?;
                 p.attach().map_err(err("attach"))?;
                 Ok(())
             })();
             match res {
-                Ok(()) => loaded.push(*name),
+                Ok(()) => loaded.push(name),
                 Err(e) if required => return Err(format!("program {name}: {e}")),
                 Err(e) => tracing::warn!("optional eBPF program {name} not attached: {e}"),
             }
@@ -195,6 +197,21 @@ impl Ebpf {
 
     pub fn programs_loaded(&self) -> usize {
         self.loaded.len()
+    }
+
+    /// The names of the programs loaded and attached.
+    pub fn programs(&self) -> &[&'static str] {
+        &self.loaded
+    }
+
+    /// Writes `state` as every CPU's record of what it runs: for tests, what
+    /// CPUs that changed threads without a traced switch look like.
+    pub fn set_cpu_states(&mut self, state: CpuState) -> Result<(), String> {
+        let mut a: PerCpuArray<&mut MapData, CpuState> =
+            PerCpuArray::try_from(self.bpf.map_mut("CPU_STATE").ok_or("map CPU_STATE missing")?)
+                .map_err(err("CPU_STATE"))?;
+        let values = PerCpuValues::try_from(vec![state; self.n_cpus]).map_err(err("CPU_STATE values"))?;
+        a.set(0, values, 0).map_err(err("CPU_STATE"))
     }
 
     fn counters(&mut self) -> Result<PerCpuHashMap<&mut MapData, u64, TaskCounters>, String> {
@@ -395,8 +412,9 @@ impl Ebpf {
 /// run in progress) minus what the counters have of it, its run time when it
 /// was switched in or, if later, when it last left a CPU (`last_out`). A CPU
 /// whose thread changed without a traced switch still shows the thread that
-/// left, so a thread shown on several CPUs counts once, from its latest
-/// switch-in; torn copies are left out.
+/// left until the next timer tick mends it (`cpu_state_tick`), so a thread
+/// shown on several CPUs counts once, from its latest switch-in; torn copies
+/// are left out.
 fn runs_in_progress(
     after: &[CpuState],
     id: u64,

@@ -603,7 +603,8 @@ async fn without_ebpf_the_agent_falls_back_to_cgroups() {
 /// Kernel ids of the loaded eBPF programs and maps that carry the names of
 /// the agent's (names are cut to 15 characters by the kernel).
 fn our_bpf_objects() -> (std::collections::BTreeSet<u32>, std::collections::BTreeSet<u32>) {
-    const PROGRAMS: [&str; 7] = ["sched_switch", "mark_victim", "ingress", "egress", "bind4", "bind6", "tcp_pacing"];
+    const PROGRAMS: [&str; 8] =
+        ["sched_switch", "mark_victim", "cpu_state_tick", "ingress", "egress", "bind4", "bind6", "tcp_pacing"];
     const MAPS: [&str; 5] = ["COUNTERS", "POLICY", "EGRESS", "CPU_STATE", "STATS"];
     let programs = aya::programs::loaded_programs()
         .flatten()
@@ -649,7 +650,7 @@ async fn agent_stop_leaves_nothing_behind() {
     let programs: Vec<u32> = programs.difference(&programs_before).copied().collect();
     let maps: Vec<u32> = maps.difference(&maps_before).copied().collect();
     // sched_switch, ingress, egress, bind4, bind6 and pacing at least;
-    // mark_victim where the kernel has it.
+    // mark_victim and cpu_state_tick where the kernel has their hooks.
     assert!(programs.len() >= 6, "the agent's programs are not all loaded: {programs:?}");
     assert!(maps.len() >= 5, "the agent's maps are not all there: {maps:?}");
     assert_eq!(metric(&a, "agora_agent_ebpf_programs_loaded"), programs.len() as f64);

@@ -158,9 +158,13 @@ pub struct KernelOffsets {
     pub task_run_delay: u32,
     /// 1 when the kernel has `sched_info` (run-queue latency can be known).
     pub has_run_delay: u32,
+    /// `task_struct.se.prev_sum_exec_runtime`: the thread's on-CPU time
+    /// when its current run began (the scheduler sets it when it picks the
+    /// thread), ns.
+    pub task_prev_sum_exec_runtime: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 36);
 
 /// Per-CPU scheduler state: the thread switched in on this CPU, its
 /// `css_set` (`task->cgroups`: a thread that changes cgroup while it runs

@@ -25,6 +25,15 @@
 //!   then the egress policy holds the task to its rate.
 //! - `bind4`, `bind6` (cgroup sock_addr): binds only to the task's ports.
 //! - `mark_victim`: the OOM killer chose one of the task's processes.
+//! - `cpu_state_tick` (BTF tracepoint `hrtimer_expire_entry`, in the
+//!   timer interrupt, so at least once a tick on a busy CPU): mends this
+//!   CPU's record when it does not show the thread that runs here, or shows
+//!   it under a cgroup it has left. A CPU can change threads without a
+//!   traced switch (seen on virtualised kernels), and a task's first process
+//!   joins the task's cgroup while it runs (between fork and exec): either
+//!   way, until the thread's next switch, the agent could not tell that its
+//!   run in progress is the task's, and a spinner that keeps its CPU would
+//!   look idle for as long.
 //!
 //! Each program is a thin entry point around a `try_*` function.
 //!
@@ -51,7 +60,9 @@ use aya_ebpf::{
         __sk_buff, BPF_F_NO_PREALLOC, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, SOL_SOCKET,
         SO_MAX_PACING_RATE,
     },
-    helpers::{bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_setsockopt, bpf_skb_cgroup_id},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_setsockopt, bpf_skb_cgroup_id,
+    },
     macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, map, sock_ops},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, SkBuffContext, SockAddrContext, SockOpsContext},
@@ -89,6 +100,7 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     task_sum_exec_runtime: 0,
     task_run_delay: 0,
     has_run_delay: 0,
+    task_prev_sum_exec_runtime: 0,
 };
 
 #[map]
@@ -255,6 +267,40 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Option<()> {
     let ran: u64 = field(next, offset!(task_sum_exec_runtime));
     let delay: u64 = if offset!(has_run_delay) != 0 { field(next, offset!(task_run_delay)) } else { 0 };
     *state = CpuState::new(next_tid, next_css as usize as u64, next_cg, ran, delay);
+    Some(())
+}
+
+#[btf_tracepoint(function = "hrtimer_expire_entry")]
+pub fn cpu_state_tick(_ctx: BtfTracePointContext) -> u32 {
+    let _ = try_cpu_state_tick();
+    0
+}
+
+fn try_cpu_state_tick() -> Option<()> {
+    // SAFETY: no arguments; the thread this CPU was running when the
+    // interrupt came.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    if task.is_null() {
+        return None;
+    }
+    let state = CPU_STATE.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot. Interrupts are off here, and `sched_switch`
+    // runs with them off: neither can come in the middle of the other.
+    let state = unsafe { &mut *state };
+    let tid: u32 = field(task, offset!(task_pid));
+    let css: *const u8 = field(task, offset!(task_cgroups));
+    if state.tid == tid && state.css == css as usize as u64 {
+        return None;
+    }
+    let cg = if tid == 0 { 0 } else { css_cgroup_id(css).unwrap_or(0) };
+    // The run's start: as recorded if its switch-in was seen (only the
+    // cgroup changed), else the run time the scheduler noted when it picked
+    // the thread.
+    // Both read first: one load from either pointer fails verification.
+    let (recorded, picked): (u64, u64) = (state.sum_exec_runtime, field(task, offset!(task_prev_sum_exec_runtime)));
+    let start = if state.tid == tid { recorded } else { picked };
+    let delay: u64 = if offset!(has_run_delay) != 0 { field(task, offset!(task_run_delay)) } else { 0 };
+    *state = CpuState::new(tid, css as usize as u64, cg, start, delay);
     Some(())
 }
 
