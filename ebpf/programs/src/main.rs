@@ -25,8 +25,8 @@
 //!   then the egress policy holds the task to its rate.
 //! - `bind4`, `bind6` (cgroup sock_addr): binds only to the task's ports.
 //! - `mark_victim`: the OOM killer chose one of the task's processes.
-//! - `cpu_state_tick` (BTF tracepoint `hrtimer_expire_entry`, in the
-//!   timer interrupt, so at least once a tick on a busy CPU): mends this
+//! - `cpu_state_tick` (BTF tracepoint `hrtimer_expire_entry`, as a timer
+//!   expires, so at least once a tick on a busy CPU): mends this
 //!   CPU's record when it does not show the thread that runs here, or shows
 //!   it under a cgroup it has left. A CPU can change threads without a
 //!   traced switch (seen on virtualised kernels), and a task's first process
@@ -284,8 +284,10 @@ fn try_cpu_state_tick() -> Option<()> {
         return None;
     }
     let state = CPU_STATE.get_ptr_mut(0)?;
-    // SAFETY: this CPU's slot. Interrupts are off here, and `sched_switch`
-    // runs with them off: neither can come in the middle of the other.
+    // SAFETY: this CPU's slot. The scheduler does not run in a timer's
+    // interrupt or softirq, so no switch comes in the middle of this, and
+    // `sched_switch` runs with interrupts off, so this does not come in the
+    // middle of it. (A nested run of this program is skipped by the kernel.)
     let state = unsafe { &mut *state };
     let tid: u32 = field(task, offset!(task_pid));
     let css: *const u8 = field(task, offset!(task_cgroups));
