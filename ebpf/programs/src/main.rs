@@ -297,7 +297,9 @@ fn try_cpu_state_tick() -> Option<()> {
     let cg = if tid == 0 { 0 } else { css_cgroup_id(css).unwrap_or(0) };
     // The run's start: as recorded if its switch-in was seen (only the
     // cgroup changed), else the run time the scheduler noted when it picked
-    // the thread.
+    // the thread (the fair class notes it; a real-time thread's is from its
+    // last fair run, but `sched_switch` and the agent go by the thread's
+    // own slot, written when it last left a CPU, where it has one).
     // Both read first: one load from either pointer fails verification.
     let (recorded, picked): (u64, u64) = (state.sum_exec_runtime, field(task, offset!(task_prev_sum_exec_runtime)));
     let start = if state.tid == tid { recorded } else { picked };
