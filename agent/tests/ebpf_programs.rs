@@ -152,8 +152,8 @@ async fn a_cpu_record_left_by_an_untraced_switch_is_mended() {
     let spinner = c.pid as u32;
     let shown = |ebpf: &Ebpf| ebpf.running().into_iter().find(|s| s.whole() && s.tid == spinner);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    // A thread of the root cgroup that is not running (this test's own,
-    // asleep in the wait below), as a switch not traced would leave it.
+    // A thread that is not running (the test process's main thread, which
+    // waits for the tests), as a switch not traced would leave a record.
     let stale = CpuState::new(std::process::id(), 0, 1, 0, 0);
     let mut waits = Vec::new();
     for _ in 0..20 {
