@@ -1351,7 +1351,7 @@ impl Allocator {
             if !f.active {
                 continue;
             }
-            for role in f.roles.iter().filter(|r| (f.suppressed.is_empty() || !f.suppressed.contains(*r)) && take(r)) {
+            for role in f.roles.iter().filter(|r| !f.suppressed.contains(*r) && take(r)) {
                 tree.add(self, idx, role);
             }
         }
@@ -3795,6 +3795,7 @@ mod tests {
         assert_eq!(c.a.share(holder), Some(0.0));
         assert!(c.a.roles_allocated().next().is_none());
     }
+
     #[test]
     fn an_agent_taken_all_under_a_limit_is_held_without_a_copy() {
         // With quota in force every grant plans its take (here all of the
