@@ -1374,8 +1374,11 @@ impl Allocator {
             limited: Limited::default(),
             paths: (0..tree.leaves.len()).map(|_| None).collect(),
             no_cpus: vec![false; tree.leaves.len()],
+            open: Vec::new(),
+            leaf_nodes: Vec::new(),
             stage,
         };
+        looks.open_all(tree);
 
         // Whether every leaf's role is at its cpu limit (or, in stage one,
         // owes no guarantee): then no role is offered anything of an agent
@@ -1404,6 +1407,11 @@ impl Allocator {
                 break;
             }
             let Some(slot) = self.slot(a) else { continue };
+            // As below, with no grant since it was worked out: passed over
+            // before the lists of its resources are read.
+            if all_blocked == Some(true) && slot.free_sums.unreserved.0[0] > 0 {
+                continue;
+            }
             if !slot.active || !self.offerable(slot.free_sums.all()) {
                 continue;
             }
@@ -1465,7 +1473,23 @@ impl Allocator {
                 {
                     break;
                 }
-                let mut try_grant = |f: Option<usize>, leaf: usize, role: &str| -> bool {
+                // Roles to pass over whole: those whose leaves are all out
+                // of cpu room, when the agent has unreserved cpus (which
+                // come with any offer of it); and, when nothing unreserved
+                // is worth an offer, those with no leaf the agent has
+                // reservations for.
+                let pass_no_cpus = !whole && shortcuts() && shares.unreserved.0[0] > 0;
+                let only_reserved = !whole && shortcuts() && !self.offerable(shares.unreserved);
+                let mut try_grant = |v: Visit<'_>| -> bool {
+                    let (f, leaf, role) = match v {
+                        Visit::Role(n) => {
+                            let closed = pass_no_cpus && looks.open[n].0 == 0;
+                            return !closed
+                                && (!only_reserved || shares.reserved.iter().any(|&(l, _)| tree.above(n, l)));
+                        }
+                        Visit::Leaf(leaf, role) => (None, leaf, role),
+                        Visit::Framework(f, leaf, role) => (Some(f), leaf, role),
+                    };
                     let Some(f) = f else {
                         if whole {
                             // Untouched (a whole grant ends the agent), and
@@ -1586,8 +1610,12 @@ impl Allocator {
                 && self.within_limits(role, &usable).contains(granted)
                 && guarantees.is_none_or(|g| g.cut(role, usable, Stage::Fair).contains(granted))
         };
-        tree.walk(0, &mut |f, _, role| {
-            let Some(f) = f else { return fits(role) };
+        tree.walk(0, &mut |v| {
+            let (f, role) = match v {
+                Visit::Role(_) => return true,
+                Visit::Leaf(_, role) => return fits(role),
+                Visit::Framework(f, _, role) => (f, role),
+            };
             if f == winner || picked.iter().any(|(p, _)| *p == f) || !self.wants(f, role, a) {
                 return false;
             }
@@ -2325,6 +2353,12 @@ struct Looks {
     /// such a leaf is offered nothing of an agent with cpus its role could
     /// use (see [`within_room`]), and is passed over without its room.
     no_cpus: Vec<bool>,
+    /// By node of the tree: how many leaves below it are not in `no_cpus`
+    /// (a walk passes over a role whose leaves all are, whole), and its
+    /// parent.
+    open: Vec<(u32, usize)>,
+    /// Each leaf's node.
+    leaf_nodes: Vec<usize>,
     stage: Stage,
 }
 
@@ -2353,8 +2387,33 @@ impl Looks {
     fn room(&mut self, guarantees: &Option<Guarantees>, leaf: usize) -> LeafRoom {
         let path = self.paths[leaf].as_ref().expect("path found first");
         let room = *self.rooms[leaf].get_or_insert_with(|| LeafRoom::of(&self.limited, guarantees, path, self.stage));
-        self.no_cpus[leaf] |= room.limits[0] == Some(0);
+        if room.limits[0] == Some(0) && !self.no_cpus[leaf] {
+            self.no_cpus[leaf] = true;
+            let mut n = self.leaf_nodes[leaf];
+            loop {
+                self.open[n].0 -= 1;
+                if n == 0 {
+                    break;
+                }
+                n = self.open[n].1;
+            }
+        }
         room
+    }
+
+    /// Every leaf of `tree` open (see `open`).
+    fn open_all(&mut self, tree: &Tree) {
+        self.open = tree.nodes.iter().map(|n| (0, n.parent)).collect();
+        self.leaf_nodes = tree.leaves.iter().map(|l| l.node).collect();
+        for &(mut n) in &self.leaf_nodes {
+            loop {
+                self.open[n].0 += 1;
+                if n == 0 {
+                    break;
+                }
+                n = self.open[n].1;
+            }
+        }
     }
 
     /// The walk's first look at `leaf` (of `role`), on sums only: its room,
@@ -2523,6 +2582,16 @@ struct RoleNode {
     held: Scalars,
 }
 
+/// What [`Tree::walk`] asks about, in order: whether to enter a role
+/// (by node) or a leaf (of a role), and whether a framework of a leaf takes
+/// what is offered.
+#[derive(Clone, Copy)]
+enum Visit<'a> {
+    Role(usize),
+    Leaf(usize, &'a str),
+    Framework(usize, usize, &'a str),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Item {
     Role(usize),
@@ -2646,24 +2715,28 @@ impl Tree {
         }
     }
 
-    /// The first (leaf, framework) in order for which `grant(Some(f), leaf,
-    /// role)` succeeds, entering only the leaves for which `grant(None,
-    /// leaf, role)` does.
-    fn walk(&self, n: usize, grant: &mut dyn FnMut(Option<usize>, usize, &str) -> bool) -> Option<(usize, usize)> {
+    /// The first (leaf, framework) in order for which
+    /// `grant(Visit::Framework(..))` succeeds, entering only the roles and
+    /// the leaves for which `grant(Visit::Role(..))` and
+    /// `grant(Visit::Leaf(..))` do.
+    fn walk(&self, n: usize, grant: &mut dyn FnMut(Visit<'_>) -> bool) -> Option<(usize, usize)> {
         for &(_, item) in &self.nodes[n].items {
             match item {
                 Item::Role(c) => {
+                    if !grant(Visit::Role(c)) {
+                        continue;
+                    }
                     if let Some(hit) = self.walk(c, grant) {
                         return Some(hit);
                     }
                 }
                 Item::Leaf(l) => {
                     let leaf = &self.leaves[l];
-                    if !grant(None, l, &leaf.role) {
+                    if !grant(Visit::Leaf(l, &leaf.role)) {
                         continue;
                     }
                     for &(_, f) in &leaf.frameworks {
-                        if grant(Some(f), l, &leaf.role) {
+                        if grant(Visit::Framework(f, l, &leaf.role)) {
                             return Some((l, f));
                         }
                     }
@@ -2671,6 +2744,20 @@ impl Tree {
             }
         }
         None
+    }
+
+    /// Whether node `n` is on the path from leaf `l`'s node to the root.
+    fn above(&self, n: usize, l: usize) -> bool {
+        let mut m = self.leaves[l].node;
+        loop {
+            if m == n {
+                return true;
+            }
+            if m == 0 {
+                return false;
+            }
+            m = self.nodes[m].parent;
+        }
     }
 
     /// Framework `f` in leaf `l` was granted `s`: its share, the leaf's and
@@ -3316,7 +3403,9 @@ mod tests {
 
         /// The walk passes over, on sums alone, agents and leaves it would
         /// find nothing in (every leaf at its cpu limit, a leaf whose room
-        /// could not hold an offer, reservations no leaf may take): rounds
+        /// could not hold an offer, reservations no leaf may take, roles
+        /// whose leaves are all at their cpu limits or have no
+        /// reservations where nothing else is left): rounds
         /// with those shortcuts and without them make the same offers, in
         /// the same order, under random limits, guarantees and
         /// reservations.
@@ -3325,7 +3414,7 @@ mod tests {
             roles in proptest::collection::vec(0usize..6, 1..8),
             limited in proptest::collection::vec((0usize..6, 0u32..6), 0..3),
             guaranteed in proptest::collection::vec((0usize..6, 0u32..4), 0..3),
-            agents in proptest::collection::vec((1u32..8, 0usize..7, 0u32..3), 1..10),
+            agents in proptest::collection::vec((0u32..8, 0usize..7, 0u32..3), 1..10),
             rounds in 1usize..4,
         ) {
             const TREE: [&str; 6] = ["a", "a/b", "a/c", "b", "b/x/y", "c"];
@@ -3341,12 +3430,16 @@ mod tests {
                     a.add_framework(FrameworkId::new(format!("f{f}")), vec![TREE[*r].to_string()], &[]);
                 }
                 // Halves of cpus, so that what is left under a limit can
-                // be less than one.
+                // be less than one; none, so that memory (or what is
+                // reserved) comes without unreserved cpus.
                 for (i, (halves, role, reserved)) in agents.iter().enumerate() {
-                    let cpus = *halves as f64 / 2.0;
+                    let cpus = match halves {
+                        0 => String::new(),
+                        h => format!("cpus:{};", *h as f64 / 2.0),
+                    };
                     let text = match TREE.get(*role) {
-                        Some(r) if *reserved > 0 => format!("cpus:{cpus};mem:100;cpus({r}):{reserved};mem({r}):50"),
-                        _ => format!("cpus:{cpus};mem:100"),
+                        Some(r) if *reserved > 0 => format!("{cpus}mem:100;cpus({r}):{reserved};mem({r}):50"),
+                        _ => format!("{cpus}mem:100"),
                     };
                     a.add_agent(AgentId::new(format!("a{i}")), res(&text), &[]);
                 }
