@@ -1085,6 +1085,31 @@ impl Allocator {
         s.0[0] >= self.config.min_offer_cpus.0 || s.0[1] >= self.config.min_offer_mem_mb.0
     }
 
+    /// Whether every unsuppressed role of an active framework has no room
+    /// left for cpus under its quota limits (or those above it). A role
+    /// with a guarantee has none to take toward it then either (limits
+    /// bound guarantees).
+    fn all_at_cpu_limit(&self) -> bool {
+        if self.limits.is_empty() {
+            return false;
+        }
+        let mut seen: HashSet<&str> = HashSet::default();
+        self.frameworks.iter().flatten().filter(|f| f.active).all(|f| {
+            f.roles
+                .iter()
+                .filter(|r| !f.suppressed.contains(*r) && seen.insert(r.as_str()))
+                .all(|r| self.room(r)[0] == Some(0))
+        })
+    }
+
+    /// Whether whatever a role may use of an agent with free resources of
+    /// `sums` comes with cpus (so that a role at its cpu limit may take none
+    /// of it): its unreserved resources have cpus, or are not worth an
+    /// offer and each role's reservation there has cpus.
+    fn all_with_cpus(&self, sums: &FreeSums) -> bool {
+        sums.unreserved.0[0] > 0 || (!self.offerable(sums.unreserved) && sums.reserved.iter().all(|(_, s)| s.0[0] > 0))
+    }
+
     /// Runs one allocation round over every active agent, or over `only` when
     /// given (agents whose resources just changed).
     pub fn allocate(&mut self, now_ms: u64, only: Option<&[AgentId]>) -> Vec<Allocation> {
@@ -1245,7 +1270,15 @@ impl Allocator {
         if self.limits.is_empty() && self.guarantees.is_empty() {
             return out;
         }
-        left.retain(|&a| self.agents[a].as_ref().is_some_and(|s| s.active && self.offerable(s.free_sums.all())));
+        // When every role that takes part is at its cpu limit, no role may
+        // take anything of an agent whose every usable part comes with
+        // cpus: such agents are left as they are.
+        let blocked = self.all_at_cpu_limit();
+        left.retain(|&a| {
+            self.agents[a].as_ref().is_some_and(|s| {
+                s.active && self.offerable(s.free_sums.all()) && !(blocked && self.all_with_cpus(&s.free_sums))
+            })
+        });
         if !left.is_empty() {
             let first = out.len();
             let guarantees = Guarantees::new(self);
@@ -3471,6 +3504,66 @@ mod tests {
             }
         }
 
+        /// A split round leaves nothing that a serial round would offer
+        /// right after it: the serial pass after the workers offers all that
+        /// a part's room left unused, and passes over only agents no role
+        /// may take anything of. Random limits, guarantees, reservations,
+        /// suppressed roles and agents with and without unreserved cpus.
+        #[test]
+        fn a_split_round_leaves_nothing_a_serial_round_would_offer(
+            roles in proptest::collection::vec((0usize..6, proptest::bool::weighted(0.2)), 1..8),
+            limited in proptest::collection::vec((0usize..6, 0u32..8, proptest::option::of(0u32..4)), 0..4),
+            guaranteed in proptest::collection::vec((0usize..6, 0u32..4), 0..3),
+            agents in proptest::collection::vec(
+                ((0u32..6, proptest::bool::weighted(0.8)), (0usize..7, 0u32..3), 0usize..8),
+                2..16,
+            ),
+            workers in 2usize..4,
+        ) {
+            const TREE: [&str; 6] = ["a", "a/b", "a/c", "b", "b/x/y", "c"];
+            let mut a = Allocator::new(parallel(workers));
+            for (r, cpus, mem) in &limited {
+                let mem = mem.map(|m| m as i64 * 100_000);
+                a.set_limits(TREE[*r], Quantities([Some(*cpus as i64 * 1000), mem, None, None]));
+            }
+            for (r, cpus) in &guaranteed {
+                a.set_guarantees(TREE[*r], Quantities([Some(*cpus as i64 * 1000), None, None, None]));
+            }
+            for (f, (r, suppressed)) in roles.iter().enumerate() {
+                let suppressed: &[String] = if *suppressed { &[TREE[*r].to_string()] } else { &[] };
+                a.add_framework(FrameworkId::new(format!("f{f}")), vec![TREE[*r].to_string()], suppressed);
+            }
+            // Unreserved cpus (or none) and memory (or none); cpus and
+            // memory reserved to one role (or none); memory alone
+            // reserved to another (or none).
+            for (i, ((cpus, mem), (role, reserved), other)) in agents.iter().enumerate() {
+                let mut parts = Vec::new();
+                if *cpus > 0 {
+                    parts.push(format!("cpus:{cpus}"));
+                }
+                if *mem {
+                    parts.push("mem:100".to_string());
+                }
+                if let Some(r) = TREE.get(*role) {
+                    if *reserved > 0 {
+                        parts.push(format!("cpus({r}):{reserved};mem({r}):50"));
+                    }
+                }
+                if let Some(r) = TREE.get(*other).filter(|r| Some(*r) != TREE.get(*role)) {
+                    parts.push(format!("mem({r}):50"));
+                }
+                if parts.is_empty() {
+                    parts.push("mem:100".to_string());
+                }
+                a.add_agent(AgentId::new(format!("a{i}")), res(&parts.join(";")), &[]);
+            }
+            a.allocate(0, None);
+            proptest::prop_assert_eq!(a.stats.parallel_runs, 1);
+            a.config.workers = 1;
+            let more = a.allocate(0, None);
+            proptest::prop_assert!(more.is_empty(), "{:?}", more.iter().map(|x| format!("{} {} {}", x.framework_id, x.agent_id, x.resources)).collect::<Vec<_>>());
+        }
+
         /// Steady demand from one framework per sibling role, on many small
         /// agents: the weighted dominant shares end up equal, within what
         /// one agent weighs.
@@ -3717,6 +3810,32 @@ mod tests {
         let out = c.run(0);
         assert_eq!(out, vec!["f -> a2: cpus:1; mem:100", "f -> a3: cpus:1; mem:100"]);
         assert_eq!(c.a.role_share("r").0 .0[0], 2000);
+        assert!(c.run(1).is_empty());
+    }
+
+    #[test]
+    fn the_pass_after_a_split_round_offers_what_needs_no_cpus_of_roles_at_their_cpu_limit() {
+        // Both roles are at their cpu limit (none). The first part's agents
+        // have memory reserved to r, beside cpus and memory reserved to s;
+        // the second part's, only what is reserved to s. r's room under its
+        // memory limit is split by the parts' free memory, so the first
+        // part's is too small for either agent's 50 MB; the pass after the
+        // workers offers them both within the whole room.
+        let mut c = Check::new(
+            &[
+                ("a0", "cpus(s):1;mem(s):100;mem(r):50"),
+                ("a1", "cpus(s):1;mem(s):100;mem(r):50"),
+                ("a2", "cpus(s):1;mem(s):1000"),
+                ("a3", "cpus(s):1;mem(s):1000"),
+            ],
+            &[("f", &["r"]), ("g", &["s"])],
+        );
+        c.a.config = parallel(2);
+        c.a.set_limits("r", Quantities([Some(0), Some(100_000), None, None]));
+        c.a.set_limits("s", cpus(0));
+        let out = c.run(0);
+        assert_eq!(c.a.stats.parallel_runs, 1);
+        assert_eq!(out, vec!["f -> a0: mem(r):50", "f -> a1: mem(r):50"]);
         assert!(c.run(1).is_empty());
     }
 
