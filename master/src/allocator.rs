@@ -51,20 +51,21 @@
 //! least twice `Config::min_agents_per_worker` agents is split: its agents
 //! in `k` parts of contiguous slots, each offered by its own worker (a
 //! scoped thread; the calling thread is one of them, and runs any part
-//! whose thread the system would not start). Stage one runs first,
-//! serially, over the parts' agents in turn, so that what goes toward
-//! guarantees is what a serial round grants. Each worker then runs stage
-//! two over its part against the figures of the start of stage two: it
-//! ranks by what roles and frameworks held then plus `k` times what it
-//! granted them itself (the other workers are taken to grant about as
-//! much meanwhile). Quota stays exact: each role's room under its limit
-//! and the headroom's shortfalls are split between the parts by what each
-//! has free, in whole parts that add up to the whole ([`apportion`]; a
+//! whose thread the system would not start). Each worker runs both stages
+//! over its part against the figures of the start of the round: it ranks
+//! by what roles and frameworks held then plus `k` times what it granted
+//! them itself (the other workers are taken to grant about as much
+//! meanwhile). Quota stays exact: each role's room under its limit and
+//! each guaranteed role's shortfall are split between the parts by what
+//! each has free, in whole parts that add up to the whole ([`apportion`]; a
 //! shortfall in pieces worth an offer, [`apportion_in`]), and the slack by
-//! what each part's free leaves beyond its pieces, so no limit is passed
-//! and the headroom holds. When a
-//! role has a limit or a guarantee, a serial pass over the agents with
-//! something left then offers what a part's room left unused.
+//! what each part's free leaves beyond its pieces. A part's stage one goes
+//! toward its pieces of the shortfalls, and its stage two holds them back,
+//! so no limit is passed, no more goes toward a guarantee than a serial
+//! round would give it, and the headroom holds. When a role has a limit
+//! or a guarantee, a serial pass (both stages) over the agents with
+//! something left then offers what a part's room or piece left unused,
+//! but for agents no role at its cpu limit could take.
 //!
 //! *The fairness bound.* Serial DRF grants a framework only when its share
 //! is the least of those that want the resources. So a framework granted
@@ -1133,11 +1134,11 @@ impl Allocator {
         self.stages(&agents, guarantees, now_ms)
     }
 
-    /// A parallel round (see the module's notes): stage one serially, then
-    /// `agents` (in slot order) in `workers` parts of contiguous slots, each
-    /// offered by its own worker against what roles and frameworks held
-    /// then, within its part of each role's room under quota limits and of
-    /// the headroom; then, serially, what quota left of them.
+    /// A parallel round (see the module's notes): `agents` (in slot order)
+    /// in `workers` parts of contiguous slots, each offered by its own
+    /// worker against what roles and frameworks held at the start, within
+    /// its part of each role's room under quota limits, of each shortfall
+    /// and of the headroom; then, serially, what quota left of them.
     fn allocate_parallel(&mut self, agents: &[usize], workers: usize, now_ms: u64) -> Vec<Allocation> {
         self.stats.parallel_runs += 1;
         let per = agents.len().div_ceil(workers);
@@ -1150,15 +1151,8 @@ impl Allocator {
             let start = self.rng.gen_range(0..c.len());
             c.rotate_left(start);
         }
-        // Stage one, serially: what goes toward guarantees is what a serial
-        // round would grant, whole (split, a shortfall could come in parts
-        // each too small to offer). It takes the parts' agents in turn, so
-        // that it leaves them about as much to do each.
-        let mut guarantees = Guarantees::new(self);
+        let guarantees = Guarantees::new(self);
         let mut out = Vec::with_capacity(agents.len());
-        let in_turn: Vec<usize> = (0..per).flat_map(|i| chunks.iter().filter_map(move |c| c.get(i).copied())).collect();
-        self.stage_one(&in_turn, &mut guarantees, now_ms, &mut out);
-        let first = out.len();
         // What each part has free, unreserved and all, to share out the
         // room under limits and the headroom by.
         let (unreserved, all): (Vec<Scalars>, Vec<Scalars>) = chunks
@@ -1261,9 +1255,6 @@ impl Allocator {
             out.extend(granted);
             left.extend(chunk);
         }
-        if first > 0 {
-            merge_stages(&mut out, first);
-        }
         // Without quota, a worker left nothing that another could have
         // offered: who may take an agent does not depend on shares. With
         // it, a part's room may have run out where another's did not.
@@ -1288,11 +1279,11 @@ impl Allocator {
         out
     }
 
-    /// One of `k` workers of a parallel round: stage two over its part
+    /// One of `k` workers of a parallel round: both stages over its part
     /// (`w`). Returns the worker, holding the slots and its grants
     /// ([`Part`]), with its allocations and its agents.
     fn run_part(&self, w: PartWork, k: usize, now_ms: u64) -> (Allocator, Vec<Allocation>, Vec<usize>) {
-        let PartWork { base, slots, agents, mut guarantees, limits } = w;
+        let PartWork { base, slots, agents, guarantees, limits } = w;
         let mut worker = Allocator {
             config: self.config.clone(),
             agents: slots,
@@ -1317,8 +1308,7 @@ impl Allocator {
                 subtree: HashMap::default(),
             })),
         };
-        let mut out = Vec::with_capacity(agents.len());
-        worker.stage_two(&agents, &mut guarantees, now_ms, &mut out);
+        let out = worker.stages(&agents, guarantees, now_ms);
         // Its hold on the shared frameworks ends with the round.
         drop(std::mem::take(&mut worker.frameworks));
         (worker, out, agents)
@@ -3810,6 +3800,34 @@ mod tests {
         let out = c.run(0);
         assert_eq!(out, vec!["f -> a2: cpus:1; mem:100", "f -> a3: cpus:1; mem:100"]);
         assert_eq!(c.a.role_share("r").0 .0[0], 2000);
+        assert!(c.run(1).is_empty());
+    }
+
+    #[test]
+    fn a_split_round_meets_a_guarantee_in_pieces_one_per_part() {
+        // g is guaranteed 6 cpus; o, ten times its weight, would otherwise
+        // take nearly everything. Each of two parts (two agents each) goes
+        // toward half of g's shortfall in its stage one; stage two gives o
+        // the rest.
+        let agents =
+            [("a0", "cpus:4;mem:400"), ("a1", "cpus:4;mem:400"), ("a2", "cpus:4;mem:400"), ("a3", "cpus:4;mem:400")];
+        let mut c = Check::new(&agents, &[("g1", &["g"]), ("o1", &["o"])]);
+        c.a.config = parallel(2);
+        c.a.set_weight("o", 10.0);
+        c.a.set_guarantees("g", cpus(6));
+        let out = c.run(0);
+        assert_eq!(c.a.stats.parallel_runs, 1);
+        let g: Vec<&String> = out.iter().filter(|l| l.starts_with("g1")).collect();
+        assert_eq!(g.len(), 2, "{out:?}");
+        // Three cpus of an agent in each part (memory is not guaranteed:
+        // all of it comes along).
+        assert!(g.iter().all(|l| l.ends_with(": cpus:3; mem:400")), "{out:?}");
+        let in_first_part = |l: &str| l.starts_with("g1 -> a0:") || l.starts_with("g1 -> a1:");
+        assert_ne!(in_first_part(g[0]), in_first_part(g[1]), "{out:?}");
+        assert_eq!(c.a.role_share("g").0 .0[0], 6000);
+        assert_eq!(c.a.role_share("o").0 .0[0], 10_000);
+        // Nothing is left that a serial round would offer.
+        c.a.config = Config::default();
         assert!(c.run(1).is_empty());
     }
 
