@@ -483,8 +483,10 @@ struct FrameworkSlot {
     suppressed: HashSet<String>,
     active: bool,
     allocated: Scalars,
-    /// `allocated` per role.
-    by_role: HashMap<String, Scalars>,
+    /// `allocated` per role: a short list (a framework has few roles),
+    /// read without hashing when a round ranks the framework and changed
+    /// for each framework a split round granted to.
+    by_role: ByRole,
     /// Offer constraints per role (none: every agent).
     constraints: std::collections::HashMap<String, ConstraintGroups>,
     filters: HashMap<usize, Vec<Filter>>,
@@ -547,13 +549,15 @@ struct PartWork {
 
 /// What a worker of a parallel round granted, by framework and role, and
 /// by role (its own and its subtree's); its role and framework figures
-/// stay those of the start of stage two. A worker ranks roles and
+/// stay those of the start of the round. A worker ranks roles and
 /// frameworks by what they held then plus `k` times its own grants to them
 /// (the other `k − 1` workers are taken to grant about as much meanwhile).
 #[derive(Debug)]
 struct Part {
     k: i64,
-    by_role: Vec<HashMap<String, Scalars>>,
+    /// By framework slot: a short list (a framework has few roles), which
+    /// costs nothing for the many a worker grants nothing.
+    by_role: Vec<ByRole>,
     direct: HashMap<String, Scalars>,
     subtree: HashMap<String, Scalars>,
 }
@@ -716,7 +720,7 @@ impl Allocator {
             suppressed: suppressed.iter().cloned().collect(),
             active: true,
             allocated: Scalars::default(),
-            by_role: HashMap::default(),
+            by_role: ByRole::new(),
             constraints: std::collections::HashMap::new(),
             filters: HashMap::default(),
         };
@@ -738,7 +742,7 @@ impl Allocator {
         let Some(idx) = self.framework_index.remove(id) else { return };
         let Some(slot) = self.frameworks[idx].take() else { return };
         for (role, s) in &slot.by_role {
-            self.role_add(role, *s, false);
+            self.role_add(role.as_str(), *s, false);
         }
         // Every agent is looked at (removing a framework is rare; a grant,
         // which would otherwise note the agent in the framework, is not).
@@ -813,7 +817,7 @@ impl Allocator {
     fn account_granted(&mut self, f: usize, role: &str, s: Scalars) {
         match self.part.as_mut() {
             Some(part) => {
-                bump(&mut part.by_role[f], role, s, true);
+                bump_by_role(&mut part.by_role[f], role, s, true);
                 add_to_roles(&mut part.direct, &mut part.subtree, role, s, true);
             }
             None => self.account(f, role, s, true),
@@ -851,7 +855,7 @@ impl Allocator {
     /// and subtrees'.
     fn account(&mut self, f: usize, role: &str, s: Scalars, add: bool) {
         if let Some(fw) = self.frameworks[f].as_mut().map(Arc::make_mut) {
-            bump(&mut fw.by_role, role, s, add);
+            bump_by_role(&mut fw.by_role, role, s, add);
         }
         self.role_add(role, s, add);
     }
@@ -1011,9 +1015,9 @@ impl Allocator {
 
     /// What framework `f` holds under `role`, as this round ranks it.
     fn framework_seen(&self, f: usize, role: &str) -> Scalars {
-        let held = self.frameworks[f].as_ref().and_then(|fw| fw.by_role.get(role).copied()).unwrap_or_default();
+        let held = self.frameworks[f].as_ref().map_or_else(Scalars::default, |fw| of_role(&fw.by_role, role));
         match &self.part {
-            Some(p) => held.plus_times(p.by_role[f].get(role).copied().unwrap_or_default(), p.k),
+            Some(p) => held.plus_times(of_role(&p.by_role[f], role), p.k),
             None => held,
         }
     }
@@ -1152,7 +1156,6 @@ impl Allocator {
             c.rotate_left(start);
         }
         let guarantees = Guarantees::new(self);
-        let mut out = Vec::with_capacity(agents.len());
         // What each part has free, unreserved and all, to share out the
         // room under limits and the headroom by.
         let (unreserved, all): (Vec<Scalars>, Vec<Scalars>) = chunks
@@ -1228,7 +1231,11 @@ impl Allocator {
             done
         });
         let mut left = Vec::new();
-        for (mut worker, granted, chunk) in done {
+        let mut out: Vec<Allocation> = Vec::new();
+        // The workers' grants by framework, all parts' together: each
+        // framework is changed once.
+        let mut by_framework: Vec<Vec<ByRole>> = Vec::with_capacity(done.len());
+        for (mut worker, mut granted, chunk) in done {
             if self.agents.is_empty() {
                 // The first part: the slots' own vector, with room for all.
                 self.agents = std::mem::take(&mut worker.agents);
@@ -1239,21 +1246,37 @@ impl Allocator {
             self.stats.filtered += worker.stats.filtered;
             // Its grants, as `account` would have counted them one by one.
             let part = worker.part.take().expect("a worker");
-            for (f, by_role) in part.by_role.into_iter().enumerate() {
-                let Some(fw) = self.frameworks[f].as_mut().map(Arc::make_mut) else { continue };
-                for (role, s) in by_role {
-                    fw.allocated.add(s);
-                    bump(&mut fw.by_role, &role, s, true);
-                }
-            }
+            by_framework.push(part.by_role);
             for (role, s) in part.direct {
                 bump(&mut self.direct, &role, s, true);
             }
             for (role, s) in part.subtree {
                 bump(&mut self.subtree, &role, s, true);
             }
-            out.extend(granted);
+            if out.is_empty() {
+                // The first part's allocations, moved rather than copied.
+                std::mem::swap(&mut out, &mut granted);
+            }
+            out.append(&mut granted);
             left.extend(chunk);
+        }
+        for f in 0..self.frameworks.len() {
+            // The frameworks lie all over the heap: ask for the next ones'
+            // early.
+            if let Some(next) = self.frameworks.get(f + 8).and_then(Option::as_deref) {
+                prefetch(next);
+            }
+            if let Some(next) = self.frameworks.get(f + 4).and_then(Option::as_deref) {
+                prefetch(next.by_role.as_ptr());
+            }
+            if by_framework.iter().all(|part| part[f].is_empty()) {
+                continue;
+            }
+            let Some(fw) = self.frameworks[f].as_mut().map(Arc::make_mut) else { continue };
+            for (role, s) in by_framework.iter_mut().flat_map(|part| std::mem::take(&mut part[f])) {
+                fw.allocated.add(s);
+                bump_by_role(&mut fw.by_role, &role, s, true);
+            }
         }
         // Without quota, a worker left nothing that another could have
         // offered: who may take an agent does not depend on shares. With
@@ -1303,7 +1326,7 @@ impl Allocator {
             agent_base: base,
             part: Some(Box::new(Part {
                 k: k as i64,
-                by_role: self.frameworks.iter().map(|_| HashMap::default()).collect(),
+                by_role: self.frameworks.iter().map(|_| Vec::new()).collect(),
                 direct: HashMap::default(),
                 subtree: HashMap::default(),
             })),
@@ -1710,6 +1733,34 @@ fn add_to_roles(
 
 /// Adds (or takes away) `s` to `map[key]`; an entry that comes to zero is
 /// removed. The key is copied only when it is new.
+/// Share kinds by role, in a short list.
+type ByRole = Vec<(Name, Scalars)>;
+
+/// What `list` holds for `role`.
+fn of_role(list: &ByRole, role: &str) -> Scalars {
+    list.iter().find(|(r, _)| r == role).map(|(_, s)| *s).unwrap_or_default()
+}
+
+/// As [`bump`], for a short list.
+fn bump_by_role(list: &mut ByRole, role: &str, s: Scalars, add: bool) {
+    let k = match list.iter().position(|(r, _)| r == role) {
+        Some(k) => k,
+        None => {
+            list.push((role.into(), Scalars::default()));
+            list.len() - 1
+        }
+    };
+    let e = &mut list[k].1;
+    if add {
+        e.add(s)
+    } else {
+        e.sub(s)
+    }
+    if e.0 == [0; 4] {
+        list.swap_remove(k);
+    }
+}
+
 fn bump(map: &mut HashMap<String, Scalars>, key: &str, s: Scalars, add: bool) {
     let e = match map.get_mut(key) {
         Some(e) => e,
