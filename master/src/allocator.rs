@@ -2675,13 +2675,100 @@ enum Item {
 struct Leaf {
     role: String,
     node: usize,
-    frameworks: BTreeSet<(u64, usize)>,
+    frameworks: Ranking,
     members: HashMap<usize, Member>,
     /// Frameworks added, not yet ranked ([`Tree::rank_frameworks`]).
     joining: Vec<(usize, Member)>,
     weight: f64,
     /// What the role itself holds, as ranked.
     held: Scalars,
+}
+
+/// A leaf's frameworks in order of their keys (shares, then slots): a
+/// sorted list while there are few, where moving one after a grant shifts
+/// a few entries; a B-tree when there are many, where it would shift
+/// thousands.
+enum Ranking {
+    Few(Vec<(u64, usize)>),
+    Many(BTreeSet<(u64, usize)>),
+}
+
+enum RankingIter<'a> {
+    Few(std::slice::Iter<'a, (u64, usize)>),
+    Many(std::collections::btree_set::Iter<'a, (u64, usize)>),
+}
+
+impl Iterator for RankingIter<'_> {
+    type Item = (u64, usize);
+
+    #[inline]
+    fn next(&mut self) -> Option<(u64, usize)> {
+        match self {
+            RankingIter::Few(i) => i.next().copied(),
+            RankingIter::Many(i) => i.next().copied(),
+        }
+    }
+}
+
+/// Up to this many frameworks, a leaf ranks them in a sorted list.
+const FEW_FRAMEWORKS: usize = 64;
+
+impl Default for Ranking {
+    fn default() -> Ranking {
+        Ranking::Few(Vec::new())
+    }
+}
+
+impl Ranking {
+    fn of(mut keys: Vec<(u64, usize)>) -> Ranking {
+        if keys.len() <= FEW_FRAMEWORKS {
+            keys.sort_unstable();
+            Ranking::Few(keys)
+        } else {
+            Ranking::Many(keys.into_iter().collect())
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Ranking::Few(v) => v.len(),
+            Ranking::Many(b) => b.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// In order.
+    #[inline]
+    fn iter(&self) -> RankingIter<'_> {
+        match self {
+            Ranking::Few(v) => RankingIter::Few(v.iter()),
+            Ranking::Many(b) => RankingIter::Many(b.iter()),
+        }
+    }
+
+    /// The entry `(old, f)` takes key `new`.
+    fn rekey(&mut self, (old, f): (u64, usize), new: u64) {
+        match self {
+            Ranking::Few(v) => {
+                let at = v.binary_search(&(old, f)).expect("ranked");
+                let to = v.partition_point(|&x| x < (new, f));
+                if to > at {
+                    v[at..to].rotate_left(1);
+                    v[to - 1] = (new, f);
+                } else {
+                    v[to..=at].rotate_right(1);
+                    v[to] = (new, f);
+                }
+            }
+            Ranking::Many(b) => {
+                b.remove(&(old, f));
+                b.insert((new, f));
+            }
+        }
+    }
 }
 
 /// A framework in a leaf.
@@ -2739,7 +2826,7 @@ impl Tree {
                 self.leaves.push(Leaf {
                     role: role.to_string(),
                     node: n,
-                    frameworks: BTreeSet::new(),
+                    frameworks: Ranking::default(),
                     members: HashMap::default(),
                     joining: Vec::new(),
                     weight: a.weight(role),
@@ -2763,7 +2850,7 @@ impl Tree {
         for leaf in &mut self.leaves {
             let joining = std::mem::take(&mut leaf.joining);
             debug_assert!(leaf.frameworks.is_empty(), "ranked once");
-            leaf.frameworks = joining.iter().map(|&(f, ref m)| (m.key, f)).collect();
+            leaf.frameworks = Ranking::of(joining.iter().map(|&(f, ref m)| (m.key, f)).collect());
             leaf.members.reserve(joining.len());
             leaf.members.extend(joining);
         }
@@ -2809,7 +2896,7 @@ impl Tree {
                     if !grant(Visit::Leaf(l, &leaf.role)) {
                         continue;
                     }
-                    for &(_, f) in &leaf.frameworks {
+                    for (_, f) in leaf.frameworks.iter() {
                         if grant(Visit::Framework(f, l, &leaf.role)) {
                             return Some((l, f));
                         }
@@ -2848,9 +2935,8 @@ impl Tree {
         m.held.add(ranked);
         m.granted.add(s);
         let new = share_key(m.held.dominant_share(&total));
-        leaf.frameworks.remove(&(m.key, f));
+        leaf.frameworks.rekey((m.key, f), new);
         m.key = new;
-        leaf.frameworks.insert((new, f));
         let mut n = leaf.node;
         while n != 0 {
             self.nodes[n].held.add(ranked);
@@ -2907,7 +2993,8 @@ impl Tree {
         for leaf in &self.leaves {
             assert_eq!(leaf.frameworks.len(), leaf.members.len());
             let mut pending = Scalars::default();
-            for &(key, f) in &leaf.frameworks {
+            assert!(leaf.frameworks.iter().is_sorted(), "{:?} out of order", leaf.role);
+            for (key, f) in leaf.frameworks.iter() {
                 let m = &leaf.members[&f];
                 assert_eq!(key, m.key);
                 assert_eq!(key, share_key(m.held.dominant_share(&self.total)), "stale key of framework {f}");
@@ -3543,6 +3630,32 @@ mod tests {
                     without.recover(&y.framework_id, &y.agent_id, &y.resources, 0, round as u64);
                 }
             }
+        }
+
+        /// A leaf's ranking, a sorted list or a B-tree by its size, keeps
+        /// its frameworks in order of their keys as they change: it matches
+        /// a sorted set put through the same changes.
+        #[test]
+        fn a_ranking_stays_in_order_as_keys_change(
+            keys in proptest::collection::vec(0u64..50, 0..150),
+            changes in proptest::collection::vec((0usize..150, 0u64..60), 0..300),
+        ) {
+            let entries: Vec<(u64, usize)> = keys.iter().copied().zip(0..).collect();
+            let mut ranking = Ranking::of(entries.clone());
+            proptest::prop_assert_eq!(matches!(ranking, Ranking::Few(_)), keys.len() <= FEW_FRAMEWORKS);
+            let mut model: BTreeSet<(u64, usize)> = entries.iter().copied().collect();
+            let mut key_of: Vec<u64> = keys.clone();
+            for (f, new) in changes {
+                if f >= key_of.len() {
+                    continue;
+                }
+                ranking.rekey((key_of[f], f), new);
+                model.remove(&(key_of[f], f));
+                model.insert((new, f));
+                key_of[f] = new;
+                proptest::prop_assert_eq!(ranking.iter().collect::<Vec<_>>(), model.iter().copied().collect::<Vec<_>>());
+            }
+            proptest::prop_assert_eq!(ranking.len(), keys.len());
         }
 
         /// A split round leaves nothing that a serial round would offer
