@@ -560,6 +560,10 @@ struct Part {
     by_role: Vec<ByRole>,
     direct: HashMap<String, Scalars>,
     subtree: HashMap<String, Scalars>,
+    /// The active agents it left with something worth an offer, each
+    /// with whether everything usable of it comes with cpus (see
+    /// [`Allocator::all_with_cpus`]).
+    left: Vec<(usize, bool)>,
 }
 
 impl Allocator {
@@ -1203,7 +1207,7 @@ impl Allocator {
         let take = |cell: &std::sync::Mutex<Option<PartWork>>| {
             cell.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take().expect("a part runs once")
         };
-        let done: Vec<(Allocator, Vec<Allocation>, Vec<usize>)> = std::thread::scope(|scope| {
+        let done: Vec<(Allocator, Vec<Allocation>)> = std::thread::scope(|scope| {
             let start = this.config.on_worker_start;
             let threads: Vec<_> = cells[1..]
                 .iter()
@@ -1235,7 +1239,7 @@ impl Allocator {
         // The workers' grants by framework, all parts' together: each
         // framework is changed once.
         let mut by_framework: Vec<Vec<ByRole>> = Vec::with_capacity(done.len());
-        for (mut worker, mut granted, chunk) in done {
+        for (mut worker, mut granted) in done {
             if self.agents.is_empty() {
                 // The first part: the slots' own vector, with room for all.
                 self.agents = std::mem::take(&mut worker.agents);
@@ -1247,6 +1251,7 @@ impl Allocator {
             // Its grants, as `account` would have counted them one by one.
             let part = worker.part.take().expect("a worker");
             by_framework.push(part.by_role);
+            left.extend(part.left);
             for (role, s) in part.direct {
                 bump(&mut self.direct, &role, s, true);
             }
@@ -1258,7 +1263,6 @@ impl Allocator {
                 std::mem::swap(&mut out, &mut granted);
             }
             out.append(&mut granted);
-            left.extend(chunk);
         }
         for f in 0..self.frameworks.len() {
             // The frameworks lie all over the heap: ask for the next ones'
@@ -1288,11 +1292,7 @@ impl Allocator {
         // take anything of an agent whose every usable part comes with
         // cpus: such agents are left as they are.
         let blocked = self.all_at_cpu_limit();
-        left.retain(|&a| {
-            self.agents[a].as_ref().is_some_and(|s| {
-                s.active && self.offerable(s.free_sums.all()) && !(blocked && self.all_with_cpus(&s.free_sums))
-            })
-        });
+        let left: Vec<usize> = left.into_iter().filter(|&(_, cpus)| !(blocked && cpus)).map(|(a, _)| a).collect();
         if !left.is_empty() {
             let first = out.len();
             let guarantees = Guarantees::new(self);
@@ -1304,8 +1304,8 @@ impl Allocator {
 
     /// One of `k` workers of a parallel round: both stages over its part
     /// (`w`). Returns the worker, holding the slots and its grants
-    /// ([`Part`]), with its allocations and its agents.
-    fn run_part(&self, w: PartWork, k: usize, now_ms: u64) -> (Allocator, Vec<Allocation>, Vec<usize>) {
+    /// ([`Part`]), with its allocations.
+    fn run_part(&self, w: PartWork, k: usize, now_ms: u64) -> (Allocator, Vec<Allocation>) {
         let PartWork { base, slots, agents, guarantees, limits } = w;
         let mut worker = Allocator {
             config: self.config.clone(),
@@ -1329,12 +1329,13 @@ impl Allocator {
                 by_role: self.frameworks.iter().map(|_| Vec::new()).collect(),
                 direct: HashMap::default(),
                 subtree: HashMap::default(),
+                left: Vec::new(),
             })),
         };
         let out = worker.stages(&agents, guarantees, now_ms);
         // Its hold on the shared frameworks ends with the round.
         drop(std::mem::take(&mut worker.frameworks));
-        (worker, out, agents)
+        (worker, out)
     }
 
     /// Stage one and stage two of a round over `agents`, in order.
@@ -1437,6 +1438,10 @@ impl Allocator {
         // The share kinds of what is left of the agent, by leaf (see
         // [`Shares`]): worked out again for each walk, in place.
         let mut shares = Shares::default();
+        // In a worker's stage two (its last), the agents it leaves with
+        // something worth an offer, for the pass after the parts.
+        let noting = stage == Stage::Fair && self.part.is_some();
+        let mut left: Vec<(usize, bool)> = Vec::new();
         for (n, &a) in agents.iter().enumerate() {
             // The agents' slots and their resources lie all over the heap:
             // ask for the next ones' early, so that they are in cache when
@@ -1456,6 +1461,9 @@ impl Allocator {
             // As below, with no grant since it was worked out: passed over
             // before the lists of its resources are read.
             if all_blocked == Some(true) && slot.free_sums.unreserved.0[0] > 0 {
+                if noting && slot.active {
+                    left.push((a, true));
+                }
                 continue;
             }
             if !slot.active || !self.offerable(slot.free_sums.all()) {
@@ -1628,9 +1636,15 @@ impl Allocator {
                     last.also = self.also_offer(tree, a, f, &last.resources.unallocated(), now_ms, guarantees.as_ref());
                 }
             }
+            if noting && !available.is_empty() && self.offerable(sums.all()) {
+                left.push((a, self.all_with_cpus(&sums)));
+            }
             if let Some(slot) = self.agents.get_mut(a.wrapping_sub(self.agent_base)).and_then(Option::as_mut) {
                 (slot.free, slot.free_sums) = (available, sums);
             }
+        }
+        if let Some(part) = self.part.as_mut().filter(|_| noting) {
+            part.left = left;
         }
         tree.flush(self);
     }
@@ -3992,6 +4006,32 @@ mod tests {
         assert_eq!(c.a.role_share("o").0 .0[0], 10_000);
         // Nothing is left that a serial round would offer.
         c.a.config = Config::default();
+        assert!(c.run(1).is_empty());
+    }
+
+    #[test]
+    fn the_pass_after_a_split_round_offers_every_agent_a_part_passed_over_at_its_limit() {
+        // As in a_parallel_round_offers_the_room_under_a_limit_that_one_
+        // part_could_not_use, with four agents a part. The second part
+        // reaches its half of r's room after two agents; it passes over the
+        // third after a walk and the fourth before any (every leaf blocked,
+        // no grant since). The pass after the workers offers both.
+        let (x, free) = ("cpus(x):1;mem(x):100", "cpus:1;mem:100");
+        let agents =
+            [("a0", x), ("a1", x), ("a2", x), ("a3", x), ("a4", free), ("a5", free), ("a6", free), ("a7", free)];
+        let mut c = Check::new(&agents, &[("f", &["r"])]);
+        c.a.config = parallel(2);
+        c.a.set_limits("r", cpus(4));
+        let out = c.run(0);
+        assert_eq!(
+            out,
+            vec![
+                "f -> a4: cpus:1; mem:100",
+                "f -> a5: cpus:1; mem:100",
+                "f -> a6: cpus:1; mem:100",
+                "f -> a7: cpus:1; mem:100"
+            ]
+        );
         assert!(c.run(1).is_empty());
     }
 
