@@ -23,6 +23,9 @@
 //! - `curve/<agents>x<frameworks>`: the cost as both grow, 10 agents per
 //!   framework.
 //!
+//! The threads split rounds run on are started in each case's setup, as a
+//! running master keeps them from its first split round on.
+//!
 //! With `ALLOCATION_MIN_OF=N` set, the bench instead times `N` fresh rounds
 //! of each 10,000 × 1,000 case and prints the least and every one: on a
 //! shared machine the least is the steadiest figure to compare two builds
@@ -127,6 +130,8 @@ fn cluster_of(shape: Shape) -> Allocator {
             }
         }
     }
+    // A running master keeps the threads split rounds run on.
+    a.start_workers();
     a
 }
 
