@@ -1439,50 +1439,29 @@ impl Allocator {
     /// Stage one and stage two of a round over `agents`, in order.
     fn stages(&mut self, agents: &[usize], mut guarantees: Option<Guarantees>, now_ms: u64) -> Vec<Allocation> {
         let mut out = Vec::with_capacity(agents.len());
-        self.stage_one(agents, &mut guarantees, now_ms, &mut out);
+        // One tree for both stages: stage one walks only the roles under a
+        // guarantee, and its grants re-rank the tree as a fresh one would
+        // be ranked for stage two.
+        let mut tree = self.tree();
+        if tree.leaves.is_empty() {
+            return out;
+        }
+        tree.rank_all();
+        // Stage one: the roles under a guarantee that is not met yet.
+        if guarantees.as_ref().is_some_and(Guarantees::any_shortfall) {
+            self.offer_agents(&mut tree, agents, now_ms, &mut guarantees, Stage::Guarantees, &mut out);
+        }
         let first = out.len();
-        self.stage_two(agents, &mut guarantees, now_ms, &mut out);
+        // Stage two: every role, fairly, around the headroom.
+        self.offer_agents(&mut tree, agents, now_ms, &mut guarantees, Stage::Fair, &mut out);
         if first > 0 {
             merge_stages(&mut out, first);
         }
         out
     }
 
-    /// Stage one: the roles under a guarantee that is not met yet.
-    fn stage_one(
-        &mut self,
-        agents: &[usize],
-        guarantees: &mut Option<Guarantees>,
-        now_ms: u64,
-        out: &mut Vec<Allocation>,
-    ) {
-        if let Some(g) = guarantees.as_ref().filter(|g| g.any_shortfall()) {
-            let mut tree = self.tree(|role| g.covers(role));
-            if !tree.leaves.is_empty() {
-                tree.rank_all();
-                self.offer_agents(&mut tree, agents, now_ms, guarantees, Stage::Guarantees, out);
-            }
-        }
-    }
-
-    /// Stage two: every role, fairly, around the headroom.
-    fn stage_two(
-        &mut self,
-        agents: &[usize],
-        guarantees: &mut Option<Guarantees>,
-        now_ms: u64,
-        out: &mut Vec<Allocation>,
-    ) {
-        let mut tree = self.tree(|_| true);
-        if !tree.leaves.is_empty() {
-            tree.rank_all();
-            self.offer_agents(&mut tree, agents, now_ms, guarantees, Stage::Fair, out);
-        }
-    }
-
-    /// The role tree of the active frameworks' unsuppressed roles that
-    /// `take` accepts.
-    fn tree(&self, take: impl Fn(&str) -> bool) -> Tree {
+    /// The role tree of the active frameworks' unsuppressed roles.
+    fn tree(&self) -> Tree {
         let mut tree = Tree {
             k: self.part.as_ref().map_or(1, |p| p.k),
             total: self.total,
@@ -1496,7 +1475,7 @@ impl Allocator {
             if !f.active {
                 continue;
             }
-            for role in f.roles.iter().filter(|r| !f.suppressed.contains(*r) && take(r)) {
+            for role in f.roles.iter().filter(|r| !f.suppressed.contains(*r)) {
                 tree.add(self, idx, role);
             }
         }
@@ -1521,9 +1500,10 @@ impl Allocator {
             no_cpus: vec![false; tree.leaves.len()],
             open: Vec::new(),
             leaf_nodes: Vec::new(),
+            covered: Vec::new(),
             stage,
         };
-        looks.open_all(tree);
+        looks.open_all(tree, guarantees);
 
         // Whether every leaf's role is at its cpu limit (or, in stage one,
         // owes no guarantee): then no role is offered anything of an agent
@@ -1636,7 +1616,8 @@ impl Allocator {
                     let (f, leaf, role) = match v {
                         Visit::Role(n) => {
                             let closed = pass_no_cpus && looks.open[n].0 == 0;
-                            return !closed
+                            return (looks.enters(n) || !shortcuts())
+                                && !closed
                                 && (!only_reserved || shares.reserved.iter().any(|&(l, _)| tree.above(n, l)));
                         }
                         Visit::Leaf(leaf, role) => (None, leaf, role),
@@ -2545,6 +2526,9 @@ struct Looks {
     open: Vec<(u32, usize)>,
     /// Each leaf's node.
     leaf_nodes: Vec<usize>,
+    /// In stage one, by node of the tree: how many leaves below it are
+    /// under a guarantee (the stage passes over a role with none).
+    covered: Vec<u32>,
     stage: Stage,
 }
 
@@ -2588,18 +2572,31 @@ impl Looks {
     }
 
     /// Every leaf of `tree` open (see `open`).
-    fn open_all(&mut self, tree: &Tree) {
+    /// In stage one, `covered` too.
+    fn open_all(&mut self, tree: &Tree, guarantees: &Option<Guarantees>) {
         self.open = tree.nodes.iter().map(|n| (0, n.parent)).collect();
         self.leaf_nodes = tree.leaves.iter().map(|l| l.node).collect();
-        for &(mut n) in &self.leaf_nodes {
+        let guarantees = guarantees.as_ref().filter(|_| self.stage == Stage::Guarantees);
+        self.covered = vec![0; if guarantees.is_some() { tree.nodes.len() } else { 0 }];
+        for (l, &(mut n)) in self.leaf_nodes.iter().enumerate() {
+            let covered = guarantees.is_some_and(|g| g.covers(&tree.leaves[l].role));
             loop {
                 self.open[n].0 += 1;
+                if covered {
+                    self.covered[n] += 1;
+                }
                 if n == 0 {
                     break;
                 }
                 n = self.open[n].1;
             }
         }
+    }
+
+    /// Whether a walk enters the role of node `n` at all: in stage one,
+    /// only a role with a leaf under a guarantee.
+    fn enters(&self, n: usize) -> bool {
+        self.stage == Stage::Fair || self.covered[n] > 0
     }
 
     /// The walk's first look at `leaf` (of `role`), on sums only: its room,
