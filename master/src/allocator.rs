@@ -4117,6 +4117,25 @@ mod tests {
     }
 
     #[test]
+    fn a_split_round_over_some_agents_counts_the_others_free_for_the_headroom() {
+        // g (no framework yet) is guaranteed 4 cpus; a4 and a5, outside the
+        // round, have them free. So the headroom holds nothing back of the
+        // four agents in the round, split or not.
+        let agents = agents(6);
+        let agents: Vec<(&str, &str)> = agents.iter().map(|(a, _)| (a.as_str(), "cpus:2;mem:200")).collect();
+        for workers in [1, 2] {
+            let mut c = Check::new(&agents, &[("o1", &["o"])]);
+            c.a.config = parallel(workers);
+            c.a.set_guarantees("g", cpus(4));
+            let round: Vec<AgentId> = (0..4).map(|i| AgentId::new(format!("a{i}"))).collect();
+            let out = c.a.allocate(0, Some(&round));
+            assert_eq!(c.a.stats.parallel_runs, u64::from(workers > 1));
+            assert_eq!(out.len(), 4, "{workers} workers: {out:?}");
+            assert_eq!(c.a.role_share("o").0 .0[0], 8000);
+        }
+    }
+
+    #[test]
     fn the_pass_after_a_split_round_offers_every_agent_a_part_passed_over_at_its_limit() {
         // As in a_parallel_round_offers_the_room_under_a_limit_that_one_
         // part_could_not_use, with four agents a part. The second part
