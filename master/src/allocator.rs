@@ -168,6 +168,14 @@ impl Scalars {
         }
     }
 
+    fn add_or_sub(&mut self, o: Scalars, add: bool) {
+        if add {
+            self.add(o)
+        } else {
+            self.sub(o)
+        }
+    }
+
     /// The dominant share of `self` against `total`, in [0, 1] for sane input.
     pub fn dominant_share(&self, total: &Scalars) -> f64 {
         let mut share = 0.0f64;
@@ -1844,11 +1852,7 @@ fn bump_by_role(list: &mut ByRole, role: &str, s: Scalars, add: bool) {
         }
     };
     let e = &mut list[k].1;
-    if add {
-        e.add(s)
-    } else {
-        e.sub(s)
-    }
+    e.add_or_sub(s, add);
     if e.0 == [0; 4] {
         list.swap_remove(k);
     }
@@ -1859,11 +1863,7 @@ fn bump(map: &mut HashMap<String, Scalars>, key: &str, s: Scalars, add: bool) {
         Some(e) => e,
         None => map.entry(key.to_string()).or_default(),
     };
-    if add {
-        e.add(s)
-    } else {
-        e.sub(s)
-    }
+    e.add_or_sub(s, add);
     if e.0 == [0; 4] {
         map.remove(key);
     }
