@@ -53,11 +53,10 @@
 //! thread the allocator keeps for split rounds, started by the first that
 //! needs it and ended when the allocator is dropped; the calling thread is
 //! one of them, and runs any part the system would not start a thread
-//! for). Each worker runs both stages
-//! over its part against the figures of the start of the round: it ranks
-//! by what roles and frameworks held then plus `k` times what it granted
-//! them itself (the other workers are taken to grant about as much
-//! meanwhile). Quota stays exact: each role's room under its limit and
+//! for). Each worker runs both stages over its part against the figures
+//! of the start of the round: it ranks by what roles and frameworks held
+//! then plus `k` times what it granted them itself (the other workers are
+//! taken to grant about as much meanwhile). Quota stays exact: each role's room under its limit and
 //! each guaranteed role's shortfall are split between the parts by what
 //! each has free, in whole parts that add up to the whole ([`apportion`]; a
 //! shortfall in pieces worth an offer, [`apportion_in`]), and the slack by
@@ -1832,8 +1831,6 @@ fn add_to_roles(
     bump(subtree, role, s, add);
 }
 
-/// Adds (or takes away) `s` to `map[key]`; an entry that comes to zero is
-/// removed. The key is copied only when it is new.
 /// Share kinds by role, in a short list.
 type ByRole = Vec<(Name, Scalars)>;
 
@@ -1858,6 +1855,8 @@ fn bump_by_role(list: &mut ByRole, role: &str, s: Scalars, add: bool) {
     }
 }
 
+/// Adds (or takes away) `s` to `map[key]`; an entry that comes to zero is
+/// removed. The key is copied only when it is new.
 fn bump(map: &mut HashMap<String, Scalars>, key: &str, s: Scalars, add: bool) {
     let e = match map.get_mut(key) {
         Some(e) => e,
@@ -2571,8 +2570,8 @@ impl Looks {
         room
     }
 
-    /// Every leaf of `tree` open (see `open`).
-    /// In stage one, `covered` too.
+    /// Counts every leaf of `tree` as open (see `open`) and, in stage
+    /// one, those under a guarantee (see `covered`).
     fn open_all(&mut self, tree: &Tree, guarantees: &Option<Guarantees>) {
         self.open = tree.nodes.iter().map(|n| (0, n.parent)).collect();
         self.leaf_nodes = tree.leaves.iter().map(|l| l.node).collect();
