@@ -582,8 +582,10 @@ struct Pool {
     threads: Vec<PoolThread>,
 }
 
+/// A thread of the pool, with one part at most in each direction (a round
+/// sends it one and waits for it).
 struct PoolThread {
-    jobs: std::sync::mpsc::Sender<PartJob>,
+    jobs: std::sync::mpsc::SyncSender<PartJob>,
     done: std::sync::mpsc::Receiver<PartDone>,
     handle: std::thread::JoinHandle<()>,
 }
@@ -602,8 +604,8 @@ impl Pool {
             if tests::NO_THREADS.with(std::cell::Cell::get) {
                 return;
             }
-            let (jobs, take) = std::sync::mpsc::channel::<PartJob>();
-            let (give, done) = std::sync::mpsc::channel::<PartDone>();
+            let (jobs, take) = std::sync::mpsc::sync_channel::<PartJob>(1);
+            let (give, done) = std::sync::mpsc::sync_channel::<PartDone>(1);
             let run = move || {
                 if let Some(start) = start {
                     start();
@@ -1312,33 +1314,26 @@ impl Allocator {
         let mut jobs: Vec<PartJob> = work.into_iter().map(|w| self.part_job(w, k, now_ms)).collect();
         self.pool.grow(k - 1, self.config.on_worker_start);
         let pool = std::mem::take(&mut self.pool);
-        let rest = jobs.split_off(1);
-        let mut sent = Vec::with_capacity(rest.len());
-        let mut here = Vec::new();
-        for (n, job) in rest.into_iter().enumerate() {
-            let unsent = match pool.threads.get(n) {
-                Some(t) => t.jobs.send(job).err().map(|e| e.0),
-                None => Some(job),
-            };
-            match unsent {
-                None => sent.push(Some(n)),
-                Some(job) => {
-                    here.push(job);
-                    sent.push(None);
-                }
-            }
-        }
+        let first = jobs.remove(0);
+        // Each other part: the pool thread it went to, or the part itself.
+        let others: Vec<Result<usize, Box<PartJob>>> = jobs
+            .into_iter()
+            .enumerate()
+            .map(|(n, job)| match pool.threads.get(n) {
+                Some(t) => t.jobs.send(job).map(|()| n).map_err(|e| Box::new(e.0)),
+                None => Err(Box::new(job)),
+            })
+            .collect();
         let mut done: Vec<(Allocator, Vec<Allocation>)> = Vec::with_capacity(k);
-        done.push(jobs.pop().expect("the first part").run());
-        let mut here = here.into_iter();
-        for thread in sent {
-            done.push(match thread {
-                Some(n) => match pool.threads[n].done.recv() {
+        done.push(first.run());
+        for other in others {
+            done.push(match other {
+                Ok(n) => match pool.threads[n].done.recv() {
                     Ok(Ok(part)) => part,
                     Ok(Err(panic)) => std::panic::resume_unwind(panic),
                     Err(_) => panic!("an allocation thread ended"),
                 },
-                None => here.next().expect("a part for this thread").run(),
+                Err(job) => job.run(),
             });
         }
         self.pool = pool;
