@@ -409,6 +409,36 @@ impl FreeSums {
     }
 }
 
+/// What the active agents have free, summed: their [`FreeSums`], kept up
+/// to date as those change, so that a round's headroom and guarantees are
+/// worked out without a pass over the agents. In a worker of a split round
+/// it starts at zero and sums what its part changes, added in when the
+/// part ends.
+#[derive(Debug, Default)]
+struct FreeTotals {
+    unreserved: Scalars,
+    /// Per role, what is reserved to it.
+    reserved: HashMap<String, Scalars>,
+}
+
+impl FreeTotals {
+    /// Adds (or takes away) one agent's free sums.
+    fn bump(&mut self, sums: &FreeSums, add: bool) {
+        self.unreserved.add_or_sub(sums.unreserved, add);
+        for (role, s) in &sums.reserved {
+            bump(&mut self.reserved, role, *s, add);
+        }
+    }
+
+    /// Adds in what a worker's part changed.
+    fn merge(&mut self, part: FreeTotals) {
+        self.unreserved.add(part.unreserved);
+        for (role, s) in part.reserved {
+            bump(&mut self.reserved, &role, s, true);
+        }
+    }
+}
+
 /// What one framework holds on an agent.
 #[derive(Debug)]
 enum Holding {
@@ -443,7 +473,9 @@ impl Holding {
 }
 
 impl AgentSlot {
-    fn refresh_free(&mut self) {
+    /// Works `free` out again, and its sums, counted in `totals` while the
+    /// agent is active.
+    fn refresh_free(&mut self, totals: &mut FreeTotals) {
         // Saturating: one resource allocated beyond the total (an agent that
         // came back smaller) must not hide the rest of the agent.
         let mut free = self.total.clone();
@@ -453,12 +485,14 @@ impl AgentSlot {
                 Holding::Total(_) => free = Resources::new(),
             }
         }
-        self.set_free(free);
-    }
-
-    fn set_free(&mut self, free: Resources) {
+        if self.active {
+            totals.bump(&self.free_sums, false);
+        }
         self.free_sums = FreeSums::of(&free);
         self.free = free;
+        if self.active {
+            totals.bump(&self.free_sums, true);
+        }
     }
 
     /// What framework `f` holds, with allocation markers.
@@ -524,6 +558,8 @@ pub struct Allocator {
     free_framework_slots: Vec<usize>,
     /// Sum of active agents' totals.
     total: Scalars,
+    /// What active agents have free, summed.
+    free_totals: FreeTotals,
     /// What is allocated in each role's subtree (the role and its
     /// descendants), for every role with an allocation or an ancestor of one.
     subtree: HashMap<String, Scalars>,
@@ -679,6 +715,7 @@ impl Allocator {
             framework_index: HashMap::default(),
             free_framework_slots: Vec::new(),
             total: Scalars::default(),
+            free_totals: FreeTotals::default(),
             subtree: HashMap::default(),
             direct: HashMap::default(),
             weights: HashMap::default(),
@@ -747,7 +784,7 @@ impl Allocator {
             }
         }
         if let Some(slot) = self.agents[idx].as_mut() {
-            slot.refresh_free();
+            slot.refresh_free(&mut self.free_totals);
         }
     }
 
@@ -756,6 +793,7 @@ impl Allocator {
         let Some(slot) = self.agents[idx].take() else { return };
         if slot.active {
             self.total.sub(Scalars::of(&slot.total));
+            self.free_totals.bump(&slot.free_sums, false);
         }
         for (f, h) in slot.allocated {
             let r = h.into_resources(&slot.total);
@@ -808,6 +846,7 @@ impl Allocator {
         let Some(a) = self.agents[idx].as_mut() else { return };
         if a.active != active {
             a.active = active;
+            self.free_totals.bump(&a.free_sums, active);
             let s = Scalars::of(&a.total);
             if active {
                 self.total.add(s)
@@ -861,7 +900,7 @@ impl Allocator {
         // which would otherwise note the agent in the framework, is not).
         for agent in self.agents.iter_mut().flatten() {
             if agent.allocated.remove(&idx).is_some() {
-                agent.refresh_free();
+                agent.refresh_free(&mut self.free_totals);
             }
         }
         self.free_framework_slots.push(idx);
@@ -1022,26 +1061,20 @@ impl Allocator {
 
     /// What roles consume of their quota (see the module's notes).
     pub fn consumption(&self) -> Consumption<'_> {
-        Consumption { allocator: self, reserved: self.unallocated().1 }
+        #[cfg(test)]
+        self.check_free_totals();
+        Consumption { allocator: self, reserved: &self.free_totals.reserved }
     }
 
-    /// Unreserved unallocated share kinds of active agents, and their
-    /// unallocated reservations by role: one pass over the agents.
-    fn unallocated(&self) -> (Scalars, HashMap<String, Scalars>) {
-        let mut free = Scalars::default();
-        let mut reserved: HashMap<String, Scalars> = HashMap::default();
+    /// That the free totals are what a pass over the agents sums.
+    #[cfg(test)]
+    fn check_free_totals(&self) {
+        let mut totals = FreeTotals::default();
         for slot in self.agents.iter().flatten().filter(|s| s.active) {
-            free.add(slot.free_sums.unreserved);
-            for (role, s) in &slot.free_sums.reserved {
-                match reserved.get_mut(role.as_str()) {
-                    Some(r) => r.add(*s),
-                    None => {
-                        reserved.insert(role.to_string(), *s);
-                    }
-                }
-            }
+            totals.bump(&slot.free_sums, true);
         }
-        (free, reserved)
+        assert_eq!(totals.unreserved, self.free_totals.unreserved, "unreserved free totals");
+        assert_eq!(totals.reserved, self.free_totals.reserved, "reserved free totals");
     }
 
     /// Roles whose guarantee is not met (on some kind).
@@ -1150,7 +1183,7 @@ impl Allocator {
             held.subtract_saturating(from);
             held.add(to);
         }
-        slot.refresh_free();
+        slot.refresh_free(&mut self.free_totals);
     }
 
     /// Marks resources of an agent as used by a framework outside of an offer
@@ -1159,7 +1192,7 @@ impl Allocator {
         if let (Some(f), Some((a, _))) = (self.framework_idx(framework), self.agent(agent)) {
             self.charge(f, a, r);
             if let Some(slot) = self.agents[a].as_mut() {
-                slot.refresh_free();
+                slot.refresh_free(&mut self.free_totals);
             }
         }
     }
@@ -1180,7 +1213,7 @@ impl Allocator {
             if held.is_empty() {
                 slot.allocated.remove(&f);
             }
-            slot.refresh_free();
+            slot.refresh_free(&mut self.free_totals);
             fw.allocated.sub(Scalars::of(&give));
             self.discharge(f, &give);
         }
@@ -1350,6 +1383,7 @@ impl Allocator {
                 self.agents.append(&mut worker.agents);
             }
             self.stats.allocations += worker.stats.allocations;
+            self.free_totals.merge(std::mem::take(&mut worker.free_totals));
             self.stats.filtered += worker.stats.filtered;
             // Its grants, as `account` would have counted them one by one.
             let part = worker.part.take().expect("a worker");
@@ -1418,6 +1452,7 @@ impl Allocator {
             framework_index: HashMap::default(),
             free_framework_slots: Vec::new(),
             total: self.total,
+            free_totals: FreeTotals::default(),
             subtree: self.subtree.clone(),
             direct: self.direct.clone(),
             weights: self.weights.clone(),
@@ -1522,6 +1557,11 @@ impl Allocator {
         // something worth an offer, for the pass after the parts.
         let noting = stage == Stage::Fair && self.part.is_some();
         let mut left: Vec<(usize, bool)> = Vec::new();
+        // What the grants took, unreserved and by leaf reserved to its role
+        // (a leaf takes no other reservations): out of the free totals
+        // once the agents are done.
+        let mut taken = Scalars::default();
+        let mut taken_reserved = vec![Scalars::default(); tree.leaves.len()];
         for (n, &a) in agents.iter().enumerate() {
             // The agents' slots and their resources lie all over the heap:
             // ask for the next ones' early, so that they are in cache when
@@ -1704,7 +1744,13 @@ impl Allocator {
                     true
                 };
                 let Some((leaf, f)) = tree.walk(0, &mut try_grant) else { break };
+                let unreserved = sums.unreserved;
                 sums.refill(&available);
+                let mut unreserved_taken = unreserved;
+                unreserved_taken.sub(sums.unreserved);
+                taken.add(unreserved_taken);
+                taken_reserved[leaf].add(granted);
+                taken_reserved[leaf].sub(unreserved_taken);
                 looks.rooms.iter_mut().for_each(|r| *r = None);
                 all_blocked = None;
                 tree.rerank(leaf, f, granted);
@@ -1726,6 +1772,10 @@ impl Allocator {
         }
         if let Some(part) = self.part.as_mut().filter(|_| noting) {
             part.left = left;
+        }
+        self.free_totals.unreserved.sub(taken);
+        for (leaf, s) in taken_reserved.into_iter().enumerate().filter(|(_, s)| s.0 != [0; 4]) {
+            bump(&mut self.free_totals.reserved, &tree.leaves[leaf].role, s, false);
         }
         tree.flush(self);
     }
@@ -1914,11 +1964,12 @@ fn merge_stages(out: &mut Vec<Allocation>, first: usize) {
     });
 }
 
-/// What roles consume of their quota, from one look at the agents.
+/// What roles consume of their quota: what their subtrees hold, and what
+/// is reserved to them and free (the allocator's free totals).
 pub struct Consumption<'a> {
     allocator: &'a Allocator,
     /// Unallocated reservations by role.
-    reserved: HashMap<String, Scalars>,
+    reserved: &'a HashMap<String, Scalars>,
 }
 
 impl Consumption<'_> {
@@ -1926,7 +1977,7 @@ impl Consumption<'_> {
     /// reservations.
     pub fn of(&self, role: &str) -> Scalars {
         let mut consumed = self.allocator.subtree.get(role).copied().unwrap_or_default();
-        for (r, s) in &self.reserved {
+        for (r, s) in self.reserved {
             if on_path(role, r) {
                 consumed.add(*s);
             }
@@ -1981,14 +2032,14 @@ struct Guarantees {
 }
 
 impl Guarantees {
-    /// The round's figures, or `None` when no role has a guarantee. One pass
-    /// over the agents, for their free and reserved resources.
+    /// The round's figures, or `None` when no role has a guarantee: from
+    /// the allocator's free totals, without a pass over the agents.
     fn new(a: &Allocator) -> Option<Guarantees> {
         if a.guarantees.is_empty() {
             return None;
         }
-        let (free, reserved) = a.unallocated();
-        let consumption = Consumption { allocator: a, reserved };
+        let free = a.free_totals.unreserved;
+        let consumption = a.consumption();
         let roles = a
             .guarantees
             .iter()
@@ -3385,6 +3436,56 @@ mod tests {
     }
 
     #[test]
+    fn free_totals_follow_every_change_to_the_agents() {
+        let mut a = Allocator::new(parallel(2));
+        a.set_guarantees("eng", cpus(3));
+        a.add_framework(FrameworkId::new("e"), vec!["eng".into()], &[]);
+        a.add_framework(FrameworkId::new("o"), vec!["ops".into()], &[]);
+        let id = |i: usize| AgentId::new(format!("a{i}"));
+        for i in 0..6 {
+            let text = if i % 2 == 0 { "cpus:4;mem:400;cpus(eng):2;mem(eng):100" } else { "cpus:4;mem:400" };
+            a.add_agent(id(i), res(text), &[]);
+        }
+        a.check_free_totals();
+        assert_eq!(a.free_totals.unreserved.0[0], 24_000);
+        assert_eq!(a.free_totals.reserved["eng"].0[0], 6_000);
+        let used = res("cpus:1;mem:10").allocate_to("ops");
+        a.add_used(&FrameworkId::new("o"), &id(1), &used);
+        a.check_free_totals();
+        assert_eq!(a.free_totals.unreserved.0[0], 23_000);
+        a.set_agent_active(&id(2), false);
+        a.check_free_totals();
+        assert_eq!(a.free_totals.reserved["eng"].0[0], 4_000);
+        let to = Resources::from_vec(vec![agora_proto::resources::Resource::scalar("cpus", 1.0)
+            .reserved_to("ops", agora_proto::resources::ReservationKind::Dynamic)]);
+        a.convert(&id(3), None, &res("cpus:1"), &to);
+        a.check_free_totals();
+        assert_eq!(a.free_totals.reserved["ops"].0[0], 1_000);
+        // A split round (its parts' changes added in), then a serial one.
+        let out = a.allocate(0, None);
+        assert!(a.stats.parallel_runs > 0 && !out.is_empty());
+        a.check_free_totals();
+        assert_eq!(a.free_totals.unreserved, Scalars::default());
+        a.set_agent_active(&id(2), true);
+        a.check_free_totals();
+        assert!(!a.allocate(0, Some(&[id(2)])).is_empty());
+        a.check_free_totals();
+        for x in &out {
+            a.recover(&x.framework_id, &x.agent_id, &x.resources, 0, 0);
+            a.check_free_totals();
+        }
+        a.remove_framework(&FrameworkId::new("e"));
+        a.check_free_totals();
+        a.remove_agent(&id(0));
+        a.check_free_totals();
+        // Added again under the same id: the old one's sums go first.
+        a.add_agent(id(4), res("cpus:8;mem:800"), &[]);
+        a.check_free_totals();
+        // Only a2's reservation is left, free again with its holder gone.
+        assert_eq!(a.free_totals.reserved["eng"].0[0], 2_000);
+    }
+
+    #[test]
     fn unallocated_reservations_count_toward_a_guarantee() {
         // eng has 2 cpus reserved and a guarantee of 3: only 1 more cpu is
         // held back for it.
@@ -3587,6 +3688,8 @@ mod tests {
                     proptest::prop_assert_eq!(&slot.free, &free);
                     proptest::prop_assert_eq!(&slot.free_sums, &FreeSums::of(&free));
                 }
+                // And the free totals, what the agents' sums add up to.
+                a.check_free_totals();
                 for x in out.iter().step_by(2) {
                     a.recover(&x.framework_id, &x.agent_id, &x.resources, 0, round as u64);
                 }
