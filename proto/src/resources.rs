@@ -474,30 +474,39 @@ impl Resources {
             parts.iter().enumerate().all(|(k, &(i, _))| parts[..k].iter().all(|&(j, _)| j != i)),
             "parts taken twice"
         );
-        let mut taken: Vec<Option<Resource>> = Vec::with_capacity(parts.len());
+        let mut taken = Vec::with_capacity(parts.len());
+        let mut moved = false;
         for &(i, amount) in parts {
             let r = &mut self.0[i];
-            taken.push(match (amount, &mut r.value) {
+            match (amount, &mut r.value) {
                 (Some(t), Value::Scalar(v)) if t < v.0 => {
                     debug_assert!(t > 0, "an empty part");
                     v.0 -= t;
                     let mut part = r.clone();
                     part.value = Value::Scalar(Fixed(t));
-                    Some(part)
+                    taken.push(part);
                 }
-                _ => None,
-            });
+                _ => {
+                    // Moved out whole: an empty scalar stands in its place
+                    // (so that no other index moves) until the empties are
+                    // dropped below, which keeps the order of what stays.
+                    let empty = Resource {
+                        name: Name::default(),
+                        value: Value::Scalar(Fixed(0)),
+                        reservation: None,
+                        revocable: false,
+                        allocation_role: None,
+                        volume: None,
+                    };
+                    taken.push(std::mem::replace(r, empty));
+                    moved = true;
+                }
+            }
         }
-        // What is taken whole is removed from the highest index down, so
-        // that no removal moves another still to be taken, and what stays
-        // keeps its order (and its allocation).
-        let mut whole: Vec<(usize, usize)> =
-            parts.iter().enumerate().filter(|&(k, _)| taken[k].is_none()).map(|(k, &(i, _))| (i, k)).collect();
-        whole.sort_unstable_by(|a, b| b.cmp(a));
-        for (i, k) in whole {
-            taken[k] = Some(self.0.remove(i));
+        if moved {
+            self.0.retain(|r| !r.value.is_empty());
         }
-        Resources(taken.into_iter().map(|r| r.expect("every part is taken")).collect())
+        Resources(taken)
     }
 
     /// Removes as much of `other` as is present, ignoring what is not.
