@@ -763,7 +763,10 @@ impl Allocator {
             free: Resources::new(),
             free_sums: FreeSums::default(),
             total: total.unallocated(),
-            allocated: HashMap::default(),
+            // Room for a few holdings from the start, as an agent that has
+            // been offered before has: a round's first grant on it does not
+            // have to make the map.
+            allocated: HashMap::with_capacity_and_hasher(3, Default::default()),
             active: true,
         });
         let idx = match self.free_agent_slots.pop() {
