@@ -363,8 +363,9 @@ struct AgentSlot {
 
 /// The share kinds of an agent's free resources: the unreserved ones, and
 /// per role those reserved to it. A round reads them for every agent (to
-/// pass over those not worth an offer, for the headroom, and by leaf for
-/// what each leaf's role may use) without going through the resources.
+/// pass over those not worth an offer, for a split round's parts' free,
+/// and by leaf for what each leaf's role may use) without going through
+/// the resources; the headroom reads their sums ([`FreeTotals`]).
 #[derive(Debug, Default, PartialEq)]
 struct FreeSums {
     unreserved: Scalars,
