@@ -56,17 +56,18 @@
 //! for). Each worker runs both stages over its part against the figures
 //! of the start of the round: it ranks by what roles and frameworks held
 //! then plus `k` times what it granted them itself (the other workers are
-//! taken to grant about as much meanwhile). Quota stays exact: each role's room under its limit and
-//! each guaranteed role's shortfall are split between the parts by what
-//! each has free, in whole parts that add up to the whole ([`apportion`]; a
-//! shortfall in pieces worth an offer, [`apportion_in`]), and the slack by
-//! what each part's free leaves beyond its pieces. A part's stage one goes
-//! toward its pieces of the shortfalls, and its stage two holds them back,
-//! so no limit is passed, no more goes toward a guarantee than a serial
-//! round would give it, and the headroom holds. When a role has a limit
-//! or a guarantee, a serial pass (both stages) over the agents with
-//! something left then offers what a part's room or piece left unused,
-//! but for agents no role at its cpu limit could take.
+//! taken to grant about as much meanwhile). Quota stays exact: each
+//! role's room under its limit and each guaranteed role's shortfall are
+//! split between the parts by what each has free, in whole parts that add
+//! up to the whole ([`apportion`]; a shortfall in pieces worth an offer,
+//! [`apportion_in`]), and the slack by what each part's free leaves beyond
+//! its pieces. A part's stage one goes toward its pieces of the
+//! shortfalls, and its stage two holds them back, so no limit is passed,
+//! no more goes toward a guarantee than a serial round would give it, and
+//! the headroom holds. When a role has a limit or a guarantee, a serial
+//! pass (both stages) over the agents with something left then offers
+//! what a part's room or piece left unused, but for agents no role at its
+//! cpu limit could take.
 //!
 //! *The fairness bound.* Serial DRF grants a framework only when its share
 //! is the least of those that want the resources. So a framework granted
