@@ -446,30 +446,202 @@ impl FreeTotals {
 enum Holding {
     /// These resources, with allocation markers.
     Listed(Resources),
-    /// All of the agent's `total`, allocated to this role: what granting a
-    /// whole idle agent leaves, kept without a copy of the total (the offer
-    /// takes the only one). It becomes `Listed` before it or the total
-    /// changes.
-    Total(String),
+    /// All of the agent's `total`, allocated to a role (by number, see
+    /// [`RoleNames`]): what granting a whole idle agent leaves, kept
+    /// without a copy of the total (the offer takes the only one). It
+    /// becomes `Listed` before it or the total changes.
+    Total(u32),
+    /// Parts of the agent's `total`, allocated to a role (by number): what
+    /// a round's grants of an agent idle at its turn leave, kept without a
+    /// copy of the offer. Like `Total`, it becomes `Listed` before it or
+    /// the total changes.
+    Parts(u32, TotalParts),
 }
+
+// A holding is kept per framework on every agent it holds anything on, in
+// a map per agent: the variants stay as small as a list's.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Holding>() == 32);
 
 impl Holding {
     /// The holding as resources, given the agent's `total`.
-    fn into_resources(self, total: &Resources) -> Resources {
+    fn into_resources(self, total: &Resources, names: &RoleNames) -> Resources {
         match self {
             Holding::Listed(r) => r,
-            Holding::Total(role) => total.allocate_to(&role),
+            Holding::Total(role) => total.allocate_to(names.name(role)),
+            Holding::Parts(role, parts) => parts.resources(total, Some(names.name(role))),
         }
     }
 
-    /// Turns a `Total` into the `Listed` resources it stands for.
-    fn list(&mut self, total: &Resources) -> &mut Resources {
-        if let Holding::Total(role) = self {
-            *self = Holding::Listed(total.allocate_to(role));
+    /// A copy of the holding as resources (see [`Holding::into_resources`]).
+    fn resources(&self, total: &Resources, names: &RoleNames) -> Resources {
+        match self {
+            Holding::Listed(r) => r.clone(),
+            Holding::Total(role) => total.allocate_to(names.name(*role)),
+            Holding::Parts(role, parts) => parts.resources(total, Some(names.name(*role))),
+        }
+    }
+
+    /// Turns a `Total` or `Parts` into the `Listed` resources it stands
+    /// for.
+    fn list(&mut self, total: &Resources, names: &RoleNames) -> &mut Resources {
+        if !matches!(self, Holding::Listed(_)) {
+            let listed = std::mem::replace(self, Holding::Listed(Resources::new())).into_resources(total, names);
+            *self = Holding::Listed(listed);
         }
         match self {
             Holding::Listed(r) => r,
-            Holding::Total(_) => unreachable!("listed above"),
+            _ => unreachable!("listed above"),
+        }
+    }
+}
+
+/// Parts of an agent's `total`, by index into it in the order an offer
+/// listed them, each all of the resource or that much of a scalar (see
+/// [`Holding::Parts`]).
+#[derive(Debug)]
+struct TotalParts {
+    /// Indices into `total`; `u8::MAX` past the last.
+    at: [u8; TotalParts::MAX],
+    /// Per part, how much of a scalar it is when not all of it; none at all
+    /// when every part is all of its resource (the usual grant, which then
+    /// allocates nothing).
+    amounts: Option<Box<[Option<i64>; TotalParts::MAX]>>,
+}
+
+impl TotalParts {
+    /// The most parts one names: an agent with more resources is held by
+    /// copies (`Holding::Listed`).
+    const MAX: usize = 8;
+
+    /// The parts as resources, allocated to `role` (unallocated with
+    /// `None`).
+    fn resources(&self, total: &Resources, role: Option<&str>) -> Resources {
+        let all = total.iter().as_slice();
+        let parts = self.at.iter().take_while(|&&i| i != u8::MAX).enumerate();
+        Resources::from_distinct(
+            parts
+                .map(|(p, &i)| {
+                    let mut r = all[usize::from(i)].clone();
+                    if let (Some(amount), agora_proto::resources::Value::Scalar(v)) =
+                        (self.amounts.as_ref().and_then(|a| a[p]), &mut r.value)
+                    {
+                        v.0 = amount;
+                    }
+                    r.allocation_role = role.map(Name::from);
+                    r
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Where the available resources of an agent idle at its turn in a round
+/// lie in its `total` (at the start, the same resources in the same order),
+/// kept as grants take from them: so that a grant's holding names its parts
+/// of the total ([`TotalParts`]) rather than copying them.
+struct Origin {
+    /// By index into the available resources: the index into `total`, and
+    /// whether all of that resource is still available.
+    at: [(u8, bool); TotalParts::MAX],
+    len: usize,
+}
+
+impl Origin {
+    /// For an agent's available resources `free`, when they are its total
+    /// (nobody holds anything on it) and no more than a holding names.
+    fn of(slot: &AgentSlot, free: &Resources) -> Option<Origin> {
+        if !slot.allocated.is_empty() || free.len() > TotalParts::MAX {
+            return None;
+        }
+        #[cfg(test)]
+        assert_eq!(*free, slot.total, "an idle agent's free resources are its total");
+        let mut at = [(u8::MAX, false); TotalParts::MAX];
+        for (i, a) in at.iter_mut().enumerate().take(free.len()) {
+            *a = (i as u8, true);
+        }
+        Some(Origin { at, len: free.len() })
+    }
+
+    /// A grant of `take` of `available` (all of it with `None`), which
+    /// these say where lie in the total: what it takes of the total. They
+    /// are kept true for what it leaves: the resources taken whole are gone
+    /// (the rest keep their order, as [`Resources::take_parts`] keeps it),
+    /// those taken in part are no longer all there.
+    fn grant(&mut self, available: &Resources, take: Option<&Take>) -> TotalParts {
+        let all = available.iter().as_slice();
+        let mut parts = TotalParts { at: [u8::MAX; TotalParts::MAX], amounts: None };
+        let mut gone = [false; TotalParts::MAX];
+        let mut put = |p: usize, k: usize, amount: Option<i64>| {
+            let (i, whole) = self.at[k];
+            parts.at[p] = i;
+            let taken = match (&all[k].value, amount) {
+                // Some of a scalar: the rest stays.
+                (agora_proto::resources::Value::Scalar(v), Some(t)) if t < v.0 => {
+                    self.at[k].1 = false;
+                    Some(t)
+                }
+                // All that is left of a scalar.
+                (agora_proto::resources::Value::Scalar(v), _) => {
+                    gone[k] = true;
+                    (!whole).then_some(v.0)
+                }
+                _ => {
+                    gone[k] = true;
+                    None
+                }
+            };
+            if let Some(t) = taken {
+                parts.amounts.get_or_insert_with(|| Box::new([None; TotalParts::MAX]))[p] = Some(t);
+            }
+        };
+        match take {
+            None => (0..self.len).for_each(|k| put(k, k, None)),
+            Some(take) => take.parts.iter().enumerate().for_each(|(p, &(k, amount))| put(p, k, amount)),
+        }
+        let mut n = 0;
+        for (k, gone) in gone.into_iter().enumerate().take(self.len) {
+            if !gone {
+                self.at[n] = self.at[k];
+                n += 1;
+            }
+        }
+        self.len = n;
+        parts
+    }
+}
+
+/// What a grant is of an agent's total (see [`Allocator::charge_grant`]).
+enum OfTotal {
+    All,
+    Parts(TotalParts),
+    /// Not known: the grant is held as a copy.
+    Unknown,
+}
+
+/// Every role frameworks have subscribed with, by number: a holding names
+/// its role by number ([`Holding`]). Numbers only grow: a role's lasts as
+/// long as the allocator, as any holding may name it (roles are few).
+#[derive(Clone, Debug, Default)]
+struct RoleNames {
+    names: Vec<Name>,
+    numbers: HashMap<Name, u32>,
+}
+
+impl RoleNames {
+    fn number(&self, role: &str) -> Option<u32> {
+        self.numbers.get(role).copied()
+    }
+
+    fn name(&self, n: u32) -> &str {
+        &self.names[n as usize]
+    }
+
+    fn add(&mut self, role: &str) {
+        if !self.numbers.contains_key(role) {
+            let n = u32::try_from(self.names.len()).expect("fewer than 2^32 roles");
+            self.names.push(role.into());
+            self.numbers.insert(role.into(), n);
         }
     }
 }
@@ -485,6 +657,7 @@ impl AgentSlot {
             match h {
                 Holding::Listed(r) => free.subtract_saturating(&r.unallocated()),
                 Holding::Total(_) => free = Resources::new(),
+                Holding::Parts(_, parts) => free.subtract_saturating(&parts.resources(&self.total, None)),
             }
         }
         if self.active {
@@ -498,22 +671,19 @@ impl AgentSlot {
     }
 
     /// What framework `f` holds, with allocation markers.
-    fn held(&self, f: usize) -> Option<Resources> {
-        self.allocated.get(&f).map(|h| match h {
-            Holding::Listed(r) => r.clone(),
-            Holding::Total(role) => self.total.allocate_to(role),
-        })
+    fn held(&self, f: usize, names: &RoleNames) -> Option<Resources> {
+        self.allocated.get(&f).map(|h| h.resources(&self.total, names))
     }
 
     /// Framework `f`'s holding as a list, to be changed.
-    fn listed_mut(&mut self, f: usize) -> Option<&mut Resources> {
-        Some(self.allocated.get_mut(&f)?.list(&self.total))
+    fn listed_mut(&mut self, f: usize, names: &RoleNames) -> Option<&mut Resources> {
+        Some(self.allocated.get_mut(&f)?.list(&self.total, names))
     }
 
     /// Every holding as a list: before the total changes.
-    fn list_all(&mut self) {
+    fn list_all(&mut self, names: &RoleNames) {
         for h in self.allocated.values_mut() {
-            h.list(&self.total);
+            h.list(&self.total, names);
         }
     }
 }
@@ -582,6 +752,9 @@ pub struct Allocator {
     part: Option<Box<Part>>,
     /// The threads that run split rounds' parts (none in a worker).
     pool: Pool,
+    /// The roles holdings name by number; shared with a split round's
+    /// workers, which only read it (frameworks' roles are added before).
+    role_names: Arc<RoleNames>,
 }
 
 /// A part of a parallel round, ready to run on any thread: its worker
@@ -728,6 +901,7 @@ impl Allocator {
             agent_base: 0,
             part: None,
             pool: Pool::default(),
+            role_names: Arc::default(),
         }
     }
 
@@ -801,7 +975,7 @@ impl Allocator {
             self.free_totals.bump(&slot.free_sums, false);
         }
         for (f, h) in slot.allocated {
-            let r = h.into_resources(&slot.total);
+            let r = h.into_resources(&slot.total, &self.role_names);
             if let Some(fw) = self.frameworks[f].as_mut().map(Arc::make_mut) {
                 fw.allocated.sub(Scalars::of(&r));
             }
@@ -862,6 +1036,10 @@ impl Allocator {
     }
 
     pub fn add_framework(&mut self, id: FrameworkId, roles: Vec<String>, suppressed: &[String]) {
+        if roles.iter().any(|r| self.role_names.number(r).is_none()) {
+            let names = Arc::make_mut(&mut self.role_names);
+            roles.iter().for_each(|r| names.add(r));
+        }
         if let Some(idx) = self.framework_idx(&id) {
             // Re-subscription: keep allocations, update roles.
             if let Some(f) = self.frameworks[idx].as_mut().map(Arc::make_mut) {
@@ -961,10 +1139,22 @@ impl Allocator {
 
     /// `charge` of a grant, but for the role figures (the stage's [`Tree`]
     /// keeps those and hands them over in [`Tree::flush`]): `r` (share
-    /// kinds `s`) is all allocated to `role`, and is the agent's whole total
-    /// when `whole` is set.
-    fn charge_grant(&mut self, f: usize, a: usize, role: &str, r: &Resources, s: Scalars, whole: bool) {
-        let holding = if whole { Holding::Total(role.to_string()) } else { Holding::Listed(r.clone()) };
+    /// kinds `s`) is all allocated to the role numbered `role` (see
+    /// [`RoleNames`]; a role with no number is held as a copy), and `of`
+    /// says what it is of the agent's total.
+    fn charge_grant(&mut self, f: usize, a: usize, role: Option<u32>, r: &Resources, s: Scalars, of: OfTotal) {
+        let holding = match (role, of) {
+            (Some(n), OfTotal::All) => Holding::Total(n),
+            (Some(n), OfTotal::Parts(parts)) => {
+                #[cfg(test)]
+                if let Some(slot) = self.slot(a) {
+                    let name = Some(self.role_names.name(n));
+                    assert_eq!(parts.resources(&slot.total, name), *r, "a holding's parts are the offer");
+                }
+                Holding::Parts(n, parts)
+            }
+            _ => Holding::Listed(r.clone()),
+        };
         self.hold(f, a, s, holding);
     }
 
@@ -1001,8 +1191,8 @@ impl Allocator {
             e.insert(more);
             return;
         }
-        let more = more.into_resources(&agent.total);
-        if let Some(held) = agent.listed_mut(f) {
+        let more = more.into_resources(&agent.total, &self.role_names);
+        if let Some(held) = agent.listed_mut(f, &self.role_names) {
             held.add(&more);
         }
     }
@@ -1181,10 +1371,10 @@ impl Allocator {
         let f = holder.and_then(|h| self.framework_idx(h));
         let Some(&a) = self.agent_index.get(agent) else { return };
         let Some(slot) = self.agents[a].as_mut() else { return };
-        slot.list_all();
+        slot.list_all(&self.role_names);
         slot.total.subtract_saturating(&from.unallocated());
         slot.total.add(&to.unallocated());
-        if let Some(held) = f.and_then(|f| slot.listed_mut(f)) {
+        if let Some(held) = f.and_then(|f| slot.listed_mut(f, &self.role_names)) {
             held.subtract_saturating(from);
             held.add(to);
         }
@@ -1211,7 +1401,7 @@ impl Allocator {
         let (Some(fw), Some(slot)) = (self.frameworks[f].as_mut().map(Arc::make_mut), self.agents[a].as_mut()) else {
             return;
         };
-        if let Some(held) = slot.listed_mut(f) {
+        if let Some(held) = slot.listed_mut(f, &self.role_names) {
             // Only give back what the framework actually holds.
             let give = if held.contains(r) { r.clone() } else { intersect(held, r) };
             held.subtract_saturating(&give);
@@ -1474,6 +1664,7 @@ impl Allocator {
                 left: Vec::new(),
             })),
             pool: Pool::default(),
+            role_names: Arc::clone(&self.role_names),
         };
         PartJob { worker, agents, guarantees, now_ms }
     }
@@ -1537,6 +1728,7 @@ impl Allocator {
     ) {
         let mut looks = Looks {
             rooms: vec![None; tree.leaves.len()],
+            grants: 0,
             limited: Limited::default(),
             paths: (0..tree.leaves.len()).map(|_| None).collect(),
             no_cpus: vec![false; tree.leaves.len()],
@@ -1546,6 +1738,8 @@ impl Allocator {
             stage,
         };
         looks.open_all(tree, guarantees);
+        // Each leaf's role by number, for the holdings.
+        let numbers: Vec<Option<u32>> = tree.leaves.iter().map(|l| self.role_names.number(&l.role)).collect();
 
         // Whether every leaf's role is at its cpu limit (or, in stage one,
         // owes no guarantee): then no role is offered anything of an agent
@@ -1603,6 +1797,7 @@ impl Allocator {
                 .and_then(Option::as_mut)
                 .map(|s| (std::mem::take(&mut s.free), std::mem::take(&mut s.free_sums)))
                 .unwrap_or_default();
+            let mut origin = self.slot(a).and_then(|slot| Origin::of(slot, &available));
             // Walk (framework, role) pairs down the role tree, lowest share
             // first; each gets all of what its role may use. Leftovers
             // reserved to other roles go on to the next. After a grant the
@@ -1716,8 +1911,16 @@ impl Allocator {
                     // the leaf's share out again.
                     // Everything left, in its order: moved out as it is.
                     let all_left = leaf_usable.as_ref().is_none_or(|(take, _)| take.is_all_of(&available));
-                    // All of an agent nobody holds anything on is its total.
-                    let whole_agent = all_left && self.slot(a).is_some_and(|s| s.allocated.is_empty());
+                    // All of an agent nobody holds anything on is its total;
+                    // of one idle at its turn, parts of it.
+                    let of = if all_left && self.slot(a).is_some_and(|s| s.allocated.is_empty()) {
+                        OfTotal::All
+                    } else if let Some(origin) = origin.as_mut() {
+                        let take = leaf_usable.as_ref().filter(|_| !all_left).map(|(take, _)| take);
+                        OfTotal::Parts(origin.grant(&available, take))
+                    } else {
+                        OfTotal::Unknown
+                    };
                     let (usable, s) = match leaf_usable.take() {
                         Some((_, s)) if all_left => (std::mem::take(&mut available), s),
                         // Moved out of `available` (what is taken whole) or
@@ -1735,7 +1938,7 @@ impl Allocator {
                         }
                     }
                     let r = usable.into_allocated_to(role);
-                    self.charge_grant(f, a, role, &r, s, whole_agent);
+                    self.charge_grant(f, a, numbers[leaf], &r, s, of);
                     granted = s;
                     self.stats.allocations += 1;
                     let fw = self.frameworks[f].as_ref().expect("charged above");
@@ -1756,7 +1959,7 @@ impl Allocator {
                 taken.add(unreserved_taken);
                 taken_reserved[leaf].add(granted);
                 taken_reserved[leaf].sub(unreserved_taken);
-                looks.rooms.iter_mut().for_each(|r| *r = None);
+                looks.grants += 1;
                 all_blocked = None;
                 tree.rerank(leaf, f, granted);
                 #[cfg(test)]
@@ -1856,7 +2059,7 @@ impl Allocator {
         let (Some(f), Some((_, slot))) = (self.framework_idx(framework), self.agent(agent)) else {
             return Resources::new();
         };
-        slot.held(f).unwrap_or_default()
+        slot.held(f, &self.role_names).unwrap_or_default()
     }
 
     /// Unallocated resources of an agent.
@@ -2562,7 +2765,11 @@ impl Limited {
 /// leaf's limited and guaranteed roles (found once), its room (worked out
 /// once between two grants) and the limited roles' figures.
 struct Looks {
-    rooms: Vec<Option<LeafRoom>>,
+    /// Each leaf's room, with the count of grants when it was worked out:
+    /// it holds until the next grant.
+    rooms: Vec<Option<(u64, LeafRoom)>>,
+    /// The stage's grants so far (see `rooms`).
+    grants: u64,
     limited: Limited,
     paths: Vec<Option<LeafPath>>,
     /// Leaves found with no room for cpus under their limits. What the
@@ -2606,7 +2813,14 @@ impl Looks {
     /// only with a grant); its path must have been found ([`Looks::owed`]).
     fn room(&mut self, guarantees: &Option<Guarantees>, leaf: usize) -> LeafRoom {
         let path = self.paths[leaf].as_ref().expect("path found first");
-        let room = *self.rooms[leaf].get_or_insert_with(|| LeafRoom::of(&self.limited, guarantees, path, self.stage));
+        let room = match self.rooms[leaf] {
+            Some((n, room)) if n == self.grants => room,
+            _ => {
+                let room = LeafRoom::of(&self.limited, guarantees, path, self.stage);
+                self.rooms[leaf] = Some((self.grants, room));
+                room
+            }
+        };
         if room.limits[0] == Some(0) && !self.no_cpus[leaf] {
             self.no_cpus[leaf] = true;
             let mut n = self.leaf_nodes[leaf];
@@ -3683,7 +3897,7 @@ mod tests {
                 for slot in a.agents.iter().flatten() {
                     let mut sum = Resources::new();
                     for f in slot.allocated.keys() {
-                        sum.add(&slot.held(*f).expect("held").unallocated());
+                        sum.add(&slot.held(*f, &a.role_names).expect("held").unallocated());
                     }
                     proptest::prop_assert!(slot.total.contains(&sum), "{} of {}", sum, slot.total);
                     // What a round took from `free` in place is what
@@ -4433,7 +4647,9 @@ mod tests {
         assert_eq!(out.len(), 1);
         let (holder, other) = if out[0].framework_id == f1 { (&f1, &f2) } else { (&f2, &f1) };
         let slot = c.a.agents[0].as_ref().unwrap();
-        assert!(matches!(slot.allocated.values().next(), Some(Holding::Total(role)) if role == "eng"));
+        assert!(
+            matches!(slot.allocated.values().next(), Some(&Holding::Total(role)) if c.a.role_names.name(role) == "eng")
+        );
         assert_eq!(c.a.allocated(holder, &a1), out[0].resources);
         assert_eq!(c.a.available(&a1), Some(Resources::new()));
         assert_eq!(c.a.share(holder), Some(1.0));
@@ -4469,9 +4685,49 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].resources, res("cpus:4;mem:1024;ports:[1-10]").allocate_to("eng"));
         let slot = c.a.agents[0].as_ref().unwrap();
-        assert!(matches!(slot.allocated.values().next(), Some(Holding::Total(role)) if role == "eng"));
+        assert!(
+            matches!(slot.allocated.values().next(), Some(&Holding::Total(role)) if c.a.role_names.name(role) == "eng")
+        );
         assert_eq!(c.a.allocated(&FrameworkId::new("f1"), &AgentId::new("a1")), out[0].resources);
         assert_eq!(c.a.available(&AgentId::new("a1")), Some(Resources::new()));
+    }
+
+    #[test]
+    fn grants_of_an_idle_agent_are_held_as_parts_of_its_total_and_behave_as_listed() {
+        // eng starts ahead (it uses all of a2), so ops is offered first:
+        // under its limit, 3 of a1's 4 cpus (a scalar in part), its memory
+        // and ports. eng then gets the cpu left and its reservation.
+        let mut c = Check::new(
+            &[("a1", "cpus:4;mem:1024;ports:[1-10];cpus(eng):2"), ("a2", "cpus:1;mem:10")],
+            &[("f1", &["ops"]), ("f2", &["eng"])],
+        );
+        let (f1, f2, a1) = (FrameworkId::new("f1"), FrameworkId::new("f2"), AgentId::new("a1"));
+        c.a.add_used(&f2, &AgentId::new("a2"), &res("cpus:1;mem:10").allocate_to("eng"));
+        c.a.set_limits("ops", Quantities([Some(3000), None, None, None]));
+        let out = c.a.allocate(0, None);
+        let shown: Vec<String> =
+            out.iter().map(|x| format!("{} {} {} {}", x.framework_id, x.agent_id, x.role, x.resources)).collect();
+        assert_eq!(shown, ["f1 a1 ops cpus:3; mem:1024; ports:[1-10]", "f2 a1 eng cpus:1; cpus(eng):2"]);
+        assert_eq!(out[1].resources, res("cpus:1;cpus(eng):2").allocate_to("eng"));
+        let slot = c.a.agents[0].as_ref().unwrap();
+        for f in [0, 1] {
+            assert!(matches!(slot.allocated.get(&f), Some(Holding::Parts(..))), "{:?}", slot.allocated.get(&f));
+        }
+        assert_eq!(c.a.allocated(&f1, &a1), out[0].resources);
+        assert_eq!(c.a.allocated(&f2, &a1), out[1].resources);
+        assert_eq!(c.a.available(&a1), Some(Resources::new()));
+
+        // Part of it given back: only that part is free again.
+        c.a.recover(&f1, &a1, &res("cpus:1;ports:[1-5]").allocate_to("ops"), 0, 0);
+        assert_eq!(c.a.available(&a1), Some(res("cpus:1;ports:[1-5]")));
+        assert_eq!(c.a.allocated(&f1, &a1), res("cpus:2;mem:1024;ports:[6-10]").allocate_to("ops"));
+        assert_eq!(c.a.allocated(&f2, &a1), out[1].resources);
+
+        // The agent's removal gives the rest back: eng holds what it used
+        // on a2 only.
+        c.a.remove_agent(&a1);
+        assert_eq!(c.a.share(&f1), Some(0.0));
+        assert_eq!(c.a.subtree_held("eng").0[..2], [1000, 10_000]);
     }
 
     #[test]
