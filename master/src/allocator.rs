@@ -371,6 +371,9 @@ struct AgentSlot {
 struct FreeSums {
     unreserved: Scalars,
     reserved: Vec<(Name, Scalars)>,
+    /// All of `reserved`, summed: what the agent has free is read without
+    /// the list (elsewhere on the heap, so another miss for every agent).
+    all_reserved: Scalars,
     /// Whether some of the resources (of any kind) are reserved.
     any_reserved: bool,
 }
@@ -386,6 +389,7 @@ impl FreeSums {
     fn refill(&mut self, free: &Resources) {
         self.unreserved = Scalars::default();
         self.reserved.clear();
+        self.all_reserved = Scalars::default();
         self.any_reserved = free.iter().any(|r| r.reservation.is_some());
         for r in free.iter() {
             let (Some(i), agora_proto::resources::Value::Scalar(v)) = (kind_index(&r.name), &r.value) else {
@@ -393,13 +397,16 @@ impl FreeSums {
             };
             let s = match &r.reservation {
                 None => &mut self.unreserved,
-                Some(res) => match self.reserved.iter().position(|(role, _)| *role == res.role) {
-                    Some(k) => &mut self.reserved[k].1,
-                    None => {
-                        self.reserved.push((res.role.clone(), Scalars::default()));
-                        &mut self.reserved.last_mut().expect("pushed").1
+                Some(res) => {
+                    self.all_reserved.0[i] += v.0;
+                    match self.reserved.iter().position(|(role, _)| *role == res.role) {
+                        Some(k) => &mut self.reserved[k].1,
+                        None => {
+                            self.reserved.push((res.role.clone(), Scalars::default()));
+                            &mut self.reserved.last_mut().expect("pushed").1
+                        }
                     }
-                },
+                }
             };
             s.0[i] += v.0;
         }
@@ -407,7 +414,7 @@ impl FreeSums {
 
     /// All of them (as [`Scalars::of`] the free resources).
     fn all(&self) -> Scalars {
-        self.reserved.iter().fold(self.unreserved, |all, (_, s)| all.plus(*s))
+        self.unreserved.plus(self.all_reserved)
     }
 }
 
@@ -1461,11 +1468,16 @@ impl Allocator {
     pub fn allocate(&mut self, now_ms: u64, only: Option<&[AgentId]>) -> Vec<Allocation> {
         self.stats.allocation_runs += 1;
         let mut agents: Vec<usize> = match only {
-            Some(ids) => ids.iter().filter_map(|id| self.agent_index.get(id).copied()).collect(),
-            None => self.agent_index.values().copied().collect(),
+            Some(ids) => {
+                let mut agents: Vec<usize> = ids.iter().filter_map(|id| self.agent_index.get(id).copied()).collect();
+                agents.sort_unstable();
+                agents.dedup();
+                agents
+            }
+            // The slots in order, without the index's map (larger, and in
+            // no order).
+            None => (0..self.agents.len()).filter(|&a| self.agents[a].is_some()).collect(),
         };
-        agents.sort_unstable();
-        agents.dedup();
         let workers = self.config.workers.min(agents.len() / self.config.min_agents_per_worker.max(1));
         if workers > 1 {
             return self.allocate_parallel(&agents, workers, now_ms);
