@@ -1775,14 +1775,20 @@ impl Allocator {
         let mut taken_reserved = vec![Scalars::default(); tree.leaves.len()];
         for (n, &a) in agents.iter().enumerate() {
             // The agents' slots and their resources lie all over the heap:
-            // ask for the next ones' early, so that they are in cache when
-            // their turn comes.
+            // ask for the next ones' early (every line of the next one's
+            // free resources), so that they are in cache when their turn
+            // comes.
             if let Some(next) = agents.get(n + 2).and_then(|&b| self.slot(b)) {
                 prefetch(next);
                 prefetch(&next.free_sums);
             }
             if let Some(next) = agents.get(n + 1).and_then(|&b| self.slot(b)) {
-                prefetch(next.free.iter().as_slice().as_ptr());
+                let all = next.free.iter().as_slice();
+                let bytes = std::mem::size_of_val(all);
+                let at = all.as_ptr().cast::<u8>();
+                for line in (0..bytes).step_by(64) {
+                    prefetch(at.wrapping_add(line));
+                }
             }
             if stage == Stage::Guarantees && !guarantees.as_ref().is_some_and(Guarantees::any_shortfall) {
                 // Every guarantee is met: stage one is over.
