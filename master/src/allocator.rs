@@ -1683,26 +1683,26 @@ impl Allocator {
 
     /// Stage one and stage two of a round over `agents`, in order.
     fn stages(&mut self, agents: &[usize], mut guarantees: Option<Guarantees>, now_ms: u64) -> Vec<Allocation> {
-        let mut out = Vec::with_capacity(agents.len());
+        let mut offers = Offers { out: Vec::with_capacity(agents.len()), ..Offers::default() };
         // One tree for both stages: stage one walks only the roles under a
         // guarantee, and its grants re-rank the tree as a fresh one would
         // be ranked for stage two.
         let mut tree = self.tree();
         if tree.leaves.is_empty() {
-            return out;
+            return offers.out;
         }
         tree.rank_all();
         // Stage one: the roles under a guarantee that is not met yet.
         if guarantees.as_ref().is_some_and(Guarantees::any_shortfall) {
-            self.offer_agents(&mut tree, agents, now_ms, &mut guarantees, Stage::Guarantees, &mut out);
+            self.offer_agents(&mut tree, agents, now_ms, &mut guarantees, Stage::Guarantees, &mut offers);
         }
-        let first = out.len();
+        let first = offers.out.len();
         // Stage two: every role, fairly, around the headroom.
-        self.offer_agents(&mut tree, agents, now_ms, &mut guarantees, Stage::Fair, &mut out);
-        if first > 0 {
-            merge_stages(&mut out, first);
-        }
-        out
+        self.offer_agents(&mut tree, agents, now_ms, &mut guarantees, Stage::Fair, &mut offers);
+        #[cfg(test)]
+        assert_eq!(offers.folds, stage_folds(&offers.out, first), "folds by number are those by ids and names");
+        fold(&mut offers.out, first, &offers.folds);
+        offers.out
     }
 
     /// The role tree of the active frameworks' unsuppressed roles.
@@ -1736,7 +1736,7 @@ impl Allocator {
         now_ms: u64,
         guarantees: &mut Option<Guarantees>,
         stage: Stage,
-        out: &mut Vec<Allocation>,
+        offers: &mut Offers,
     ) {
         let mut looks = Looks {
             rooms: vec![None; tree.leaves.len()],
@@ -1960,13 +1960,14 @@ impl Allocator {
                     granted = s;
                     self.stats.allocations += 1;
                     let fw = self.frameworks[f].as_ref().expect("charged above");
-                    out.push(Allocation {
+                    offers.out.push(Allocation {
                         framework_id: fw.id.clone(),
                         agent_id: self.slot(a).expect("slot checked").id.clone(),
                         role: role.to_string(),
                         resources: r,
                         also: Vec::new(),
                     });
+                    offers.granted(stage, (a, f, leaf));
                     true
                 };
                 let Some((leaf, f)) = tree.walk(0, &mut try_grant) else { break };
@@ -1985,7 +1986,7 @@ impl Allocator {
                 if self.config.optimistic > 0 {
                     // The copies' rooms read the role figures.
                     tree.flush(self);
-                    let last = out.last_mut().expect("granted");
+                    let last = offers.out.last_mut().expect("granted");
                     last.also = self.also_offer(tree, a, f, &last.resources.unallocated(), now_ms, guarantees.as_ref());
                 }
             }
@@ -2143,6 +2144,45 @@ fn bump(map: &mut HashMap<String, Scalars>, key: &str, s: Scalars, add: bool) {
 /// same framework, agent and role (from `out[..first]`), if any: one offer
 /// for both.
 fn merge_stages(out: &mut Vec<Allocation>, first: usize) {
+    fold(out, first, &stage_folds(out, first));
+}
+
+/// A round's allocations, and what to fold together as they are made: a
+/// grant in stage two to the framework and leaf (so role) that stage one
+/// granted something on the same agent goes into the same offer (as
+/// [`merge_stages`] finds after a split round, but by number, not by ids
+/// and names).
+#[derive(Default)]
+struct Offers {
+    out: Vec<Allocation>,
+    /// Stage one's first allocation of each (agent, framework, leaf), by
+    /// index into `out`.
+    firsts: HashMap<(usize, usize, usize), usize>,
+    /// (earlier, later) indices into `out`, in the order of the later.
+    folds: Vec<(usize, usize)>,
+}
+
+impl Offers {
+    /// The last allocation in `out` was of agent, framework and leaf `key`
+    /// in `stage`.
+    fn granted(&mut self, stage: Stage, key: (usize, usize, usize)) {
+        let last = self.out.len() - 1;
+        match stage {
+            Stage::Guarantees => {
+                self.firsts.entry(key).or_insert(last);
+            }
+            Stage::Fair => {
+                if let Some(&first) = self.firsts.get(&key) {
+                    self.folds.push((first, last));
+                }
+            }
+        }
+    }
+}
+
+/// Which of `out[first..]` [`merge_stages`] folds into which of
+/// `out[..first]`: (earlier, later) indices, in the order of the later.
+fn stage_folds(out: &[Allocation], first: usize) -> Vec<(usize, usize)> {
     // Each later allocation merges into the first earlier one of the same
     // framework and role on the same agent (most have none). The smaller
     // side is indexed: after a split round's parts, the pass over what
@@ -2150,7 +2190,7 @@ fn merge_stages(out: &mut Vec<Allocation>, first: usize) {
     fn key(x: &Allocation) -> (&str, &str, &str) {
         (x.agent_id.as_str(), x.framework_id.as_str(), x.role.as_str())
     }
-    let merges: Vec<(usize, usize)> = if first <= out.len() - first {
+    if first <= out.len() - first {
         let mut earlier: HashMap<(&str, &str, &str), usize> = HashMap::default();
         for (i, x) in out[..first].iter().enumerate() {
             earlier.entry(key(x)).or_insert(i);
@@ -2170,12 +2210,17 @@ fn merge_stages(out: &mut Vec<Allocation>, first: usize) {
         }
         merges.sort_unstable_by_key(|&(_, j)| j);
         merges
-    };
+    }
+}
+
+/// Folds each `out[j]` into `out[i]` for the (i, j) of `merges` (`i` below
+/// `first`, `j` from it on, in order of `j`), and drops the `out[j]`.
+fn fold(out: &mut Vec<Allocation>, first: usize, merges: &[(usize, usize)]) {
     if merges.is_empty() {
         return;
     }
     let (one, two) = out.split_at_mut(first);
-    for &(i, j) in &merges {
+    for &(i, j) in merges {
         let x = &two[j - first];
         one[i].resources.add(&x.resources);
         // Optimistic copies must be able to take all of it.
