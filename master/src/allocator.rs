@@ -776,12 +776,11 @@ struct PartJob {
 
 impl PartJob {
     /// Both stages over the part. Returns the worker, holding the slots and
-    /// its grants ([`Part`]), with its allocations.
+    /// its grants ([`Part`]), with its allocations. Its hold on the shared
+    /// frameworks ends when the calling thread takes the part in.
     fn run(self) -> (Allocator, Vec<Allocation>) {
         let PartJob { mut worker, agents, guarantees, now_ms } = self;
         let out = worker.stages(&agents, guarantees, now_ms);
-        // Its hold on the shared frameworks ends with the round.
-        drop(std::mem::take(&mut worker.frameworks));
         (worker, out)
     }
 }
@@ -1583,6 +1582,11 @@ impl Allocator {
         // framework is changed once.
         let mut by_framework: Vec<Vec<ByRole>> = Vec::with_capacity(done.len());
         for (mut worker, mut granted) in done {
+            // Its hold on the shared frameworks ends here, before they are
+            // changed below, and on this thread: the counts stay in this
+            // core's cache for the changes, and the part ended without
+            // giving up a thousand of them.
+            drop(std::mem::take(&mut worker.frameworks));
             if self.agents.is_empty() {
                 // The first part: the slots' own vector, with room for all.
                 self.agents = std::mem::take(&mut worker.agents);
@@ -1715,7 +1719,21 @@ impl Allocator {
             index: HashMap::default(),
             pending: Vec::new(),
         };
+        let ahead = |n: usize| self.frameworks.get(n).and_then(Option::as_deref);
         for (idx, f) in self.frameworks.iter().enumerate() {
+            // The frameworks lie all over the heap, and so do their lists
+            // of roles and figures, and the roles' names: ask for the next
+            // ones' early, each as what points to it has come in.
+            if let Some(next) = ahead(idx + 8) {
+                prefetch(next);
+            }
+            if let Some(next) = ahead(idx + 4) {
+                prefetch(next.roles.as_ptr());
+                prefetch(next.by_role.as_ptr());
+            }
+            if let Some(role) = ahead(idx + 2).and_then(|next| next.roles.first()) {
+                prefetch(role.as_ptr());
+            }
             let Some(f) = f else { continue };
             if !f.active {
                 continue;
