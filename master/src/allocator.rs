@@ -1765,6 +1765,7 @@ impl Allocator {
             open: Vec::new(),
             leaf_nodes: Vec::new(),
             covered: Vec::new(),
+            covering: Vec::new(),
             stage,
         };
         looks.open_all(tree, guarantees);
@@ -2865,8 +2866,11 @@ struct Looks {
     /// Each leaf's node.
     leaf_nodes: Vec<usize>,
     /// In stage one, by node of the tree: how many leaves below it are
-    /// under a guarantee (the stage passes over a role with none).
+    /// under a guarantee not found met yet (the stage passes over a role
+    /// with none).
     covered: Vec<u32>,
+    /// In stage one, by leaf: whether it counts in `covered`.
+    covering: Vec<bool>,
     stage: Stage,
 }
 
@@ -2875,7 +2879,24 @@ impl Looks {
     /// only if a guarantee on its path is short.
     fn owed(&mut self, a: &Allocator, guarantees: &Option<Guarantees>, leaf: usize, role: &str) -> bool {
         let path = self.paths[leaf].get_or_insert_with(|| LeafPath::of(a, &mut self.limited, guarantees, role));
-        self.stage == Stage::Fair || guarantees.as_ref().is_some_and(|g| g.owes(&path.guaranteed))
+        if self.stage == Stage::Fair {
+            return true;
+        }
+        let owed = guarantees.as_ref().is_some_and(|g| g.owes(&path.guaranteed));
+        if !owed && self.covering[leaf] {
+            // Guarantees are only met further within a stage: the leaf owes
+            // nothing to its end, and no longer counts as covered.
+            self.covering[leaf] = false;
+            let mut n = self.leaf_nodes[leaf];
+            loop {
+                self.covered[n] -= 1;
+                if n == 0 {
+                    break;
+                }
+                n = self.open[n].1;
+            }
+        }
+        owed
     }
 
     /// Whether every leaf's role is at its cpu limit (or, in stage one, owes
@@ -2923,8 +2944,10 @@ impl Looks {
         self.leaf_nodes = tree.leaves.iter().map(|l| l.node).collect();
         let guarantees = guarantees.as_ref().filter(|_| self.stage == Stage::Guarantees);
         self.covered = vec![0; if guarantees.is_some() { tree.nodes.len() } else { 0 }];
+        self.covering = vec![false; tree.leaves.len()];
         for (l, &(mut n)) in self.leaf_nodes.iter().enumerate() {
             let covered = guarantees.is_some_and(|g| g.covers(&tree.leaves[l].role));
+            self.covering[l] = covered;
             loop {
                 self.open[n].0 += 1;
                 if covered {
@@ -2939,7 +2962,7 @@ impl Looks {
     }
 
     /// Whether a walk enters the role of node `n` at all: in stage one,
-    /// only a role with a leaf under a guarantee.
+    /// only a role with a leaf under a guarantee not found met.
     fn enters(&self, n: usize) -> bool {
         self.stage == Stage::Fair || self.covered[n] > 0
     }
