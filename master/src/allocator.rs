@@ -772,6 +772,9 @@ struct PartJob {
     agents: Vec<usize>,
     guarantees: Option<Guarantees>,
     now_ms: u64,
+    /// Room for this many offers in its list (the first part's takes the
+    /// others' in after).
+    room: usize,
 }
 
 impl PartJob {
@@ -779,8 +782,8 @@ impl PartJob {
     /// its grants ([`Part`]), with its allocations. Its hold on the shared
     /// frameworks ends when the calling thread takes the part in.
     fn run(self) -> (Allocator, Vec<Allocation>) {
-        let PartJob { mut worker, agents, guarantees, now_ms } = self;
-        let out = worker.stages(&agents, guarantees, now_ms);
+        let PartJob { mut worker, agents, guarantees, now_ms, room } = self;
+        let out = worker.stages(&agents, guarantees, now_ms, room);
         (worker, out)
     }
 }
@@ -1487,7 +1490,7 @@ impl Allocator {
             agents.rotate_left(start);
         }
         let guarantees = Guarantees::new(self);
-        self.stages(&agents, guarantees, now_ms)
+        self.stages(&agents, guarantees, now_ms, agents.len())
     }
 
     /// A parallel round (see the module's notes): `agents` (in slot order)
@@ -1551,6 +1554,9 @@ impl Allocator {
         // and any part the pool has no thread for (the system's limit on
         // threads), runs on this thread.
         let mut jobs: Vec<PartJob> = work.into_iter().map(|w| self.part_job(w, k, now_ms)).collect();
+        // The first part's list of offers takes the others' in: room for
+        // one per agent of the round, so that it is not copied to grow.
+        jobs[0].room = agents.len();
         self.pool.grow(k - 1, self.config.on_worker_start);
         let pool = std::mem::take(&mut self.pool);
         let first = jobs.remove(0);
@@ -1644,7 +1650,7 @@ impl Allocator {
         if !left.is_empty() {
             let first = out.len();
             let guarantees = Guarantees::new(self);
-            out.extend(self.stages(&left, guarantees, now_ms));
+            out.extend(self.stages(&left, guarantees, now_ms, left.len()));
             merge_stages(&mut out, first);
         }
         out
@@ -1682,12 +1688,20 @@ impl Allocator {
             pool: Pool::default(),
             role_names: Arc::clone(&self.role_names),
         };
-        PartJob { worker, agents, guarantees, now_ms }
+        let room = agents.len();
+        PartJob { worker, agents, guarantees, now_ms, room }
     }
 
     /// Stage one and stage two of a round over `agents`, in order.
-    fn stages(&mut self, agents: &[usize], mut guarantees: Option<Guarantees>, now_ms: u64) -> Vec<Allocation> {
-        let mut offers = Offers { out: Vec::with_capacity(agents.len()), ..Offers::default() };
+    /// `room`: for how many offers the list is made.
+    fn stages(
+        &mut self,
+        agents: &[usize],
+        mut guarantees: Option<Guarantees>,
+        now_ms: u64,
+        room: usize,
+    ) -> Vec<Allocation> {
+        let mut offers = Offers { out: Vec::with_capacity(room), ..Offers::default() };
         // One tree for both stages: stage one walks only the roles under a
         // guarantee, and its grants re-rank the tree as a fresh one would
         // be ranked for stage two.
