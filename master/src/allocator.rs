@@ -628,7 +628,9 @@ enum OfTotal {
 
 /// Every role frameworks have subscribed with, by number: a holding names
 /// its role by number ([`Holding`]). Numbers only grow: a role's lasts as
-/// long as the allocator, as any holding may name it (roles are few).
+/// long as the allocator, as any holding may name it. Roles are few; past
+/// [`RoleNames::MAX`] (frameworks making up roles without end) new roles
+/// get no number, and what is granted to them is held as copies.
 #[derive(Clone, Debug, Default)]
 struct RoleNames {
     names: Vec<Name>,
@@ -636,6 +638,8 @@ struct RoleNames {
 }
 
 impl RoleNames {
+    const MAX: usize = 1 << 16;
+
     fn number(&self, role: &str) -> Option<u32> {
         self.numbers.get(role).copied()
     }
@@ -645,8 +649,8 @@ impl RoleNames {
     }
 
     fn add(&mut self, role: &str) {
-        if !self.numbers.contains_key(role) {
-            let n = u32::try_from(self.names.len()).expect("fewer than 2^32 roles");
+        if self.names.len() < RoleNames::MAX && !self.numbers.contains_key(role) {
+            let n = u32::try_from(self.names.len()).expect("at most RoleNames::MAX");
             self.names.push(role.into());
             self.numbers.insert(role.into(), n);
         }
@@ -1045,7 +1049,7 @@ impl Allocator {
     }
 
     pub fn add_framework(&mut self, id: FrameworkId, roles: Vec<String>, suppressed: &[String]) {
-        if roles.iter().any(|r| self.role_names.number(r).is_none()) {
+        if self.role_names.names.len() < RoleNames::MAX && roles.iter().any(|r| self.role_names.number(r).is_none()) {
             let names = Arc::make_mut(&mut self.role_names);
             roles.iter().for_each(|r| names.add(r));
         }
@@ -4846,6 +4850,30 @@ mod tests {
         c.a.remove_agent(&a1);
         assert_eq!(c.a.share(&f1), Some(0.0));
         assert_eq!(c.a.subtree_held("eng").0[..2], [1000, 10_000]);
+    }
+
+    #[test]
+    fn roles_past_the_numbered_ones_are_held_as_copies() {
+        let mut c = Check::new(&[("a1", "cpus:4;mem:1024")], &[]);
+        let names = Arc::make_mut(&mut c.a.role_names);
+        for i in 0..RoleNames::MAX + 10 {
+            names.add(&format!("r{i}"));
+        }
+        assert_eq!(names.names.len(), RoleNames::MAX);
+        assert_eq!(names.number(&format!("r{}", RoleNames::MAX)), None);
+        // A framework of a role with no number is granted the agent whole
+        // all the same, held as a copy.
+        let late = format!("r{}", RoleNames::MAX + 1);
+        let f = FrameworkId::new("f");
+        c.a.add_framework(f.clone(), vec![late.clone()], &[]);
+        assert_eq!(c.a.role_names.number(&late), None);
+        let out = c.a.allocate(0, None);
+        assert_eq!(out.len(), 1);
+        let slot = c.a.agents[0].as_ref().unwrap();
+        assert!(matches!(slot.allocated.values().next(), Some(Holding::Listed(_))));
+        assert_eq!(c.a.allocated(&f, &AgentId::new("a1")), res("cpus:4;mem:1024").allocate_to(&late));
+        c.a.recover(&f, &AgentId::new("a1"), &out[0].resources, 0, 0);
+        assert_eq!(c.a.available(&AgentId::new("a1")), Some(res("cpus:4;mem:1024")));
     }
 
     #[test]
