@@ -475,8 +475,7 @@ impl Holding {
     fn into_resources(self, total: &Resources, names: &RoleNames) -> Resources {
         match self {
             Holding::Listed(r) => r,
-            Holding::Total(role) => total.allocate_to(names.name(role)),
-            Holding::Parts(role, parts) => parts.resources(total, Some(names.name(role))),
+            other => other.resources(total, names),
         }
     }
 
@@ -1049,7 +1048,7 @@ impl Allocator {
     }
 
     pub fn add_framework(&mut self, id: FrameworkId, roles: Vec<String>, suppressed: &[String]) {
-        if self.role_names.names.len() < RoleNames::MAX && roles.iter().any(|r| self.role_names.number(r).is_none()) {
+        if roles.iter().any(|r| self.role_names.number(r).is_none()) {
             let names = Arc::make_mut(&mut self.role_names);
             roles.iter().for_each(|r| names.add(r));
         }
